@@ -1,0 +1,10 @@
+"""Per-architecture knowledge: where the layers are, how wide they are, how to rebuild a shallower copy.
+
+Every method that needs to know a model's structure (layer selection for students, hidden-state maps, and later
+head/FFN pruning) asks an adapter from `get_adapter(model)` instead of probing attribute names itself.
+"""
+
+from .base import ArchAdapter, get_adapter, register_adapter
+from . import encoders  # noqa: F401  (registers the BERT-class adapters)
+
+__all__ = ["ArchAdapter", "get_adapter", "register_adapter"]

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+_REGISTRY: dict[str, "ArchAdapter"] = {}
+
+
+@dataclass(frozen=True)
+class ArchAdapter:
+    """What hfcompress needs to know about one model family.
+
+    Attributes:
+        model_types: `config.model_type` values this adapter serves.
+        layers_path: dotted path from the *base* model (``model.base_model``) to the `nn.ModuleList` of blocks.
+        num_layers_key: config attribute holding the number of blocks.
+        hidden_size_key / num_heads_key: config attributes for width and attention heads.
+    """
+
+    model_types: tuple[str, ...]
+    layers_path: str
+    num_layers_key: str = "num_hidden_layers"
+    hidden_size_key: str = "hidden_size"
+    num_heads_key: str = "num_attention_heads"
+
+    def layers(self, model: nn.Module) -> nn.ModuleList:
+        module = model.base_model
+        for part in self.layers_path.split("."):
+            module = getattr(module, part)
+        if not isinstance(module, nn.ModuleList):
+            raise TypeError(f"{self.layers_path} of {type(model).__name__} is {type(module).__name__}, not ModuleList")
+        return module
+
+    def set_layers(self, model: nn.Module, layers: nn.ModuleList) -> None:
+        parent = model.base_model
+        *head, last = self.layers_path.split(".")
+        for part in head:
+            parent = getattr(parent, part)
+        setattr(parent, last, layers)
+        setattr(model.config, self.num_layers_key, len(layers))
+
+    def num_layers(self, config) -> int:
+        return int(getattr(config, self.num_layers_key))
+
+    def hidden_size(self, config) -> int:
+        return int(getattr(config, self.hidden_size_key))
+
+    def num_heads(self, config) -> int:
+        return int(getattr(config, self.num_heads_key))
+
+
+def register_adapter(adapter: ArchAdapter) -> ArchAdapter:
+    for mt in adapter.model_types:
+        _REGISTRY[mt] = adapter
+    return adapter
+
+
+def get_adapter(model_or_config) -> ArchAdapter:
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _REGISTRY:
+        raise NotImplementedError(
+            f"hfcompress has no architecture adapter for model_type {model_type!r}; supported: {sorted(_REGISTRY)}"
+        )
+    return _REGISTRY[model_type]

@@ -1,0 +1,19 @@
+"""BERT-class text encoders."""
+
+from .base import ArchAdapter, register_adapter
+
+BERT_LIKE = register_adapter(
+    ArchAdapter(
+        model_types=("bert", "roberta", "xlm-roberta", "electra", "camembert", "mpnet"),
+        layers_path="encoder.layer",
+    )
+)
+DISTILBERT = register_adapter(
+    ArchAdapter(
+        model_types=("distilbert",),
+        layers_path="transformer.layer",
+        num_layers_key="n_layers",
+        hidden_size_key="dim",
+        num_heads_key="n_heads",
+    )
+)

@@ -1,0 +1,189 @@
+"""Getting a teacher with a task head: detect one, or fine-tune (and cache) one.
+
+A sentence-embedding checkpoint such as all-mpnet-base-v2 has no classifier: `from_pretrained` initialises one
+at random, and distilling from a random head teaches nothing. `prepare_teacher` tells the two cases apart from
+the loading report, and fine-tunes the headless one once, caching the result under a key made of everything that
+affects it, so a second run (or a resumed one) reuses it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+
+import torch
+from datasets import DatasetDict
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    DataCollatorWithPadding,
+    Trainer,
+    TrainingArguments,
+)
+
+from ..assets import resolve_model_path
+from ..data import label_names, num_labels, tokenize
+from ..metrics import compute_classification_metrics
+
+logger = logging.getLogger(__name__)
+
+FINETUNE_SUMMARY = "finetune_summary.json"
+
+
+@dataclass
+class FinetuneConfig:
+    """How a headless model is fine-tuned into a classifier (teacher, or a no-KD baseline)."""
+
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of fine-tuning."})
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate (linear decay, 6% warm-up)."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per device."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per device."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    warmup_ratio: float = field(default=0.06, metadata={"help": "Fraction of steps of linear warm-up."})
+    max_length: int = field(default=128, metadata={"help": "Truncation length in tokens."})
+    seed: int = field(default=42, metadata={"help": "Random seed of the fine-tuning run."})
+    max_steps: int = field(default=-1, metadata={"help": "If > 0, stop after this many steps (for smoke runs)."})
+
+
+def has_task_head(model_name_or_path: str, num_labels_expected: int | None = None) -> bool:
+    """True if the checkpoint carries trained sequence-classification weights (none are newly initialised)."""
+    path = resolve_model_path(model_name_or_path)
+    kwargs = {"num_labels": num_labels_expected} if num_labels_expected else {}
+    try:
+        _, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True, **kwargs)
+    except (ValueError, RuntimeError) as err:  # e.g. a head of another size: not a usable head
+        logger.info("%s: no usable classification head (%s)", path, err)
+        return False
+    return not info["missing_keys"]
+
+
+def _cache_key(model_path: str, dataset: DatasetDict, cfg: FinetuneConfig, text_column: str, label_column: str) -> str:
+    blob = json.dumps(
+        {
+            "model": os.path.abspath(model_path) if os.path.exists(model_path) else model_path,
+            "data": dataset["train"]._fingerprint,
+            "cfg": asdict(cfg),
+            "columns": [text_column, label_column],
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def finetune_classifier(
+    model_name_or_path: str,
+    dataset: DatasetDict,
+    output_dir: str,
+    config: FinetuneConfig | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    model=None,
+    report_split: str = "validation",
+) -> dict:
+    """Fine-tune a sequence classifier with a plain `Trainer` and save it (safetensors) with its tokenizer.
+
+    `model` may be given to fine-tune an already-built model (e.g. a student initialised from layers of another);
+    otherwise it is loaded from `model_name_or_path`. Returns the summary also written to `finetune_summary.json`.
+    The result is cached: an `output_dir` whose summary has the same key is reused without training.
+    """
+    cfg = config or FinetuneConfig()
+    path = resolve_model_path(model_name_or_path)
+    key = _cache_key(path, dataset, cfg, text_column, label_column) if model is None else None
+    summary_path = os.path.join(output_dir, FINETUNE_SUMMARY)
+    if key and os.path.exists(summary_path):
+        with open(summary_path) as fh:
+            summary = json.load(fh)
+        if summary.get("cache_key") == key:
+            logger.info("Reusing fine-tuned model in %s (cache key %s)", output_dir, key)
+            summary["reused"] = True
+            return summary
+    names = label_names(dataset, label_column)
+    n = num_labels(dataset, label_column)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if model is None:
+        extra = {"id2label": dict(enumerate(names)), "label2id": {v: i for i, v in enumerate(names)}} if names else {}
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=n, **extra)
+    tokenized = tokenize(dataset, tokenizer, text_column, cfg.max_length)
+    if label_column != "labels":
+        tokenized = tokenized.rename_column(label_column, "labels")
+    args = TrainingArguments(
+        output_dir=os.path.join(output_dir, "trainer"),
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate,
+        per_device_train_batch_size=cfg.per_device_train_batch_size,
+        per_device_eval_batch_size=cfg.per_device_eval_batch_size,
+        weight_decay=cfg.weight_decay,
+        warmup_steps=cfg.warmup_ratio,
+        seed=cfg.seed,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=50,
+        report_to=[],
+        # BERT's own loss ignores num_items_in_batch; averaging across devices would double it on 2 ranks.
+        average_tokens_across_devices=False,
+        disable_tqdm=False,
+    )
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized[report_split] if report_split in tokenized else None,
+        data_collator=DataCollatorWithPadding(tokenizer),
+        processing_class=tokenizer,
+        compute_metrics=compute_classification_metrics,
+    )
+    train_out = trainer.train()
+    metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
+    trainer.save_model(output_dir)
+    summary = {
+        "model": model_name_or_path,
+        "cache_key": key,
+        "config": asdict(cfg),
+        "train_runtime_s": train_out.metrics.get("train_runtime"),
+        "train_loss": train_out.training_loss,
+        f"{report_split}_metrics": metrics,
+        "reused": False,
+    }
+    if trainer.is_world_process_zero():
+        with open(summary_path, "w") as fh:
+            json.dump(summary, fh, indent=2)
+    del trainer
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return summary
+
+
+def prepare_teacher(
+    model_name_or_path: str,
+    dataset: DatasetDict | None,
+    cache_dir: str,
+    config: FinetuneConfig | None = None,
+    text_column: str = "text",
+    label_column: str = "label",
+    finetune: bool = True,
+) -> str:
+    """Return a path to a teacher with a trained task head: the given one, or a cached fine-tune of it.
+
+    Raises a clear error when the teacher has no head and fine-tuning is not possible (disabled, or no labelled
+    training data).
+    """
+    n = num_labels(dataset, label_column) if dataset is not None else None
+    if has_task_head(model_name_or_path, n):
+        return resolve_model_path(model_name_or_path)
+    if not finetune:
+        raise ValueError(
+            f"teacher {model_name_or_path!r} has no trained classification head (its classifier weights would be "
+            "initialised at random) and teacher fine-tuning is disabled; pass a fine-tuned teacher or enable "
+            "--finetune_teacher"
+        )
+    if dataset is None or "train" not in dataset or label_column not in dataset["train"].column_names:
+        raise ValueError(
+            f"teacher {model_name_or_path!r} has no trained classification head and there is no labelled 'train' "
+            f"split (column {label_column!r}) to fine-tune it on; pass a fine-tuned teacher"
+        )
+    logger.info("Teacher %s has no task head: fine-tuning it once (cached in %s)", model_name_or_path, cache_dir)
+    finetune_classifier(model_name_or_path, dataset, cache_dir, config, text_column, label_column)
+    return cache_dir

@@ -1,0 +1,94 @@
+"""Tiny randomly initialised models and a small synthetic text dataset, so the suite runs in minutes offline."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
+from tokenizers import Tokenizer, models, pre_tokenizers, processors
+from transformers import (
+    AutoModelForSequenceClassification,
+    BertConfig,
+    MPNetConfig,
+    PreTrainedTokenizerFast,
+)
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+WORDS = ["good", "great", "fine", "superb", "bad", "awful", "dull", "poor", "movie", "plot", "the", "a", "very", "not"]
+LABELS = ["neg", "pos"]
+
+
+def make_tokenizer(cls_token="[CLS]", sep_token="[SEP]", offset=0) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer; `offset` shifts ordinary ids (like MPNet's vocabulary vs MiniLM's)."""
+    specials = ["[PAD]", "[UNK]", cls_token, sep_token]
+    vocab = {t: i for i, t in enumerate(specials)}
+    for i, w in enumerate(WORDS):
+        vocab[w] = len(specials) + offset + i
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{cls_token} $A {sep_token}", special_tokens=[(cls_token, vocab[cls_token]), (sep_token, vocab[sep_token])]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token=cls_token, sep_token=sep_token
+    )
+
+
+def tiny_bert(num_layers=2, hidden=32, heads=4, seed=0, vocab=64, labels=LABELS):
+    torch.manual_seed(seed)
+    cfg = BertConfig(
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=heads,
+        intermediate_size=hidden * 2, max_position_embeddings=64, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )
+    return AutoModelForSequenceClassification.from_config(cfg)
+
+
+def tiny_mpnet(num_layers=4, hidden=48, heads=4, seed=1, vocab=64, labels=LABELS):
+    torch.manual_seed(seed)
+    cfg = MPNetConfig(
+        vocab_size=vocab, hidden_size=hidden, num_hidden_layers=num_layers, num_attention_heads=heads,
+        intermediate_size=hidden * 2, max_position_embeddings=66, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)},
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pad_token_id=0,
+    )
+    return AutoModelForSequenceClassification.from_config(cfg)
+
+
+def make_texts(n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    texts, labels = [], []
+    for _ in range(n):
+        k = int(torch.randint(3, 9, (1,), generator=g))
+        words = [WORDS[int(i)] for i in torch.randint(0, len(WORDS), (k,), generator=g)]
+        score = sum(w in ("good", "great", "fine", "superb") for w in words) - sum(
+            w in ("bad", "awful", "dull", "poor") for w in words
+        )
+        texts.append(" ".join(words))
+        labels.append(int(score >= 0))
+    return texts, labels
+
+
+def make_dataset(n_train=64, n_eval=16) -> DatasetDict:
+    feats = Features({"text": Value("string"), "label": ClassLabel(names=LABELS)})
+    tr, ev = make_texts(n_train, 0), make_texts(n_eval, 1)
+    return DatasetDict(
+        train=Dataset.from_dict({"text": tr[0], "label": tr[1]}, features=feats),
+        validation=Dataset.from_dict({"text": ev[0], "label": ev[1]}, features=feats),
+        test=Dataset.from_dict({"text": ev[0], "label": ev[1]}, features=feats),
+    )
+
+
+@pytest.fixture
+def tokenizer():
+    return make_tokenizer()
+
+
+@pytest.fixture
+def dataset():
+    return make_dataset()

@@ -95,6 +95,10 @@ def load_text_classification(
             raw = load_dataset(name_or_path)
         if isinstance(raw, Dataset):
             raw = DatasetDict(train=raw)
+        first = next(iter(raw.values()))
+        if label_column in first.column_names and first.features[label_column] == Value("string"):
+            # String labels become a ClassLabel (names sorted), so names are checked against the models' id2label.
+            raw = raw.class_encode_column(label_column)
         dsd = _ensure_splits(raw, label_column, seed, validation_size, test_size)
     validate_columns(dsd, text_column, label_column)
     return dsd

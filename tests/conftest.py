@@ -92,3 +92,24 @@ def tokenizer():
 @pytest.fixture
 def dataset():
     return make_dataset()
+
+
+def save_tiny_assets(root, teacher_kind="bert", teacher_offset=0):
+    """Write a tiny teacher (with a trained-looking task head), its tokenizer and a JSON dataset to `root`.
+    Returns (teacher_dir, data_file)."""
+    import json
+
+    root = str(root)
+    teacher_dir = os.path.join(root, "teacher")
+    if teacher_kind == "bert":
+        tok, model = make_tokenizer(), tiny_bert(num_layers=4, seed=3)
+    else:
+        tok, model = make_tokenizer("<s>", "</s>", offset=teacher_offset), tiny_mpnet(num_layers=4, seed=3)
+    model.save_pretrained(teacher_dir)
+    tok.save_pretrained(teacher_dir)
+    texts, labels = make_texts(96, 5)
+    data_file = os.path.join(root, "data.json")
+    with open(data_file, "w") as fh:
+        for t, l in zip(texts, labels):
+            fh.write(json.dumps({"text": t, "label": LABELS[l]}) + "\n")
+    return teacher_dir, data_file

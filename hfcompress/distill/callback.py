@@ -17,9 +17,8 @@ logger = logging.getLogger(__name__)
 class DistillationCallback(TrainerCallback):
     """Keeps the learnable parts of a `DistillationLoss` (hidden-state projections) in step with training:
 
-    * puts them on the training device and, if the optimizer does not already hold them, adds them as a param group
-      (a plain `Trainer` builds its optimizer from the student only; that group then keeps a constant learning rate,
-      while `DistillationTrainer` schedules it with the rest);
+    * puts them on the training device and, if the optimizer does not already hold them (a plain `Trainer` builds
+      its optimizer from the student only), adds them as a param group that follows the first group's schedule;
     * averages their gradients across processes before each optimizer step (they live outside the DDP wrapper);
     * saves them in every checkpoint, and reloads them when training resumes from one.
     """
@@ -31,7 +30,7 @@ class DistillationCallback(TrainerCallback):
     def _params(self):
         return [p for p in self.loss.parameters() if p.requires_grad]
 
-    def on_train_begin(self, args, state, control, optimizer=None, **kwargs):
+    def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         self.loss.to(args.device)
         params = self._params()
         if params and optimizer is not None:
@@ -39,7 +38,9 @@ class DistillationCallback(TrainerCallback):
             missing = [p for p in params if id(p) not in held]
             if missing:
                 logger.info("Adding %d distillation projection tensors to the optimizer", len(missing))
-                optimizer.add_param_group({"params": missing, "weight_decay": 0.0, "lr": args.learning_rate})
+                lr = optimizer.param_groups[0].get("initial_lr", args.learning_rate)
+                optimizer.add_param_group({"params": missing, "weight_decay": 0.0, "lr": lr, "initial_lr": lr})
+                _extend_scheduler(lr_scheduler, lr)
         if params and state.global_step > 0 and self.loaded_from is None:
             ckpt = args.resume_from_checkpoint if isinstance(args.resume_from_checkpoint, str) else None
             ckpt = ckpt or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
@@ -58,3 +59,15 @@ class DistillationCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
             self.loss.save_projections(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
+
+
+def _extend_scheduler(scheduler, lr: float) -> None:
+    """Give a param group added after the scheduler was built the schedule of the first group (LambdaLR family)."""
+    if scheduler is None:
+        return
+    if hasattr(scheduler, "base_lrs"):
+        scheduler.base_lrs.append(lr)
+    if hasattr(scheduler, "lr_lambdas"):
+        scheduler.lr_lambdas.append(scheduler.lr_lambdas[0])
+    if hasattr(scheduler, "_last_lr"):
+        scheduler._last_lr.append(scheduler._last_lr[0] if scheduler._last_lr else lr)

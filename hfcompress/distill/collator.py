@@ -25,6 +25,7 @@ class DistillationDataCollator:
     def __call__(self, features: list[dict]) -> dict:
         student, teacher, logits, hidden = [], [], [], []
         for f in features:
+            f = {k: v for k, v in f.items() if not isinstance(v, str)}  # raw text columns are not model inputs
             student.append({k: v for k, v in f.items() if not k.startswith(TEACHER_PREFIX)})
             t = {k[len(TEACHER_PREFIX):]: v for k, v in f.items() if k.startswith(TEACHER_PREFIX) and k not in (CACHED_LOGITS, CACHED_HIDDEN)}
             if t:

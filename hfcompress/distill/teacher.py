@@ -60,10 +60,11 @@ def has_task_head(model_name_or_path: str, num_labels_expected: int | None = Non
     return not info["missing_keys"]
 
 
-def _cache_key(model_path: str, dataset: DatasetDict, cfg: FinetuneConfig, text_column: str, label_column: str) -> str:
+def _cache_key(model_path, dataset, cfg, text_column, label_column, layers=None) -> str:
     blob = json.dumps(
         {
             "model": os.path.abspath(model_path) if os.path.exists(model_path) else model_path,
+            "layers": layers,
             "data": dataset["train"]._fingerprint,
             "cfg": asdict(cfg),
             "columns": [text_column, label_column],
@@ -91,7 +92,9 @@ def finetune_classifier(
     """
     cfg = config or FinetuneConfig()
     path = resolve_model_path(model_name_or_path)
-    key = _cache_key(path, dataset, cfg, text_column, label_column) if model is None else None
+    # A model passed in is cacheable when it says how it was built (a student cut from `path`'s blocks).
+    layers = getattr(model.config, "hfcompress_student_layers", None) if model is not None else None
+    key = _cache_key(path, dataset, cfg, text_column, label_column, layers) if model is None or layers else None
     summary_path = os.path.join(output_dir, FINETUNE_SUMMARY)
     if key and os.path.exists(summary_path):
         with open(summary_path) as fh:

@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..metrics import compute_classification_metrics
+
+logger = logging.getLogger(__name__)
+
+
+def count_parameters(model: torch.nn.Module, nonzero: bool = False) -> int:
+    """Parameters (shared tensors counted once); with `nonzero`, only non-zero entries (for sparsity)."""
+    seen, total = set(), 0
+    for p in model.parameters():
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        total += int(torch.count_nonzero(p)) if nonzero else p.numel()
+    return total
+
+
+def model_size_mb(model) -> float:
+    """Size on disk of the model's safetensors weights, in MB (10^6 bytes), by saving it to a temporary folder."""
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        size = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp) if f.endswith(".safetensors"))
+    return size / 1e6
+
+
+@torch.inference_mode()
+def measure_latency(
+    model: torch.nn.Module,
+    batch_size: int = 32,
+    seq_len: int = 128,
+    runs: int = 7,
+    warmup: int = 2,
+    vocab_size: int | None = None,
+    seed: int = 0,
+) -> dict:
+    """Median wall-clock milliseconds of one forward pass on a `[batch_size, seq_len]` batch of random ids.
+
+    Measured on the model's current device with the current torch thread count, after `warmup` passes.
+    """
+    model.eval()
+    device = next(model.parameters()).device
+    vocab = vocab_size or model.config.vocab_size
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, vocab - 1, (batch_size, seq_len), generator=g).to(device)
+    mask = torch.ones_like(ids)
+    for _ in range(warmup):
+        model(input_ids=ids, attention_mask=mask)
+    times = []
+    for _ in range(runs):
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        model(input_ids=ids, attention_mask=mask)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - t0) * 1000)
+    return {
+        "median_ms": statistics.median(times),
+        "min_ms": min(times),
+        "runs": runs,
+        "warmup": warmup,
+        "batch_size": batch_size,
+        "seq_len": seq_len,
+        "threads": torch.get_num_threads(),
+        "device": str(device),
+    }
+
+
+@torch.inference_mode()
+def evaluate_classifier(
+    model: torch.nn.Module,
+    tokenizer,
+    texts: list[str],
+    labels: list[int],
+    batch_size: int = 64,
+    max_length: int = 128,
+    desc: str = "Evaluating",
+) -> dict:
+    """Accuracy/F1 of a sequence classifier on raw texts, tokenized with its own tokenizer."""
+    from transformers import EvalPrediction
+
+    model.eval()
+    device = next(model.parameters()).device
+    logits = []
+    for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False):
+        enc = tokenizer(texts[start : start + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        logits.append(model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy())
+    return compute_classification_metrics(EvalPrediction(predictions=np.concatenate(logits), label_ids=np.asarray(labels)))

@@ -133,7 +133,7 @@ def main(argv=None):
     )
     resume = args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "latest"):
-        resume = get_last_checkpoint(args.output_dir)
+        resume = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
         if resume is None:
             raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint}: no checkpoint in {args.output_dir}")
     elif resume and not os.path.isdir(resume):

@@ -19,7 +19,8 @@ class DistillationCallback(TrainerCallback):
 
     * puts them on the training device and, if the optimizer does not already hold them (a plain `Trainer` builds
       its optimizer from the student only), adds them as a param group that follows the first group's schedule;
-    * averages their gradients across processes before each optimizer step (they live outside the DDP wrapper);
+    * averages their gradients across processes before each optimizer step (they live outside the DDP wrapper), and
+      clears them after it (the Trainer only zeroes the student's);
     * saves them in every checkpoint, and reloads them when training resumes from one.
     """
 
@@ -55,6 +56,11 @@ class DistillationCallback(TrainerCallback):
                     p.grad = torch.zeros_like(p)
                 dist.all_reduce(p.grad)
                 p.grad.div_(world)
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        # The Trainer zeroes only the student's gradients (`model.zero_grad()`); without this the projections'
+        # gradients would keep accumulating from step to step.
+        self.loss.zero_grad(set_to_none=True)
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:

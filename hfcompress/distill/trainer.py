@@ -69,7 +69,7 @@ class DistillationTrainer(Trainer):
         self._distillation_callback = DistillationCallback(self.distillation_loss)
         self.add_callback(self._distillation_callback)
         self._parts_sum: dict[str, float] = {}
-        self._parts_step = 0
+        self._parts_step: int | None = None  # global step of the last log (set on the first step, also on resume)
 
     @property
     def teacher_model(self):
@@ -119,13 +119,15 @@ class DistillationTrainer(Trainer):
             elif self.args.average_tokens_across_devices:
                 # DDP averages gradients over processes; the denominator already counts all processes' items.
                 loss = loss * self.accelerator.num_processes
+            if self._parts_step is None:
+                self._parts_step = self.state.global_step
             for k, v in parts.items():
                 self._parts_sum[k] = self._parts_sum.get(k, 0.0) + float(v)
         return (loss, outputs) if return_outputs else loss
 
     def log(self, logs, start_time=None):
         if "loss" in logs and self._parts_sum:
-            steps = max(1, self.state.global_step - self._parts_step)
+            steps = max(1, self.state.global_step - (self._parts_step or 0))
             logs.update({k: round(v / steps, 4) for k, v in self._parts_sum.items()})
             self._parts_sum, self._parts_step = {}, self.state.global_step
         super().log(logs, start_time)

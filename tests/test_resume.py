@@ -1,0 +1,67 @@
+"""A run killed after a checkpoint and resumed with --resume_from_checkpoint ends where an uninterrupted run ends;
+the learned projections and the teacher cache survive the resume."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+from conftest import save_tiny_assets
+from test_script import ROOT, SCRIPT, _run
+
+ARGS = ["--student_model", None, "--max_steps", "8", "--save_steps", "4", "--save_strategy", "steps", "--eval_strategy", "no",
+        "--per_device_train_batch_size", "8", "--seed", "5", "--use_cpu", "--hidden_weight", "1.0", "--layer_map", "1:2,2:4",
+        "--logging_steps", "1"]
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path):
+    from conftest import tiny_bert, make_tokenizer
+
+    teacher, data = save_tiny_assets(tmp_path / "assets", teacher_kind="mpnet", teacher_offset=4)  # width 48
+    student_dir = str(tmp_path / "student")
+    tiny_bert(num_layers=2, hidden=32, seed=9).save_pretrained(student_dir)  # width 32: learned projections
+    make_tokenizer().save_pretrained(student_dir)
+    args = [a if a is not None else student_dir for a in ARGS]
+    full = tmp_path / "full"
+    _run([sys.executable, SCRIPT, "--output_dir", str(full), "--teacher_model", teacher, "--dataset", data, *args], tmp_path)
+    assert os.path.exists(full / "checkpoint-4" / "distillation_projections.safetensors")
+
+    # The state a run killed between step 4 and step 8 leaves behind: its first checkpoint and its teacher cache.
+    killed = tmp_path / "killed"
+    killed.mkdir()
+    shutil.copytree(full / "checkpoint-4", killed / "checkpoint-4")
+    shutil.copytree(full / "teacher_cache", killed / "teacher_cache")
+    cache_mtime = os.path.getmtime(killed / "teacher_cache" / "teacher_cache.json")
+    _run([sys.executable, SCRIPT, "--output_dir", str(killed), "--teacher_model", teacher, "--dataset", data, *args,
+          "--resume_from_checkpoint", "latest"], tmp_path)
+
+    a, b = json.load(open(full / "distill_summary.json")), json.load(open(killed / "distill_summary.json"))
+    assert b["resumed_from"].endswith("checkpoint-4")
+    assert b["teacher_cache"]["reused"] is True and a["teacher_cache"]["reused"] is False
+    assert os.path.getmtime(killed / "teacher_cache" / "teacher_cache.json") == cache_mtime
+    for key in ("test_loss", "test_accuracy", "test_f1"):
+        assert abs(a["test"][key] - b["test"][key]) < 1e-6, key
+    wa, wb = load_file(full / "model.safetensors"), load_file(killed / "model.safetensors")
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-6), k
+    # Projections: trained, saved apart from the student, and identical after the resume.
+    pa = load_file(full / "distillation" / "distillation_projections.safetensors")
+    pb = load_file(killed / "distillation" / "distillation_projections.safetensors")
+    p4 = load_file(full / "checkpoint-4" / "distillation_projections.safetensors")
+    assert set(pa) == {"projections.1_2.weight", "projections.1_2.bias", "projections.2_4.weight", "projections.2_4.bias"}
+    assert not any("projection" in k for k in wa), "projections must not be saved inside the student"
+    assert any(not torch.equal(pa[k], p4[k]) for k in pa), "projections must keep training after step 4"
+    for k in pa:
+        assert torch.allclose(pa[k], pb[k], atol=1e-6), (k, (pa[k] - pb[k]).abs().max().item())
+
+
+def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
+    teacher, data = save_tiny_assets(tmp_path / "assets")
+    res = subprocess.run([sys.executable, SCRIPT, "--output_dir", str(tmp_path / "none"), "--teacher_model", teacher,
+                          "--dataset", data, "--resume_from_checkpoint", "latest", "--use_cpu"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
+    assert res.returncode != 0 and "no checkpoint in" in res.stderr

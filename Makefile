@@ -1,0 +1,35 @@
+# Set-up is part of every target: a fresh machine needs only `make distill` or `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+OUT    ?= out/distill
+
+.PHONY: venv assets distill test test-fast benchmark clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The local CPU wheel first: a plain `torch` requirement would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[test]"
+	touch $@
+
+venv: $(BIN)/.installed
+
+assets: venv
+	$(BIN)/python -m hfcompress.assets install
+
+distill: assets
+	$(BIN)/accelerate launch --num_processes 1 scripts/distill.py --output_dir $(OUT)
+
+test: assets
+	$(BIN)/python -m pytest -q tests
+
+test-fast: venv
+	$(BIN)/python -m pytest -q tests -m "not slow"
+
+benchmark: assets
+	$(BIN)/python scripts/benchmark_distill.py
+
+clean:
+	rm -rf $(VENV) out

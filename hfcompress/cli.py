@@ -52,13 +52,14 @@ def parse_args(dataclass_types, argv: list[str] | None = None, description: str 
 
 
 def setup_logging(args=None) -> None:
-    level = logging.INFO
+    """hfcompress logs at INFO; transformers/datasets follow `--log_level` (default: warnings only)."""
+    level = logging.WARNING
     if args is not None and hasattr(args, "get_process_log_level"):
         level = args.get_process_log_level()
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=level)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     import datasets
     import transformers
 
     transformers.utils.logging.set_verbosity(level)
-    datasets.utils.logging.set_verbosity(min(level, logging.WARNING))
-    logging.getLogger("hfcompress").setLevel(level)
+    datasets.utils.logging.set_verbosity(max(level, logging.WARNING))
+    logging.getLogger("hfcompress").setLevel(logging.INFO)

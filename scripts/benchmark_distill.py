@@ -257,10 +257,41 @@ def main(argv=None):
     result["environment"] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
                              "dataset": "rotten-tomatoes (offline), test split 1,275 rows"}
     _write(args.output, result)
+    with open(os.path.splitext(args.output)[0] + ".md", "w") as fh:
+        fh.write(markdown_table(result))
     logger.info("Wrote %s", args.output)
     for k in sorted(result):
         if not isinstance(result[k], dict):
             logger.info("%-40s %s", k, result[k])
+
+
+def markdown_table(r: dict) -> str:
+    """The README table, rendered from the result JSON (never typed by hand)."""
+    def f(key, fmt="{:.4f}"):
+        return fmt.format(r[key]) if isinstance(r.get(key), (int, float)) else "n/a"
+
+    lat = r.get("latency", {})
+    rows = [
+        ("teacher: MPNet-base fine-tuned", "teacher_accuracy", "teacher", "-"),
+        ("student6: MiniLM-L6 fine-tuned (no KD)", "student6_finetune_accuracy", "student6", "-"),
+        ("student6: MiniLM-L6 + KD", "student6_kd_accuracy", "student6", r.get("student6_kd_teacher", "-")),
+        ("student3: 3 blocks of MiniLM-L6, fine-tuned (no KD)", "student3_finetune_accuracy", "student3", "-"),
+        ("student3: 3 blocks of MiniLM-L6 + KD", "student3_kd_accuracy", "student3", r.get("student3_kd_teacher", "-")),
+    ]
+    out = ["| model | test accuracy | params (M) | CPU latency ms (b32 x 128) | speed-up vs teacher | KD teacher |",
+           "|---|---|---|---|---|---|"]
+    t_ms = lat.get("teacher", {}).get("median_ms")
+    for label, key, lat_key, teacher in rows:
+        ms = lat.get(lat_key, {}).get("median_ms")
+        params = lat.get(lat_key, {}).get("parameters")
+        out.append(f"| {label} | {f(key)} | {params / 1e6:.1f} |" if params else f"| {label} | {f(key)} | n/a |")
+        out[-1] += f" {ms:.0f} | {t_ms / ms:.2f}x |" if ms and t_ms else " n/a | n/a |"
+        out[-1] += f" {teacher} |"
+    out.append("")
+    out.append(f"KD step time / plain fine-tune step time: cached teacher {f('kd_step_time_ratio_cached', '{:.3f}')}, "
+               f"teacher run online {f('kd_step_time_ratio_online', '{:.3f}')}.")
+    out.append(f"Floors: {json.dumps(r.get('floors_met', {}))}")
+    return "\n".join(out) + "\n"
 
 
 def _write(path, result):

@@ -67,7 +67,8 @@ def test_one_and_two_processes_agree(tiny, tmp_path):
     _run([sys.executable, SCRIPT, "--output_dir", str(one), "--teacher_model", teacher, "--dataset", data,
           "--per_device_train_batch_size", "8", *COMMON], tmp_path)
     two = tmp_path / "two"
-    launcher = shutil.which("accelerate") or os.path.join(os.path.dirname(sys.executable), "accelerate")
+    launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    launcher = launcher if os.path.exists(launcher) else shutil.which("accelerate")
     # `accelerate launch --num_processes 2 --cpu` starts one process in accelerate 1.15; --multi_gpu on a machine
     # without GPUs starts two CPU ranks over gloo.
     res = _run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",

@@ -155,7 +155,8 @@ def finetune_classifier(
         with open(summary_path, "w") as fh:
             json.dump(summary, fh, indent=2)
     del trainer
-    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     return summary
 
 

@@ -64,8 +64,8 @@ def test_teacher_head_detection(tmp_path):
     make_tokenizer().save_pretrained(headless)
     headed = tmp_path / "headed"
     model.save_pretrained(headed)
-    assert has_task_head(str(headed), 2) is True
-    assert has_task_head(str(headless), 2) is False
+    assert has_task_head(str(headed)) is True
+    assert has_task_head(str(headless)) is False
     with pytest.raises(ValueError, match="no trained classification head .* fine-tuning is disabled"):
         prepare_teacher(str(headless), None, str(tmp_path / "ft"), finetune=False)
     with pytest.raises(ValueError, match="no labelled 'train'"):
@@ -82,7 +82,7 @@ def test_headless_teacher_is_finetuned_once_and_cached(tmp_path):
     make_tokenizer().save_pretrained(headless)
     cfg = FinetuneConfig(max_steps=2, per_device_train_batch_size=8)
     out = prepare_teacher(str(headless), make_dataset(), str(tmp_path / "ft"), cfg)
-    assert has_task_head(out, 2)
+    assert has_task_head(out)
     summary = json.load(open(os.path.join(out, "finetune_summary.json")))
     stamp = os.path.getmtime(os.path.join(out, "model.safetensors"))
     prepare_teacher(str(headless), make_dataset(), str(tmp_path / "ft"), cfg)  # same key: the cached fine-tune is reused

@@ -125,3 +125,19 @@ def test_bad_input_fails_before_training(tiny, tmp_path, flags, message):
     assert res.returncode != 0
     assert message in res.stderr, res.stderr[-3000:]
     assert not any(p.name.startswith("checkpoint-") for p in out.glob("*")), "no training may start"
+
+
+def test_teacher_with_other_labels_fails_before_training(tmp_path):
+    from conftest import make_tokenizer, tiny_bert
+
+    _, data = save_tiny_assets(tmp_path / "assets")
+    teacher = tmp_path / "three"
+    tiny_bert(num_layers=2, labels=["a", "b", "c"]).save_pretrained(teacher)
+    make_tokenizer().save_pretrained(teacher)
+    out = tmp_path / "out"
+    res = subprocess.run([sys.executable, SCRIPT, "--output_dir", str(out), "--teacher_model", str(teacher),
+                          "--dataset", data, "--use_cpu"], env=_env(tmp_path), capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert res.returncode != 0
+    assert "teacher predicts 3 labels ['a', 'b', 'c'] but the dataset has 2" in res.stderr, res.stderr[-2000:]
+    assert not any(p.name.startswith("checkpoint-") for p in out.glob("*"))

@@ -48,15 +48,14 @@ class FinetuneConfig:
     max_steps: int = field(default=-1, metadata={"help": "If > 0, stop after this many steps (for smoke runs)."})
 
 
-def has_task_head(model_name_or_path: str, num_labels_expected: int | None = None) -> bool:
-    """True if the checkpoint carries trained sequence-classification weights (none are newly initialised)."""
+def has_task_head(model_name_or_path: str) -> bool:
+    """True if the checkpoint carries trained sequence-classification weights (none are newly initialised).
+
+    The head is judged as saved, with its own label count: a head for other labels is still a head, and is
+    rejected by the label checks rather than silently replaced.
+    """
     path = resolve_model_path(model_name_or_path)
-    kwargs = {"num_labels": num_labels_expected} if num_labels_expected else {}
-    try:
-        _, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True, **kwargs)
-    except (ValueError, RuntimeError) as err:  # e.g. a head of another size: not a usable head
-        logger.info("%s: no usable classification head (%s)", path, err)
-        return False
+    _, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True)
     return not info["missing_keys"]
 
 
@@ -174,8 +173,7 @@ def prepare_teacher(
     Raises a clear error when the teacher has no head and fine-tuning is not possible (disabled, or no labelled
     training data).
     """
-    n = num_labels(dataset, label_column) if dataset is not None else None
-    if has_task_head(model_name_or_path, n):
+    if has_task_head(model_name_or_path):
         return resolve_model_path(model_name_or_path)
     if not finetune:
         raise ValueError(

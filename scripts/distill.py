@@ -19,9 +19,10 @@ import os
 from dataclasses import dataclass, field
 
 from accelerate import PartialState
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, set_seed
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from hfcompress.arch import get_adapter
 from hfcompress.assets import hfcompress_home, resolve_model_path
 from hfcompress.cli import parse_args, setup_logging
 from hfcompress.data import label_names, load_text_classification, num_labels
@@ -33,6 +34,7 @@ from hfcompress.distill import (
     init_student_from_teacher,
     prepare_teacher,
 )
+from hfcompress.distill.config import resolve_layer_map
 from hfcompress.distill.pipeline import cache_teacher_on_train, check_teacher_labels, tokenize_for_distillation
 from hfcompress.metrics import compute_classification_metrics
 from hfcompress.report import count_parameters, evaluate_classifier, model_size_mb
@@ -139,6 +141,17 @@ def main(argv=None):
     elif resume and not os.path.isdir(resume):
         raise ValueError(f"--resume_from_checkpoint {resume!r} is not a checkpoint folder")
 
+    cfg = args.distillation_config()
+    if cfg.uses_hidden or cfg.uses_attention:  # layer map vs depths, before a teacher fine-tune can start
+        t_cfg = AutoConfig.from_pretrained(resolve_model_path(model_args.teacher_model))
+        nt = get_adapter(t_cfg).num_layers(t_cfg)
+        if model_args.student_model:
+            s_cfg = AutoConfig.from_pretrained(resolve_model_path(model_args.student_model))
+            ns = get_adapter(s_cfg).num_layers(s_cfg)
+        else:
+            ns = len(model_args.student_layers.split(",")) if model_args.student_layers else model_args.student_num_layers
+        resolve_layer_map(cfg.pairs, ns, nt)
+
     # --- teacher --------------------------------------------------------------------------------------------
     ft_cfg = FinetuneConfig(
         num_train_epochs=model_args.teacher_finetune_epochs,
@@ -171,7 +184,6 @@ def main(argv=None):
         dataset, student_tok, teacher_tok, data_args.text_column, data_args.label_column, data_args.max_length
     )
     collator = DistillationDataCollator(student_tok, teacher_tok if separate else None)
-    cfg = args.distillation_config()
     trainer_kwargs = {"teacher_model": teacher}
     cache_meta = None
     if data_args.cache_teacher:

@@ -141,3 +141,18 @@ def test_teacher_with_other_labels_fails_before_training(tmp_path):
     assert res.returncode != 0
     assert "teacher predicts 3 labels ['a', 'b', 'c'] but the dataset has 2" in res.stderr, res.stderr[-2000:]
     assert not any(p.name.startswith("checkpoint-") for p in out.glob("*"))
+
+
+def test_bad_layer_map_fails_before_a_headless_teacher_is_finetuned(tmp_path):
+    from conftest import make_tokenizer, tiny_bert
+
+    _, data = save_tiny_assets(tmp_path / "assets")
+    headless = tmp_path / "headless"
+    tiny_bert(num_layers=4).base_model.save_pretrained(headless)
+    make_tokenizer().save_pretrained(headless)
+    res = subprocess.run([sys.executable, SCRIPT, "--output_dir", str(tmp_path / "out"), "--teacher_model", str(headless),
+                          "--dataset", data, "--teacher_dir", str(tmp_path / "teacher-ft"), "--student_num_layers", "2",
+                          "--hidden_weight", "1", "--layer_map", "3:4", "--use_cpu"],
+                         env=_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode != 0 and "student index 3 out of range: the student has layers 0..2" in res.stderr
+    assert not (tmp_path / "teacher-ft").exists(), "the teacher must not be fine-tuned before the error"

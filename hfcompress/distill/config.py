@@ -31,6 +31,17 @@ def uniform_layer_map(student_layers: int, teacher_layers: int) -> LayerMap:
     return [(i, max(1, round(i * teacher_layers / student_layers))) for i in range(1, student_layers + 1)]
 
 
+def resolve_layer_map(pairs: LayerMap | None, student_layers: int, teacher_layers: int) -> LayerMap:
+    """The explicit pairs (checked against both depths) or the uniform default."""
+    pairs = pairs or uniform_layer_map(student_layers, teacher_layers)
+    for s, t in pairs:
+        if not 0 <= s <= student_layers:
+            raise ValueError(f"layer_map student index {s} out of range: the student has layers 0..{student_layers}")
+        if not 0 <= t <= teacher_layers:
+            raise ValueError(f"layer_map teacher index {t} out of range: the teacher has layers 0..{teacher_layers}")
+    return pairs
+
+
 @dataclass
 class DistillationConfig:
     """What to distil and how the terms are weighted. Validated on creation.

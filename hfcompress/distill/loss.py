@@ -17,7 +17,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from ..arch import get_adapter
-from .config import DistillationConfig, LayerMap, uniform_layer_map
+from .config import DistillationConfig, LayerMap, resolve_layer_map
 from .losses import (
     attention_kl_per_example,
     hard_label_loss_sum,
@@ -122,13 +122,7 @@ class DistillationLoss(nn.Module):
             return []
         ns = get_adapter(self.student_config).num_layers(self.student_config)
         nt = get_adapter(self.teacher_config).num_layers(self.teacher_config)
-        pairs = self.config.pairs or uniform_layer_map(ns, nt)
-        for s, t in pairs:
-            if not 0 <= s <= ns:
-                raise ValueError(f"layer_map student index {s} out of range: the student has layers 0..{ns}")
-            if not 0 <= t <= nt:
-                raise ValueError(f"layer_map teacher index {t} out of range: the teacher has layers 0..{nt}")
-        return pairs
+        return resolve_layer_map(self.config.pairs, ns, nt)
 
     @property
     def teacher_hidden_layers(self) -> list[int]:

@@ -168,3 +168,19 @@ def tokenize(
         return {f"{prefix}{k}": v for k, v in enc.items()}
 
     return dataset.map(fn, batched=True, desc=f"Tokenizing{' for ' + prefix.rstrip('_') if prefix else ''}")
+
+
+def content_fingerprint(dataset: Dataset) -> str:
+    """A hash of a dataset's rows and features, the same in every process (unlike `Dataset._fingerprint`, which is
+    random for in-memory datasets). Used to key caches of work done on a dataset."""
+    import hashlib
+
+    import pyarrow as pa
+
+    h = hashlib.sha256(str(dataset.features).encode())
+    table = dataset.with_format("arrow")[:]
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    h.update(sink.getvalue().to_pybytes())
+    return h.hexdigest()[:16]

@@ -20,6 +20,7 @@ import torch
 from datasets import Dataset, Sequence, Value, load_from_disk
 from tqdm.auto import tqdm
 
+from ..data import content_fingerprint
 from .loss import CACHED_HIDDEN, CACHED_LOGITS, TEACHER_PREFIX
 
 logger = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ CACHE_META = "teacher_cache.json"
 
 def cache_key(teacher_name: str, dataset: Dataset, hidden_layers: list[int], input_prefix: str) -> str:
     blob = json.dumps(
-        {"teacher": teacher_name, "data": dataset._fingerprint, "hidden": list(hidden_layers), "prefix": input_prefix},
+        {"teacher": teacher_name, "data": content_fingerprint(dataset), "hidden": list(hidden_layers), "prefix": input_prefix},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from ..assets import resolve_model_path
-from ..data import label_names, num_labels, tokenize
+from ..data import content_fingerprint, label_names, num_labels, tokenize
 from ..metrics import compute_classification_metrics
 
 logger = logging.getLogger(__name__)
@@ -47,6 +47,13 @@ class FinetuneConfig:
     seed: int = field(default=42, metadata={"help": "Random seed of the fine-tuning run."})
     max_steps: int = field(default=-1, metadata={"help": "If > 0, stop after this many steps (for smoke runs)."})
 
+    def __post_init__(self):
+        # Normalised so that 1 and 1.0 epochs give the same cache key.
+        for name in ("num_train_epochs", "learning_rate", "weight_decay", "warmup_ratio"):
+            setattr(self, name, float(getattr(self, name)))
+        for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "max_length", "seed", "max_steps"):
+            setattr(self, name, int(getattr(self, name)))
+
 
 def has_task_head(model_name_or_path: str) -> bool:
     """True if the checkpoint carries trained sequence-classification weights (none are newly initialised).
@@ -64,7 +71,7 @@ def _cache_key(model_path, dataset, cfg, text_column, label_column, layers=None)
         {
             "model": os.path.abspath(model_path) if os.path.exists(model_path) else model_path,
             "layers": layers,
-            "data": dataset["train"]._fingerprint,
+            "data": content_fingerprint(dataset["train"]),
             "cfg": asdict(cfg),
             "columns": [text_column, label_column],
         },

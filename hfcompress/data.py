@@ -171,8 +171,8 @@ def tokenize(
 
 
 def content_fingerprint(dataset: Dataset) -> str:
-    """A hash of a dataset's rows and features, the same in every process (unlike `Dataset._fingerprint`, which is
-    random for in-memory datasets). Used to key caches of work done on a dataset."""
+    """A hash of a dataset's rows and features. Used to key caches of work done on a dataset: equal content gives
+    an equal key whatever chain of transforms produced it (`Dataset._fingerprint` follows the transform history)."""
     import hashlib
 
     import pyarrow as pa

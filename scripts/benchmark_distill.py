@@ -137,7 +137,7 @@ def median_step_time(trainer, warmup: int = 4) -> float:
     return statistics.median(timer.times[warmup:])
 
 
-def time_steps(args, data, data_kd, data_online, collator, collator_online, teacher, out) -> dict:
+def time_steps(args, data_kd, data_online, collator, teacher, out) -> dict:
     """Median step time of plain fine-tuning vs KD (cached teacher) vs KD (teacher run each step), same steps."""
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
@@ -154,7 +154,7 @@ def time_steps(args, data, data_kd, data_online, collator, collator_online, teac
                             train_dataset=data_kd["train"], data_collator=collator, teacher_config=teacher.config)
     res["kd_cached_s"] = median_step_time(t)
     t = DistillationTrainer(model=student_base(args, 6), args=kd_training_args(args, os.path.join(out, "t-online"), n),
-                            train_dataset=data_online["train"], data_collator=collator_online, teacher_model=teacher)
+                            train_dataset=data_online["train"], data_collator=collator, teacher_model=teacher)
     res["kd_online_s"] = median_step_time(t)
     res["steps_timed"] = n - 4
     return res
@@ -225,7 +225,7 @@ def main(argv=None):
             _write(args.output, result)
     if "timing" in stages:
         torch.manual_seed(args.seed)
-        timing = time_steps(args, data, data_kd, tokenized, collator, collator, teacher, os.path.join(args.cache_dir, "timing"))
+        timing = time_steps(args, data_kd, tokenized, collator, teacher, os.path.join(args.cache_dir, "timing"))
         result["step_time_s"] = timing
         result["kd_step_time_ratio_cached"] = timing["kd_cached_s"] / timing["plain_s"]
         result["kd_step_time_ratio_online"] = timing["kd_online_s"] / timing["plain_s"]

@@ -66,7 +66,10 @@ def has_task_head(model_name_or_path: str) -> bool:
     return not info["missing_keys"]
 
 
-def _cache_key(model_path, dataset, cfg, text_column, label_column, layers=None) -> str:
+def _cache_key(
+    model_path: str, dataset: DatasetDict, cfg: FinetuneConfig, text_column: str, label_column: str,
+    layers: list[int] | None = None,
+) -> str:
     blob = json.dumps(
         {
             "model": os.path.abspath(model_path) if os.path.exists(model_path) else model_path,

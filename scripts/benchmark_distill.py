@@ -1,22 +1,28 @@
 #!/usr/bin/env python
-"""Distillation benchmark on the real offline assets; writes benchmarks/results/distill.json.
+"""Distillation benchmark on the real offline assets; writes benchmarks/results/distill.{json,md}.
 
-    python scripts/benchmark_distill.py                       # everything (about 1.5 h on 2 CPU cores)
-    python scripts/benchmark_distill.py --stages finetune     # only the no-KD baselines (no teacher needed)
+    python scripts/benchmark_distill.py                        # everything (cached rows are re-measured, not retrained)
+    python scripts/benchmark_distill.py --stages finetune      # only the no-KD baselines
 
 Rows, all on Rotten Tomatoes (stratified 10,202 / 1,275 / 1,275 split, seed 42), accuracy on the test split:
-  teacher   MPNet-base (all-mpnet-base-v2) fine-tuned here;
-  student6  MiniLM-L6 (all-MiniLM-L6-v2) fine-tuned without KD, and distilled from the teacher (cached logits);
-  student3  3 blocks (1, 3, 5) of MiniLM-L6, fine-tuned without KD, and distilled from the teacher.
-Latency: CPU forward, batch 32 x 128 tokens, median of 7 runs after 2 warm-up passes, same thread count for all.
-Step-time ratios: median training-step time over the same steps, KD (cached / online teacher) / plain fine-tune.
+  teacher            MPNet-base (all-mpnet-base-v2) fine-tuned here (1 seed);
+  student6_finetune  MiniLM-L6 fine-tuned without KD (3 seeds);
+  student6_kd        MiniLM-L6 distilled from the MPNet teacher, cached logits (3 seeds);
+  student3_*         3 blocks (1, 3, 5) of MiniLM-L6: cut from the pretrained or from the fine-tuned MiniLM (the
+                     fine-tune of the same seed), no KD, logit KD, and the full recipes (hidden states through a
+                     learned 384->768 projection + MiniLM-v2 attention relations, together or staged), MPNet or
+                     MiniLM-L6 teacher. The candidate with the best *validation* accuracy is rerun on 3 seeds.
+Every training row runs through the same steps as scripts/distill.py (`hfcompress.run`), under bf16 autocast on
+this CPU. Latency: CPU fp32 forward, batch 32 x 128 tokens, median of 7 after 2 warm-ups. Step-time ratios: median
+training-step time over the same steps, KD (cached / online teacher) / plain fine-tune.
 
-Trained models are cached under benchmarks/cache/ by a key of everything that affects them; a later invocation
-re-measures everything (accuracy, latency, step times) from the cached weights and says which were reused.
+Trained models are cached under benchmarks/cache/ by a key of everything that affects them; a rerun re-measures
+(accuracy, latency, step times) and says which weights it reused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,34 +32,40 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback, set_seed
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 
-from hfcompress.assets import resolve_model_path
 from hfcompress.cli import parse_args, setup_logging
-from hfcompress.data import ROTTEN_TOMATOES_LABELS, load_rotten_tomatoes
-from hfcompress.distill import (
-    DistillationArguments,
-    DistillationDataCollator,
-    DistillationTrainer,
-    FinetuneConfig,
-    finetune_classifier,
-    init_student_from_teacher,
-)
-from hfcompress.distill.pipeline import cache_teacher_on_train, tokenize_for_distillation
+from hfcompress.data import load_rotten_tomatoes
+from hfcompress.distill import DistillationArguments
 from hfcompress.report import count_parameters, evaluate_classifier, measure_latency, model_size_mb
+from hfcompress.report.record import environment
+from hfcompress.run import DataArguments, FinetuneConfig, ModelArguments, finetune_classifier, run_distillation
 
 logger = logging.getLogger("hfcompress.benchmark")
-LABELS = {"id2label": dict(enumerate(ROTTEN_TOMATOES_LABELS)), "label2id": {n: i for i, n in enumerate(ROTTEN_TOMATOES_LABELS)}}
+
+RECIPES = {
+    # name: (distillation settings, what it is)
+    "logits": ({}, "logit KD (T=2, alpha=0.5)"),
+    "full": (
+        {"hidden_weight": 1.0, "layer_map": "1:4,2:8,3:12", "relation_weight": 1.0},
+        "logit KD + hidden states (MSE via 384->768 projections, student block i <- teacher block 4i) + MiniLM-v2 "
+        "q/k/v relations of the last block, all together",
+    ),
+    "staged": (
+        {"hidden_weight": 1.0, "layer_map": "1:4,2:8,3:12", "relation_weight": 1.0, "intermediate_fraction": 0.3},
+        "TinyBERT-style staged: hidden states + relations for the first 30% of steps, then logit KD + labels",
+    ),
+}
 
 
 @dataclass
 class BenchmarkArguments:
-    stages: str = field(default="all", metadata={"help": "'all', or a comma list of: finetune, teacher, kd, timing, latency."})
-    cache_dir: str = field(default="benchmarks/cache", metadata={"help": "Where trained models and the teacher cache are kept."})
+    stages: str = field(default="all", metadata={"help": "'all', or a comma list of: finetune, teacher, kd, student3, best, timing, latency."})
+    cache_dir: str = field(default="benchmarks/cache", metadata={"help": "Where trained models and teacher caches are kept."})
     output: str = field(default="benchmarks/results/distill.json", metadata={"help": "Result JSON path."})
     teacher: str = field(default="mpnet-base", metadata={"help": "Teacher model (asset name, folder or Hub id)."})
     student: str = field(default="minilm-l6", metadata={"help": "Student base model."})
-    student3_layers: str = field(default="1,3,5", metadata={"help": "Blocks of the student base kept in the 3-layer student."})
+    student3_layers: str = field(default="1,3,5", metadata={"help": "Blocks of the student base kept in the 3-block student."})
     teacher_epochs: float = field(default=1.0, metadata={"help": "Teacher fine-tuning epochs (MPNet is ~6x slower per step)."})
     teacher_lr: float = field(default=3e-5, metadata={"help": "Teacher fine-tuning learning rate."})
     student_epochs: float = field(default=2.0, metadata={"help": "Epochs of every student run (with and without KD)."})
@@ -61,62 +73,91 @@ class BenchmarkArguments:
     batch_size: int = field(default=32, metadata={"help": "Training batch size of every run."})
     temperature: float = field(default=2.0, metadata={"help": "KD temperature."})
     alpha: float = field(default=0.5, metadata={"help": "KD weight (hard-label weight is 1 - alpha)."})
+    seeds: str = field(default="42,43,44", metadata={"help": "Seeds of the deciding rows (first = seed of single-seed rows)."})
+    bf16: bool = field(default=True, metadata={"help": "Train under bf16 autocast (CPU with AVX512-BF16: ~1.4-1.9x faster)."})
     timing_steps: int = field(default=24, metadata={"help": "Training steps timed per variant for the step-time ratios."})
-    seed: int = field(default=42, metadata={"help": "Seed of every run."})
 
 
-def student_base(args, num_layers: int):
-    """MiniLM with a new 2-way head (seeded), full or cut to `args.student3_layers`."""
-    set_seed(args.seed)
-    model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(args.student), num_labels=2, **LABELS)
-    if num_layers == 6:
-        return model
-    return init_student_from_teacher(model, layers=[int(x) for x in args.student3_layers.split(",")])
+def _seeds(args) -> list[int]:
+    return [int(s) for s in args.seeds.split(",")]
 
 
-def ft_config(args) -> FinetuneConfig:
+def _key(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def ft_config(args, seed: int, teacher: bool = False) -> FinetuneConfig:
+    if teacher:
+        return FinetuneConfig(num_train_epochs=args.teacher_epochs, learning_rate=args.teacher_lr,
+                              per_device_train_batch_size=args.batch_size, seed=seed, bf16=args.bf16)
     return FinetuneConfig(num_train_epochs=args.student_epochs, learning_rate=args.student_lr,
-                          per_device_train_batch_size=args.batch_size, seed=args.seed)
+                          per_device_train_batch_size=args.batch_size, seed=seed, bf16=args.bf16)
 
 
-def run_finetune(args, data, name: str, num_layers: int) -> dict:
-    out = os.path.join(args.cache_dir, name)
-    model = None if num_layers == 6 else student_base(args, num_layers)
-    set_seed(args.seed)
-    summary = finetune_classifier(args.student, data, out, ft_config(args), model=model, report_split="validation")
-    summary["path"] = out
-    return summary
+def teacher_dir(args) -> str:
+    return os.path.join(args.cache_dir, "teacher-" + os.path.basename(args.teacher))
 
 
-def kd_training_args(args, out: str, max_steps: int = -1) -> DistillationArguments:
+def finetune_dir(args, seed: int) -> str:
+    return os.path.join(args.cache_dir, f"student6_finetune-s{seed}")
+
+
+def kd_args(args, out: str, seed: int, recipe: str, max_steps: int = -1) -> DistillationArguments:
     return DistillationArguments(
-        output_dir=os.path.join(out, "trainer"), num_train_epochs=args.student_epochs, max_steps=max_steps,
-        learning_rate=args.student_lr, per_device_train_batch_size=args.batch_size, weight_decay=0.01,
-        warmup_steps=0.06, seed=args.seed, eval_strategy="no", save_strategy="no", logging_steps=50,
-        report_to="none", temperature=args.temperature, alpha=args.alpha,
+        output_dir=out, num_train_epochs=args.student_epochs, max_steps=max_steps, learning_rate=args.student_lr,
+        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, weight_decay=0.01,
+        warmup_steps=0.06, seed=seed, eval_strategy="no", save_strategy="no", logging_steps=50, report_to="none",
+        bf16=args.bf16, use_cpu=args.bf16 and not torch.cuda.is_available(), disable_tqdm=True,
+        temperature=args.temperature, alpha=args.alpha, **RECIPES[recipe][0],
     )
 
 
-def run_kd(args, data_kd, collator, teacher_config, name: str, num_layers: int, teacher_name: str) -> dict:
-    out = os.path.join(args.cache_dir, name)
-    key = json.dumps({"teacher": teacher_name, "layers": num_layers, "args": asdict(args) | {"stages": None, "output": None}}, sort_keys=True)
-    summary_path = os.path.join(out, "kd_summary.json")
-    if os.path.exists(summary_path):
-        with open(summary_path) as fh:
-            prev = json.load(fh)
-        if prev.get("key") == key:
-            return {**prev, "reused": True, "path": out}
-    student = student_base(args, num_layers)
-    trainer = DistillationTrainer(
-        model=student, args=kd_training_args(args, out), train_dataset=data_kd["train"], data_collator=collator,
-        teacher_config=teacher_config,
-    )
-    res = trainer.train()
-    trainer.save_model(out)
-    summary = {"key": key, "train_runtime_s": res.metrics["train_runtime"], "train_loss": res.training_loss, "reused": False}
-    with open(summary_path, "w") as fh:
-        json.dump(summary, fh, indent=2)
-    return {**summary, "path": out}
+def run_kd(args, name: str, seed: int, teacher: str, student: str, layers: str | None, recipe: str) -> dict:
+    """One distillation row through `run_distillation` (the steps of scripts/distill.py), cached by its settings."""
+    out = os.path.join(args.cache_dir, f"{name}-s{seed}")
+    settings = {"teacher": teacher, "student": student, "layers": layers, "recipe": RECIPES[recipe][0], "seed": seed,
+                "epochs": args.student_epochs, "lr": args.student_lr, "batch": args.batch_size, "T": args.temperature,
+                "alpha": args.alpha, "bf16": args.bf16}
+    key, key_path = _key(settings), os.path.join(out, "bench_key.json")
+    summary_path = os.path.join(out, "distill_summary.json")
+    if os.path.exists(key_path) and os.path.exists(summary_path) and json.load(open(key_path)).get("key") == key:
+        record = json.load(open(summary_path))
+        reused = True
+    else:
+        model_args = ModelArguments(teacher_model=teacher, student_model=student, student_layers=layers, finetune_teacher=False)
+        data_args = DataArguments(evaluate_teacher=False, teacher_cache_dir=teacher_cache_dir(args, teacher, recipe))
+        record = run_distillation(model_args, data_args, kd_args(args, out, seed, recipe)).to_dict()
+        with open(key_path, "w") as fh:
+            json.dump({"key": key, "settings": settings}, fh, indent=2)
+        reused = False
+    return {"path": os.path.join(out, "model"), "reused_trained_weights": reused, "recipe": recipe,
+            "recipe_description": RECIPES[recipe][1], "teacher": teacher, "student_source": student, "layers": layers,
+            "seed": seed, "validation_accuracy": record["metrics"]["student"]["validation"]["validation_accuracy"],
+            "train_runtime_s": record["training"]["runtime_s_this_invocation"]}
+
+
+def run_finetune(args, data, name: str, seed: int, layers: str | None) -> dict:
+    from hfcompress.distill import init_student_from_teacher
+
+    out = finetune_dir(args, seed) if layers is None else os.path.join(args.cache_dir, f"{name}-s{seed}")
+    model = None
+    if layers is not None:
+        from transformers import set_seed
+
+        set_seed(seed)
+        base = AutoModelForSequenceClassification.from_pretrained(
+            _path(args.student), num_labels=2, id2label={0: "rotten", 1: "fresh"}, label2id={"rotten": 0, "fresh": 1})
+        model = init_student_from_teacher(base, layers=[int(x) for x in layers.split(",")])
+    s = finetune_classifier(args.student, data, out, ft_config(args, seed), model=model)
+    return {"path": out, "reused_trained_weights": s["reused"], "seed": seed, "layers": layers,
+            "validation_accuracy": s.get("validation_metrics", {}).get("eval_accuracy"),
+            "train_runtime_s": s["train_runtime_s"]}
+
+
+def _path(name):
+    from hfcompress.assets import resolve_model_path
+
+    return resolve_model_path(name)
 
 
 class StepTimer(TrainerCallback):
@@ -130,167 +171,201 @@ class StepTimer(TrainerCallback):
         self.times.append(time.perf_counter() - self._t)
 
 
-def median_step_time(trainer, warmup: int = 4) -> float:
-    timer = StepTimer()
-    trainer.add_callback(timer)
-    trainer.train()
-    return statistics.median(timer.times[warmup:])
+def time_steps(args, seed: int) -> dict:
+    """Median step time of plain fine-tuning vs KD from cached logits and with the teacher run every step (MiniLM-L6),
+    and of plain fine-tuning vs the intermediate stage from cached hidden states and relations (the 3-block student of
+    the full recipes, same cache). Same steps and batch size within each pair; runs are fresh (never reused)."""
+    import shutil
 
+    from hfcompress.distill import DistillationTrainer, init_student_from_teacher
 
-def time_steps(args, data_kd, data_online, collator, teacher, out) -> dict:
-    """Median step time of plain fine-tuning vs KD (cached teacher) vs KD (teacher run each step), same steps."""
-    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+    timers = []
+    orig_init = DistillationTrainer.__init__
 
-    n = args.timing_steps
-    tok = collator.tokenizer
-    plain_args = TrainingArguments(output_dir=os.path.join(out, "t-plain"), max_steps=n, per_device_train_batch_size=args.batch_size,
-                                   learning_rate=args.student_lr, seed=args.seed, save_strategy="no", report_to="none",
-                                   logging_steps=1000, average_tokens_across_devices=False)
-    plain_train = data_kd["train"].remove_columns([c for c in data_kd["train"].column_names if c.startswith("teacher_")])
-    res = {}
-    t = Trainer(model=student_base(args, 6), args=plain_args, train_dataset=plain_train, data_collator=DataCollatorWithPadding(tok))
-    res["plain_s"] = median_step_time(t)
-    t = DistillationTrainer(model=student_base(args, 6), args=kd_training_args(args, os.path.join(out, "t-cached"), n),
-                            train_dataset=data_kd["train"], data_collator=collator, teacher_config=teacher.config)
-    res["kd_cached_s"] = median_step_time(t)
-    t = DistillationTrainer(model=student_base(args, 6), args=kd_training_args(args, os.path.join(out, "t-online"), n),
-                            train_dataset=data_online["train"], data_collator=collator, teacher_model=teacher)
-    res["kd_online_s"] = median_step_time(t)
+    def timed_init(self, *a, **kw):  # attach a step timer to the trainer that run_distillation builds
+        orig_init(self, *a, **kw)
+        timers.append(StepTimer())
+        self.add_callback(timers[-1])
+
+    n, base, L = args.timing_steps, os.path.join(args.cache_dir, "timing"), args.student3_layers
+    shutil.rmtree(base, ignore_errors=True)
+    data, res = load_rotten_tomatoes(), {}
+    ft = FinetuneConfig(max_steps=n, per_device_train_batch_size=args.batch_size, seed=seed, bf16=args.bf16,
+                        learning_rate=args.student_lr)
+    for label, layers in (("plain_s", None), ("plain_student3_s", L)):
+        model = None
+        if layers:
+            model = init_student_from_teacher(AutoModelForSequenceClassification.from_pretrained(_path(args.student), num_labels=2),
+                                              layers=[int(x) for x in layers.split(",")])
+            model.config.hfcompress_student_layers = None  # not cacheable: always a fresh, timed run
+        finetune_classifier(args.student, data, os.path.join(base, label), ft, model=model, callbacks=[t := StepTimer()])
+        res[label] = statistics.median(t.times[4:])
+    DistillationTrainer.__init__ = timed_init
+    try:
+        for label, recipe, cache, layers in (("kd_cached_s", "logits", True, None),
+                                              ("kd_online_s", "logits", False, None),
+                                              ("kd_cached_stage1_student3_s", "staged", True, L)):
+            a = kd_args(args, os.path.join(base, label), seed, recipe, max_steps=n)
+            if recipe == "staged":
+                a.intermediate_fraction = 0.99  # every timed step is in the intermediate stage
+            data_args = DataArguments(evaluate_teacher=False, cache_teacher=cache,
+                                      teacher_cache_dir=teacher_cache_dir(args, teacher_dir(args), recipe))
+            run_distillation(ModelArguments(teacher_model=teacher_dir(args), student_model=args.student,
+                                            student_layers=layers, finetune_teacher=False), data_args, a)
+            res[label] = statistics.median(timers[-1].times[4:])
+    finally:
+        DistillationTrainer.__init__ = orig_init
     res["steps_timed"] = n - 4
+    res["batch_size"] = args.batch_size
     return res
+
+
+def teacher_cache_dir(args, teacher: str, recipe: str) -> str:
+    """One teacher-output cache per teacher and per set of cached outputs (all students share MiniLM's tokenizer)."""
+    need = {k: v for k, v in RECIPES[recipe][0].items() if k in ("hidden_weight", "layer_map", "relation_weight")}
+    return os.path.join(args.cache_dir, "teacher-outputs", _key({"teacher": os.path.abspath(teacher), "need": need}))
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def main(argv=None):
     (args,) = parse_args((BenchmarkArguments,), argv, description=__doc__.split("\n\n")[0])
     setup_logging()
-    stages = {"finetune", "teacher", "kd", "timing", "latency"} if args.stages == "all" else set(args.stages.split(","))
+    all_stages = {"finetune", "teacher", "kd", "student3", "best", "timing", "latency"}
+    stages = all_stages if args.stages == "all" else set(args.stages.split(","))
     os.makedirs(args.cache_dir, exist_ok=True)
-    result = {}
-    if os.path.exists(args.output):
-        with open(args.output) as fh:
-            result = json.load(fh)
-    data = load_rotten_tomatoes(seed=args.seed)
-    texts, labels = data["test"]["text"], data["test"]["label"]
-    student_tok = AutoTokenizer.from_pretrained(resolve_model_path(args.student))
+    result = json.load(open(args.output)) if os.path.exists(args.output) else {}
     runs = result.setdefault("runs", {})
+    seeds = _seeds(args)
+    data = load_rotten_tomatoes(seed=42)
+    texts, labels = data["test"]["text"], data["test"]["label"]
+    tok = AutoTokenizer.from_pretrained(_path(args.student))
 
-    def test_acc(path_or_model, tok):
-        model = AutoModelForSequenceClassification.from_pretrained(path_or_model) if isinstance(path_or_model, str) else path_or_model
-        return evaluate_classifier(model, tok, texts, labels, desc=f"test {path_or_model if isinstance(path_or_model, str) else ''}")
+    def test_acc(path):
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+        return evaluate_classifier(model, AutoTokenizer.from_pretrained(path) if os.path.exists(os.path.join(path, "tokenizer.json")) else tok,
+                                   texts, labels, desc=f"test {os.path.basename(os.path.dirname(path)) or path}")
 
-    if "finetune" in stages:
-        for name, layers in (("student6_finetune", 6), ("student3_finetune", 3)):
-            s = run_finetune(args, data, name, layers)
-            m = test_acc(s["path"], student_tok)
-            runs[name] = {"test": m, "train_runtime_s": s["train_runtime_s"], "reused_trained_weights": s["reused"],
-                          "config": s["config"], "path": s["path"]}
-            result[f"{name}_accuracy"] = m["accuracy"]
-            _write(args.output, result)
+    def record(name: str, rows: list[dict]) -> None:
+        for r in rows:
+            r["test"] = test_acc(r["path"])
+        runs[name] = rows
+        mean, std = _mean_std([r["test"]["accuracy"] for r in rows])
+        result[f"{name}_accuracy"], result[f"{name}_accuracy_std"] = mean, std
+        result[f"{name}_seeds"] = [r["seed"] for r in rows]
+        _write(args.output, result)
 
-    teacher = teacher_tok = None
-    if stages & {"teacher", "kd", "timing", "latency"}:
-        t_dir = os.path.join(args.cache_dir, "teacher-" + os.path.basename(args.teacher))
-        set_seed(args.seed)
-        s = finetune_classifier(args.teacher, data, t_dir, FinetuneConfig(num_train_epochs=args.teacher_epochs, learning_rate=args.teacher_lr,
-                                per_device_train_batch_size=args.batch_size, seed=args.seed))
-        teacher = AutoModelForSequenceClassification.from_pretrained(t_dir)
-        teacher_tok = AutoTokenizer.from_pretrained(t_dir)
+    t_dir = teacher_dir(args)
+    if stages & {"teacher", "kd", "student3", "best", "timing", "latency"}:
+        s = finetune_classifier(args.teacher, data, t_dir, ft_config(args, seeds[0], teacher=True))
         if "teacher" in stages:
-            m = test_acc(teacher, teacher_tok)
-            runs["teacher"] = {"model": args.teacher, "test": m, "train_runtime_s": s["train_runtime_s"],
-                               "reused_trained_weights": s["reused"], "config": s["config"], "path": t_dir}
-            result["teacher_accuracy"] = m["accuracy"]
-            _write(args.output, result)
-
-    if stages & {"kd", "timing"}:
-        tokenized, separate = tokenize_for_distillation(data, student_tok, teacher_tok, "text", "label", 128)
-        collator = DistillationDataCollator(student_tok, teacher_tok if separate else None)
-        from contextlib import nullcontext
-
-        data_kd, meta = cache_teacher_on_train(
-            tokenized, os.path.abspath(os.path.join(args.cache_dir, "teacher-" + os.path.basename(args.teacher))),
-            lambda: teacher, collator, os.path.join(args.cache_dir, "teacher-outputs"), None, separate, 64,
-            lambda desc=None: nullcontext(),
-        )
-        result["teacher_cache"] = {k: v for k, v in meta.items() if k != "teacher_config"}
+            record("teacher", [{"path": t_dir, "seed": seeds[0], "reused_trained_weights": s["reused"],
+                                "train_runtime_s": s["train_runtime_s"], "model": args.teacher}])
+    if stages & {"finetune", "student3", "best"}:
+        record("student6_finetune", [run_finetune(args, data, "student6_finetune", s, None) for s in seeds])
     if "kd" in stages:
-        for name, layers in (("student6_kd", 6), ("student3_kd", 3)):
-            s = run_kd(args, data_kd, collator, teacher.config, name, layers, args.teacher)
-            m = test_acc(s["path"], student_tok)
-            runs[name] = {"test": m, "train_runtime_s": s["train_runtime_s"], "reused_trained_weights": s["reused"],
-                          "teacher": args.teacher, "teacher_outputs": "cached logits", "temperature": args.temperature,
-                          "alpha": args.alpha, "path": s["path"]}
-            result[f"{name}_accuracy"] = m["accuracy"]
-            result[f"{name}_teacher"] = args.teacher
-            _write(args.output, result)
+        record("student6_kd", [run_kd(args, "student6_kd", s, t_dir, args.student, None, "logits") for s in seeds])
+        result["student6_kd_teacher"] = args.teacher
+    if "student3" in stages:
+        s0, L = seeds[0], args.student3_layers
+        record("student3_finetune", [run_finetune(args, data, "student3_finetune", s0, L)])
+        record("student3_kd", [run_kd(args, "student3_kd", s0, t_dir, args.student, L, "logits")])
+        result["student3_kd_teacher"] = args.teacher
+        candidates = {
+            "student3_ftcut_kd_logits": (t_dir, "logits"),
+            "student3_ftcut_kd_full": (t_dir, "full"),
+            "student3_ftcut_kd_staged": (t_dir, "staged"),
+            "student3_ftcut_kd_minilm_teacher": (finetune_dir(args, s0), "full"),
+        }
+        for name, (teacher, recipe) in candidates.items():
+            record(name, [run_kd(args, name, s0, teacher, finetune_dir(args, s0), L, recipe)])
+        # The best candidate is chosen on the validation split, never on the test split.
+        result["student3_candidates_validation_accuracy"] = {n: runs[n][0]["validation_accuracy"] for n in candidates}
+        result["student3_best_candidate"] = max(candidates, key=lambda n: runs[n][0]["validation_accuracy"])
+        _write(args.output, result)
+    if "best" in stages and "student3_best_candidate" in result:
+        name = result["student3_best_candidate"]
+        first = runs[name][0]
+        teacher = first["teacher"]
+        rows = [run_kd(args, name, s, teacher if teacher == t_dir else finetune_dir(args, s), finetune_dir(args, s),
+                       args.student3_layers, first["recipe"]) for s in seeds]
+        record(name, rows)
+        result["student3_best_kd_accuracy"] = result[f"{name}_accuracy"]
+        result["student3_best_kd_accuracy_std"] = result[f"{name}_accuracy_std"]
+        result["student3_best_recipe"] = (f"{name}: 3 blocks ({args.student3_layers}) cut from MiniLM-L6 fine-tuned "
+                                          f"(same seed), teacher {'MPNet-base' if teacher == t_dir else 'MiniLM-L6 fine-tuned'}, "
+                                          f"{first['recipe_description']}")
+        _write(args.output, result)
     if "timing" in stages:
-        torch.manual_seed(args.seed)
-        timing = time_steps(args, data_kd, tokenized, collator, teacher, os.path.join(args.cache_dir, "timing"))
+        timing = time_steps(args, seeds[0])
         result["step_time_s"] = timing
         result["kd_step_time_ratio_cached"] = timing["kd_cached_s"] / timing["plain_s"]
+        result["kd_step_time_ratio_cached_intermediate"] = timing["kd_cached_stage1_student3_s"] / timing["plain_student3_s"]
         result["kd_step_time_ratio_online"] = timing["kd_online_s"] / timing["plain_s"]
         _write(args.output, result)
     if "latency" in stages:
-        models = {"teacher": teacher}
-        for name, layers in (("student6", 6), ("student3", 3)):
-            path = runs.get(f"{name}_kd", {}).get("path")
-            models[name] = AutoModelForSequenceClassification.from_pretrained(path) if path else student_base(args, layers)
         lat = {}
-        for name, model in models.items():
+        paths = {"teacher": t_dir, "student6": runs["student6_finetune"][0]["path"]}
+        if runs.get("student3_finetune"):
+            paths["student3"] = runs["student3_finetune"][0]["path"]
+        for name, path in paths.items():
+            model = AutoModelForSequenceClassification.from_pretrained(path)
             lat[name] = measure_latency(model, batch_size=32, seq_len=128, runs=7, warmup=2)
-            lat[name]["parameters"] = count_parameters(model)
-            lat[name]["size_mb"] = model_size_mb(model)
+            lat[name].update(parameters=count_parameters(model), size_mb=model_size_mb(model))
             result[f"latency_ms_{name}"] = lat[name]["median_ms"]
         result["latency"] = lat
-        result["speedup_student6_vs_teacher"] = lat["teacher"]["median_ms"] / lat["student6"]["median_ms"]
-        result["speedup_student3_vs_teacher"] = lat["teacher"]["median_ms"] / lat["student3"]["median_ms"]
+        for name in ("student6", "student3"):
+            if name in lat:
+                result[f"speedup_{name}_vs_teacher"] = lat["teacher"]["median_ms"] / lat[name]["median_ms"]
         _write(args.output, result)
 
     floors = {}
-    if all(k in result for k in ("student6_kd_accuracy", "student6_finetune_accuracy", "student3_kd_accuracy")):
-        floors["student6_kd_gt_finetune"] = result["student6_kd_accuracy"] > result["student6_finetune_accuracy"]
-        floors["student3_kd_ge_0.97x_student6_finetune"] = result["student3_kd_accuracy"] >= 0.97 * result["student6_finetune_accuracy"]
-    if "kd_step_time_ratio_cached" in result:
-        floors["kd_step_time_ratio_cached_le_1.15"] = result["kd_step_time_ratio_cached"] <= 1.15
+    if "student6_finetune_accuracy" in result:
+        ft, ft_std = result["student6_finetune_accuracy"], result["student6_finetune_accuracy_std"]
+        if "student3_best_kd_accuracy" in result:
+            floors["student3_best_kd_ge_0.97x_student6_finetune"] = result["student3_best_kd_accuracy"] >= 0.97 * ft
+        if "student6_kd_accuracy" in result:
+            floors["student6_kd_minus_finetune_gt_finetune_std"] = result["student6_kd_accuracy"] - ft > ft_std
+    for key in ("kd_step_time_ratio_cached", "kd_step_time_ratio_cached_intermediate"):
+        if key in result:
+            floors[f"{key}_le_1.15"] = result[key] <= 1.15
     result["floors_met"] = floors
+    result["settings"] = asdict(args)
     result["command"] = "python scripts/benchmark_distill.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    result["environment"] = {"torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-                             "dataset": "rotten-tomatoes (offline), test split 1,275 rows"}
+    result["environment"] = {**environment(), "dataset": "rotten-tomatoes (offline), test split 1,275 rows",
+                             "training_device": "cpu (bf16 autocast)" if args.bf16 else "cpu (fp32)",
+                             "latency_device": "cpu (fp32)"}
     _write(args.output, result)
     with open(os.path.splitext(args.output)[0] + ".md", "w") as fh:
         fh.write(markdown_table(result))
     logger.info("Wrote %s", args.output)
-    for k in sorted(result):
-        if not isinstance(result[k], dict):
-            logger.info("%-40s %s", k, result[k])
 
 
 def markdown_table(r: dict) -> str:
     """The README table, rendered from the result JSON (never typed by hand)."""
-    def f(key, fmt="{:.4f}"):
-        return fmt.format(r[key]) if isinstance(r.get(key), (int, float)) else "n/a"
-
-    lat = r.get("latency", {})
-    rows = [
-        ("teacher: MPNet-base fine-tuned", "teacher_accuracy", "teacher", "-"),
-        ("student6: MiniLM-L6 fine-tuned (no KD)", "student6_finetune_accuracy", "student6", "-"),
-        ("student6: MiniLM-L6 + KD", "student6_kd_accuracy", "student6", r.get("student6_kd_teacher", "-")),
-        ("student3: 3 blocks of MiniLM-L6, fine-tuned (no KD)", "student3_finetune_accuracy", "student3", "-"),
-        ("student3: 3 blocks of MiniLM-L6 + KD", "student3_kd_accuracy", "student3", r.get("student3_kd_teacher", "-")),
-    ]
-    out = ["| model | test accuracy | params (M) | CPU latency ms (b32 x 128) | speed-up vs teacher | KD teacher |",
-           "|---|---|---|---|---|---|"]
+    runs, lat = r.get("runs", {}), r.get("latency", {})
     t_ms = lat.get("teacher", {}).get("median_ms")
-    for label, key, lat_key, teacher in rows:
-        ms = lat.get(lat_key, {}).get("median_ms")
-        params = lat.get(lat_key, {}).get("parameters")
-        out.append(f"| {label} | {f(key)} | {params / 1e6:.1f} |" if params else f"| {label} | {f(key)} | n/a |")
-        out[-1] += f" {ms:.0f} | {t_ms / ms:.2f}x |" if ms and t_ms else " n/a | n/a |"
-        out[-1] += f" {teacher} |"
+    out = ["| row | test accuracy (mean ± std) | seeds | params (M) | CPU ms (b32 x 128) | speed-up vs teacher | recipe |",
+           "|---|---|---|---|---|---|---|"]
+    for name, rows in runs.items():
+        size = "student3" if name.startswith("student3") else "student6" if name.startswith("student6") else "teacher"
+        acc, std = r.get(f"{name}_accuracy"), r.get(f"{name}_accuracy_std")
+        ms, params = lat.get(size, {}).get("median_ms"), lat.get(size, {}).get("parameters")
+        recipe = rows[0].get("recipe_description", "fine-tune, no KD" if name != "teacher" else "fine-tune")
+        if rows[0].get("teacher") and "minilm" in name:
+            recipe += " (MiniLM-L6 teacher)"
+        out.append(f"| {name} | {acc:.4f} ± {std:.4f} | {len(rows)} | {params / 1e6:.1f} |" if params else
+                   f"| {name} | {acc:.4f} ± {std:.4f} | {len(rows)} | n/a |")
+        out[-1] += f" {ms:.0f} | {t_ms / ms:.2f}x | {recipe} |" if ms and t_ms else f" n/a | n/a | {recipe} |"
     out.append("")
-    out.append(f"KD step time / plain fine-tune step time: cached teacher {f('kd_step_time_ratio_cached', '{:.3f}')}, "
-               f"teacher run online {f('kd_step_time_ratio_online', '{:.3f}')}.")
-    out.append(f"Floors: {json.dumps(r.get('floors_met', {}))}")
+    for key in ("kd_step_time_ratio_cached", "kd_step_time_ratio_cached_intermediate", "kd_step_time_ratio_online"):
+        if key in r:
+            out.append(f"- {key}: {r[key]:.3f}")
+    if "student3_best_recipe" in r:
+        out.append(f"- best 3-block recipe (chosen on validation): {r['student3_best_recipe']}")
+    out.append(f"- floors: {json.dumps(r.get('floors_met', {}))}")
     return "\n".join(out) + "\n"
 
 

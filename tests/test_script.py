@@ -55,7 +55,9 @@ def test_help_documents_every_option():
 
     from hfcompress.distill.config import DistillationConfig
 
-    for cls in (mod.ModelArguments, mod.DataArguments, mod.DistillScriptArguments, DistillationConfig):
+    from hfcompress.run import DataArguments, ModelArguments
+
+    for cls in (ModelArguments, DataArguments, mod.DistillScriptArguments, DistillationConfig):
         for f in fields(cls):
             if f.init and f.name in cls.__dict__.get("__annotations__", {}):
                 assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help"
@@ -76,13 +78,16 @@ def test_one_and_two_processes_agree(tiny, tmp_path):
                 "--per_device_train_batch_size", "4", *COMMON], tmp_path)
     s1 = json.load(open(one / "distill_summary.json"))
     s2 = json.load(open(two / "distill_summary.json"))
-    assert s1["num_processes"] == 1 and s2["num_processes"] == 2, res.stderr[-2000:]
+    assert s1["training"]["num_processes"] == 1 and s2["training"]["num_processes"] == 2, res.stderr[-2000:]
     for out in (one, two):
-        ckpts = sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint-"))
+        ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("checkpoint-"))
         assert ckpts == ["checkpoint-4"]
+        # The publishable model stands alone: no checkpoint, cache or run file beside it.
+        assert sorted(p.name for p in (out / "model").iterdir()) == sorted(
+            ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training_args.bin"])
     # Same 8 examples per optimizer step in both runs: the loss and the trained weights agree.
-    assert s2["train_loss"] == pytest.approx(s1["train_loss"], rel=1e-3)
-    w1, w2 = load_file(one / "model.safetensors"), load_file(two / "model.safetensors")
+    assert s2["training"]["loss_mean_of_logged_steps"] == pytest.approx(s1["training"]["loss_mean_of_logged_steps"], rel=1e-3)
+    w1, w2 = load_file(one / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")
     for k in w1:
         assert torch.allclose(w1[k], w2[k], atol=1e-4, rtol=1e-3), k
 
@@ -95,14 +100,15 @@ def test_config_file_and_flags(tiny, tmp_path):
     out = tmp_path / "cfg"
     _run([sys.executable, SCRIPT, "--config", str(cfg), "--output_dir", str(out), "--alpha", "0.8"], tmp_path)
     s = json.load(open(out / "distill_summary.json"))
-    assert s["distillation"]["temperature"] == 3.0  # from the file
-    assert s["distillation"]["alpha"] == 0.8  # the flag wins
+    assert s["methods"]["distillation"]["temperature"] == 3.0  # from the file
+    assert s["methods"]["distillation"]["alpha"] == 0.8  # the flag wins
     from transformers import AutoModelForSequenceClassification
 
-    student = AutoModelForSequenceClassification.from_pretrained(out)  # reloads in a fresh process' way
+    student = AutoModelForSequenceClassification.from_pretrained(out / "model")  # reloads in a fresh process' way
     assert student.config.num_hidden_layers == 1
-    assert os.path.exists(out / "tokenizer.json")
-    assert s["test"]["test_accuracy"] >= 0 and s["teacher_test"]["accuracy"] >= 0
+    assert os.path.exists(out / "model" / "tokenizer.json")
+    assert s["metrics"]["student"]["test"]["test_accuracy"] >= 0 and s["metrics"]["teacher"]["test"]["accuracy"] >= 0
+    assert s["settings"]["data"]["dataset"] == data and s["models"]["student"]["parameters"] > 0
 
 
 @pytest.mark.parametrize(
@@ -122,9 +128,10 @@ def test_bad_input_fails_before_training(tiny, tmp_path, flags, message):
     res = subprocess.run([sys.executable, SCRIPT, "--output_dir", str(out), "--teacher_model", teacher, "--dataset", data,
                           "--student_num_layers", "2", "--use_cpu", *flags],
                          env=_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert res.returncode != 0
+    assert res.returncode == 2
     assert message in res.stderr, res.stderr[-3000:]
-    assert not any(p.name.startswith("checkpoint-") for p in out.glob("*")), "no training may start"
+    assert "Traceback" not in res.stderr, "a user's mistake ends with one line, not a traceback"
+    assert not (out / "checkpoints").exists(), "no training may start"
 
 
 def test_teacher_with_other_labels_fails_before_training(tmp_path):
@@ -140,7 +147,7 @@ def test_teacher_with_other_labels_fails_before_training(tmp_path):
                          timeout=300, cwd=ROOT)
     assert res.returncode != 0
     assert "teacher predicts 3 labels ['a', 'b', 'c'] but the dataset has 2" in res.stderr, res.stderr[-2000:]
-    assert not any(p.name.startswith("checkpoint-") for p in out.glob("*"))
+    assert not (out / "checkpoints").exists()
 
 
 def test_bad_layer_map_fails_before_a_headless_teacher_is_finetuned(tmp_path):

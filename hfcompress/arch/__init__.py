@@ -6,5 +6,6 @@ head/FFN pruning) asks an adapter from `get_adapter(model)` instead of probing a
 
 from .base import ArchAdapter, get_adapter, register_adapter
 from . import encoders  # noqa: F401  (registers the BERT-class adapters)
+from .capture import QKVCapture
 
-__all__ = ["ArchAdapter", "get_adapter", "register_adapter"]
+__all__ = ["ArchAdapter", "QKVCapture", "get_adapter", "register_adapter"]

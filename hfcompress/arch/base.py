@@ -16,6 +16,8 @@ class ArchAdapter:
         layers_path: dotted path from the *base* model (``model.base_model``) to the `nn.ModuleList` of blocks.
         num_layers_key: config attribute holding the number of blocks.
         hidden_size_key / num_heads_key: config attributes for width and attention heads.
+        qkv_paths: dotted paths from one block to its attention's query, key and value projections (the
+            `nn.Linear`s whose outputs self-attention relation distillation compares); None if unknown.
     """
 
     model_types: tuple[str, ...]
@@ -23,6 +25,7 @@ class ArchAdapter:
     num_layers_key: str = "num_hidden_layers"
     hidden_size_key: str = "hidden_size"
     num_heads_key: str = "num_attention_heads"
+    qkv_paths: tuple[str, str, str] | None = ("attention.self.query", "attention.self.key", "attention.self.value")
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         module = model.base_model
@@ -48,6 +51,21 @@ class ArchAdapter:
 
     def num_heads(self, config) -> int:
         return int(getattr(config, self.num_heads_key))
+
+    def qkv_modules(self, model: nn.Module, block: int) -> tuple[nn.Module, nn.Module, nn.Module]:
+        """The query, key and value projections of block `block` (1-based, as in `hidden_states` indexing)."""
+        if self.qkv_paths is None:
+            raise NotImplementedError(f"no query/key/value paths known for model types {self.model_types}")
+        layers = self.layers(model)
+        if not 1 <= block <= len(layers):
+            raise ValueError(f"block {block} out of range: the model has blocks 1..{len(layers)}")
+        out = []
+        for path in self.qkv_paths:
+            module = layers[block - 1]
+            for part in path.split("."):
+                module = getattr(module, part)
+            out.append(module)
+        return tuple(out)
 
 
 def register_adapter(adapter: ArchAdapter) -> ArchAdapter:

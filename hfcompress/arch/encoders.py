@@ -4,8 +4,15 @@ from .base import ArchAdapter, register_adapter
 
 BERT_LIKE = register_adapter(
     ArchAdapter(
-        model_types=("bert", "roberta", "xlm-roberta", "electra", "camembert", "mpnet"),
+        model_types=("bert", "roberta", "xlm-roberta", "electra", "camembert"),
         layers_path="encoder.layer",
+    )
+)
+MPNET = register_adapter(
+    ArchAdapter(
+        model_types=("mpnet",),
+        layers_path="encoder.layer",
+        qkv_paths=("attention.attn.q", "attention.attn.k", "attention.attn.v"),
     )
 )
 DISTILBERT = register_adapter(
@@ -15,5 +22,6 @@ DISTILBERT = register_adapter(
         num_layers_key="n_layers",
         hidden_size_key="dim",
         num_heads_key="n_heads",
+        qkv_paths=("attention.q_lin", "attention.k_lin", "attention.v_lin"),
     )
 )

@@ -7,7 +7,6 @@ from .collator import DistillationDataCollator
 from .config import DistillationConfig, parse_layer_map, uniform_layer_map
 from .loss import DistillationLoss, TeacherOutputs, check_label_compatibility
 from .student import init_student_from_teacher
-from .teacher import FinetuneConfig, finetune_classifier, has_task_head, prepare_teacher
 from .trainer import DistillationTrainer
 
 __all__ = [
@@ -17,15 +16,11 @@ __all__ = [
     "DistillationDataCollator",
     "DistillationLoss",
     "DistillationTrainer",
-    "FinetuneConfig",
     "TeacherOutputs",
     "check_label_compatibility",
     "compute_teacher_outputs",
-    "finetune_classifier",
-    "has_task_head",
     "init_student_from_teacher",
     "load_or_compute_teacher_cache",
     "parse_layer_map",
-    "prepare_teacher",
     "uniform_layer_map",
 ]

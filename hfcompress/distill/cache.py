@@ -1,9 +1,10 @@
 """Teacher-output caching: run the teacher once over a dataset and store its outputs in the rows.
 
-Each row carries its own teacher logits (and, if asked, selected hidden states), so shuffling, batching and
-resuming keep them with their example. Because the teacher reads its own `teacher_input_ids`, a teacher with a
-different tokenizer works: each model tokenizes the raw text itself. The cache is saved with `save_to_disk`
-under a key of teacher + data + options; a run that finds the same key (a second run, a resumed one) loads it.
+Each row carries its own teacher logits (and, if asked, selected hidden states and the query/key/value of the
+relation-distillation blocks, float16), so shuffling, batching and resuming keep them with their example. Because
+the teacher reads its own `teacher_input_ids`, a teacher with a different tokenizer works: each model tokenizes the
+raw text itself. The cache is saved with `save_to_disk` under a key of teacher + data + options + storage format; a
+run that finds the same key (a second run, a resumed one) loads it.
 """
 
 from __future__ import annotations
@@ -21,19 +22,42 @@ from datasets import Dataset, Sequence, Value, load_from_disk
 from tqdm.auto import tqdm
 
 from ..data import content_fingerprint
-from .loss import CACHED_HIDDEN, CACHED_LOGITS, TEACHER_PREFIX
+from .loss import CACHED_HIDDEN, CACHED_KEYS, CACHED_LOGITS, CACHED_QKV, TEACHER_PREFIX
 
 logger = logging.getLogger(__name__)
 
 CACHE_META = "teacher_cache.json"
 
 
-def cache_key(teacher_name: str, dataset: Dataset, hidden_layers: list[int], input_prefix: str) -> str:
-    blob = json.dumps(
-        {"teacher": teacher_name, "data": content_fingerprint(dataset), "hidden": list(hidden_layers), "prefix": input_prefix},
-        sort_keys=True,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+# Version of the stored layout, part of the cache key: 2 = hidden states and q/k/v as float16 bytes per row.
+CACHE_FORMAT = 2
+
+
+def cache_key(
+    teacher_name: str, dataset: Dataset, hidden_layers: list[int], input_prefix: str, relation_layers: list[int] | None = None
+) -> str:
+    blob = {"teacher": teacher_name, "data": content_fingerprint(dataset), "hidden": list(hidden_layers),
+            "prefix": input_prefix, "format": CACHE_FORMAT}
+    if relation_layers:
+        blob["relation_qkv"] = list(relation_layers)
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def encode_array(array) -> bytes:
+    """A float16 array as bytes: int32 ndim, int32 shape, then the float16 data (C order). Decoding it is one
+    `np.frombuffer`, where nested lists in an Arrow column take a Python object per number."""
+    a = np.ascontiguousarray(array, dtype=np.float16)
+    return np.asarray([a.ndim, *a.shape], dtype=np.int32).tobytes() + a.tobytes()
+
+
+def decode_array(value) -> np.ndarray:
+    """Inverse of `encode_array` (a read-only view of `value`). Nested lists (caches of older versions) are
+    converted with `np.asarray`."""
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        return np.asarray(value, dtype=np.float16)
+    ndim = int(np.frombuffer(value, dtype=np.int32, count=1)[0])
+    shape = np.frombuffer(value, dtype=np.int32, count=ndim, offset=4)
+    return np.frombuffer(value, dtype=np.float16, offset=4 * (ndim + 1)).reshape(shape)
 
 
 @torch.no_grad()
@@ -44,38 +68,53 @@ def compute_teacher_outputs(
     input_prefix: str = "",
     hidden_layers: list[int] | None = None,
     batch_size: int = 64,
+    relation_layers: list[int] | None = None,
 ) -> Dataset:
-    """Add `teacher_logits` (float32) and, for `hidden_layers`, `teacher_hidden_states` (float16, unpadded
-    `[L, T_i, D]` per row) to `dataset`.
+    """Add `teacher_logits` (float32) to `dataset`; for `hidden_layers`, `teacher_hidden_states` (float16, unpadded
+    `[L, T_i, D]` per row); for `relation_layers` (1-based blocks), `teacher_relation_qkv` (float16, unpadded
+    `[3 * len(relation_layers), T_i, D]` per row: query, key, value of each block in turn). Both are stored as
+    `encode_array` bytes; `DistillationDataCollator` decodes and pads them.
 
     `pad_fn(list_of_features) -> dict of tensors` pads the teacher's inputs, read from the columns
     `{input_prefix}input_ids`, `{input_prefix}attention_mask` (and `token_type_ids` if present).
     """
+    from ..arch import QKVCapture
+
     hidden_layers = list(hidden_layers or [])
+    relation_layers = list(relation_layers or [])
     teacher.eval()
     device = next(teacher.parameters()).device
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if f"{input_prefix}{n}" in dataset.column_names]
     if "input_ids" not in names:
         raise ValueError(f"dataset has no {input_prefix}input_ids column to run the teacher on: {dataset.column_names}")
-    logits_out: list[np.ndarray] = []
-    hidden_out: list[list] = []
-    for start in tqdm(range(0, len(dataset), batch_size), desc="Caching teacher outputs"):
-        rows = dataset[start : start + batch_size]
-        feats = [{n: rows[f"{input_prefix}{n}"][i] for n in names} for i in range(len(rows[f"{input_prefix}input_ids"]))]
-        batch = {k: v.to(device) for k, v in pad_fn(feats).items()}
-        res = teacher(**batch, output_hidden_states=bool(hidden_layers) or None)
-        logits_out.extend(res.logits.float().cpu().numpy())
-        if hidden_layers:
-            lengths = batch["attention_mask"].sum(-1).tolist()
-            stacked = torch.stack([res.hidden_states[j] for j in hidden_layers], 1).half().cpu().numpy()
-            hidden_out.extend(stacked[i, :, : lengths[i]] for i in range(len(lengths)))
-    out = dataset.add_column(CACHED_LOGITS, [x.tolist() for x in logits_out], feature=Sequence(Value("float32")))
+    columns: dict[str, list] = {CACHED_LOGITS: []}
     if hidden_layers:
-        out = out.add_column(
-            CACHED_HIDDEN,
-            [x.tolist() for x in hidden_out],
-            feature=Sequence(Sequence(Sequence(Value("float16")))),
-        )
+        columns[CACHED_HIDDEN] = []
+    if relation_layers:
+        columns[CACHED_QKV] = []
+    capture = QKVCapture(teacher, relation_layers) if relation_layers else None
+    try:
+        for start in tqdm(range(0, len(dataset), batch_size), desc="Caching teacher outputs"):
+            rows = dataset[start : start + batch_size]
+            feats = [{n: rows[f"{input_prefix}{n}"][i] for n in names} for i in range(len(rows[f"{input_prefix}input_ids"]))]
+            batch = {k: v.to(device) for k, v in pad_fn(feats).items()}
+            res = teacher(**batch, output_hidden_states=bool(hidden_layers) or None)
+            columns[CACHED_LOGITS].extend(x.tolist() for x in res.logits.float().cpu().numpy())
+            lengths = batch["attention_mask"].sum(-1).tolist()
+            if hidden_layers:
+                stacked = torch.stack([res.hidden_states[j] for j in hidden_layers], 1).half().cpu().numpy()
+                columns[CACHED_HIDDEN].extend(encode_array(stacked[i, :, : lengths[i]]) for i in range(len(lengths)))
+            if capture is not None:
+                qkv = capture.pop()
+                stacked = torch.stack([x for b in relation_layers for x in qkv[b]], 1).half().cpu().numpy()
+                columns[CACHED_QKV].extend(encode_array(stacked[i, :, : lengths[i]]) for i in range(len(lengths)))
+    finally:
+        if capture is not None:
+            capture.remove()
+    out = dataset.add_column(CACHED_LOGITS, columns[CACHED_LOGITS], feature=Sequence(Value("float32")))
+    for name in (CACHED_HIDDEN, CACHED_QKV):
+        if name in columns:
+            out = out.add_column(name, columns[name], feature=Value("large_binary"))
     return out
 
 
@@ -88,11 +127,15 @@ def load_or_compute_teacher_cache(
     input_prefix: str = "",
     hidden_layers: list[int] | None = None,
     batch_size: int = 64,
+    relation_layers: list[int] | None = None,
 ) -> tuple[Dataset, dict]:
     """The cached dataset from `cache_dir` if its key matches, else compute it (loading the teacher lazily through
-    `teacher_loader()`), save it atomically and return it. Returns `(dataset, metadata)`."""
+    `teacher_loader()`), save it atomically and return it. Returns `(dataset, metadata)`; `metadata["hidden_layers"]`
+    and `metadata["relation_layers"]` say what the rows hold (pass them to `DistillationTrainer` as
+    `cached_hidden_layers` / `cached_relation_layers`)."""
     hidden_layers = list(hidden_layers or [])
-    key = cache_key(teacher_name, dataset, hidden_layers, input_prefix)
+    relation_layers = list(relation_layers or [])
+    key = cache_key(teacher_name, dataset, hidden_layers, input_prefix, relation_layers)
     meta_path = os.path.join(cache_dir, CACHE_META)
     if os.path.exists(meta_path):
         with open(meta_path) as fh:
@@ -103,11 +146,13 @@ def load_or_compute_teacher_cache(
             return load_from_disk(os.path.join(cache_dir, "data")), meta
         logger.info("Teacher cache in %s has another key (%s != %s): recomputing", cache_dir, meta.get("key"), key)
     teacher = teacher_loader()
-    cached = compute_teacher_outputs(teacher, dataset, pad_fn, input_prefix, hidden_layers, batch_size)
+    cached = compute_teacher_outputs(teacher, dataset, pad_fn, input_prefix, hidden_layers, batch_size, relation_layers)
     meta = {
         "key": key,
         "teacher": teacher_name,
         "hidden_layers": hidden_layers,
+        "relation_layers": relation_layers,
+        "format": CACHE_FORMAT,
         "teacher_config": teacher.config.to_dict(),
         "num_rows": len(cached),
     }
@@ -125,5 +170,5 @@ def load_or_compute_teacher_cache(
 
 def drop_teacher_inputs(dataset: Dataset) -> Dataset:
     """Once outputs are cached, the teacher's own token columns are dead weight."""
-    cols = [c for c in dataset.column_names if c.startswith(TEACHER_PREFIX) and c not in (CACHED_LOGITS, CACHED_HIDDEN)]
+    cols = [c for c in dataset.column_names if c.startswith(TEACHER_PREFIX) and c not in CACHED_KEYS]
     return dataset.remove_columns(cols) if cols else dataset

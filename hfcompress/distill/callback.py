@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
+from ..errors import UserInputError
 from .loss import DistillationLoss
 
 logger = logging.getLogger(__name__)
@@ -21,7 +22,11 @@ class DistillationCallback(TrainerCallback):
       its optimizer from the student only), adds them as a param group that follows the first group's schedule;
     * averages their gradients across processes before each optimizer step (they live outside the DDP wrapper), and
       clears them after it (the Trainer only zeroes the student's);
-    * saves them in every checkpoint, and reloads them when training resumes from one.
+    * saves them in every checkpoint, and reloads them when training resumes from one;
+    * with a plain `Trainer` (`kd.attach(student)`), turns `remove_unused_columns` off at `on_init_end`, so that the
+      teacher's columns (`teacher_input_ids`, cached outputs) reach the loss;
+    * tells the loss the training progress before every optimizer step (`set_progress`), which the staged schedule
+      (`intermediate_fraction`) needs, and adds `distill_stage` to a plain Trainer's log history.
     """
 
     def __init__(self, loss: DistillationLoss):
@@ -30,6 +35,27 @@ class DistillationCallback(TrainerCallback):
 
     def _params(self):
         return [p for p in self.loss.parameters() if p.requires_grad]
+
+    def on_init_end(self, args, state, control, **kwargs):
+        # A plain Trainer (the `attach` path) keeps only the dataset columns its model's forward names: it would drop
+        # `teacher_input_ids`/`teacher_attention_mask` and cached teacher outputs before the loss sees them, and the
+        # teacher would read the student's ids. Keep every column; the `attach` hook drops, at the student's forward,
+        # what the Trainer would have dropped. (DistillationTrainer keeps the teacher's columns itself.)
+        if self.loss._hooked is None or not getattr(args, "remove_unused_columns", False):
+            return
+        try:
+            args.remove_unused_columns = False
+        except Exception as exc:  # e.g. frozen arguments
+            raise UserInputError(
+                "TrainingArguments.remove_unused_columns: found True and it could not be changed; expected False for "
+                "distillation with a plain Trainer (it would drop the teacher's columns). Pass "
+                "TrainingArguments(..., remove_unused_columns=False)."
+            ) from exc
+        self.loss.drop_unused_inputs = True
+        logger.info(
+            "DistillationCallback: remove_unused_columns set to False so that teacher_* columns reach the "
+            "distillation loss; inputs the student's forward does not take are dropped at the student instead"
+        )
 
     def on_train_begin(self, args, state, control, optimizer=None, lr_scheduler=None, **kwargs):
         self.loss.to(args.device)
@@ -47,6 +73,18 @@ class DistillationCallback(TrainerCallback):
             ckpt = ckpt or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             if self.loss.load_projections(ckpt):
                 self.loaded_from = ckpt
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        # The staged schedule (intermediate_fraction) reads the progress; global_step is restored on resume.
+        self.loss.set_progress(state.global_step, state.max_steps)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        # A plain Trainer logs no distillation parts; record at least the stage in the log history.
+        # (DistillationTrainer.log puts it, with the loss parts, into the logs itself.)
+        if not self.loss.config.staged or not logs or "loss" not in logs or "distill_stage" in logs:
+            return
+        if state.log_history and state.log_history[-1].get("step") == state.global_step and "loss" in state.log_history[-1]:
+            state.log_history[-1]["distill_stage"] = self.loss.stage
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:

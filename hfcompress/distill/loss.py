@@ -8,7 +8,9 @@ Used three ways, always through this class:
 
 from __future__ import annotations
 
+import inspect
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -16,7 +18,9 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
-from ..arch import get_adapter
+from ..arch import QKVCapture, get_adapter
+from ..errors import UserInputError
+from .checks import check_teacher_head, teacher_needs_own_inputs
 from .config import DistillationConfig, LayerMap, resolve_layer_map
 from .losses import (
     attention_kl_per_example,
@@ -24,6 +28,7 @@ from .losses import (
     hidden_state_loss_per_example,
     item_mask,
     logit_kd_loss_sum,
+    qkv_relation_kl_per_example,
 )
 
 logger = logging.getLogger(__name__)
@@ -32,7 +37,8 @@ PROJECTIONS_FILE = "distillation_projections.safetensors"
 TEACHER_PREFIX = "teacher_"
 CACHED_LOGITS = "teacher_logits"
 CACHED_HIDDEN = "teacher_hidden_states"
-CACHED_KEYS = (CACHED_LOGITS, CACHED_HIDDEN)
+CACHED_QKV = "teacher_relation_qkv"
+CACHED_KEYS = (CACHED_LOGITS, CACHED_HIDDEN, CACHED_QKV)
 
 
 @dataclass
@@ -40,6 +46,8 @@ class TeacherOutputs:
     logits: torch.Tensor | None = None
     hidden_states: dict[int, torch.Tensor] = field(default_factory=dict)  # teacher layer index -> [B, T, D]
     attentions: dict[int, torch.Tensor] = field(default_factory=dict)  # teacher block index (1-based) -> [B,H,T,T]
+    # teacher block index (1-based) -> (query, key, value) projection outputs, each [B, T, D]
+    qkv: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def _default_label_names(config) -> bool:
@@ -71,6 +79,12 @@ class DistillationLoss(nn.Module):
             and not saved with the projections.
         teacher_config: the teacher's config when no teacher model is given (training from a cache).
         cached_hidden_layers: teacher layer indices stored, in order, in a cache's `teacher_hidden_states` column.
+        cached_relation_layers: teacher blocks whose (query, key, value) are stored, in order, in a cache's
+            `teacher_relation_qkv` column (default: `teacher_relation_layers`, what `cache_request()` asks for).
+        allow_untrained_teacher_head: accept a teacher whose task head `from_pretrained` initialised at random and
+            that has not been trained since (by default that is a `UserInputError`: such a teacher teaches noise).
+        teacher_tokenizer / student_tokenizer: the two tokenizers, to tell whether the teacher must read its own
+            token ids (`teacher_input_ids`); without them the configs are compared (vocab size, pad/bos/eos ids).
 
     The teacher is frozen and put in eval mode here.
     """
@@ -82,6 +96,10 @@ class DistillationLoss(nn.Module):
         teacher: nn.Module | None = None,
         teacher_config=None,
         cached_hidden_layers: list[int] | None = None,
+        cached_relation_layers: list[int] | None = None,
+        allow_untrained_teacher_head: bool = False,
+        teacher_tokenizer=None,
+        student_tokenizer=None,
     ):
         super().__init__()
         self.config = DistillationConfig.from_any(config)
@@ -91,6 +109,8 @@ class DistillationLoss(nn.Module):
             teacher_config = teacher.config
         if teacher_config is None:
             raise ValueError("DistillationLoss needs a teacher model or, when training from a cache, its config")
+        if teacher is not None and not allow_untrained_teacher_head:
+            check_teacher_head(teacher)
         object.__setattr__(self, "teacher", teacher)  # plain attribute: excluded from state_dict and .parameters()
         self.student_config = student_config
         self.teacher_config = teacher_config
@@ -115,6 +135,14 @@ class DistillationLoss(nn.Module):
                 _use_eager_attention(teacher)
         self._stash: tuple[TeacherOutputs, torch.Tensor | None] | None = None
         self._hooked = None
+        # Whether the student's token ids would mean other tokens to the teacher (then a training batch must carry
+        # `teacher_input_ids` or cached outputs), and whether the `attach` hook drops batch entries the student's
+        # forward does not take (set by `DistillationCallback` when it turns `remove_unused_columns` off).
+        self.teacher_needs_own_inputs = teacher_needs_own_inputs(
+            student_config, teacher_config, student_tokenizer, teacher_tokenizer
+        )
+        self.drop_unused_inputs = False
+        self._init_relations_and_stages(cached_relation_layers)
 
     # ---- configuration -------------------------------------------------------------------------------------
     def _resolve_layer_map(self) -> LayerMap:
@@ -128,18 +156,117 @@ class DistillationLoss(nn.Module):
     def teacher_hidden_layers(self) -> list[int]:
         return sorted({t for _, t in self.layer_map}) if self.config.uses_hidden else []
 
+    def needs_online_teacher(self) -> bool:
+        """True if some term cannot come from a teacher-output cache (attention maps are not cached)."""
+        return self.config.uses_attention
+
+    def cache_request(self) -> dict:
+        """Extra keyword arguments for `load_or_compute_teacher_cache`: what else this loss reads from a cache."""
+        return {"relation_layers": self.teacher_relation_layers} if self.config.uses_relation else {}
+
+    # ---- relation distillation (MiniLMv2) and the staged schedule ------------------------------------------
+    def _init_relations_and_stages(self, cached_relation_layers) -> None:
+        self.relation_map: LayerMap = []
+        self.relation_heads: int | None = None
+        self._student_capture: QKVCapture | None = None
+        if self.config.uses_relation:
+            self.relation_map, self.relation_heads = self._resolve_relations()
+        self.cached_relation_layers = list(cached_relation_layers or self.teacher_relation_layers)
+        self._progress: tuple[int, int] | None = None  # (optimizer steps done, total), set by DistillationCallback
+        self.last_parts: dict[str, torch.Tensor] = {}
+
+    def _resolve_relations(self) -> tuple[LayerMap, int]:
+        sc, tc = self.student_config, self.teacher_config
+        sa, ta = get_adapter(sc), get_adapter(tc)
+        for adapter, who in ((sa, "student"), (ta, "teacher")):
+            if adapter.qkv_paths is None:
+                raise ValueError(f"relation distillation: the {who}'s family {adapter.model_types} has no known "
+                                 "query/key/value projections (ArchAdapter.qkv_paths)")
+        ns, nt = sa.num_layers(sc), ta.num_layers(tc)
+        pairs = self.config.relation_pairs or [(ns, nt)]
+        for s, t in pairs:
+            if not 1 <= s <= ns:
+                raise ValueError(f"relation_layer_map student block {s} out of range: the student has blocks 1..{ns}")
+            if not 1 <= t <= nt:
+                raise ValueError(f"relation_layer_map teacher block {t} out of range: the teacher has blocks 1..{nt}")
+        ds, dt = sa.hidden_size(sc), ta.hidden_size(tc)
+        heads = self.config.relation_heads
+        if heads is None:
+            heads = sa.num_heads(sc)
+            if ds % heads or dt % heads:
+                raise ValueError(
+                    f"relation distillation: the default relation_heads = the student's {heads} attention heads does "
+                    f"not divide the teacher's width {dt} (student width {ds}); set relation_heads to a common "
+                    f"divisor of {ds} and {dt}"
+                )
+        elif ds % heads or dt % heads:
+            raise ValueError(
+                f"relation_heads={heads} must divide both the student's width {ds} and the teacher's width {dt}"
+            )
+        return list(pairs), int(heads)
+
+    @property
+    def teacher_relation_layers(self) -> list[int]:
+        """Teacher blocks (1-based) whose query/key/value relation distillation reads, sorted."""
+        return sorted({t for _, t in self.relation_map})
+
+    @property
+    def student_relation_layers(self) -> list[int]:
+        return sorted({s for s, _ in self.relation_map})
+
+    def set_progress(self, global_step: int, max_steps: int) -> None:
+        """Training progress for the staged schedule: `global_step` optimizer steps of `max_steps` are done.
+        `DistillationCallback.on_step_begin` calls this before every optimizer step (also after a resume)."""
+        self._progress = (int(global_step), int(max_steps))
+
+    def intermediate_steps(self, max_steps: int) -> int:
+        """How many of `max_steps` optimizer steps form the intermediate stage: round(intermediate_fraction *
+        max_steps), at least 1 when staged."""
+        f = self.config.intermediate_fraction
+        return 0 if f <= 0 else max(1, int(math.floor(f * max_steps + 0.5)))
+
+    @property
+    def stage(self) -> int:
+        """0: not staged (all terms together); 1: intermediate terms only; 2: prediction terms only."""
+        if not self.config.staged:
+            return 0
+        if self._progress is None:
+            raise RuntimeError(
+                f"intermediate_fraction={self.config.intermediate_fraction} needs the training progress: train with "
+                "DistillationTrainer, or add DistillationCallback(loss) to the Trainer's callbacks, or call "
+                "loss.set_progress(global_step, max_steps) yourself"
+            )
+        step, total = self._progress
+        return 1 if step < self.intermediate_steps(total) else 2
+
+    def _stage_terms(self) -> tuple[bool, bool]:
+        """(prediction terms count, intermediate terms count) in the current stage."""
+        stage = self.stage
+        return stage != 1, stage != 2
+
     def student_forward_kwargs(self) -> dict:
+        """Keyword arguments for the student's next *training* forward (what this stage's terms need). Also arms
+        the capture of the student's query/key/value for relation distillation during that forward."""
+        _, inter = self._stage_terms()
         kw = {}
-        if self.config.uses_hidden:
+        if inter and self.config.uses_hidden:
             kw["output_hidden_states"] = True
-        if self.config.uses_attention:
+        if inter and self.config.uses_attention:
             kw["output_attentions"] = True
+        if self._student_capture is not None:
+            self._student_capture.clear()
+            self._student_capture.enabled = inter and self.config.uses_relation
         return kw
 
     def prepare_student(self, student: nn.Module) -> None:
-        """Switch the student to eager attention if attention maps are distilled (sdpa returns none)."""
+        """Switch the student to eager attention if attention maps are distilled (sdpa returns none), and hook its
+        query/key/value projections if relations are distilled (recorded only in armed training forwards)."""
         if self.config.uses_attention:
             _use_eager_attention(student)
+        if self.config.uses_relation:
+            if self._student_capture is not None:
+                self._student_capture.remove()
+            self._student_capture = QKVCapture(student, self.student_relation_layers, enabled=False)
 
     # ---- teacher side --------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -152,22 +279,31 @@ class DistillationLoss(nn.Module):
         if CACHED_HIDDEN in cached:
             stored = cached[CACHED_HIDDEN]
             out.hidden_states = {t: stored[:, i] for i, t in enumerate(self.cached_hidden_layers)}
-        need_logits = out.logits is None and self.config.alpha > 0 and self.config.logit_weight > 0
-        need_hidden = any(t not in out.hidden_states for t in self.teacher_hidden_layers)
-        need_attn = self.config.uses_attention
-        if not (need_logits or need_hidden or need_attn):
+        if CACHED_QKV in cached:
+            stored = cached[CACHED_QKV]  # [B, 3 * layers, T, D]: q, k, v of each cached block in turn
+            out.qkv = {t: tuple(stored[:, 3 * i + j] for j in range(3)) for i, t in enumerate(self.cached_relation_layers)}
+        # Only what this stage's terms use: no logits in the intermediate stage, no intermediate outputs after it.
+        pred, inter = self._stage_terms()
+        need_logits = pred and out.logits is None and self.config.alpha > 0 and self.config.logit_weight > 0
+        need_hidden = inter and any(t not in out.hidden_states for t in self.teacher_hidden_layers)
+        need_attn = inter and self.config.uses_attention
+        need_qkv = [t for t in self.teacher_relation_layers if t not in out.qkv] if inter else []
+        if not (need_logits or need_hidden or need_attn or need_qkv):
             return out
         if self.teacher is None:
-            missing = [n for n, need in (("logits", need_logits), ("hidden states", need_hidden), ("attentions", need_attn)) if need]
+            missing = [n for n, need in (("logits", need_logits), ("hidden states", need_hidden), ("attentions", need_attn),
+                                         ("relation query/key/value", need_qkv)) if need]
             raise ValueError(f"the batch has no cached teacher {', '.join(missing)} and no teacher model was given")
         if not teacher_inputs:
             teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         device = next(iter(teacher_inputs.values())).device
         if next(self.teacher.parameters()).device != device:
             self.teacher.to(device)
-        res = self.teacher(
-            **teacher_inputs, output_hidden_states=need_hidden or None, output_attentions=need_attn or None
-        )
+        with QKVCapture(self.teacher, need_qkv, enabled=bool(need_qkv)) as capture:
+            res = self.teacher(
+                **teacher_inputs, output_hidden_states=need_hidden or None, output_attentions=need_attn or None
+            )
+        out.qkv.update(capture.pop())
         if out.logits is None:
             out.logits = res.logits
         if need_hidden:
@@ -197,15 +333,25 @@ class DistillationLoss(nn.Module):
         teacher_outputs: TeacherOutputs | None = None,
         attention_mask: torch.Tensor | None = None,
         return_parts: bool = False,
+        student_qkv: dict | None = None,
     ):
         """Loss = sum of the weighted terms over labelled items / `num_items_in_batch`.
 
         The positional order `(outputs, labels, num_items_in_batch)` is the one `Trainer(compute_loss_func=...)`
         uses; teacher outputs then come from the batch seen by the `attach` hook.
+
+        For relation distillation the student's `{block: (query, key, value)}` come from the hooks `prepare_student`
+        put on the student (recorded during the forward that followed `student_forward_kwargs()`), or from
+        `student_qkv` when you computed them yourself. With `intermediate_fraction` > 0 only the current stage's
+        terms are computed.
         """
         if teacher_outputs is None and self._stash is not None:
             teacher_outputs, attention_mask = self._stash
             self._stash = None
+        captured = {}
+        if self._student_capture is not None:
+            captured = self._student_capture.pop()
+            self._student_capture.enabled = False
         logits = student_outputs.logits if hasattr(student_outputs, "logits") else student_outputs["logits"]
         if teacher_outputs is None:  # evaluation (or no teacher seen): the student's task loss
             if labels is None:
@@ -220,16 +366,17 @@ class DistillationLoss(nn.Module):
         weight = mask.reshape(mask.shape[0], -1).sum(-1).to(torch.float32)
         parts: dict[str, torch.Tensor] = {}
         total = logits.new_zeros((), dtype=torch.float32)
-        if labels is not None and cfg.alpha < 1:
+        pred, inter = self._stage_terms()
+        if pred and labels is not None and cfg.alpha < 1:
             parts["loss_ce"] = hard_label_loss_sum(logits, labels, mask)
             total = total + (1 - cfg.alpha) * parts["loss_ce"]
-        if cfg.alpha > 0 and cfg.logit_weight > 0:
+        if pred and cfg.alpha > 0 and cfg.logit_weight > 0:
             parts["loss_kd"] = logit_kd_loss_sum(logits, teacher_outputs.logits.to(logits.device), mask, cfg.temperature)
             total = total + cfg.logit_weight * cfg.alpha * parts["loss_kd"]
-        if cfg.uses_hidden or cfg.uses_attention:
+        if inter and cfg.uses_intermediate:
             if attention_mask is None:
                 attention_mask = torch.ones(logits.shape[0], 1, device=logits.device)
-        if cfg.uses_hidden:
+        if inter and cfg.uses_hidden:
             hs = student_outputs.hidden_states
             terms = []
             for s, t in self.layer_map:
@@ -239,7 +386,7 @@ class DistillationLoss(nn.Module):
                 terms.append(hidden_state_loss_per_example(proj(hs[s]), th, tm, cfg.hidden_loss))
             parts["loss_hidden"] = (torch.stack(terms).mean(0) * weight).sum()
             total = total + cfg.hidden_weight * parts["loss_hidden"]
-        if cfg.uses_attention:
+        if inter and cfg.uses_attention:
             sa = student_outputs.attentions
             if not sa:
                 raise RuntimeError("the student returned no attention maps; load it with attn_implementation='eager'")
@@ -249,12 +396,54 @@ class DistillationLoss(nn.Module):
             ]
             parts["loss_attention"] = (torch.stack(terms).mean(0) * weight).sum()
             total = total + cfg.attention_weight * parts["loss_attention"]
+        if inter and cfg.uses_relation:
+            sq_all = student_qkv if student_qkv is not None else captured
+            terms = []
+            for s, t in self.relation_map:
+                if s not in sq_all:
+                    raise RuntimeError(
+                        f"relation distillation: no query/key/value of student block {s} were recorded; call "
+                        "loss.prepare_student(student) (or attach) and student_forward_kwargs() before the student's "
+                        "forward, or pass student_qkv"
+                    )
+                sq = sq_all[s]
+                tq = tuple(x.to(sq[0].device) for x in teacher_outputs.qkv[t])
+                tm = attention_mask if attention_mask.shape[-1] == sq[0].shape[1] else torch.ones(sq[0].shape[:2], device=sq[0].device)
+                terms.append(qkv_relation_kl_per_example(sq, tq, tm, self.relation_heads))
+            parts["loss_relation"] = (torch.stack(terms).mean(0) * weight).sum()
+            total = total + cfg.relation_weight * parts["loss_relation"]
         loss = total / denom
+        self.last_parts = {k: (v / denom).detach() for k, v in parts.items()}
         if return_parts:
-            return loss, {k: (v / denom).detach() for k, v in parts.items()}
+            return loss, dict(self.last_parts)
         return loss
 
     # ---- plain-Trainer integration -------------------------------------------------------------------------
+    def check_teacher_inputs(self, inputs: dict) -> None:
+        """Refuse a training batch from which the teacher would get the wrong signal: neither cached teacher outputs
+        nor `teacher_input_ids`, while there is no teacher model to run or the teacher reads other token ids than
+        the student. (A plain `Trainer` with `remove_unused_columns=True` drops those columns before the loss.)"""
+        if any(k in inputs for k in CACHED_KEYS) or f"{TEACHER_PREFIX}input_ids" in inputs:
+            return
+        fix = (
+            "A plain Trainer drops these columns unless TrainingArguments(remove_unused_columns=False) or "
+            "callbacks=[DistillationCallback(kd)] (which turns it off); the data collator must keep them too "
+            "(DistillationDataCollator(student_tokenizer, teacher_tokenizer) does)."
+        )
+        if self.teacher is None:
+            raise UserInputError(
+                f"training batch: found none of the cached teacher columns {list(CACHED_KEYS)} and no teacher model "
+                f"was given to DistillationLoss; expected cached teacher outputs in every training batch. {fix}"
+            )
+        if self.teacher_needs_own_inputs:
+            raise UserInputError(
+                f"training batch: found no '{TEACHER_PREFIX}input_ids' (only {sorted(inputs)}), but the teacher's "
+                "tokenizer differs from the student's, so it cannot read the student's token ids; expected the "
+                f"teacher's own ids in '{TEACHER_PREFIX}input_ids'/'{TEACHER_PREFIX}attention_mask' (tokenize the "
+                f"text a second time with the teacher's tokenizer, e.g. hfcompress.data.tokenize(..., "
+                f"prefix='{TEACHER_PREFIX}')) or cached teacher outputs. {fix}"
+            )
+
     def attach(self, student: nn.Module) -> "DistillationLoss":
         """Make this object usable as `Trainer(compute_loss_func=loss)` on an unmodified `Trainer`.
 
@@ -272,13 +461,25 @@ class DistillationLoss(nn.Module):
         if self._hooked is not None:
             self._hooked.remove()
         self.prepare_student(student)
+        accepted = _forward_argument_names(student)
+        dropped_logged: set[str] = set()
 
         def _pre_hook(module, args, kwargs):
+            if self.drop_unused_inputs:
+                # The columns the Trainer's remove_unused_columns would have dropped (it is off so that the
+                # teacher's columns reach this hook).
+                unused = [k for k in kwargs if k not in accepted and not k.startswith(TEACHER_PREFIX)]
+                for k in unused:
+                    kwargs.pop(k)
+                if set(unused) - dropped_logged:
+                    dropped_logged.update(unused)
+                    logger.info("Not passed to %s.forward (it does not take them): %s", type(module).__name__, unused)
             if not module.training:
                 for k in [k for k in kwargs if k.startswith(TEACHER_PREFIX)]:
                     kwargs.pop(k)
                 self._stash = None
                 return args, kwargs
+            self.check_teacher_inputs(kwargs)
             teacher_out = self.teacher_outputs(kwargs)
             kwargs.update(self.student_forward_kwargs())
             self._stash = (teacher_out, kwargs.get("attention_mask"))
@@ -308,6 +509,14 @@ class DistillationLoss(nn.Module):
         self.load_state_dict({k: v.to(device) for k, v in load_file(path).items()})
         logger.info("Loaded distillation projections from %s", path)
         return True
+
+
+def _forward_argument_names(model: nn.Module) -> set[str]:
+    """Named arguments of `model.forward` (what the Trainer's `remove_unused_columns` keeps), plus what the
+    Trainer itself passes (`num_items_in_batch`) and label names."""
+    params = inspect.signature(model.forward).parameters.values()
+    names = {p.name for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    return names | {"num_items_in_batch", "labels", "label", "label_ids"}
 
 
 def _use_eager_attention(model: nn.Module) -> None:

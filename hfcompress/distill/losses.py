@@ -8,6 +8,8 @@ sequence classification, one per label token for token-level tasks.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -73,3 +75,55 @@ def attention_kl_per_example(
     per_query = kl.sum(-1).mean(1)  # [B, T]: sum over keys, mean over heads
     m = token_mask.to(per_query.dtype)
     return (per_query * m).sum(-1) / m.sum(-1).clamp_min(1.0)
+
+
+def self_relation_log_probs(x: torch.Tensor, num_heads: int, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """MiniLMv2 self-relation of one projection output `x` `[B, T, D]`: split into `num_heads` relation heads of width
+    `D / num_heads`, then ``log softmax(x_r x_r^T / sqrt(D / num_heads))`` over keys -> `[B, R, T, T]` (float32).
+    Keys where `key_mask` is 0 get probability 0."""
+    b, t, d = x.shape
+    if d % num_heads:
+        raise ValueError(f"{num_heads} relation heads do not divide the width {d}")
+    dr = d // num_heads
+    xr = x.float().reshape(b, t, num_heads, dr).transpose(1, 2)  # [B, R, T, dr]
+    scores = torch.matmul(xr, xr.transpose(-1, -2)) / math.sqrt(dr)
+    if key_mask is not None:
+        keep = key_mask.to(torch.bool)
+        keep = keep | ~keep.any(-1, keepdim=True)  # an example without valid tokens: avoid all -inf rows (NaN)
+        scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
+    return F.log_softmax(scores, dim=-1)
+
+
+def relation_kl_per_example(
+    student_x: torch.Tensor, teacher_x: torch.Tensor, token_mask: torch.Tensor, num_heads: int
+) -> torch.Tensor:
+    """KL(teacher relation || student relation) for one projection (query, key or value) -> `[B]`.
+
+    `student_x` `[B, T, D_s]` and `teacher_x` `[B, T, D_t]` may differ in width (MiniLMv2): both are split into the
+    same number of relation heads, which must divide both widths. The KL of each query row (over keys) is averaged
+    over relation heads and valid query rows; padded keys are excluded from the softmax, padded queries from the mean.
+    """
+    if student_x.shape[:2] != teacher_x.shape[:2]:
+        raise ValueError(
+            f"student {tuple(student_x.shape)} and teacher {tuple(teacher_x.shape)} projections cover different "
+            "tokens: relation distillation needs tokenizations that align one to one"
+        )
+    mask = token_mask.to(torch.bool) if token_mask.dim() == 2 and token_mask.shape[1] == student_x.shape[1] else None
+    s = self_relation_log_probs(student_x, num_heads, mask)
+    t = self_relation_log_probs(teacher_x, num_heads, mask)
+    masked = torch.isinf(t)  # padded keys: probability 0 on both sides; keep -inf out of the arithmetic
+    kl = t.exp() * (t.masked_fill(masked, 0.0) - s.masked_fill(masked, 0.0))
+    per_query = kl.sum(-1).mean(1)  # [B, T]: sum over keys, mean over relation heads
+    if mask is None:
+        return per_query.mean(-1)
+    m = mask.to(per_query.dtype)
+    return (per_query * m).sum(-1) / m.sum(-1).clamp_min(1.0)
+
+
+def qkv_relation_kl_per_example(
+    student_qkv, teacher_qkv, token_mask: torch.Tensor, num_heads: int
+) -> torch.Tensor:
+    """MiniLMv2 loss of one block pair: the query-query, key-key and value-value relation KLs, summed -> `[B]`."""
+    if len(student_qkv) != 3 or len(teacher_qkv) != 3:
+        raise ValueError("relation distillation needs (query, key, value) projections of student and teacher")
+    return sum(relation_kl_per_example(s, t, token_mask, num_heads) for s, t in zip(student_qkv, teacher_qkv))

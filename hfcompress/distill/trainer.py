@@ -26,7 +26,10 @@ class DistillationTrainer(Trainer):
             optimizer and never saved. May be None when every training row carries cached teacher outputs.
         distillation_config: overrides the distillation fields of `args`.
         distillation_loss: a ready `DistillationLoss` (then the two arguments above are not used for it).
-        teacher_config / cached_hidden_layers: describe the teacher of a cache when no teacher model is given.
+        teacher_config / cached_hidden_layers / cached_relation_layers: describe the teacher of a cache when no
+            teacher model is given.
+        allow_untrained_teacher_head: accept a teacher whose task head `from_pretrained` initialised at random and
+            that has not been trained since (by default a `UserInputError` before training: it would teach noise).
 
     The loss is normalised by `num_items_in_batch`, the labelled items of the whole accumulated (and, with
     `average_tokens_across_devices`, all-process) batch, so gradient accumulation and several processes give the
@@ -45,6 +48,8 @@ class DistillationTrainer(Trainer):
         distillation_loss: DistillationLoss | None = None,
         teacher_config=None,
         cached_hidden_layers: list[int] | None = None,
+        cached_relation_layers: list[int] | None = None,
+        allow_untrained_teacher_head: bool = False,
         **kwargs,
     ):
         super().__init__(model=model, args=args, **kwargs)
@@ -58,6 +63,8 @@ class DistillationTrainer(Trainer):
                 teacher=teacher_model,
                 teacher_config=teacher_config,
                 cached_hidden_layers=cached_hidden_layers,
+                cached_relation_layers=cached_relation_layers,
+                allow_untrained_teacher_head=allow_untrained_teacher_head,
             )
         self.distillation_loss = distillation_loss
         self.distillation_loss.prepare_student(self.model)
@@ -97,6 +104,7 @@ class DistillationTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         dl = self.distillation_loss
         if model.training:
+            dl.check_teacher_inputs(inputs)
             teacher_out = dl.teacher_outputs(inputs)
             extra = dl.student_forward_kwargs()
         else:
@@ -130,4 +138,6 @@ class DistillationTrainer(Trainer):
             steps = max(1, self.state.global_step - (self._parts_step or 0))
             logs.update({k: round(v / steps, 4) for k, v in self._parts_sum.items()})
             self._parts_sum, self._parts_step = {}, self.state.global_step
+            if self.distillation_loss.config.staged:
+                logs["distill_stage"] = self.distillation_loss.stage  # the stage of the last step logged
         super().log(logs, start_time)

@@ -1,4 +1,5 @@
-"""Getting a teacher with a task head: detect one, or fine-tune (and cache) one.
+"""Fine-tuning a classifier with a plain `Trainer` (a teacher, a no-KD baseline, a recovery run), and getting a
+teacher with a task head: detect one, or fine-tune (and cache) one.
 
 A sentence-embedding checkpoint such as all-mpnet-base-v2 has no classifier: `from_pretrained` initialises one
 at random, and distilling from a random head teaches nothing. `prepare_teacher` tells the two cases apart from
@@ -27,6 +28,7 @@ from transformers import (
 
 from ..assets import resolve_model_path
 from ..data import content_fingerprint, label_names, num_labels, tokenize
+from ..errors import UserInputError
 from ..metrics import compute_classification_metrics
 
 logger = logging.getLogger(__name__)
@@ -74,8 +76,15 @@ def has_task_head(model_name_or_path: str) -> bool:
     The head is judged as saved, with its own label count: a head for other labels is still a head, and is
     rejected by the label checks rather than silently replaced.
     """
+    import transformers
+
     path = resolve_model_path(model_name_or_path)
-    _, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True)
+    level = transformers.logging.get_verbosity()
+    transformers.logging.set_verbosity_error()  # a probe: the loading report is printed when the model is really used
+    try:
+        _, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True)
+    finally:
+        transformers.logging.set_verbosity(level)
     return not info["missing_keys"]
 
 
@@ -105,9 +114,11 @@ def finetune_classifier(
     label_column: str = "label",
     model=None,
     report_split: str = "validation",
+    callbacks: list | None = None,
 ) -> dict:
     """Fine-tune a sequence classifier with a plain `Trainer` and save it (safetensors) with its tokenizer.
 
+    `callbacks` join the Trainer (a compression method's callback recovers accuracy with the same loop).
     `model` may be given to fine-tune an already-built model (e.g. a student initialised from layers of another);
     otherwise it is loaded from `model_name_or_path`. Returns the summary also written to `finetune_summary.json`.
     The result is cached: an `output_dir` whose summary has the same key is reused without training.
@@ -122,18 +133,18 @@ def finetune_classifier(
         with open(summary_path) as fh:
             summary = json.load(fh)
         if summary.get("cache_key") == key:
-            logger.info("Reusing fine-tuned model in %s (cache key %s)", output_dir, key)
+            logger.info("Reusing the fine-tuned %s cached in %s (key %s)", model_name_or_path, output_dir, key)
             summary["reused"] = True
             return summary
+    logger.info("Fine-tuning %s for %s epochs (result cached in %s)", model_name_or_path, cfg.num_train_epochs, output_dir)
     names = label_names(dataset, label_column)
     n = num_labels(dataset, label_column)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    tokenizer.truncation_side = cfg.truncation_side
     if model is None:
         set_seed(cfg.seed)  # the new head's initialisation is part of what the cache key promises
         extra = {"id2label": dict(enumerate(names)), "label2id": {v: i for i, v in enumerate(names)}} if names else {}
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=n, **extra)
-    tokenized = tokenize(dataset, tokenizer, text_column, cfg.max_length)
+    tokenized = tokenize(dataset, tokenizer, text_column, cfg.max_length, truncation_side=cfg.truncation_side)
     if label_column != "labels":
         tokenized = tokenized.rename_column(label_column, "labels")
     args = TrainingArguments(
@@ -154,6 +165,8 @@ def finetune_classifier(
         average_tokens_across_devices=False,
         disable_tqdm=False,
         bf16=cfg.bf16,
+        # transformers accepts bf16 without a GPU only when told the run is on the CPU.
+        use_cpu=cfg.bf16 and not torch.cuda.is_available(),
     )
     trainer = Trainer(
         model=model,
@@ -163,6 +176,7 @@ def finetune_classifier(
         data_collator=DataCollatorWithPadding(tokenizer),
         processing_class=tokenizer,
         compute_metrics=compute_classification_metrics,
+        callbacks=callbacks,
     )
     train_out = trainer.train()
     metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
@@ -202,16 +216,16 @@ def prepare_teacher(
     if has_task_head(model_name_or_path):
         return resolve_model_path(model_name_or_path)
     if not finetune:
-        raise ValueError(
+        raise UserInputError(
             f"teacher {model_name_or_path!r} has no trained classification head (its classifier weights would be "
             "initialised at random) and teacher fine-tuning is disabled; pass a fine-tuned teacher or enable "
             "--finetune_teacher"
         )
     if dataset is None or "train" not in dataset or label_column not in dataset["train"].column_names:
-        raise ValueError(
+        raise UserInputError(
             f"teacher {model_name_or_path!r} has no trained classification head and there is no labelled 'train' "
             f"split (column {label_column!r}) to fine-tune it on; pass a fine-tuned teacher"
         )
-    logger.info("Teacher %s has no task head: fine-tuning it once (cached in %s)", model_name_or_path, cache_dir)
+    logger.info("Teacher %s has no trained task head: it gets one by fine-tuning, done once and cached", model_name_or_path)
     finetune_classifier(model_name_or_path, dataset, cache_dir, config, text_column, label_column)
     return cache_dir

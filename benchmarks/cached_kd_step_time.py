@@ -1,0 +1,156 @@
+"""Step time of distillation from a teacher-output cache vs plain fine-tuning (the 1.15x floor).
+
+Student: MiniLM-L6 (width 384, real weights). Teacher: described by a config only (width 768, 12 blocks), its
+outputs synthetic but stored exactly as `compute_teacher_outputs` stores them: float32 logits, float16 hidden
+states of 3 layers and float16 query/key/value of 1 relation block, per row. ~35 tokens per row, batch 32.
+
+Measured (median over steps, from one optimizer step's end to the next, so the DataLoader's `dataset[i]` fetch and
+the collator are inside): plain `Trainer` fine-tuning; `DistillationTrainer` on cached logits; the intermediate stage
+(hidden states + relations from the cache, `intermediate_fraction=0.5`) and the prediction stage of the same run.
+Also the fetch + collate time of one batch alone, with the current byte storage and with nested float16 lists (the
+storage before cache format 2). Runs are interleaved (a busy machine slows all of them alike).
+
+    .venv/bin/python benchmarks/cached_kd_step_time.py [--steps 12] [--rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+
+import numpy as np
+import torch
+from datasets import Dataset, Sequence, Value
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, Trainer, TrainerCallback, TrainingArguments
+
+from hfcompress import DistillationArguments, DistillationDataCollator, DistillationTrainer
+from hfcompress.assets import resolve_model_path
+from hfcompress.distill.cache import encode_array
+from hfcompress.distill.loss import CACHED_HIDDEN, CACHED_LOGITS, CACHED_QKV
+
+TEACHER_WIDTH, HIDDEN_LAYERS, RELATION_LAYERS = 768, [4, 8, 12], [12]
+
+
+class StepTimer(TrainerCallback):
+    def __init__(self):
+        self.last, self.times, self.stages = None, [], []
+        self.loss = None
+
+    def on_train_begin(self, args, state, control, **kw):
+        self.last = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kw):
+        now = time.perf_counter()
+        self.times.append(now - self.last)
+        self.stages.append(self.loss.stage if self.loss is not None else 0)
+        self.last = now
+
+
+def make_data(tok, n_rows: int, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """(byte-stored cache, nested-list cache) with the same content."""
+    rng = np.random.default_rng(seed)
+    vocab = [w for w in tok.get_vocab() if w.isalpha() and len(w) > 2][:5000]
+    texts = [" ".join(rng.choice(vocab, size=int(rng.integers(25, 40)))) for _ in range(n_rows)]
+    enc = tok(texts, truncation=True, max_length=48)
+    lengths = [len(x) for x in enc["input_ids"]]
+    hidden = [rng.standard_normal((len(HIDDEN_LAYERS), t, TEACHER_WIDTH)).astype(np.float16) for t in lengths]
+    qkv = [rng.standard_normal((3 * len(RELATION_LAYERS), t, TEACHER_WIDTH)).astype(np.float16) for t in lengths]
+    base = {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"], "token_type_ids": enc["token_type_ids"],
+            "labels": rng.integers(0, 2, n_rows).tolist(),
+            CACHED_LOGITS: rng.standard_normal((n_rows, 2)).astype(np.float32).tolist()}
+    ds = Dataset.from_dict(base).cast_column(CACHED_LOGITS, Sequence(Value("float32")))
+    as_bytes = ds.add_column(CACHED_HIDDEN, [encode_array(h) for h in hidden], feature=Value("large_binary"))
+    as_bytes = as_bytes.add_column(CACHED_QKV, [encode_array(q) for q in qkv], feature=Value("large_binary"))
+    nested = Sequence(Sequence(Sequence(Value("float16"))))
+    as_lists = ds.add_column(CACHED_HIDDEN, [h.tolist() for h in hidden], feature=nested)
+    as_lists = as_lists.add_column(CACHED_QKV, [q.tolist() for q in qkv], feature=nested)
+    print(f"rows {n_rows}, tokens per row mean {np.mean(lengths):.1f} (min {min(lengths)}, max {max(lengths)})")
+    return as_bytes, as_lists
+
+
+def time_fetch_collate(ds: Dataset, collator, batch: int, reps: int) -> float:
+    rng = np.random.default_rng(1)
+    out = []
+    for _ in range(reps):
+        idx = rng.choice(len(ds), batch, replace=False).tolist()
+        t0 = time.perf_counter()
+        collator(ds.__getitems__(idx))
+        out.append(time.perf_counter() - t0)
+    return statistics.median(out)
+
+
+def run(kind: str, path: str, train: Dataset, tok, steps: int, batch: int, out: str) -> StepTimer:
+    torch.manual_seed(0)
+    student = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    common = dict(output_dir=out, per_device_train_batch_size=batch, max_steps=steps, report_to="none",
+                  save_strategy="no", logging_steps=1000, use_cpu=True, seed=0, dataloader_num_workers=0,
+                  disable_tqdm=True)
+    timer = StepTimer()
+    if kind == "plain":
+        plain = train.remove_columns([CACHED_LOGITS, CACHED_HIDDEN, CACHED_QKV])
+        args = TrainingArguments(**common)
+        trainer = Trainer(model=student, args=args, train_dataset=plain, callbacks=[timer],
+                          data_collator=DistillationDataCollator(tok))
+    else:
+        teacher_cfg = BertConfig(hidden_size=TEACHER_WIDTH, num_hidden_layers=12, num_attention_heads=12, num_labels=2)
+        kd = dict(alpha=0.5, temperature=2.0)
+        if kind == "staged":
+            kd.update(hidden_weight=1.0, layer_map="2:4,4:8,6:12", relation_weight=1.0, relation_layer_map="6:12",
+                      intermediate_fraction=0.5)
+        args = DistillationArguments(**common, **kd)
+        data = train if kind == "staged" else train.remove_columns([CACHED_HIDDEN, CACHED_QKV])
+        trainer = DistillationTrainer(model=student, args=args, train_dataset=data, teacher_config=teacher_cfg,
+                                      cached_hidden_layers=HIDDEN_LAYERS, cached_relation_layers=RELATION_LAYERS,
+                                      data_collator=DistillationDataCollator(tok), callbacks=[timer])
+        timer.loss = trainer.distillation_loss
+    trainer.train()
+    return timer
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--rows", type=int, default=512)
+    ap.add_argument("--json", default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    path = resolve_model_path("minilm-l6")
+    tok = AutoTokenizer.from_pretrained(path)
+    as_bytes, as_lists = make_data(tok, a.rows)
+    collator = DistillationDataCollator(tok)
+    res: dict = {"batch": a.batch, "threads": torch.get_num_threads(),
+                 "fetch_collate_bytes_ms": 1000 * time_fetch_collate(as_bytes, collator, a.batch, 20),
+                 "fetch_collate_nested_lists_ms": 1000 * time_fetch_collate(as_lists, collator, a.batch, 5)}
+    print({k: round(v, 1) if isinstance(v, float) else v for k, v in res.items()})
+    times: dict[str, list[float]] = {"plain": [], "kd_logits": [], "stage1_hidden_relation": [], "stage2_logits_ce": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(a.rounds):
+            for kind in ("plain", "logits", "staged"):
+                t = run(kind, path, as_bytes, tok, a.steps, a.batch, os.path.join(tmp, f"{kind}{r}"))
+                steps = list(zip(t.times, t.stages))[2:]  # warm-up steps dropped
+                if kind == "plain":
+                    times["plain"] += [x for x, _ in steps]
+                elif kind == "logits":
+                    times["kd_logits"] += [x for x, _ in steps]
+                else:
+                    times["stage1_hidden_relation"] += [x for x, s in steps if s == 1]
+                    times["stage2_logits_ce"] += [x for x, s in steps if s == 2]
+                print(kind, r, [round(1000 * x) for x in t.times])
+    for k, v in times.items():
+        res[f"{k}_ms"] = 1000 * statistics.median(v)
+    for k in ("kd_logits", "stage1_hidden_relation", "stage2_logits_ce"):
+        res[f"{k}_ratio"] = res[f"{k}_ms"] / res["plain_ms"]
+    print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}, indent=2))
+    if a.json:
+        with open(a.json, "w") as fh:
+            json.dump(res, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()

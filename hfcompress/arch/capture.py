@@ -1,0 +1,79 @@
+"""Recording the query/key/value projections of chosen blocks during a forward pass (forward hooks).
+
+Works with any attention implementation (eager, sdpa, flash): the hooks sit on the projection `nn.Linear`s, not on
+the attention kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .base import get_adapter
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    while hasattr(model, "module") and isinstance(model.module, nn.Module) and not hasattr(model, "base_model"):
+        model = model.module  # DDP / DataParallel / DeepSpeed engine wrappers
+    return model
+
+
+class QKVCapture:
+    """Forward hooks on the query, key and value projections of `blocks` (1-based) of `model`.
+
+    While `enabled`, each forward stores ``outputs[block] = (q, k, v)``, each `[B, T, D]` as the projection returned
+    it (autograd graph kept, so a loss on them trains the model). Use as a context manager for one forward (hooks
+    removed on exit)::
+
+        with QKVCapture(teacher, [12]) as cap:
+            teacher(**batch)
+        q, k, v = cap.outputs[12]
+
+    or keep it attached (`remove()` when done), toggling `enabled` and calling `pop()` after each forward.
+    """
+
+    def __init__(self, model: nn.Module, blocks, enabled: bool = True):
+        model = _unwrap(model)
+        adapter = get_adapter(model)
+        self.blocks = sorted(set(int(b) for b in blocks))
+        self.enabled = enabled
+        self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._partial: dict[int, list] = {}
+        self._handles = []
+        for block in self.blocks:
+            for slot, module in enumerate(adapter.qkv_modules(model, block)):
+                self._handles.append(module.register_forward_hook(self._hook(block, slot)))
+
+    def _hook(self, block: int, slot: int):
+        def hook(module, args, output):
+            if not self.enabled:
+                return
+            parts = self._partial.setdefault(block, [None, None, None])
+            parts[slot] = output
+            if all(p is not None for p in parts):
+                self.outputs[block] = tuple(parts)
+                del self._partial[block]
+
+        return hook
+
+    def pop(self) -> dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The recorded outputs, which are then forgotten here."""
+        out, self.outputs, self._partial = self.outputs, {}, {}
+        return out
+
+    def clear(self) -> None:
+        self.outputs, self._partial = {}, {}
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+        self.clear()
+
+    def __enter__(self) -> "QKVCapture":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []

@@ -1,0 +1,107 @@
+"""Argument groups every script shares: which models, which data. A script adds its method's own dataclass and the
+`TrainingArguments` subclass it trains with; one `HfArgumentParser` reads them all (see `hfcompress.cli`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class ModelArguments:
+    _argument_group_name = "Models"
+
+    teacher_model: str = field(
+        default="minilm-l6",
+        metadata={"help": "Teacher: an offline asset name (minilm-l6, mpnet-base), a local folder or a Hub id. "
+                  "Without a trained classification head it is fine-tuned first (see --finetune_teacher)."},
+    )
+    finetune_teacher: bool = field(
+        default=True, metadata={"help": "Fine-tune (once, cached) a teacher that has no trained task head."}
+    )
+    teacher_finetune_epochs: float = field(
+        default=2.0,
+        metadata={"help": "Epochs of teacher fine-tuning (MiniLM-L6 on Rotten Tomatoes: 0.835 after 1 epoch, 0.847 "
+                  "after 2)."},
+    )
+    teacher_learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate of teacher fine-tuning."})
+    teacher_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where the fine-tuned teacher is cached (default: $HFCOMPRESS_HOME/teachers/<name>-<dataset>)."},
+    )
+    student_model: str | None = field(
+        default=None,
+        metadata={"help": "Student checkpoint (asset name, folder or Hub id). Default: built from the teacher's "
+                  "blocks (--student_layers / --student_num_layers)."},
+    )
+    student_layers: str | None = field(
+        default=None,
+        metadata={"help": "Blocks (0-based, comma-separated, e.g. '1,3,5') kept in the student: blocks of "
+                  "--student_model if given, else of the teacher."},
+    )
+    student_num_layers: int = field(
+        default=3, metadata={"help": "Student depth when --student_layers is not given (evenly spaced blocks)."}
+    )
+
+    def student_layer_list(self) -> list[int] | None:
+        if not self.student_layers:
+            return None
+        from ..errors import UserInputError
+
+        try:
+            return [int(x) for x in self.student_layers.split(",")]
+        except ValueError:
+            raise UserInputError(f"--student_layers {self.student_layers!r}: expected comma-separated block indices "
+                                 "such as '0,2,4'") from None
+
+
+@dataclass
+class DataArguments:
+    _argument_group_name = "Data"
+
+    dataset: str = field(
+        default="rotten-tomatoes",
+        metadata={"help": "Dataset: 'rotten-tomatoes' (offline default); a CSV/TSV/JSON/JSONL/Parquet file; a folder of "
+                  "train/validation/test files; a saved DatasetDict folder; or a Hub id. Missing validation/test "
+                  "splits are carved out of train (stratified). String labels become class names (id2label)."},
+    )
+    text_column: str = field(default="text", metadata={"help": "Column holding the input text."})
+    label_column: str = field(
+        default="label", metadata={"help": "Column holding the class: names (e.g. 'sports') or integers 0..K-1."}
+    )
+    max_length: int = field(
+        default=128,
+        metadata={"help": "Tokens kept per text (both tokenizers, special tokens included); longer texts are cut at "
+                  "the end given by --truncation_side. 128 covers a review snippet; news articles need 256-512."},
+    )
+    truncation_side: str = field(
+        default="right",
+        metadata={"help": "Which end of a text longer than --max_length is cut: 'right' keeps the beginning "
+                  "(headlines, leads), 'left' keeps the end (conclusions, verdicts)."},
+    )
+    split_seed: int = field(default=42, metadata={"help": "Seed of the stratified split when the data has none."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only this many training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only this many validation/test rows."})
+    cache_teacher: bool = field(
+        default=True,
+        metadata={"help": "Compute the teacher's outputs on the training set once and train from the cache. "
+                  "Attention-map distillation still runs the teacher (attention maps are not cached)."},
+    )
+    teacher_cache_dir: str | None = field(
+        default=None, metadata={"help": "Where the teacher cache lives (default: <output_dir>/teacher_cache)."}
+    )
+    teacher_batch_size: int = field(default=64, metadata={"help": "Batch size when computing the teacher cache."})
+    evaluate_teacher: bool = field(
+        default=True, metadata={"help": "Also measure the teacher on the test split for the summary."}
+    )
+
+    def __post_init__(self):
+        from ..errors import UserInputError
+
+        if self.truncation_side not in ("right", "left"):
+            raise UserInputError(f"--truncation_side must be 'right' or 'left', got {self.truncation_side!r}")
+        if self.max_length < 8:
+            raise UserInputError(f"--max_length must be at least 8 tokens, got {self.max_length}")
+        for name in ("max_train_samples", "max_eval_samples"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise UserInputError(f"--{name} must be a positive number of rows, got {v}")

@@ -1,0 +1,133 @@
+"""A distillation run, composed of the shared steps: what `scripts/distill.py` calls, and what later scripts extend
+with their own callbacks (pruning, quantization) without copying it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from accelerate import PartialState
+from transformers import set_seed
+
+from ..distill import DistillationDataCollator, DistillationLoss, DistillationTrainer
+from ..distill.config import resolve_layer_map
+from ..metrics import compute_classification_metrics
+from ..report.record import RunRecord
+from . import steps
+from .arguments import DataArguments, ModelArguments
+from .data import cache_teacher_on_train, tokenize_for_distillation
+
+logger = logging.getLogger(__name__)
+
+SUMMARY = "distill_summary.json"
+
+
+def check_distillation_layers(cfg, model_args: ModelArguments) -> None:
+    """Layer maps against both depths, before a teacher fine-tune can start."""
+    if cfg.uses_hidden or cfg.uses_attention:
+        resolve_layer_map(cfg.pairs, steps.student_depth(model_args), steps.teacher_depth(model_args))
+
+
+def run_distillation(model_args: ModelArguments, data_args: DataArguments, args, callbacks=(), task: str = "distill") -> RunRecord:
+    """Distil a teacher into a student on a text-classification dataset; returns the run record (also written to
+    `<output_dir>/distill_summary.json` by the main process).
+
+    `args` is a `DistillationArguments` (the script's subclass). `callbacks` are added to the trainer: this is how a
+    pruning or quantization method joins the same run.
+    """
+    run_dir = steps.use_run_layout(args)
+    state = PartialState()
+    set_seed(args.seed)
+
+    # Everything that can be wrong with the input is checked before any training.
+    cfg = args.distillation_config()
+    dataset = steps.load_data(data_args)
+    resume = steps.resolve_resume(args)
+    check_distillation_layers(cfg, model_args)
+
+    teacher, teacher_tok, teacher_path = steps.load_teacher(model_args, data_args, dataset, args, state)
+    student, student_tok = steps.build_student(model_args, data_args, dataset, teacher, teacher_tok)
+
+    tokenized, separate = tokenize_for_distillation(
+        dataset, student_tok, teacher_tok, data_args.text_column, data_args.label_column, data_args.max_length,
+        data_args.truncation_side,
+    )
+    collator = DistillationDataCollator(student_tok, teacher_tok if separate else None)
+    trainer_kwargs = {"teacher_model": teacher}
+    cache_meta = None
+    if data_args.cache_teacher:
+        probe = DistillationLoss(cfg, student.config, teacher_config=teacher.config)  # which teacher layers to keep
+        tokenized, cache_meta = cache_teacher_on_train(
+            tokenized, teacher_path, lambda: teacher, collator,
+            data_args.teacher_cache_dir or os.path.join(run_dir, steps.TEACHER_CACHE_DIR),
+            probe.teacher_hidden_layers, separate, data_args.teacher_batch_size, args.main_process_first,
+            **probe.cache_request(),
+        )
+        trainer_kwargs = {
+            "teacher_model": teacher if probe.needs_online_teacher() else None,
+            "teacher_config": teacher.config,
+            "cached_hidden_layers": cache_meta["hidden_layers"],
+        }
+    trainer = DistillationTrainer(
+        model=student,
+        args=args,
+        train_dataset=tokenized["train"],
+        eval_dataset=tokenized["validation"] if args.eval_strategy != "no" else None,
+        data_collator=collator,
+        processing_class=student_tok,
+        compute_metrics=compute_classification_metrics,
+        callbacks=list(callbacks),
+        **trainer_kwargs,
+    )
+    training = steps.train(trainer, resume)
+    metrics = steps.evaluate(trainer, tokenized)
+    model_dir = steps.save_model(trainer, student_tok, run_dir)
+
+    record = RunRecord(task=task)
+    if state.is_main_process:
+        method_dir = os.path.join(run_dir, "distillation")
+        trainer.distillation_loss.save_projections(method_dir)
+        resolved = {**cfg.to_dict(), "layer_map_resolved": trainer.distillation_loss.layer_map}
+        os.makedirs(method_dir, exist_ok=True)
+        with open(os.path.join(method_dir, "distillation_config.json"), "w") as fh:
+            json.dump(resolved, fh, indent=2)
+        record.add_settings(model=model_args, data=data_args, training=args)
+        record.methods["distillation"] = {
+            **resolved,
+            "teacher": teacher_path,
+            "teacher_outputs": "cached" if data_args.cache_teacher else "online",
+            "teacher_cache": {k: v for k, v in (cache_meta or {}).items() if k != "teacher_config"} or None,
+        }
+        record.data = {
+            "dataset": data_args.dataset,
+            "splits": {s: len(d) for s, d in dataset.items()},
+            "label_names": trainer.model.config.id2label,
+        }
+        record.models["student"] = {
+            "path": model_dir,
+            "source": model_args.student_model or f"blocks {getattr(student.config, 'hfcompress_student_layers', None)} "
+                                                   f"of the teacher",
+            **steps.measure_model(trainer.model),
+        }
+        record.models["teacher"] = {"path": teacher_path, "argument": model_args.teacher_model, **steps.measure_model(teacher)}
+        record.training = {**training, "num_processes": state.num_processes}
+        record.metrics["student"] = metrics
+        if data_args.evaluate_teacher:
+            record.metrics["teacher"] = {"test": steps.evaluate_on_texts(teacher, teacher_tok, dataset, data_args, device=args.device)}
+        record.artifacts = {
+            "model": model_dir,
+            "checkpoints": args.output_dir,
+            "teacher_cache": (data_args.teacher_cache_dir or os.path.join(run_dir, steps.TEACHER_CACHE_DIR))
+            if data_args.cache_teacher else None,
+            "distillation": method_dir,
+        }
+        record.save(os.path.join(run_dir, SUMMARY))
+        logger.info(
+            "Student test accuracy %.4f (teacher %s); model in %s",
+            metrics.get("test", {}).get("test_accuracy", float("nan")),
+            record.metrics.get("teacher", {}).get("test", {}).get("accuracy"), model_dir,
+        )
+    state.wait_for_everyone()
+    record.trainer = trainer  # for callers in the same process (tests, benchmarks); not serialised
+    return record

@@ -111,7 +111,8 @@ def load_text_classification(
       a teacher's own `id2label` names still apply. Negative ids, and ids in validation/test that train lacks,
       are errors. (A CSV integer column with empty cells reads as floats: whole-number floats count as ids.)
     - an existing `ClassLabel` (a saved or Hub dataset) keeps its names; -1 means unlabelled (row dropped).
-    - anything else (fractional floats, i.e. regression targets; booleans; lists) is an error.
+    - booleans (JSON true/false; pandas reads a CSV column of True/False so) are class names "False"/"True".
+    - anything else (fractional floats, i.e. regression targets; lists) is an error.
 
     The train split needs at least 2 classes.
     """
@@ -164,13 +165,15 @@ def _read_raw(name_or_path: str) -> tuple[dict[str, Dataset], dict[str, str]]:
     if os.path.isfile(path):
         return {"train": _read_files([path])}, {"train": f"file {path}"}
     if os.path.isdir(path):
-        if os.path.exists(os.path.join(path, "dataset_dict.json")) or os.path.exists(os.path.join(path, "state.json")):
+        if any(os.path.exists(os.path.join(path, f)) for f in ("dataset_dict.json", "state.json")):
             from datasets import load_from_disk
 
             try:
                 loaded = load_from_disk(path)
             except Exception as e:
-                raise UserInputError(f"dataset {name_or_path!r}: could not load the saved dataset folder: {_root_cause(e)}") from e
+                raise UserInputError(
+                    f"dataset {name_or_path!r}: could not load the saved dataset folder: {_root_cause(e)}"
+                ) from e
             if isinstance(loaded, Dataset):
                 loaded = DatasetDict(train=loaded)
             return dict(loaded), {s: f"saved dataset {path}, split {s!r}" for s in loaded}
@@ -278,10 +281,12 @@ def _read_files(files: list[str]) -> Dataset:
         )
     for f in files:
         if fmt != "parquet" and _file_is_blank(f):
-            raise UserInputError(f"data file {f} is empty ({os.path.getsize(f)} bytes); expected a header line and rows" if fmt == "csv"
-                                 else f"data file {f} is empty; expected one JSON object per line (or a JSON list of objects)")
+            expected = "a header line and rows" if fmt == "csv" else "one JSON object per line (or a JSON list)"
+            raise UserInputError(f"data file {f} is empty ({os.path.getsize(f)} bytes); expected {expected}")
         if fmt == "csv" and not _has_data_line(f):
-            raise UserInputError(f"data file {f} holds only a header line and no rows; expected at least one data row")
+            raise UserInputError(
+                f"data file {f} holds only a header line and no rows; expected at least one data row"
+            )
     kwargs = {}
     if fmt == "csv":
         # Only an empty cell is missing: with pandas' defaults a class or a text "NA"/"None"/"null" would vanish.
@@ -325,11 +330,14 @@ def _column(ds: Dataset, column: str):
 def _missing_mask(ds: Dataset, column: str, kind: str) -> np.ndarray:
     """Rows whose cell counts as missing: null, and for text an empty/whitespace string, for ClassLabel -1,
     for floats NaN."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     col = _column(ds, column)
-    missing = pc.is_null(col, nan_is_null=kind == "float")
-    if kind == "text":
+    if pa.types.is_null(col.type):
+        return np.ones(len(col), dtype=bool)
+    missing = pc.is_null(col, nan_is_null=pa.types.is_floating(col.type))
+    if pa.types.is_string(col.type) or pa.types.is_large_string(col.type):
         missing = pc.or_(missing, pc.equal(pc.utf8_trim_whitespace(col), ""))
     elif kind == "classlabel":
         missing = pc.or_(missing, pc.less(col, 0))
@@ -341,6 +349,8 @@ def _label_kind(feature) -> str | None:
         return "classlabel"
     if _is_text(feature):
         return "text"
+    if isinstance(feature, Value) and feature.dtype == "bool":
+        return "bool"  # pandas reads a CSV column of True/False as booleans: they are class names
     if _is_int(feature):
         return "int"
     if _is_float(feature):
@@ -380,7 +390,8 @@ def _prepare_splits(
                     f"expected --{role}_column to name one of them"
                 )
         tfeat = ds.features[text_column]
-        if not (_is_text(tfeat) or isinstance(tfeat, Value) and tfeat.dtype == "null"):
+        # A column with no text at all (all cells empty: pandas types it float64) is left to the dropped-rows check.
+        if not _is_text(tfeat) and not _missing_mask(ds, text_column, "text").all():
             raise UserInputError(
                 f"text column {text_column!r} of split {split!r} ({src[split]}) holds {_dtype(tfeat)} values; "
                 f"expected strings (text): check --text_column"
@@ -399,6 +410,8 @@ def _prepare_splits(
         no_text = _missing_mask(ds, text_column, "text")
         no_label = _missing_mask(ds, label_column, kinds[split])
         drop = no_text | no_label
+        if len(ds) == 0:
+            raise UserInputError(f"split {split!r} ({src[split]}) has no rows; expected labelled text")
         if drop.all():
             raise UserInputError(
                 f"split {split!r} ({src[split]}) has no usable rows: all {len(ds)} have an empty or missing text in "
@@ -413,7 +426,7 @@ def _prepare_splits(
             )
             out[split] = ds.select(np.flatnonzero(~drop))
 
-    if kinds["train"] in ("text", "classlabel"):
+    if kinds["train"] in ("text", "classlabel", "bool"):
         return _encode_names(out, src, kinds, label_column)
     return _check_ids(out, src, kinds, label_column)
 
@@ -426,7 +439,9 @@ def _names_of(ds: Dataset, column: str, kind: str) -> list[str]:
     return [str(v).strip() for v in _column(ds, column).to_pylist()]
 
 
-def _encode_names(out: dict[str, Dataset], src: dict[str, str], kinds: dict[str, str], label_column: str) -> DatasetDict:
+def _encode_names(
+    out: dict[str, Dataset], src: dict[str, str], kinds: dict[str, str], label_column: str
+) -> DatasetDict:
     train_feat = out["train"].features[label_column]
     train_values = _names_of(out["train"], label_column, kinds["train"])
     present = sorted(set(train_values))
@@ -441,10 +456,11 @@ def _encode_names(out: dict[str, Dataset], src: dict[str, str], kinds: dict[str,
     name2id = {n: i for i, n in enumerate(names)}
     for split, ds in out.items():
         kind = kinds[split]
-        if kind not in ("text", "classlabel"):
+        if kind not in ("text", "classlabel", "bool", "int"):  # ints/booleans compare as their str()
             raise UserInputError(
                 f"label column {label_column!r} holds class names in the train split ({src['train']}) but "
-                f"{ds.features[label_column].dtype} values in split {split!r} ({src[split]}); expected class names in every split"
+                f"{_dtype(ds.features[label_column])} values in split {split!r} ({src[split]}); "
+                "expected class names in every split"
             )
         values = train_values if split == "train" else _names_of(ds, label_column, kind)
         unseen = sorted(set(values) - set(present))
@@ -475,8 +491,8 @@ def _check_ids(out: dict[str, Dataset], src: dict[str, str], kinds: dict[str, st
         if kind not in ("int", "float"):
             raise UserInputError(
                 f"label column {label_column!r} holds integer class ids in the train split ({src['train']}) but "
-                f"{'class names' if kind in ('text', 'classlabel') else _dtype(ds.features[label_column])} in split "
-                f"{split!r} ({src[split]}); expected the same kind of label in every split"
+                f"{'class names' if kind in ('text', 'classlabel', 'bool') else _dtype(ds.features[label_column])} "
+                f"in split {split!r} ({src[split]}); expected the same kind of label in every split"
             )
         values = _column(ds, label_column).to_numpy(zero_copy_only=False)
         if kind == "float":
@@ -484,7 +500,8 @@ def _check_ids(out: dict[str, Dataset], src: dict[str, str], kinds: dict[str, st
             if len(fractional):
                 raise UserInputError(
                     f"label column {label_column!r} of split {split!r} ({src[split]}) holds fractional numbers "
-                    f"(e.g. {float(fractional[0])}); expected class names or integer class ids (regression is not supported)"
+                    f"(e.g. {float(fractional[0])}); expected class names or integer class ids "
+                    "(regression is not supported)"
                 )
         values = values.astype(np.int64)
         if (values < 0).any():

@@ -7,7 +7,7 @@ import torch
 from conftest import make_dataset, make_tokenizer, tiny_bert, tiny_mpnet
 from hfcompress import DistillationArguments, DistillationDataCollator, DistillationTrainer
 from hfcompress.distill.cache import load_or_compute_teacher_cache
-from hfcompress.distill.pipeline import cache_teacher_on_train, tokenize_for_distillation
+from hfcompress.run.data import cache_teacher_on_train, tokenize_for_distillation
 
 from contextlib import nullcontext
 

@@ -7,7 +7,7 @@ import pytest
 from conftest import make_tokenizer, save_tiny_assets, tiny_bert
 from hfcompress import assets
 from hfcompress.data import load_text_classification, stratified_split
-from hfcompress.distill.teacher import has_task_head, prepare_teacher
+from hfcompress.run.finetune import has_task_head, prepare_teacher
 from hfcompress.metrics import accuracy, compute_classification_metrics, f1
 
 
@@ -75,7 +75,7 @@ def test_teacher_head_detection(tmp_path):
 
 def test_headless_teacher_is_finetuned_once_and_cached(tmp_path):
     from conftest import make_dataset
-    from hfcompress.distill.teacher import FinetuneConfig
+    from hfcompress.run.finetune import FinetuneConfig
 
     headless = tmp_path / "headless"
     tiny_bert().base_model.save_pretrained(headless)

@@ -334,3 +334,40 @@ def test_long_article_is_truncated_on_the_requested_side(tmp_path, bert_tokenize
     with pytest.raises(UserInputError, match="truncation_side must be 'right' or 'left', got 'middle'"):
         tokenize(dsd["train"], tok, truncation_side="middle")
     assert np.mean([len(x) for x in right["input_ids"]]) < 32  # short texts are not padded
+
+
+# --- more layouts -------------------------------------------------------------------------------------------
+
+
+def test_hub_style_layout_with_shards_in_data_subfolder(tmp_path):
+    (tmp_path / "data").mkdir()
+    data = rows(["tech", "business"], 10)
+    write_csv(tmp_path / "data" / "train-00000-of-00002.csv", data[:10])
+    write_csv(tmp_path / "data" / "train-00001-of-00002.csv", data[10:])
+    (tmp_path / "val").mkdir()  # a split-named subfolder: all its data files are that split (not under data/: ignored)
+    (tmp_path / "README.md").write_text("my data")
+    dsd = load_text_classification(str(tmp_path))
+    assert len(dsd["train"]) + len(dsd["validation"]) + len(dsd["test"]) == 20  # both shards, splits carved
+    assert dsd["train"].features["label"].names == ["business", "tech"]
+
+    other = tmp_path / "other"
+    (other / "val").mkdir(parents=True)
+    write_csv(other / "train.csv", data)
+    write_jsonl(other / "val" / "part0.jsonl", [{"text": "the startup built a chip", "label": "tech"}])
+    dsd = load_text_classification(str(other))
+    assert decoded(dsd["validation"]) == ["tech"] and len(dsd["train"]) + len(dsd["test"]) == 20
+
+
+def test_two_files_for_one_split_are_refused(tmp_path):
+    write_csv(tmp_path / "train.csv", rows(["tech", "business"], 5))
+    write_csv(tmp_path / "dev.csv", rows(["tech", "business"], 1))
+    write_csv(tmp_path / "validation.csv", rows(["tech", "business"], 1))
+    with pytest.raises(UserInputError, match=r"several files claim the validation split: \['dev\.csv', 'validation\.csv'\]"):
+        load_text_classification(str(tmp_path))
+
+
+def test_true_false_labels_are_class_names(tmp_path):
+    data = [(t, l == "tech") for t, l in rows(["tech", "business"], 10)]
+    dsd = load_text_classification(write_csv(tmp_path / "spam.csv", data))  # pandas reads True/False as booleans
+    assert dsd["train"].features["label"].names == ["False", "True"]
+    assert sum(len(d) for d in dsd.values()) == 20

@@ -36,7 +36,7 @@ def test_rotten_tomatoes_split(rt):
 
 def test_minilm_and_mpnet_tokenizations_align(rt):
     need("minilm-l6", "mpnet-base")
-    from hfcompress.distill.pipeline import tokenizers_align
+    from hfcompress.run.data import tokenizers_align
 
     mini = AutoTokenizer.from_pretrained(assets.resolve_model_path("minilm-l6"))
     mp = AutoTokenizer.from_pretrained(assets.resolve_model_path("mpnet-base"))
@@ -53,7 +53,7 @@ def test_real_student_from_minilm_and_hidden_kd_step_from_mpnet(rt, tmp_path):
     from contextlib import nullcontext
 
     from hfcompress import DistillationArguments, DistillationDataCollator, DistillationTrainer, init_student_from_teacher
-    from hfcompress.distill.pipeline import cache_teacher_on_train, tokenize_for_distillation
+    from hfcompress.run.data import cache_teacher_on_train, tokenize_for_distillation
 
     mini_path, mp_path = assets.resolve_model_path("minilm-l6"), assets.resolve_model_path("mpnet-base")
     labels = {"id2label": {0: "rotten", 1: "fresh"}, "label2id": {"rotten": 0, "fresh": 1}}

@@ -111,6 +111,60 @@ def run(kind: str, path: str, train: Dataset, tok, steps: int, batch: int, out: 
     return timer
 
 
+def micro(path: str, train: Dataset, tok, reps: int, batch: int) -> dict:
+    """The same steps without the Trainer, interleaved step by step (robust to a machine whose load drifts):
+    fetch + collate + `DistillationTrainer.compute_loss`'s work + backward + AdamW step, on one student."""
+    from hfcompress import DistillationConfig, DistillationLoss
+
+    torch.manual_seed(0)
+    student = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    student.train()
+    teacher_cfg = BertConfig(hidden_size=TEACHER_WIDTH, num_hidden_layers=12, num_attention_heads=12, num_labels=2)
+    staged = DistillationLoss(DistillationConfig(hidden_weight=1.0, layer_map="2:4,4:8,6:12", relation_weight=1.0,
+                                                 relation_layer_map="6:12", intermediate_fraction=0.5),
+                              student.config, teacher_config=teacher_cfg, cached_hidden_layers=HIDDEN_LAYERS,
+                              cached_relation_layers=RELATION_LAYERS)
+    staged.prepare_student(student)
+    logits_only = DistillationLoss(DistillationConfig(), student.config, teacher_config=teacher_cfg)
+    opt = torch.optim.AdamW([*student.parameters(), *staged.parameters()], lr=1e-5)
+    collator = DistillationDataCollator(tok)
+    plain_data = train.remove_columns([CACHED_LOGITS, CACHED_HIDDEN, CACHED_QKV])
+    logits_data = train.remove_columns([CACHED_HIDDEN, CACHED_QKV])
+    rng = np.random.default_rng(2)
+
+    def step(kind):
+        idx = rng.choice(len(train), batch, replace=False).tolist()
+        t0 = time.perf_counter()
+        if kind == "plain":
+            b = collator(plain_data.__getitems__(idx))
+            loss = student(**b).loss
+        else:
+            dl = logits_only if kind == "kd_logits" else staged
+            if kind.startswith("stage"):
+                dl.set_progress(0 if kind == "stage1_hidden_relation" else 1, 2)
+            b = collator((logits_data if kind == "kd_logits" else train).__getitems__(idx))
+            t_out = dl.teacher_outputs(b)
+            labels = b.pop("labels")
+            out = student(**b, **dl.student_forward_kwargs())
+            loss = dl(out, labels, None, teacher_outputs=t_out, attention_mask=b.get("attention_mask"))
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return time.perf_counter() - t0
+
+    kinds = ["plain", "kd_logits", "stage1_hidden_relation", "stage2_logits_ce"]
+    for k in kinds:
+        step(k)  # warm-up
+    times = {k: [] for k in kinds}
+    for _ in range(reps):
+        for k in kinds:
+            times[k].append(step(k))
+    res = {f"micro_{k}_ms": 1000 * statistics.median(v) for k, v in times.items()}
+    for k in kinds[1:]:
+        res[f"micro_{k}_ratio"] = res[f"micro_{k}_ms"] / res["micro_plain_ms"]
+    return res
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--steps", type=int, default=12)
@@ -118,6 +172,7 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rows", type=int, default=512)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--micro", type=int, default=20, help="interleaved repetitions without the Trainer (0: skip)")
     a = ap.parse_args()
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     path = resolve_model_path("minilm-l6")
@@ -128,9 +183,12 @@ def main():
                  "fetch_collate_bytes_ms": 1000 * time_fetch_collate(as_bytes, collator, a.batch, 20),
                  "fetch_collate_nested_lists_ms": 1000 * time_fetch_collate(as_lists, collator, a.batch, 5)}
     print({k: round(v, 1) if isinstance(v, float) else v for k, v in res.items()})
+    if a.micro:
+        res.update(micro(path, as_bytes, tok, a.micro, a.batch))
+        print(json.dumps({k: round(v, 3) for k, v in res.items()}, indent=2))
     times: dict[str, list[float]] = {"plain": [], "kd_logits": [], "stage1_hidden_relation": [], "stage2_logits_ce": []}
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(a.rounds):
+        for r in range(a.rounds):  # --rounds 0: micro-benchmark only
             for kind in ("plain", "logits", "staged"):
                 t = run(kind, path, as_bytes, tok, a.steps, a.batch, os.path.join(tmp, f"{kind}{r}"))
                 steps = list(zip(t.times, t.stages))[2:]  # warm-up steps dropped
@@ -142,10 +200,11 @@ def main():
                     times["stage1_hidden_relation"] += [x for x, s in steps if s == 1]
                     times["stage2_logits_ce"] += [x for x, s in steps if s == 2]
                 print(kind, r, [round(1000 * x) for x in t.times])
-    for k, v in times.items():
-        res[f"{k}_ms"] = 1000 * statistics.median(v)
-    for k in ("kd_logits", "stage1_hidden_relation", "stage2_logits_ce"):
-        res[f"{k}_ratio"] = res[f"{k}_ms"] / res["plain_ms"]
+    if a.rounds:
+        for k, v in times.items():
+            res[f"{k}_ms"] = 1000 * statistics.median(v)
+        for k in ("kd_logits", "stage1_hidden_relation", "stage2_logits_ce"):
+            res[f"{k}_ratio"] = res[f"{k}_ms"] / res["plain_ms"]
     print(json.dumps({k: round(v, 3) if isinstance(v, float) else v for k, v in res.items()}, indent=2))
     if a.json:
         with open(a.json, "w") as fh:

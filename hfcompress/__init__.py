@@ -23,9 +23,14 @@ _LAZY = {
     "DistillationLoss": ".distill",
     "DistillationTrainer": ".distill",
     "init_student_from_teacher": ".distill",
+    "RunRecord": ".report.record",
+    "run_distillation": ".run",
 }
 
 __all__ = list(_LAZY)
+
+# subpackages reachable as attributes after a bare `import hfcompress` (e.g. `hfcompress.distill`)
+_SUBMODULES = ("arch", "assets", "cli", "commands", "data", "distill", "errors", "metrics", "report", "run")
 
 
 class _DemoteToDebug(logging.Filter):
@@ -56,8 +61,10 @@ def __getattr__(name: str):
         value = getattr(importlib.import_module(_LAZY[name], __name__), name)
         globals()[name] = value
         return value
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def __dir__():
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))

@@ -33,7 +33,7 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("hfcompress.assets")  # not "__main__" under `python -m hfcompress.assets`
 
 _MODEL_FILES = (
     "config.json",

@@ -34,6 +34,8 @@ def test_import_is_silent_and_loads_no_optional_backend():
     r = _run([sys.executable, "-c", code])
     assert r.returncode == 0, r.stderr
     assert r.stdout == "" and r.stderr == ""
+    r = _run([sys.executable, "-c", "import hfcompress; print(hfcompress.distill.__name__)"])  # lazy, still there
+    assert r.returncode == 0 and r.stdout.split() == ["hfcompress.distill"], r.stderr
 
 
 def test_public_names_import_without_the_bitsandbytes_kernels_message():
@@ -202,6 +204,7 @@ def test_plain_trainer_example_runs(tmp_path):
     assert (out / "model.safetensors").exists() and (out / "config.json").exists()
     assert (out / "tokenizer.json").exists()
     assert "eval_accuracy" in r.stdout + r.stderr
+    assert "gemm_4bit" not in r.stderr  # the example imports hfcompress first
 
 
 def test_plain_trainer_example_refuses_an_untrained_teacher_head(tmp_path):

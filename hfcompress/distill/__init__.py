@@ -3,6 +3,7 @@
 from .arguments import DistillationArguments
 from .cache import compute_teacher_outputs, load_or_compute_teacher_cache
 from .callback import DistillationCallback
+from .checks import check_teacher_head, teacher_needs_own_inputs, untrained_parameters
 from .collator import DistillationDataCollator
 from .config import DistillationConfig, parse_layer_map, uniform_layer_map
 from .loss import DistillationLoss, TeacherOutputs, check_label_compatibility
@@ -18,9 +19,12 @@ __all__ = [
     "DistillationTrainer",
     "TeacherOutputs",
     "check_label_compatibility",
+    "check_teacher_head",
     "compute_teacher_outputs",
     "init_student_from_teacher",
     "load_or_compute_teacher_cache",
     "parse_layer_map",
+    "teacher_needs_own_inputs",
     "uniform_layer_map",
+    "untrained_parameters",
 ]

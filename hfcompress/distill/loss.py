@@ -452,6 +452,11 @@ class DistillationLoss(nn.Module):
         call that follows picks them up. In eval mode the hook only strips teacher entries, and the loss is the
         student's task loss. Returns self.
 
+        A training batch with neither `teacher_input_ids` nor cached teacher outputs is an error (never a fallback to
+        the student's ids) when the teacher reads other ids (`teacher_needs_own_inputs`) or there is no teacher
+        model. `DistillationCallback` is required with a plain Trainer: it turns `remove_unused_columns` off so that
+        those columns reach the hook, which then drops what the student's forward does not take.
+
         Example::
 
             kd = DistillationLoss(DistillationConfig(alpha=0.5, temperature=2.0), student.config, teacher).attach(student)

@@ -163,3 +163,27 @@ def test_bad_layer_map_fails_before_a_headless_teacher_is_finetuned(tmp_path):
                          env=_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert res.returncode != 0 and "student index 3 out of range: the student has layers 0..2" in res.stderr
     assert not (tmp_path / "teacher-ft").exists(), "the teacher must not be fine-tuned before the error"
+
+
+def test_full_recipe_from_cache_with_another_teacher(tmp_path):
+    """Hidden states through projections + relations + staged schedule, MPNet-style teacher of another width and
+    tokenizer, all teacher outputs from the cache (no teacher forward during training): the benchmark's recipe."""
+    from conftest import make_tokenizer, tiny_bert
+
+    teacher, data = save_tiny_assets(tmp_path / "assets", teacher_kind="mpnet", teacher_offset=4)  # width 48
+    student_dir = str(tmp_path / "student")
+    tiny_bert(num_layers=4, hidden=32, seed=9).save_pretrained(student_dir)
+    make_tokenizer().save_pretrained(student_dir)
+    out = tmp_path / "full"
+    _run([sys.executable, SCRIPT, "--output_dir", str(out), "--teacher_model", teacher, "--dataset", data,
+          "--student_model", student_dir, "--student_layers", "1,3", "--hidden_weight", "1", "--layer_map", "1:2,2:4",
+          "--relation_weight", "1", "--intermediate_fraction", "0.5", "--max_steps", "6", "--logging_steps", "1",
+          "--eval_strategy", "no", "--save_strategy", "no", "--use_cpu", "--per_device_train_batch_size", "8"], tmp_path)
+    s = json.load(open(out / "distill_summary.json"))
+    kd = s["methods"]["distillation"]
+    assert kd["teacher_cache"]["hidden_layers"] == [2, 4] and kd["teacher_cache"]["relation_layers"]
+    assert kd["relation_weight"] == 1.0 and kd["intermediate_fraction"] == 0.5
+    from transformers import AutoModelForSequenceClassification
+
+    student = AutoModelForSequenceClassification.from_pretrained(out / "model")
+    assert student.config.num_hidden_layers == 2

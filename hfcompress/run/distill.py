@@ -68,6 +68,7 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, args,
             "teacher_model": teacher if probe.needs_online_teacher() else None,
             "teacher_config": teacher.config,
             "cached_hidden_layers": cache_meta["hidden_layers"],
+            "cached_relation_layers": cache_meta.get("relation_layers"),
         }
     trainer = DistillationTrainer(
         model=student,

@@ -47,12 +47,12 @@ RECIPES = {
     # name: (distillation settings, what it is)
     "logits": ({}, "logit KD (T=2, alpha=0.5)"),
     "full": (
-        {"hidden_weight": 1.0, "layer_map": "1:4,2:8,3:12", "relation_weight": 1.0},
-        "logit KD + hidden states (MSE via 384->768 projections, student block i <- teacher block 4i) + MiniLM-v2 "
-        "q/k/v relations of the last block, all together",
+        {"hidden_weight": 1.0, "relation_weight": 1.0},
+        "logit KD + hidden states (MSE, uniform layer map: student block i <- teacher block i*T/3, through learned "
+        "384->768 projections for MPNet) + MiniLM-v2 q/k/v relations of the last block, all together",
     ),
     "staged": (
-        {"hidden_weight": 1.0, "layer_map": "1:4,2:8,3:12", "relation_weight": 1.0, "intermediate_fraction": 0.3},
+        {"hidden_weight": 1.0, "relation_weight": 1.0, "intermediate_fraction": 0.3},
         "TinyBERT-style staged: hidden states + relations for the first 30% of steps, then logit KD + labels",
     ),
 }

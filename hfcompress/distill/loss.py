@@ -407,6 +407,12 @@ class DistillationLoss(nn.Module):
                         "forward, or pass student_qkv"
                     )
                 sq = sq_all[s]
+                if logits.requires_grad and not sq[0].requires_grad:
+                    raise RuntimeError(
+                        f"relation distillation: the recorded query/key/value of student block {s} carry no gradient "
+                        "(reentrant gradient checkpointing recomputes them outside the graph); disable gradient "
+                        "checkpointing or use gradient_checkpointing_kwargs={'use_reentrant': False}"
+                    )
                 tq = tuple(x.to(sq[0].device) for x in teacher_outputs.qkv[t])
                 tm = attention_mask if attention_mask.shape[-1] == sq[0].shape[1] else torch.ones(sq[0].shape[:2], device=sq[0].device)
                 terms.append(qkv_relation_kl_per_example(sq, tq, tm, self.relation_heads))

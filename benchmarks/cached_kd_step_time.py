@@ -33,6 +33,17 @@ from hfcompress.distill.cache import encode_array
 from hfcompress.distill.loss import CACHED_HIDDEN, CACHED_LOGITS, CACHED_QKV
 
 TEACHER_WIDTH, HIDDEN_LAYERS, RELATION_LAYERS = 768, [4, 8, 12], [12]
+STUDENT_BLOCKS = 6  # --student_blocks 3: blocks 1, 3, 5 of MiniLM-L6 (the 3-block student of `make distill`)
+
+
+def load_student(path: str):
+    """(student, hidden layer map, relation layer map) for STUDENT_BLOCKS blocks."""
+    from hfcompress import init_student_from_teacher
+
+    student = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    if STUDENT_BLOCKS == 3:
+        return init_student_from_teacher(student, layers=[0, 2, 4]), "1:4,2:8,3:12", "3:12"
+    return student, "2:4,4:8,6:12", "6:12"
 
 
 class StepTimer(TrainerCallback):
@@ -85,7 +96,7 @@ def time_fetch_collate(ds: Dataset, collator, batch: int, reps: int) -> float:
 
 def run(kind: str, path: str, train: Dataset, tok, steps: int, batch: int, out: str) -> StepTimer:
     torch.manual_seed(0)
-    student = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    student, layer_map, relation_map = load_student(path)
     common = dict(output_dir=out, per_device_train_batch_size=batch, max_steps=steps, report_to="none",
                   save_strategy="no", logging_steps=1000, use_cpu=True, seed=0, dataloader_num_workers=0,
                   disable_tqdm=True)
@@ -99,7 +110,7 @@ def run(kind: str, path: str, train: Dataset, tok, steps: int, batch: int, out: 
         teacher_cfg = BertConfig(hidden_size=TEACHER_WIDTH, num_hidden_layers=12, num_attention_heads=12, num_labels=2)
         kd = dict(alpha=0.5, temperature=2.0)
         if kind == "staged":
-            kd.update(hidden_weight=1.0, layer_map="2:4,4:8,6:12", relation_weight=1.0, relation_layer_map="6:12",
+            kd.update(hidden_weight=1.0, layer_map=layer_map, relation_weight=1.0, relation_layer_map=relation_map,
                       intermediate_fraction=0.5)
         args = DistillationArguments(**common, **kd)
         data = train if kind == "staged" else train.remove_columns([CACHED_HIDDEN, CACHED_QKV])
@@ -112,16 +123,17 @@ def run(kind: str, path: str, train: Dataset, tok, steps: int, batch: int, out: 
 
 
 def micro(path: str, train: Dataset, tok, reps: int, batch: int) -> dict:
-    """The same steps without the Trainer, interleaved step by step (robust to a machine whose load drifts):
+    """The same steps without the Trainer, interleaved step by step in a random order per round (robust to a
+    machine whose load drifts):
     fetch + collate + `DistillationTrainer.compute_loss`'s work + backward + AdamW step, on one student."""
     from hfcompress import DistillationConfig, DistillationLoss
 
     torch.manual_seed(0)
-    student = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    student, layer_map, relation_map = load_student(path)
     student.train()
     teacher_cfg = BertConfig(hidden_size=TEACHER_WIDTH, num_hidden_layers=12, num_attention_heads=12, num_labels=2)
-    staged = DistillationLoss(DistillationConfig(hidden_weight=1.0, layer_map="2:4,4:8,6:12", relation_weight=1.0,
-                                                 relation_layer_map="6:12", intermediate_fraction=0.5),
+    staged = DistillationLoss(DistillationConfig(hidden_weight=1.0, layer_map=layer_map, relation_weight=1.0,
+                                                 relation_layer_map=relation_map, intermediate_fraction=0.5),
                               student.config, teacher_config=teacher_cfg, cached_hidden_layers=HIDDEN_LAYERS,
                               cached_relation_layers=RELATION_LAYERS)
     staged.prepare_student(student)
@@ -156,9 +168,10 @@ def micro(path: str, train: Dataset, tok, reps: int, batch: int) -> dict:
     for k in kinds:
         step(k)  # warm-up
     times = {k: [] for k in kinds}
+    order = np.random.default_rng(3)
     for _ in range(reps):
-        for k in kinds:
-            times[k].append(step(k))
+        for k in order.permutation(kinds):  # a fixed order biased the ratios by ~10% on a busy machine
+            times[str(k)].append(step(str(k)))
     res = {f"micro_{k}_ms": 1000 * statistics.median(v) for k, v in times.items()}
     for k in kinds[1:]:
         res[f"micro_{k}_ratio"] = res[f"micro_{k}_ms"] / res["micro_plain_ms"]
@@ -172,14 +185,17 @@ def main():
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rows", type=int, default=512)
     ap.add_argument("--json", default=None)
+    ap.add_argument("--student_blocks", type=int, choices=(3, 6), default=6)
     ap.add_argument("--micro", type=int, default=20, help="interleaved repetitions without the Trainer (0: skip)")
     a = ap.parse_args()
+    global STUDENT_BLOCKS
+    STUDENT_BLOCKS = a.student_blocks
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     path = resolve_model_path("minilm-l6")
     tok = AutoTokenizer.from_pretrained(path)
     as_bytes, as_lists = make_data(tok, a.rows)
     collator = DistillationDataCollator(tok)
-    res: dict = {"batch": a.batch, "threads": torch.get_num_threads(),
+    res: dict = {"batch": a.batch, "threads": torch.get_num_threads(), "student_blocks": a.student_blocks,
                  "fetch_collate_bytes_ms": 1000 * time_fetch_collate(as_bytes, collator, a.batch, 20),
                  "fetch_collate_nested_lists_ms": 1000 * time_fetch_collate(as_lists, collator, a.batch, 5)}
     print({k: round(v, 1) if isinstance(v, float) else v for k, v in res.items()})

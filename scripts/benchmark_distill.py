@@ -350,6 +350,8 @@ def markdown_table(r: dict) -> str:
     out = ["| row | test accuracy (mean ± std) | seeds | params (M) | CPU ms (b32 x 128) | speed-up vs teacher | recipe |",
            "|---|---|---|---|---|---|---|"]
     for name, rows in runs.items():
+        if not isinstance(rows, list) or not rows:  # a row of an older result format
+            continue
         size = "student3" if name.startswith("student3") else "student6" if name.startswith("student6") else "teacher"
         acc, std = r.get(f"{name}_accuracy"), r.get(f"{name}_accuracy_std")
         ms, params = lat.get(size, {}).get("median_ms"), lat.get(size, {}).get("parameters")

@@ -7,8 +7,8 @@
     python scripts/distill.py --config recipe.yaml                   # flags and YAML/JSON config files both work
 
 Default: Rotten Tomatoes; teacher = MiniLM-L6 fine-tuned on it for 2 epochs (done once and cached, since the
-checkpoint has no task head); student = 3 of the teacher's blocks; the recipe measured best in
-benchmarks/results/distill.json, from cached teacher outputs. Writes the student alone to <output_dir>/model,
+checkpoint has no task head); student = blocks 1, 3, 5 of that teacher; logit + hidden-state + attention-relation
+KD (the 3-block recipe measured best in benchmarks/results/distill.json), from cached teacher outputs. Writes the student alone to <output_dir>/model,
 checkpoints to <output_dir>/checkpoints, what distillation learned beside the student to <output_dir>/distillation,
 and the run record to <output_dir>/distill_summary.json.
 """
@@ -28,8 +28,12 @@ class DistillScriptArguments(DistillationArguments):
 
     _method_group_name = "Distillation"
 
-    # The default recipe (see the README's benchmark): logit KD plus MiniLM-style attention relations of the last
-    # block, all terms together.
+    # The default recipe is the 3-block recipe measured best (on validation) in benchmarks/results/distill.json:
+    # a student cut from the fine-tuned teacher, logit KD + hidden states (uniform layer map) + MiniLM-v2 attention
+    # relations of the last block, all terms together, from cached teacher outputs.
+    hidden_weight: float = field(
+        default=1.0, metadata={"help": "Weight of hidden-state distillation (0 turns it off)."}
+    )
     relation_weight: float = field(
         default=1.0,
         metadata={"help": "Weight of MiniLM-v2 self-attention relation distillation (q-q, k-k, v-v; 0 turns it off). "

@@ -299,3 +299,29 @@ def test_cached_and_online_relation_distillation_agree(tmp_path):
         assert torch.allclose(online[k], from_cache[k], atol=2e-4), (k, (online[k] - from_cache[k]).abs().max())
     start = tiny_bert(seed=0).state_dict()
     assert max((online[k] - start[k]).abs().max().item() for k in online) > 1e-4, "training must move the student"
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_relation_under_gradient_checkpointing(reentrant):
+    """Non-reentrant checkpointing keeps the recorded q/k/v in the graph (same gradients as without); reentrant
+    checkpointing would drop them silently, so it is refused."""
+    ids = torch.randint(5, 18, (3, 6))
+    labels = torch.tensor([0, 1, 0])
+
+    def grads(checkpointing):
+        student, teacher = tiny_bert(seed=0), tiny_mpnet(seed=1)
+        kd = DistillationLoss(DistillationConfig(relation_weight=1.0, alpha=0.5), student.config, teacher).attach(student)
+        if checkpointing:
+            student.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        student.train()
+        kd(student(input_ids=ids, attention_mask=torch.ones_like(ids)), labels).backward()
+        return {n: p.grad.clone() for n, p in student.named_parameters() if p.grad is not None}
+
+    if reentrant:
+        with pytest.raises(RuntimeError, match="carry no gradient"):
+            grads(True)
+        return
+    ref, ckpt = grads(False), grads(True)
+    assert ref.keys() == ckpt.keys()
+    for n in ref:
+        assert torch.allclose(ref[n], ckpt[n], atol=1e-6), n

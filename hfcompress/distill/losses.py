@@ -80,18 +80,20 @@ def attention_kl_per_example(
 def self_relation_log_probs(x: torch.Tensor, num_heads: int, key_mask: torch.Tensor | None = None) -> torch.Tensor:
     """MiniLMv2 self-relation of one projection output `x` `[B, T, D]`: split into `num_heads` relation heads of width
     `D / num_heads`, then ``log softmax(x_r x_r^T / sqrt(D / num_heads))`` over keys -> `[B, R, T, T]` (float32).
-    Keys where `key_mask` is 0 get probability 0."""
+    Keys where `key_mask` is 0 get probability 0 (exactly: a finite -1e9 is added to their scores, so no -inf or
+    NaN reaches the arithmetic or the gradients, even for an example without valid tokens)."""
     b, t, d = x.shape
     if d % num_heads:
         raise ValueError(f"{num_heads} relation heads do not divide the width {d}")
     dr = d // num_heads
-    xr = x.float().reshape(b, t, num_heads, dr).transpose(1, 2)  # [B, R, T, dr]
-    scores = torch.matmul(xr, xr.transpose(-1, -2)) / math.sqrt(dr)
-    if key_mask is not None:
-        keep = key_mask.to(torch.bool)
-        keep = keep | ~keep.any(-1, keepdim=True)  # an example without valid tokens: avoid all -inf rows (NaN)
-        scores = scores.masked_fill(~keep[:, None, None, :], float("-inf"))
-    return F.log_softmax(scores, dim=-1)
+    xr = x.float().reshape(b, t, num_heads, dr).transpose(1, 2).reshape(b * num_heads, t, dr)  # [B*R, T, dr]
+    if key_mask is None:
+        bias = xr.new_zeros(())
+    else:
+        bias = (~key_mask.to(torch.bool)).to(xr.dtype).mul(-1e9)  # [B, T]
+        bias = bias[:, None, None, :].expand(b, num_heads, 1, t).reshape(b * num_heads, 1, t)
+    scores = torch.baddbmm(bias, xr, xr.transpose(-1, -2), alpha=1.0 / math.sqrt(dr))  # scale and mask in one op
+    return F.log_softmax(scores, dim=-1).view(b, num_heads, t, t)
 
 
 def relation_kl_per_example(
@@ -111,8 +113,7 @@ def relation_kl_per_example(
     mask = token_mask.to(torch.bool) if token_mask.dim() == 2 and token_mask.shape[1] == student_x.shape[1] else None
     s = self_relation_log_probs(student_x, num_heads, mask)
     t = self_relation_log_probs(teacher_x, num_heads, mask)
-    masked = torch.isinf(t)  # padded keys: probability 0 on both sides; keep -inf out of the arithmetic
-    kl = t.exp() * (t.masked_fill(masked, 0.0) - s.masked_fill(masked, 0.0))
+    kl = t.exp() * (t - s)  # padded keys: teacher probability exactly 0, both log-probabilities finite
     per_query = kl.sum(-1).mean(1)  # [B, T]: sum over keys, mean over relation heads
     if mask is None:
         return per_query.mean(-1)
@@ -123,7 +124,11 @@ def relation_kl_per_example(
 def qkv_relation_kl_per_example(
     student_qkv, teacher_qkv, token_mask: torch.Tensor, num_heads: int
 ) -> torch.Tensor:
-    """MiniLMv2 loss of one block pair: the query-query, key-key and value-value relation KLs, summed -> `[B]`."""
+    """MiniLMv2 loss of one block pair: the query-query, key-key and value-value relation KLs, summed -> `[B]`.
+    (Computed as one batch of 3B examples: fewer, larger kernels.)"""
     if len(student_qkv) != 3 or len(teacher_qkv) != 3:
         raise ValueError("relation distillation needs (query, key, value) projections of student and teacher")
-    return sum(relation_kl_per_example(s, t, token_mask, num_heads) for s, t in zip(student_qkv, teacher_qkv))
+    b = student_qkv[0].shape[0]
+    mask = token_mask.repeat(3, 1) if token_mask.dim() == 2 else token_mask
+    per = relation_kl_per_example(torch.cat(list(student_qkv)), torch.cat(list(teacher_qkv)), mask, num_heads)
+    return per.view(3, b).sum(0)

@@ -23,6 +23,13 @@ _LAZY = {
     "DistillationLoss": ".distill",
     "DistillationTrainer": ".distill",
     "init_student_from_teacher": ".distill",
+    "Pruner": ".prune",
+    "PruningArguments": ".prune.arguments",
+    "PruningCallback": ".prune",
+    "PruningConfig": ".prune",
+    "load_sparse": ".prune",
+    "save_dense": ".prune",
+    "save_sparse": ".prune",
     "RunRecord": ".report.record",
     "run_distillation": ".run",
 }
@@ -30,7 +37,7 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 # subpackages reachable as attributes after a bare `import hfcompress` (e.g. `hfcompress.distill`)
-_SUBMODULES = ("arch", "assets", "cli", "commands", "data", "distill", "errors", "metrics", "report", "run")
+_SUBMODULES = ("arch", "assets", "cli", "commands", "data", "distill", "errors", "metrics", "prune", "report", "run")
 
 
 class _DemoteToDebug(logging.Filter):

@@ -22,7 +22,6 @@ Trained models are cached under benchmarks/cache/ by a key of everything that af
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -38,6 +37,7 @@ from hfcompress.cli import parse_args, setup_logging
 from hfcompress.data import load_rotten_tomatoes
 from hfcompress.distill import DistillationArguments
 from hfcompress.report import count_parameters, evaluate_classifier, measure_latency, model_size_mb
+from hfcompress.report.bench import cache_key, mean_std, write_json
 from hfcompress.report.record import environment
 from hfcompress.run import DataArguments, FinetuneConfig, ModelArguments, finetune_classifier, run_distillation
 
@@ -82,8 +82,7 @@ def _seeds(args) -> list[int]:
     return [int(s) for s in args.seeds.split(",")]
 
 
-def _key(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+_key = cache_key
 
 
 def ft_config(args, seed: int, teacher: bool = False) -> FinetuneConfig:
@@ -226,8 +225,7 @@ def teacher_cache_dir(args, teacher: str, recipe: str) -> str:
     return os.path.join(args.cache_dir, "teacher-outputs", _key({"teacher": os.path.abspath(teacher), "need": need}))
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+_mean_std = mean_std
 
 
 def main(argv=None):
@@ -371,12 +369,7 @@ def markdown_table(r: dict) -> str:
     return "\n".join(out) + "\n"
 
 
-def _write(path, result):
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(result, fh, indent=2, default=str)
-    os.replace(tmp, path)
+_write = write_json
 
 
 if __name__ == "__main__":

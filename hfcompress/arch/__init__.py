@@ -4,8 +4,8 @@ Every method that needs to know a model's structure (layer selection for student
 head/FFN pruning) asks an adapter from `get_adapter(model)` instead of probing attribute names itself.
 """
 
-from .base import ArchAdapter, get_adapter, register_adapter
+from .base import ArchAdapter, UnsupportedArchitectureError, get_adapter, register_adapter, supported_model_types
 from . import encoders  # noqa: F401  (registers the BERT-class adapters)
 from .capture import QKVCapture
 
-__all__ = ["ArchAdapter", "QKVCapture", "get_adapter", "register_adapter"]
+__all__ = ["ArchAdapter", "QKVCapture", "UnsupportedArchitectureError", "get_adapter", "register_adapter", "supported_model_types"]

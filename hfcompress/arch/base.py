@@ -4,6 +4,13 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
+from ..errors import UserInputError
+
+
+class UnsupportedArchitectureError(UserInputError, NotImplementedError):
+    """A model family hfcompress has no adapter for (names it and lists the supported ones)."""
+
+
 _REGISTRY: dict[str, "ArchAdapter"] = {}
 
 
@@ -18,6 +25,13 @@ class ArchAdapter:
         hidden_size_key / num_heads_key: config attributes for width and attention heads.
         qkv_paths: dotted paths from one block to its attention's query, key and value projections (the
             `nn.Linear`s whose outputs self-attention relation distillation compares); None if unknown.
+        attention_output_path: dotted path from one block to the attention's output projection.
+        ffn_paths: dotted paths from one block to the feed-forward input (up) and output (down) projections.
+
+    The encoder `nn.Linear`s that pruning works on by default are the q/k/v, attention-output and both
+    feed-forward projections of every block (`prunable_linears`); embeddings, pooler and task head are not among them.
+    Structured pruning reads the same paths: a head is a group of q/k/v rows and attention-output columns, an FFN
+    neuron a row of the up projection and a column of the down projection.
     """
 
     model_types: tuple[str, ...]
@@ -26,6 +40,8 @@ class ArchAdapter:
     hidden_size_key: str = "hidden_size"
     num_heads_key: str = "num_attention_heads"
     qkv_paths: tuple[str, str, str] | None = ("attention.self.query", "attention.self.key", "attention.self.value")
+    attention_output_path: str | None = "attention.output.dense"
+    ffn_paths: tuple[str, str] | None = ("intermediate.dense", "output.dense")
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         module = model.base_model
@@ -68,6 +84,37 @@ class ArchAdapter:
         return tuple(out)
 
 
+    def block_linear_paths(self) -> tuple[str, ...]:
+        """Dotted paths, within one block, of the `nn.Linear`s pruning targets by default."""
+        paths = [*(self.qkv_paths or ()), *([self.attention_output_path] if self.attention_output_path else []),
+                 *(self.ffn_paths or ())]
+        if not paths:
+            raise NotImplementedError(f"no prunable projection paths known for model types {self.model_types}")
+        return tuple(paths)
+
+    def prunable_linears(self, model: nn.Module) -> dict[str, nn.Linear]:
+        """The encoder projections of every block, keyed by their name in `model.named_modules()`."""
+        names = {id(m): n for n, m in model.named_modules()}
+        out = {}
+        for block in self.layers(model):
+            for path in self.block_linear_paths():
+                module = _get(block, path)
+                if not isinstance(module, nn.Linear):
+                    raise TypeError(f"{path} is {type(module).__name__}, not nn.Linear")
+                out[names[id(module)]] = module
+        return out
+
+
+def _get(module: nn.Module, path: str) -> nn.Module:
+    for part in path.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def supported_model_types() -> list[str]:
+    return sorted(_REGISTRY)
+
+
 def register_adapter(adapter: ArchAdapter) -> ArchAdapter:
     for mt in adapter.model_types:
         _REGISTRY[mt] = adapter
@@ -78,7 +125,8 @@ def get_adapter(model_or_config) -> ArchAdapter:
     config = getattr(model_or_config, "config", model_or_config)
     model_type = getattr(config, "model_type", None)
     if model_type not in _REGISTRY:
-        raise NotImplementedError(
-            f"hfcompress has no architecture adapter for model_type {model_type!r}; supported: {sorted(_REGISTRY)}"
+        raise UnsupportedArchitectureError(
+            f"hfcompress has no architecture adapter for model_type {model_type!r} ({type(config).__name__}); "
+            f"supported: {', '.join(sorted(_REGISTRY))}"
         )
     return _REGISTRY[model_type]

@@ -13,6 +13,7 @@ MPNET = register_adapter(
         model_types=("mpnet",),
         layers_path="encoder.layer",
         qkv_paths=("attention.attn.q", "attention.attn.k", "attention.attn.v"),
+        attention_output_path="attention.attn.o",
     )
 )
 DISTILBERT = register_adapter(
@@ -23,5 +24,7 @@ DISTILBERT = register_adapter(
         hidden_size_key="dim",
         num_heads_key="n_heads",
         qkv_paths=("attention.q_lin", "attention.k_lin", "attention.v_lin"),
+        attention_output_path="attention.out_lin",
+        ffn_paths=("ffn.lin1", "ffn.lin2"),
     )
 )

@@ -39,7 +39,9 @@ class ModelArguments:
                   "--student_model if given, else of the teacher."},
     )
     student_num_layers: int = field(
-        default=3, metadata={"help": "Student depth when --student_layers is not given (evenly spaced blocks)."}
+        default=3,
+        metadata={"help": "Student depth when --student_layers is not given (evenly spaced blocks); 0 = all blocks "
+                  "(a full copy of the teacher, e.g. to prune it)."},
     )
 
     def student_layer_list(self) -> list[int] | None:

@@ -13,6 +13,7 @@ from transformers import set_seed
 from ..distill import DistillationDataCollator, DistillationLoss, DistillationTrainer
 from ..distill.config import resolve_layer_map
 from ..metrics import compute_classification_metrics
+from ..report.measure import count_parameters
 from ..report.record import RunRecord
 from . import steps
 from .arguments import DataArguments, ModelArguments
@@ -20,7 +21,6 @@ from .data import cache_teacher_on_train, tokenize_for_distillation
 
 logger = logging.getLogger(__name__)
 
-SUMMARY = "distill_summary.json"
 
 
 def check_distillation_layers(cfg, model_args: ModelArguments) -> None:
@@ -29,12 +29,15 @@ def check_distillation_layers(cfg, model_args: ModelArguments) -> None:
         resolve_layer_map(cfg.pairs, steps.student_depth(model_args), steps.teacher_depth(model_args))
 
 
-def run_distillation(model_args: ModelArguments, data_args: DataArguments, args, callbacks=(), task: str = "distill") -> RunRecord:
+def run_distillation(
+    model_args: ModelArguments, data_args: DataArguments, args, callbacks=(), task: str = "distill", methods=()
+) -> RunRecord:
     """Distil a teacher into a student on a text-classification dataset; returns the run record (also written to
-    `<output_dir>/distill_summary.json` by the main process).
+    `<output_dir>/<task>_summary.json` by the main process).
 
-    `args` is a `DistillationArguments` (the script's subclass). `callbacks` are added to the trainer: this is how a
-    pruning or quantization method joins the same run.
+    `args` is a `DistillationArguments` (the script's subclass). `methods` are `RunMethod`s (pruning, ...): their
+    callbacks join the trainer, their checks run before anything slow, they save their own model format and add
+    themselves to the record. Plain `callbacks` are added to the trainer as they are.
     """
     run_dir = steps.use_run_layout(args)
     state = PartialState()
@@ -45,9 +48,15 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, args,
     dataset = steps.load_data(data_args)
     resume = steps.resolve_resume(args)
     check_distillation_layers(cfg, model_args)
+    for method in methods:
+        method.check(model_args, data_args, args, len(dataset["train"]))
+        if resume:
+            method.check_resume(resume)
 
     teacher, teacher_tok, teacher_path = steps.load_teacher(model_args, data_args, dataset, args, state)
     student, student_tok = steps.build_student(model_args, data_args, dataset, teacher, teacher_tok)
+    for method in methods:
+        method.check_model(student)
 
     tokenized, separate = tokenize_for_distillation(
         dataset, student_tok, teacher_tok, data_args.text_column, data_args.label_column, data_args.max_length,
@@ -78,12 +87,15 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, args,
         data_collator=collator,
         processing_class=student_tok,
         compute_metrics=compute_classification_metrics,
-        callbacks=list(callbacks),
+        callbacks=[*callbacks, *(c for c in (m.callback() for m in methods) if c is not None)],
         **trainer_kwargs,
     )
     training = steps.train(trainer, resume)
     metrics = steps.evaluate(trainer, tokenized)
-    model_dir = steps.save_model(trainer, student_tok, run_dir)
+    saved = {}
+    for method in methods:
+        saved.update(method.save(trainer, student_tok, run_dir) or {})
+    model_dir = saved.get("model") or steps.save_model(trainer, student_tok, run_dir)
 
     record = RunRecord(task=task)
     if state.is_main_process:
@@ -110,6 +122,7 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, args,
             "source": model_args.student_model or f"blocks {getattr(student.config, 'hfcompress_student_layers', None)} "
                                                    f"of the teacher",
             **steps.measure_model(trainer.model),
+            "nonzero_parameters": count_parameters(trainer.model, nonzero=True),
         }
         record.models["teacher"] = {"path": teacher_path, "argument": model_args.teacher_model, **steps.measure_model(teacher)}
         record.training = {**training, "num_processes": state.num_processes}
@@ -122,8 +135,11 @@ def run_distillation(model_args: ModelArguments, data_args: DataArguments, args,
             "teacher_cache": (data_args.teacher_cache_dir or os.path.join(run_dir, steps.TEACHER_CACHE_DIR))
             if data_args.cache_teacher else None,
             "distillation": method_dir,
+            **saved,
         }
-        record.save(os.path.join(run_dir, SUMMARY))
+        for method in methods:
+            record.methods[method.name] = method.record()
+        record.save(os.path.join(run_dir, f"{task}_summary.json"))
         logger.info(
             "Student test accuracy %.4f (teacher %s); model in %s",
             metrics.get("test", {}).get("test_accuracy", float("nan")),

@@ -83,7 +83,9 @@ def student_depth(model_args: ModelArguments) -> int:
     if model_args.student_model:
         return _depth(model_args.student_model)
     layers = model_args.student_layer_list()
-    return len(layers) if layers else model_args.student_num_layers
+    if layers:
+        return len(layers)
+    return model_args.student_num_layers or teacher_depth(model_args)
 
 
 def teacher_depth(model_args: ModelArguments) -> int:
@@ -135,9 +137,10 @@ def build_student(model_args: ModelArguments, data_args: DataArguments, dataset:
         if model_args.student_layers:
             student = init_student_from_teacher(student, layers=model_args.student_layer_list())
         return student, tokenizer
-    student = init_student_from_teacher(
-        teacher, layers=model_args.student_layer_list(), num_layers=model_args.student_num_layers
-    )
+    layers = model_args.student_layer_list()
+    if not layers and not model_args.student_num_layers:  # 0: every block, a full copy of the teacher
+        layers = list(range(get_adapter(teacher).num_layers(teacher.config)))
+    student = init_student_from_teacher(teacher, layers=layers, num_layers=model_args.student_num_layers)
     return student, teacher_tokenizer
 
 

@@ -1,0 +1,196 @@
+#!/usr/bin/env python
+"""Unstructured pruning benchmark on the real offline assets; writes benchmarks/results/prune.{json,md}.
+
+    python scripts/benchmark_prune.py                      # all rows (cached rows are re-measured, not retrained)
+    python scripts/benchmark_prune.py --seeds 42           # one seed
+
+Rows, on Rotten Tomatoes (stratified 10,202 / 1,275 / 1,275 split, seed 42), accuracy on the test split:
+  dense          MiniLM-L6 fine-tuned 2 epochs without KD (the models of benchmarks/results/distill.json, cached
+                 under benchmarks/cache/student6_finetune-s<seed>; re-measured here);
+  movement       hard movement pruning of the encoder's q/k/v, attention-output and FFN weights to 10% remaining,
+                 starting from the dense model of the same seed, which is also the teacher (logit KD from cached
+                 outputs, alpha 0.9, T 2, as Sanh et al. 2020);
+  soft_movement  the same with learned scores + sparsity regulariser + learned threshold;
+  magnitude      gradual magnitude pruning, same schedule, same KD.
+Every pruned row runs through `hfcompress.run.prune.run_pruning` (the steps of scripts/prune.py) under bf16
+autocast on this CPU, and is measured from its saved compact checkpoint reloaded from disk (`load_sparse`).
+Which of hard/soft stands for `movement_10pct_*` is chosen on the validation split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+
+import torch
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from hfcompress.cli import parse_args, setup_logging
+from hfcompress.data import load_rotten_tomatoes
+from hfcompress.prune import load_sparse
+from hfcompress.prune.arguments import PruningArguments
+from hfcompress.report import count_parameters, evaluate_classifier
+from hfcompress.report.bench import cache_key, mean_std, write_json
+from hfcompress.report.record import environment
+from hfcompress.run import DataArguments, ModelArguments
+from hfcompress.run.prune import folder_size_mb, run_pruning
+
+logger = logging.getLogger("hfcompress.benchmark")
+METHODS = ("movement", "soft_movement", "magnitude")
+
+
+@dataclass
+class BenchmarkArguments:
+    cache_dir: str = field(default="benchmarks/cache", metadata={"help": "Where trained models and teacher caches are kept."})
+    output: str = field(default="benchmarks/results/prune.json", metadata={"help": "Result JSON path."})
+    methods: str = field(default=",".join(METHODS), metadata={"help": "Comma list of pruning methods to run."})
+    target_sparsity: float = field(default=0.9, metadata={"help": "Final sparsity of the encoder Linear weights."})
+    epochs: float = field(default=3.0, metadata={"help": "Epochs of every pruning run."})
+    lr: float = field(default=5e-5, metadata={"help": "Learning rate of the weights."})
+    batch_size: int = field(default=32, metadata={"help": "Training batch size."})
+    temperature: float = field(default=2.0, metadata={"help": "KD temperature."})
+    alpha: float = field(default=0.9, metadata={"help": "KD weight (hard-label weight 1 - alpha)."})
+    pruning_start: float = field(default=0.1, metadata={"help": "Warm-up fraction of the steps."})
+    pruning_end: float = field(default=0.7, metadata={"help": "End of the cubic ramp (fraction of the steps)."})
+    seeds: str = field(default="42,43,44", metadata={"help": "Seeds (each pruned row starts from the dense model of its seed)."})
+    bf16: bool = field(default=True, metadata={"help": "Train under bf16 autocast on CPU."})
+
+
+def dense_dir(args, seed: int) -> str:
+    return os.path.join(args.cache_dir, f"student6_finetune-s{seed}")
+
+
+def prune_row(args, method: str, seed: int) -> dict:
+    out = os.path.join(args.cache_dir, f"prune-{method}-{int(round((1 - args.target_sparsity) * 100))}pct-s{seed}")
+    settings = {k: v for k, v in asdict(args).items() if k not in ("cache_dir", "output", "methods", "seeds")}
+    settings.update(method=method, seed=seed, teacher=dense_dir(args, seed))
+    key, key_path = cache_key(settings), os.path.join(out, "bench_key.json")
+    summary_path = os.path.join(out, "prune_summary.json")
+    if os.path.exists(key_path) and os.path.exists(summary_path) and json.load(open(key_path)).get("key") == key:
+        record, reused = json.load(open(summary_path)), True
+    else:
+        teacher = dense_dir(args, seed)
+        if not os.path.exists(os.path.join(teacher, "model.safetensors")):
+            raise SystemExit(f"{teacher} is missing: run `python scripts/benchmark_distill.py --stages finetune` first")
+        model_args = ModelArguments(teacher_model=teacher, finetune_teacher=False, student_num_layers=0)
+        data_args = DataArguments(evaluate_teacher=False,
+                                  teacher_cache_dir=os.path.join(args.cache_dir, "teacher-outputs", f"prune-dense-s{seed}"))
+        targs = PruningArguments(
+            output_dir=out, num_train_epochs=args.epochs, learning_rate=args.lr, per_device_train_batch_size=args.batch_size,
+            per_device_eval_batch_size=64, weight_decay=0.01, warmup_steps=0.06, seed=seed, eval_strategy="no",
+            save_strategy="no", logging_steps=50, report_to="none", bf16=args.bf16,
+            use_cpu=args.bf16 and not torch.cuda.is_available(), disable_tqdm=True,
+            temperature=args.temperature, alpha=args.alpha, method=method, target_sparsity=args.target_sparsity,
+            pruning_start=args.pruning_start, pruning_end=args.pruning_end,
+        )
+        record, reused = run_pruning(model_args, data_args, targs).to_dict(), False
+        with open(key_path, "w") as fh:
+            json.dump({"key": key, "settings": settings}, fh, indent=2)
+    p = record["methods"]["pruning"]
+    return {"path": os.path.join(out, "model"), "dense_export": os.path.join(out, "model_dense"), "seed": seed,
+            "method": method, "reused_trained_weights": reused,
+            "validation_accuracy": record["metrics"]["student"]["validation"]["validation_accuracy"],
+            "reached_sparsity": p["reached_sparsity"], "train_runtime_s": record["training"]["runtime_s_this_invocation"]}
+
+
+def main(argv=None):
+    (args,) = parse_args((BenchmarkArguments,), argv, description=__doc__.split("\n\n")[0])
+    setup_logging()
+    result = json.load(open(args.output)) if os.path.exists(args.output) else {}
+    runs = result.setdefault("runs", {})
+    seeds = [int(s) for s in args.seeds.split(",")]
+    data = load_rotten_tomatoes(seed=42)
+    texts, labels = data["test"]["text"], data["test"]["label"]
+
+    def measure(row: dict, model) -> None:
+        tok = AutoTokenizer.from_pretrained(row["path"])
+        row["test"] = evaluate_classifier(model, tok, texts, labels, desc=f"test {row['path']}")
+        row["parameters"] = count_parameters(model)
+        row["nonzero_parameters"] = count_parameters(model, nonzero=True)
+        row["size_mb"] = folder_size_mb(row["path"])
+        if row.get("dense_export"):
+            row["dense_export_size_mb"] = folder_size_mb(row["dense_export"])
+
+    def summarise(name: str, rows: list[dict]) -> None:
+        runs[name] = rows
+        mean, std = mean_std([r["test"]["accuracy"] for r in rows])
+        result[f"{name}_accuracy"], result[f"{name}_accuracy_std"] = mean, std
+        result[f"{name}_size_mb"] = rows[0]["size_mb"]
+        result[f"{name}_nonzero_parameters"] = rows[0]["nonzero_parameters"]
+        result[f"{name}_seeds"] = [r["seed"] for r in rows]
+        write_json(args.output, result)
+
+    dense_rows = []
+    for s in seeds:
+        row = {"path": dense_dir(args, s), "seed": s, "method": "dense"}
+        measure(row, AutoModelForSequenceClassification.from_pretrained(row["path"]).eval())
+        dense_rows.append(row)
+    summarise("dense", dense_rows)
+
+    pct = int(round((1 - args.target_sparsity) * 100))
+    # Seed by seed, so that a run cut short still has every method on the first seeds.
+    rows: dict[str, list[dict]] = {m: [] for m in args.methods.split(",")}
+    for s in seeds:
+        for m in rows:
+            row = prune_row(args, m, s)
+            model = load_sparse(row["path"])  # measured as a user gets it: the compact checkpoint from disk
+            measure(row, model)
+            dense = AutoModelForSequenceClassification.from_pretrained(row["dense_export"]).eval()
+            ids = AutoTokenizer.from_pretrained(row["path"])(texts[:16], padding=True, return_tensors="pt")
+            with torch.inference_mode():
+                row["compact_equals_dense_export"] = bool(torch.equal(model(**ids).logits, dense(**ids).logits))
+            rows[m].append(row)
+            summarise(f"{m}_{pct}pct", rows[m])
+
+    # Hard or soft movement for the `movement_*` keys: chosen on validation, not test.
+    cands = [m for m in ("movement", "soft_movement") if rows.get(m)]
+    if cands:
+        best = max(cands, key=lambda m: mean_std([r["validation_accuracy"] for r in rows[m]])[0])
+        for suffix in ("accuracy", "accuracy_std", "size_mb", "nonzero_parameters", "seeds"):
+            result[f"movement_{pct}pct_{suffix}"] = result[f"{best}_{pct}pct_{suffix}"]
+        result[f"movement_{pct}pct_recipe"] = {
+            "variant": "hard" if best == "movement" else "soft", "chosen_on": "validation accuracy (mean over seeds)",
+            "kd": f"logit KD from the dense model of the same seed (cached outputs), alpha {args.alpha}, T {args.temperature}",
+            "epochs": args.epochs, "learning_rate": args.lr, "schedule": f"warm-up {args.pruning_start:.0%}, cubic ramp to "
+            f"{args.pruning_end:.0%} of the steps, then held", "targets": "q/k/v, attention output, FFN up/down of all 6 blocks",
+            "scope": "local (every matrix 90% sparse)",
+        }
+        result["movement_10pct_validation_accuracy"] = {
+            m: mean_std([r["validation_accuracy"] for r in rows[m]])[0] for m in cands}
+    d = result["dense_accuracy"]
+    floors = {}
+    if f"movement_{pct}pct_accuracy" in result:
+        mv, mv_std = result[f"movement_{pct}pct_accuracy"], result[f"movement_{pct}pct_accuracy_std"]
+        floors[f"movement_{pct}pct_ge_0.95x_dense"] = mv >= 0.95 * d
+        if f"magnitude_{pct}pct_accuracy" in result:
+            floors[f"movement_{pct}pct_minus_magnitude_gt_std"] = (
+                mv - result[f"magnitude_{pct}pct_accuracy"] > max(mv_std, result[f"magnitude_{pct}pct_accuracy_std"]))
+    result["floors_met"] = floors
+    result["settings"] = asdict(args)
+    result["command"] = "python scripts/benchmark_prune.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    result["environment"] = {**environment(), "dataset": "rotten-tomatoes (offline), test split 1,275 rows",
+                             "training_device": "cpu (bf16 autocast)" if args.bf16 else "cpu (fp32)", "gpu_used": False}
+    write_json(args.output, result)
+    with open(os.path.splitext(args.output)[0] + ".md", "w") as fh:
+        fh.write(markdown_table(result, pct))
+    logger.info("Wrote %s", args.output)
+
+
+def markdown_table(r: dict, pct: int) -> str:
+    out = [f"# Unstructured pruning, MiniLM-L6 on Rotten Tomatoes ({pct}% of encoder Linear weights kept)", "",
+           "| row | test accuracy | seeds | checkpoint MB | non-zero parameters |", "|---|---|---|---|---|"]
+    for name in ("dense", f"movement_{pct}pct", f"soft_movement_{pct}pct", f"magnitude_{pct}pct"):
+        if f"{name}_accuracy" in r:
+            out.append(f"| {name} | {r[f'{name}_accuracy']:.4f} ± {r[f'{name}_accuracy_std']:.4f} | "
+                       f"{len(r[f'{name}_seeds'])} | {r[f'{name}_size_mb']:.1f} | {r[f'{name}_nonzero_parameters']:,} |")
+    if f"movement_{pct}pct_recipe" in r:
+        out += ["", f"- movement row = {r[f'movement_{pct}pct_recipe']['variant']} movement (chosen on validation)"]
+    out.append(f"- floors: {json.dumps(r.get('floors_met', {}))}")
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    main()

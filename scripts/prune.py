@@ -1,0 +1,63 @@
+#!/usr/bin/env python
+"""Prune a sequence classifier's encoder weights while it learns from a teacher (movement or magnitude pruning).
+
+    accelerate launch scripts/prune.py --output_dir out                      # offline default: movement, 10% kept
+    accelerate launch scripts/prune.py --method magnitude --target_sparsity 0.8 --output_dir out-mag
+    accelerate launch scripts/prune.py --dataset my_data/ --teacher_model my-finetuned-model/ --output_dir out
+    python scripts/prune.py --config recipe.yaml                              # flags and YAML/JSON config files
+
+Default: Rotten Tomatoes; the model pruned is a full copy of the teacher (MiniLM-L6 fine-tuned on it, done once and
+cached); hard movement pruning of the encoder's q/k/v, attention-output and feed-forward weights to 90% sparsity
+(warm-up 10% of the steps, cubic ramp to 70%, then held) with logit distillation from the teacher's cached outputs
+(Sanh et al. 2020's recipe). Teacher, cache and distillation options are those of scripts/distill.py.
+
+Writes <output_dir>/model (compact sparse checkpoint: load with hfcompress.load_sparse), <output_dir>/model_dense
+(plain transformers checkpoint with explicit zeros), checkpoints with the pruning state (resume with
+--resume_from_checkpoint latest), <output_dir>/pruning (its configuration) and <output_dir>/prune_summary.json.
+Unstructured sparsity makes the checkpoint smaller, not the CPU forward faster (see the README).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hfcompress.cli import parse_args, run_script, setup_logging
+from hfcompress.prune.arguments import PruningArguments
+from hfcompress.run import DataArguments, ModelArguments
+from hfcompress.run.prune import run_pruning
+
+
+@dataclass
+class PruneModelArguments(ModelArguments):
+    student_num_layers: int = field(
+        default=0,
+        metadata={"help": "Depth of the model to prune when it is built from the teacher: 0 = all blocks (a full "
+                  "copy of the teacher, the default); k = k evenly spaced blocks (prune a shallower student)."},
+    )
+
+
+@dataclass
+class PruneScriptArguments(PruningArguments):
+    """Pruning and distillation options, with training defaults sized for the offline default on a 2-core CPU."""
+
+    _method_group_name = "Pruning and distillation"
+
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of pruning (warm-up, ramp, cool-down)."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per process."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per process."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: 'no', 'steps' or 'epoch'."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: 'no', 'steps' or 'epoch'."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    logging_steps: float = field(default=25, metadata={"help": "Log every N steps (loss, sparsity_target, sparsity)."})
+
+
+def main(argv=None):
+    model_args, data_args, args = parse_args(
+        (PruneModelArguments, DataArguments, PruneScriptArguments), argv, description=__doc__.split("\n\n")[0]
+    )
+    setup_logging(args)
+    return run_pruning(model_args, data_args, args)
+
+
+if __name__ == "__main__":
+    run_script(main)

@@ -192,3 +192,41 @@ def test_schedule_beyond_training_is_an_error_before_the_first_step(tmp_path):
         trainer.train()
     assert trainer.state.global_step == 0
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_plain_trainer_example_runs_on_a_csv(tmp_path):
+    """examples/prune_with_plain_trainer.py, as written, on a user's CSV with string labels."""
+    import csv
+    import json
+    import subprocess
+    import sys
+
+    from conftest import LABELS, make_texts
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    model_dir = tmp_path / "model"
+    tiny_bert(num_layers=2, seed=0).base_model.save_pretrained(model_dir)  # an encoder: the example adds the head
+    make_tokenizer().save_pretrained(model_dir)
+    texts, labels = make_texts(64, 7)
+    with open(tmp_path / "reviews.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["text", "label"])
+        w.writerows((t, LABELS[l]) for t, l in zip(texts, labels))
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "examples/prune_with_plain_trainer.py", "--model", str(model_dir),
+                        "--dataset", str(tmp_path / "reviews.csv"), "--per_device_train_batch_size", "8",
+                        "--max_steps", "10", "--target_sparsity", "0.7", "--logging_steps", "2",
+                        "--output_dir", str(out), "--use_cpu", "--save_strategy", "steps", "--save_steps", "10"],
+                       cwd=root, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=root, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "eval_accuracy" in r.stdout + r.stderr
+    assert (out / "model" / SPARSE_WEIGHTS_NAME).exists() and not (out / "model" / "model.safetensors").exists()
+    model = load_sparse(str(out / "model"))
+    assert model.config.id2label == {0: "neg", 1: "pos"}
+    q = model.bert.encoder.layer[0].attention.self.query.weight
+    assert float((q == 0).float().mean()) == pytest.approx(0.7, abs=0.01)
+    state = json.load(open(out / "checkpoint-10" / "trainer_state.json"))
+    logged = [h for h in state["log_history"] if "loss" in h]
+    assert logged[-1]["sparsity"] == pytest.approx(0.7, abs=0.01) and "sparsity_target" in logged[0]
+    assert (out / "checkpoint-10" / "pruning_state.safetensors").exists()

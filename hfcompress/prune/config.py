@@ -36,7 +36,8 @@ class PruningConfig:
     )
     target_sparsity: float = field(
         default=0.9,
-        metadata={"help": "Final fraction of the targeted weights set to zero, in [0, 1): 0.9 keeps 10%."},
+        # No percent sign in help texts: argparse %-formats them, and `--help` would fail.
+        metadata={"help": "Final fraction of the targeted weights set to zero, in [0, 1): 0.9 keeps one weight in ten."},
     )
     scope: str = field(
         default="local",
@@ -67,7 +68,8 @@ class PruningConfig:
                   "(cool-down). A fraction of the training steps if <= 1, else a step number."},
     )
     mask_update_every: int = field(
-        default=1, metadata={"help": "Recompute the masks every N optimizer steps during the ramp (>= 1)."}
+        default=1, metadata={"help": "Recompute the masks every N optimizer steps (>= 1): on the ramp, and for movement scores "
+                  "also in the cool-down (weights may still swap at the final sparsity)."}
     )
     score_learning_rate: float = field(
         default=1e-2, metadata={"help": "soft_movement: learning rate of the scores' Adam (Sanh et al. use 1e-2)."}
@@ -107,9 +109,11 @@ class PruningConfig:
         if int(self.mask_update_every) < 1:
             errors.append(f"mask_update_every must be >= 1, got {self.mask_update_every}")
         self.mask_update_every = int(self.mask_update_every)
-        for name in ("score_learning_rate", "regularization_weight", "threshold_learning_rate"):
+        for name in ("score_learning_rate", "regularization_weight"):
             if float(getattr(self, name)) < 0:
                 errors.append(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < float(self.threshold_learning_rate) <= 1:
+            errors.append(f"threshold_learning_rate must be in (0, 1], got {self.threshold_learning_rate}")
         if self.target_modules is not None:
             import re
 

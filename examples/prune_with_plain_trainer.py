@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Movement pruning added to an ordinary fine-tuning script that uses a plain `transformers.Trainer`.
+"""Pruning added to an ordinary fine-tuning script that uses a plain `transformers.Trainer`.
 
 Everything here is a standard "fine-tune a text classifier" script; the three lines marked `# PRUNE` are what
 pruning adds: import, pass `PruningCallback(...)` to the Trainer, save the compact checkpoint.
@@ -42,7 +42,7 @@ class ScriptArguments:
     label_column: str = field(default="label", metadata={"help": "column with the class (names or integers)"})
     max_train_samples: int | None = field(default=None, metadata={"help": "use only the first N training rows"})
     max_length: int = field(default=128, metadata={"help": "tokens kept per text"})
-    method: str = field(default="movement", metadata={"help": "magnitude, movement or soft_movement"})
+    method: str = field(default="magnitude", metadata={"help": "magnitude, movement or soft_movement (movement needs long runs)"})
     target_sparsity: float = field(default=0.9, metadata={"help": "fraction of encoder Linear weights removed"})
 
 

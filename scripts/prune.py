@@ -1,15 +1,16 @@
 #!/usr/bin/env python
 """Prune a sequence classifier's encoder weights while it learns from a teacher (movement or magnitude pruning).
 
-    accelerate launch scripts/prune.py --output_dir out                      # offline default: movement, 10% kept
+    accelerate launch scripts/prune.py --output_dir out                      # offline default: magnitude, 10% kept
     accelerate launch scripts/prune.py --method magnitude --target_sparsity 0.8 --output_dir out-mag
     accelerate launch scripts/prune.py --dataset my_data/ --teacher_model my-finetuned-model/ --output_dir out
     python scripts/prune.py --config recipe.yaml                              # flags and YAML/JSON config files
 
 Default: Rotten Tomatoes; the model pruned is a full copy of the teacher (MiniLM-L6 fine-tuned on it, done once and
-cached); hard movement pruning of the encoder's q/k/v, attention-output and feed-forward weights to 90% sparsity
-(warm-up 10% of the steps, cubic ramp to 70%, then held) with logit distillation from the teacher's cached outputs
-(Sanh et al. 2020's recipe). Teacher, cache and distillation options are those of scripts/distill.py.
+cached); gradual magnitude pruning of the encoder's q/k/v, attention-output and feed-forward weights to 90%
+sparsity (warm-up 10% of the steps, cubic ramp to 70%, then held) with logit distillation from the teacher's cached
+outputs. `--method movement` / `soft_movement` (Sanh et al. 2020) need far longer runs than this default: in the
+2-epoch benchmark both collapse (benchmarks/results/prune.json). Teacher, cache and distillation options are those of scripts/distill.py.
 
 Writes <output_dir>/model (compact sparse checkpoint: load with hfcompress.load_sparse), <output_dir>/model_dense
 (plain transformers checkpoint with explicit zeros), checkpoints with the pruning state (resume with

@@ -118,6 +118,7 @@ def _distill_prune(bs, ga, tmp_path):
 def test_accumulated_microbatches_give_the_scores_and_masks_of_one_batch(tmp_path):
     """Movement pruning inside DistillationTrainer (one run, both methods): 4 x 8 accumulated == 1 x 32."""
     one, acc = _distill_prune(32, 1, tmp_path), _distill_prune(8, 4, tmp_path)
+    assert all(s.abs().max() > 0 for s in one.scores.values()), "movement scores must have moved"
     for n in one.scores:
         scale = one.scores[n].abs().max().item()
         assert (acc.scores[n] - one.scores[n]).abs().max().item() <= 1e-5 * scale + 1e-9, n

@@ -135,7 +135,7 @@ def test_prune_csv_with_string_labels_and_reload(tiny, tmp_path):
           "--eval_strategy", "no", "--use_cpu", "--per_device_train_batch_size", "8", "--logging_steps", "3"], tmp_path)
     s = json.load(open(out / "prune_summary.json"))
     p = s["methods"]["pruning"]
-    assert p["method"] == "movement" and p["target_sparsity"] == 0.8 and p["pruned_layers"] == 24
+    assert p["method"] == "magnitude" and p["target_sparsity"] == 0.8 and p["pruned_layers"] == 24
     assert abs(p["reached_sparsity"] - 0.8) < 0.01, p
     # Local scope: every matrix at the target (round(0.2 * n) weights kept of each).
     assert 0.79 <= p["layer_sparsity_min"] <= p["layer_sparsity_max"] <= 0.81, p

@@ -31,8 +31,10 @@ class PruningConfig:
     """
 
     method: str = field(
-        default="movement",
-        metadata={"help": f"Pruning score: one of {', '.join(METHODS)} (see the README's pruning section)."},
+        default="magnitude",
+        metadata={"help": f"Pruning score: one of {', '.join(METHODS)}. Default magnitude: in short runs (2 epochs "
+                  "of MiniLM-L6) movement scores are still noise and movement pruning collapses to a constant "
+                  "predictor (benchmarks/results/prune.json); see the README's pruning section."},
     )
     target_sparsity: float = field(
         default=0.9,

@@ -24,7 +24,7 @@ _LAZY = {
     "DistillationTrainer": ".distill",
     "init_student_from_teacher": ".distill",
     "Pruner": ".prune",
-    "PruningArguments": ".prune.arguments",
+    "PruningArguments": ".run.prune",
     "PruningCallback": ".prune",
     "PruningConfig": ".prune",
     "load_sparse": ".prune",

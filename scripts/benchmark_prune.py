@@ -33,12 +33,11 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from hfcompress.cli import parse_args, setup_logging
 from hfcompress.data import load_rotten_tomatoes
 from hfcompress.prune import load_sparse
-from hfcompress.prune.arguments import PruningArguments
 from hfcompress.report import count_parameters, evaluate_classifier
 from hfcompress.report.bench import cache_key, mean_std, write_json
 from hfcompress.report.record import environment
 from hfcompress.run import DataArguments, ModelArguments
-from hfcompress.run.prune import folder_size_mb, run_pruning
+from hfcompress.run.prune import PruningArguments, folder_size_mb, run_pruning
 
 logger = logging.getLogger("hfcompress.benchmark")
 METHODS = ("movement", "soft_movement", "magnitude")

@@ -23,9 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hfcompress.cli import parse_args, run_script, setup_logging
-from hfcompress.prune.arguments import PruningArguments
 from hfcompress.run import DataArguments, ModelArguments
-from hfcompress.run.prune import run_pruning
+from hfcompress.run.prune import PruningArguments, run_pruning
 
 
 @dataclass

@@ -9,11 +9,13 @@ from __future__ import annotations
 import logging
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from ..assets import resolve_model_path
+from ..distill.arguments import DistillationArguments
 from ..prune import PruningCallback, PruningConfig, save_dense, save_sparse
 from ..prune.pruner import check_resume_config
 from ..prune.targets import find_targets
@@ -25,6 +27,20 @@ logger = logging.getLogger(__name__)
 
 DENSE_DIR = "model_dense"
 METHOD_DIR = "pruning"
+
+
+@dataclass
+class PruningArguments(DistillationArguments, PruningConfig):
+    """`TrainingArguments` + distillation fields + pruning fields: one `HfArgumentParser` reads a pruning run that may
+    also distil (set `alpha`, `hidden_weight`, ... as in `scripts/distill.py`). Defined here, in the run layer,
+    because it composes two methods; neither method imports the other."""
+
+    def __post_init__(self):
+        PruningConfig.__post_init__(self)
+        DistillationArguments.__post_init__(self)
+
+    def pruning_config(self) -> PruningConfig:
+        return PruningConfig.from_any(self)
 
 
 def folder_size_mb(path: str, suffix: str = ".safetensors") -> float:

@@ -4,8 +4,25 @@ Every method that needs to know a model's structure (layer selection for student
 head/FFN pruning) asks an adapter from `get_adapter(model)` instead of probing attribute names itself.
 """
 
-from .base import ArchAdapter, UnsupportedArchitectureError, get_adapter, register_adapter, supported_model_types
+from .base import (
+    ArchAdapter,
+    UnsupportedArchitectureError,
+    get_adapter,
+    get_submodule,
+    register_adapter,
+    supported_model_types,
+    unwrap_model,
+)
 from . import encoders  # noqa: F401  (registers the BERT-class adapters)
 from .capture import QKVCapture
 
-__all__ = ["ArchAdapter", "QKVCapture", "UnsupportedArchitectureError", "get_adapter", "register_adapter", "supported_model_types"]
+__all__ = [
+    "ArchAdapter",
+    "QKVCapture",
+    "UnsupportedArchitectureError",
+    "get_adapter",
+    "get_submodule",
+    "register_adapter",
+    "supported_model_types",
+    "unwrap_model",
+]

@@ -44,19 +44,14 @@ class ArchAdapter:
     ffn_paths: tuple[str, str] | None = ("intermediate.dense", "output.dense")
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
-        module = model.base_model
-        for part in self.layers_path.split("."):
-            module = getattr(module, part)
+        module = get_submodule(model.base_model, self.layers_path)
         if not isinstance(module, nn.ModuleList):
             raise TypeError(f"{self.layers_path} of {type(model).__name__} is {type(module).__name__}, not ModuleList")
         return module
 
     def set_layers(self, model: nn.Module, layers: nn.ModuleList) -> None:
-        parent = model.base_model
-        *head, last = self.layers_path.split(".")
-        for part in head:
-            parent = getattr(parent, part)
-        setattr(parent, last, layers)
+        head, _, last = self.layers_path.rpartition(".")
+        setattr(get_submodule(model.base_model, head) if head else model.base_model, last, layers)
         setattr(model.config, self.num_layers_key, len(layers))
 
     def num_layers(self, config) -> int:
@@ -75,14 +70,7 @@ class ArchAdapter:
         layers = self.layers(model)
         if not 1 <= block <= len(layers):
             raise ValueError(f"block {block} out of range: the model has blocks 1..{len(layers)}")
-        out = []
-        for path in self.qkv_paths:
-            module = layers[block - 1]
-            for part in path.split("."):
-                module = getattr(module, part)
-            out.append(module)
-        return tuple(out)
-
+        return tuple(get_submodule(layers[block - 1], path) for path in self.qkv_paths)
 
     def block_linear_paths(self) -> tuple[str, ...]:
         """Dotted paths, within one block, of the `nn.Linear`s pruning targets by default."""
@@ -98,17 +86,25 @@ class ArchAdapter:
         out = {}
         for block in self.layers(model):
             for path in self.block_linear_paths():
-                module = _get(block, path)
+                module = get_submodule(block, path)
                 if not isinstance(module, nn.Linear):
                     raise TypeError(f"{path} is {type(module).__name__}, not nn.Linear")
                 out[names[id(module)]] = module
         return out
 
 
-def _get(module: nn.Module, path: str) -> nn.Module:
+def get_submodule(module: nn.Module, path: str) -> nn.Module:
+    """The module at dotted `path` below `module` (attribute by attribute, so it also reads non-registered parts)."""
     for part in path.split("."):
         module = getattr(module, part)
     return module
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside DDP / DataParallel / DeepSpeed engine wrappers (which hold it as `.module`)."""
+    while hasattr(model, "module") and isinstance(model.module, nn.Module) and not hasattr(model, "base_model"):
+        model = model.module
+    return model
 
 
 def supported_model_types() -> list[str]:

@@ -9,13 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import get_adapter
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    while hasattr(model, "module") and isinstance(model.module, nn.Module) and not hasattr(model, "base_model"):
-        model = model.module  # DDP / DataParallel / DeepSpeed engine wrappers
-    return model
+from .base import get_adapter, unwrap_model
 
 
 class QKVCapture:
@@ -33,7 +27,7 @@ class QKVCapture:
     """
 
     def __init__(self, model: nn.Module, blocks, enabled: bool = True):
-        model = _unwrap(model)
+        model = unwrap_model(model)
         adapter = get_adapter(model)
         self.blocks = sorted(set(int(b) for b in blocks))
         self.enabled = enabled

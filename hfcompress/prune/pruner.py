@@ -24,7 +24,7 @@ from ..errors import UserInputError
 from .config import CONFIG_NAME, PruningConfig
 from .masks import global_topk_masks, mask_module, topk_mask, unmask_module
 from .schedule import CubicSchedule
-from .targets import _unwrap, find_targets
+from .targets import find_targets
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,7 @@ class Pruner:
 
     def __init__(self, model: nn.Module, config: PruningConfig):
         self.config = config
-        self.model = _unwrap(model)
-        self.targets = find_targets(self.model, config)
+        self.targets = find_targets(model, config)
         self.states = {name: mask_module(m) for name, m in self.targets.items()}
         self.scores: dict[str, torch.Tensor] = {}
         self.exp_avg: dict[str, torch.Tensor] = {}

@@ -6,15 +6,9 @@ import re
 
 import torch.nn as nn
 
-from ..arch import get_adapter
+from ..arch import get_adapter, unwrap_model
 from ..errors import UserInputError
 from .config import PruningConfig
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    while hasattr(model, "module") and isinstance(model.module, nn.Module) and not hasattr(model, "base_model"):
-        model = model.module
-    return model
 
 
 def _head_names(model: nn.Module) -> set[str]:
@@ -34,7 +28,7 @@ def _head_names(model: nn.Module) -> set[str]:
 def find_targets(model: nn.Module, config: PruningConfig) -> dict[str, nn.Module]:
     """Name -> module of every layer to prune (in `named_modules` order). Raises `UserInputError` for a pattern that
     matches nothing (listing the Linear layers that exist) or an architecture without an adapter (naming it)."""
-    model = _unwrap(model)
+    model = unwrap_model(model)
     linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
     heads = _head_names(model)
     if config.target_modules:

@@ -34,10 +34,11 @@ from hfcompress.cli import parse_args, setup_logging
 from hfcompress.data import load_rotten_tomatoes
 from hfcompress.prune import load_sparse
 from hfcompress.report import count_parameters, evaluate_classifier
+from hfcompress.report.measure import folder_size_mb
 from hfcompress.report.bench import cache_key, mean_std, write_json
 from hfcompress.report.record import environment
 from hfcompress.run import DataArguments, ModelArguments
-from hfcompress.run.prune import PruningArguments, folder_size_mb, run_pruning
+from hfcompress.run.prune import PruningArguments, run_pruning
 
 logger = logging.getLogger("hfcompress.benchmark")
 METHODS = ("movement", "soft_movement", "magnitude")

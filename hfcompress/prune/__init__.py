@@ -5,7 +5,7 @@ from .callback import PruningCallback
 from .config import PruningConfig
 from .pruner import Pruner
 from .schedule import CubicSchedule
-from .sparse import is_sparse_checkpoint, load_sparse, save_dense, save_sparse, sparsity_report
+from .sparse import is_sparse_checkpoint, load_sparse, save_dense, save_sparse
 
 __all__ = [
     "CubicSchedule",
@@ -16,5 +16,4 @@ __all__ = [
     "load_sparse",
     "save_dense",
     "save_sparse",
-    "sparsity_report",
 ]

@@ -18,7 +18,8 @@ import os
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 
 from ..errors import UserInputError
 from .config import CONFIG_NAME, PruningConfig
@@ -141,10 +142,13 @@ class Pruner:
             raise RuntimeError("Pruner.set_total_steps(max_steps) must be called before training")
         self.last_step = global_step
         target = self.schedule(global_step)
+        periodic = global_step % self.config.mask_update_every == 0
         on_ramp = self.schedule.start <= global_step < self.schedule.end
-        due = target != self.current_target and (not on_ramp or global_step % self.config.mask_update_every == 0)
-        # Movement scores keep changing in the cool-down: weights may still swap at the same sparsity.
-        if not due and not (self.config.method != "magnitude" and target > 0 and global_step % self.config.mask_update_every == 0):
+        # A new target: at once off the ramp (its first and last steps), every N steps on it. Movement scores keep
+        # changing at a constant target too (the cool-down): weights may still swap, every N steps.
+        new_target = target != self.current_target and (periodic or not on_ramp)
+        scores_moved = self.config.method != "magnitude" and target > 0 and periodic
+        if not (new_target or scores_moved):
             return False
         self.update_masks(target)
         return True
@@ -250,19 +254,14 @@ class Pruner:
         save_file(self.state_dict(), os.path.join(directory, STATE_NAME), metadata={"meta": json.dumps(self.meta())})
         self.config.save_pretrained(directory)
 
-    def check_compatible(self, directory: str) -> None:
-        check_resume_config(self.config, directory)
-
     def load(self, directory: str) -> bool:
         path = os.path.join(directory, STATE_NAME)
         if not os.path.exists(path):
             return False
-        self.check_compatible(directory)
-        from safetensors import safe_open
-
-        with safe_open(path, "pt") as fh:
+        check_resume_config(self.config, directory)
+        with safe_open(path, "pt") as fh:  # one read: metadata and tensors
             meta = json.loads(fh.metadata()["meta"])
-        tensors = load_file(path)
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
         for n, st in self.states.items():
             st.mask = tensors[f"mask.{n}"].to(torch.bool).to(self.targets[n].weight.device)
         for prefix, table in (("score", self.scores), ("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):

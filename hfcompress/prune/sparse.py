@@ -45,15 +45,15 @@ def _unpack(bits: torch.Tensor, values: torch.Tensor, shape: list[int]) -> torch
 def sparse_state_dict(model: nn.Module, min_sparsity: float = 0.3) -> tuple[dict[str, torch.Tensor], dict]:
     """Tensors to write and the format's metadata (which names are packed, their shapes)."""
     state = model.state_dict()
-    seen: dict[int, str] = {}
+    seen: dict[tuple, str] = {}
     tensors, packed, tied = {}, {}, {}
     for name, t in state.items():
         key = (t.data_ptr(), tuple(t.shape))
-        if t.numel() and hash(key) in seen:  # tied weights (e.g. decoder and word embeddings): store once
-            tied[name] = seen[hash(key)]
+        if t.numel() and key in seen:  # tied weights (e.g. decoder and word embeddings): store once
+            tied[name] = seen[key]
             continue
         if t.numel():
-            seen[hash(key)] = name
+            seen[key] = name
         zeros = float((t == 0).float().mean()) if t.is_floating_point() and t.dim() >= 2 else 0.0
         if zeros >= min_sparsity:
             bits, values = _pack(t)
@@ -123,7 +123,7 @@ def load_sparse(directory: str, model_class=None, **config_kwargs) -> nn.Module:
     model = model_class(config) if not hasattr(model_class, "from_config") else model_class.from_config(config)
     state = load_sparse_state_dict(directory)
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in getattr(model, "_tied_weights_keys", None) or []]
+    missing = [k for k in missing if k not in (getattr(model, "_tied_weights_keys", None) or ())]
     if missing or unexpected:
         raise ValueError(f"{directory}: weights do not match {type(model).__name__} (missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]})")
@@ -137,9 +137,3 @@ def save_dense(model: nn.Module, directory: str, tokenizer=None) -> str:
         tokenizer.save_pretrained(directory)
     return directory
 
-
-def sparsity_report(model: nn.Module) -> dict:
-    """Parameters, non-zero parameters, and the zeros of the encoder's 2-D weights."""
-    total = sum(p.numel() for p in model.parameters())
-    nonzero = sum(int((p != 0).sum()) for p in model.parameters())
-    return {"parameters": total, "nonzero_parameters": nonzero, "sparsity_all_parameters": 1 - nonzero / max(1, total)}

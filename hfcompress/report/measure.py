@@ -34,6 +34,11 @@ def model_size_mb(model) -> float:
     return size / 1e6
 
 
+def folder_size_mb(path: str, suffix: str = ".safetensors") -> float:
+    """Size on disk of the weight files (`suffix`) in a saved checkpoint folder, in MB (10^6 bytes)."""
+    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(suffix)) / 1e6
+
+
 @torch.inference_mode()
 def measure_latency(
     model: torch.nn.Module,

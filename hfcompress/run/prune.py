@@ -19,7 +19,8 @@ from ..distill.arguments import DistillationArguments
 from ..prune import PruningCallback, PruningConfig, save_dense, save_sparse
 from ..prune.pruner import check_resume_config
 from ..prune.targets import find_targets
-from ..report.measure import count_parameters
+from ..report.measure import count_parameters, folder_size_mb
+from . import steps
 from .distill import run_distillation
 from .methods import RunMethod
 
@@ -43,10 +44,6 @@ class PruningArguments(DistillationArguments, PruningConfig):
         return PruningConfig.from_any(self)
 
 
-def folder_size_mb(path: str, suffix: str = ".safetensors") -> float:
-    return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(suffix)) / 1e6
-
-
 def estimated_steps(args, train_rows: int) -> int:
     """Optimizer steps of the run, counted as the Trainer counts them (for checks before training)."""
     if args.max_steps and args.max_steps > 0:
@@ -64,6 +61,7 @@ class PruningMethod(RunMethod):
         self.config = config
         self._callback = PruningCallback(config)
         self.dense_before: dict | None = None
+        self.sizes: dict = {}
 
     def callback(self):
         return self._callback
@@ -87,15 +85,14 @@ class PruningMethod(RunMethod):
 
     def save(self, trainer, tokenizer, run_dir: str) -> dict:
         model = trainer.model
-        model_dir = os.path.join(run_dir, "model")
+        model_dir = os.path.join(run_dir, steps.MODEL_DIR)
         dense_dir = os.path.join(run_dir, DENSE_DIR)
         method_dir = os.path.join(run_dir, METHOD_DIR)
         if trainer.is_world_process_zero():
             save_sparse(model, model_dir, tokenizer)
             save_dense(model, dense_dir, tokenizer)
             self.config.save_pretrained(method_dir)
-        self.sizes = {"model_mb": folder_size_mb(model_dir), "model_dense_mb": folder_size_mb(dense_dir)} \
-            if trainer.is_world_process_zero() else {}
+            self.sizes = {"model_mb": folder_size_mb(model_dir), "model_dense_mb": folder_size_mb(dense_dir)}
         return {"model": model_dir, "model_dense": dense_dir, "pruning": method_dir}
 
     def record(self) -> dict:
@@ -107,7 +104,7 @@ class PruningMethod(RunMethod):
             "layer_sparsity_min": min(layers.values()) if layers else None,
             "layer_sparsity_max": max(layers.values()) if layers else None,
             "before": self.dense_before,
-            "saved_mb": getattr(self, "sizes", {}),
+            "saved_mb": self.sizes,
             "loading": "model/: hfcompress.load_sparse(path) (compact); model_dense/: "
                        "AutoModelForSequenceClassification.from_pretrained(path) (plain transformers)",
         }

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 import torch.distributed as dist
 from transformers import TrainerCallback
 
+from ..checkpoints import resume_checkpoint_dirs, step_checkpoint_dir
 from ..errors import UserInputError
 from .loss import DistillationLoss
 
@@ -69,10 +69,10 @@ class DistillationCallback(TrainerCallback):
                 optimizer.add_param_group({"params": missing, "weight_decay": 0.0, "lr": lr, "initial_lr": lr})
                 _extend_scheduler(lr_scheduler, lr)
         if params and state.global_step > 0 and self.loaded_from is None:
-            ckpt = args.resume_from_checkpoint if isinstance(args.resume_from_checkpoint, str) else None
-            ckpt = ckpt or os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-            if self.loss.load_projections(ckpt):
-                self.loaded_from = ckpt
+            for ckpt in resume_checkpoint_dirs(args, state):
+                if self.loss.load_projections(ckpt):
+                    self.loaded_from = ckpt
+                    break
 
     def on_step_begin(self, args, state, control, **kwargs):
         # The staged schedule (intermediate_fraction) reads the progress; global_step is restored on resume.
@@ -102,7 +102,7 @@ class DistillationCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
-            self.loss.save_projections(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
+            self.loss.save_projections(step_checkpoint_dir(args, state))
 
 
 def _extend_scheduler(scheduler, lr: float) -> None:

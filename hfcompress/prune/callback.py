@@ -13,6 +13,7 @@ import os
 
 from transformers import TrainerCallback
 
+from ..checkpoints import resume_checkpoint_dirs, step_checkpoint_dir
 from ..errors import UserInputError
 from .config import PruningConfig
 from .pruner import STATE_NAME, Pruner
@@ -73,8 +74,7 @@ class PruningCallback(TrainerCallback):
         logger.info("Pruning schedule: warm-up to step %d, cubic ramp to sparsity %.3f at step %d, held to step %d",
                     schedule.start, schedule.final, schedule.end, state.max_steps)
         if state.global_step > 0:
-            ckpt = args.resume_from_checkpoint if isinstance(args.resume_from_checkpoint, str) else None
-            candidates = [c for c in (ckpt, os.path.join(args.output_dir, f"checkpoint-{state.global_step}")) if c]
+            candidates = resume_checkpoint_dirs(args, state)
             for c in candidates:
                 if os.path.isdir(c) and pruner.load(c):
                     self.loaded_from = c
@@ -99,7 +99,7 @@ class PruningCallback(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.pruner is not None and not self.pruner.folded:
-            self.pruner.save(os.path.join(args.output_dir, f"checkpoint-{state.global_step}"))
+            self.pruner.save(step_checkpoint_dir(args, state))
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.pruner is None or not self.fold_at_end or self.pruner.folded:

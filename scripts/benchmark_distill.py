@@ -82,9 +82,6 @@ def _seeds(args) -> list[int]:
     return [int(s) for s in args.seeds.split(",")]
 
 
-_key = cache_key
-
-
 def ft_config(args, seed: int, teacher: bool = False) -> FinetuneConfig:
     if teacher:
         return FinetuneConfig(num_train_epochs=args.teacher_epochs, learning_rate=args.teacher_lr,
@@ -117,7 +114,7 @@ def run_kd(args, name: str, seed: int, teacher: str, student: str, layers: str |
     settings = {"teacher": teacher, "student": student, "layers": layers, "recipe": RECIPES[recipe][0], "seed": seed,
                 "epochs": args.student_epochs, "lr": args.student_lr, "batch": args.batch_size, "T": args.temperature,
                 "alpha": args.alpha, "bf16": args.bf16}
-    key, key_path = _key(settings), os.path.join(out, "bench_key.json")
+    key, key_path = cache_key(settings), os.path.join(out, "bench_key.json")
     summary_path = os.path.join(out, "distill_summary.json")
     if os.path.exists(key_path) and os.path.exists(summary_path) and json.load(open(key_path)).get("key") == key:
         record = json.load(open(summary_path))
@@ -222,10 +219,7 @@ def time_steps(args, seed: int) -> dict:
 def teacher_cache_dir(args, teacher: str, recipe: str) -> str:
     """One teacher-output cache per teacher and per set of cached outputs (all students share MiniLM's tokenizer)."""
     need = {k: v for k, v in RECIPES[recipe][0].items() if k in ("hidden_weight", "layer_map", "relation_weight")}
-    return os.path.join(args.cache_dir, "teacher-outputs", _key({"teacher": os.path.abspath(teacher), "need": need}))
-
-
-_mean_std = mean_std
+    return os.path.join(args.cache_dir, "teacher-outputs", cache_key({"teacher": os.path.abspath(teacher), "need": need}))
 
 
 def main(argv=None):
@@ -250,10 +244,10 @@ def main(argv=None):
         for r in rows:
             r["test"] = test_acc(r["path"])
         runs[name] = rows
-        mean, std = _mean_std([r["test"]["accuracy"] for r in rows])
+        mean, std = mean_std([r["test"]["accuracy"] for r in rows])
         result[f"{name}_accuracy"], result[f"{name}_accuracy_std"] = mean, std
         result[f"{name}_seeds"] = [r["seed"] for r in rows]
-        _write(args.output, result)
+        write_json(args.output, result)
 
     t_dir = teacher_dir(args)
     if stages & {"teacher", "kd", "student3", "best", "timing", "latency"}:
@@ -282,7 +276,7 @@ def main(argv=None):
         # The best candidate is chosen on the validation split, never on the test split.
         result["student3_candidates_validation_accuracy"] = {n: runs[n][0]["validation_accuracy"] for n in candidates}
         result["student3_best_candidate"] = max(candidates, key=lambda n: runs[n][0]["validation_accuracy"])
-        _write(args.output, result)
+        write_json(args.output, result)
     if "best" in stages and "student3_best_candidate" in result:
         name = result["student3_best_candidate"]
         first = runs[name][0]
@@ -295,14 +289,14 @@ def main(argv=None):
         result["student3_best_recipe"] = (f"{name}: 3 blocks ({args.student3_layers}) cut from MiniLM-L6 fine-tuned "
                                           f"(same seed), teacher {'MPNet-base' if teacher == t_dir else 'MiniLM-L6 fine-tuned'}, "
                                           f"{first['recipe_description']}")
-        _write(args.output, result)
+        write_json(args.output, result)
     if "timing" in stages:
         timing = time_steps(args, seeds[0])
         result["step_time_s"] = timing
         result["kd_step_time_ratio_cached"] = timing["kd_cached_s"] / timing["plain_s"]
         result["kd_step_time_ratio_cached_intermediate"] = timing["kd_cached_stage1_student3_s"] / timing["plain_student3_s"]
         result["kd_step_time_ratio_online"] = timing["kd_online_s"] / timing["plain_s"]
-        _write(args.output, result)
+        write_json(args.output, result)
     if "latency" in stages:
         lat = {}
         paths = {"teacher": t_dir, "student6": runs["student6_finetune"][0]["path"]}
@@ -317,7 +311,7 @@ def main(argv=None):
         for name in ("student6", "student3"):
             if name in lat:
                 result[f"speedup_{name}_vs_teacher"] = lat["teacher"]["median_ms"] / lat[name]["median_ms"]
-        _write(args.output, result)
+        write_json(args.output, result)
 
     floors = {}
     if "student6_finetune_accuracy" in result:
@@ -335,7 +329,7 @@ def main(argv=None):
     result["environment"] = {**environment(), "dataset": "rotten-tomatoes (offline), test split 1,275 rows",
                              "training_device": "cpu (bf16 autocast)" if args.bf16 else "cpu (fp32)",
                              "latency_device": "cpu (fp32)"}
-    _write(args.output, result)
+    write_json(args.output, result)
     with open(os.path.splitext(args.output)[0] + ".md", "w") as fh:
         fh.write(markdown_table(result))
     logger.info("Wrote %s", args.output)
@@ -367,9 +361,6 @@ def markdown_table(r: dict) -> str:
         out.append(f"- best 3-block recipe (chosen on validation): {r['student3_best_recipe']}")
     out.append(f"- floors: {json.dumps(r.get('floors_met', {}))}")
     return "\n".join(out) + "\n"
-
-
-_write = write_json
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 
 import pytest
@@ -113,3 +114,18 @@ def save_tiny_assets(root, teacher_kind="bert", teacher_offset=0):
         for t, l in zip(texts, labels):
             fh.write(json.dumps({"text": t, "label": LABELS[l]}) + "\n")
     return teacher_dir, data_file
+
+
+def write_csv(path, data, header=("text", "label"), delimiter=","):
+    """A CSV/TSV file as a user writes one (header row, then `data` rows); returns the path as a string."""
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, delimiter=delimiter)
+        w.writerow(header)
+        w.writerows(data)
+    return str(path)
+
+
+def write_reviews_csv(path, n=64, seed=7):
+    """`make_texts(n, seed)` as a user's CSV with class names (neg/pos) as labels; returns the path."""
+    texts, labels = make_texts(n, seed)
+    return write_csv(path, [(t, LABELS[l]) for t, l in zip(texts, labels)])

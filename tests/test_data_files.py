@@ -1,7 +1,6 @@
 """Users' own text-classification files, written for real (CSV, TSV, JSON Lines, Parquet, folders), through
 `load_text_classification` and `tokenize`."""
 
-import csv
 import json
 import logging
 import os
@@ -10,6 +9,7 @@ import numpy as np
 import pytest
 from datasets import ClassLabel, Value
 
+from conftest import write_csv
 from hfcompress.data import label_names, load_text_classification, num_labels, tokenize
 from hfcompress.errors import UserInputError
 
@@ -30,14 +30,6 @@ def rows(classes, n_per_class=10, offset=0):
         for i in range(n_per_class):
             out.append((f"{NEWS[cls][(i + offset) % 4]} story {i + offset}", cls))
     return out
-
-
-def write_csv(path, data, header=("text", "label"), delimiter=","):
-    with open(path, "w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh, delimiter=delimiter)
-        w.writerow(header)
-        w.writerows(data)
-    return str(path)
 
 
 def write_jsonl(path, records):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import subprocess
@@ -13,7 +12,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 
-from conftest import LABELS, make_dataset, make_texts, make_tokenizer, save_tiny_assets, tiny_bert, tiny_mpnet
+from conftest import make_dataset, make_tokenizer, save_tiny_assets, tiny_bert, tiny_mpnet, write_reviews_csv
 from hfcompress import DistillationArguments, DistillationCallback, DistillationConfig, DistillationDataCollator
 from hfcompress import DistillationLoss, DistillationTrainer
 from hfcompress.data import tokenize
@@ -190,11 +189,7 @@ def test_plain_trainer_example_runs(tmp_path):
     student_dir = tmp_path / "student"
     tiny_bert(num_layers=2, seed=0).base_model.save_pretrained(student_dir)  # an encoder: the student gets a new head
     make_tokenizer().save_pretrained(student_dir)
-    texts, labels = make_texts(64, 7)
-    with open(tmp_path / "reviews.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "label"])
-        w.writerows((t, LABELS[l]) for t, l in zip(texts, labels))
+    write_reviews_csv(tmp_path / "reviews.csv", 64, 7)
     out = tmp_path / "out"
     r = _run([sys.executable, "examples/distill_with_plain_trainer.py", "--teacher", teacher_dir,
               "--student", str(student_dir), "--dataset", str(tmp_path / "reviews.csv"), "--max_train_samples", "24",
@@ -214,11 +209,7 @@ def test_plain_trainer_example_refuses_an_untrained_teacher_head(tmp_path):
     student_dir = tmp_path / "student"
     tiny_bert(num_layers=2, seed=0).save_pretrained(student_dir)
     make_tokenizer().save_pretrained(student_dir)
-    texts, labels = make_texts(40, 7)
-    with open(tmp_path / "reviews.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "label"])
-        w.writerows((t, LABELS[l]) for t, l in zip(texts, labels))
+    write_reviews_csv(tmp_path / "reviews.csv", 40, 7)
     r = _run([sys.executable, "examples/distill_with_plain_trainer.py", "--teacher", str(encoder),
               "--student", str(student_dir), "--dataset", str(tmp_path / "reviews.csv"),
               "--output_dir", str(tmp_path / "out"), "--use_cpu"])

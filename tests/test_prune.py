@@ -197,22 +197,17 @@ def test_schedule_beyond_training_is_an_error_before_the_first_step(tmp_path):
 
 def test_plain_trainer_example_runs_on_a_csv(tmp_path):
     """examples/prune_with_plain_trainer.py, as written, on a user's CSV with string labels."""
-    import csv
     import json
     import subprocess
     import sys
 
-    from conftest import LABELS, make_texts
+    from conftest import write_reviews_csv
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     model_dir = tmp_path / "model"
     tiny_bert(num_layers=2, seed=0).base_model.save_pretrained(model_dir)  # an encoder: the example adds the head
     make_tokenizer().save_pretrained(model_dir)
-    texts, labels = make_texts(64, 7)
-    with open(tmp_path / "reviews.csv", "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["text", "label"])
-        w.writerows((t, LABELS[l]) for t, l in zip(texts, labels))
+    write_reviews_csv(tmp_path / "reviews.csv", 64, 7)
     out = tmp_path / "out"
     r = subprocess.run([sys.executable, "examples/prune_with_plain_trainer.py", "--model", str(model_dir),
                         "--dataset", str(tmp_path / "reviews.csv"), "--per_device_train_batch_size", "8",

@@ -27,8 +27,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import LABELS, make_texts, save_tiny_assets
-from test_script import ROOT, _env, _run
+from conftest import save_tiny_assets, write_reviews_csv
+from test_script import ROOT, _env, _run, accelerate_launcher
 
 SCRIPT = os.path.join(ROOT, "scripts", "prune.py")
 # The Linear weights pruned by default: q/k/v, attention output and both feed-forward projections of every block.
@@ -91,15 +91,9 @@ def test_help_documents_every_option():
 
 def _write_csv_folder(folder):
     """train/validation/test CSV files with class names as labels, as a user writes them."""
-    import csv
-
     os.makedirs(folder, exist_ok=True)
     for split, (n, seed) in {"train": (96, 5), "validation": (16, 6), "test": (16, 7)}.items():
-        texts, labels = make_texts(n, seed)
-        with open(os.path.join(folder, f"{split}.csv"), "w", newline="", encoding="utf-8") as fh:
-            w = csv.writer(fh)
-            w.writerow(["text", "label"])
-            w.writerows((t, LABELS[l]) for t, l in zip(texts, labels))
+        write_reviews_csv(os.path.join(folder, f"{split}.csv"), n, seed)
     return str(folder)
 
 
@@ -328,8 +322,7 @@ def test_two_processes_prune_like_one(tiny, tmp_path):
     _run([sys.executable, SCRIPT, "--output_dir", str(one), "--teacher_model", teacher, "--dataset", data,
           "--per_device_train_batch_size", "8", *common], tmp_path)
     two = tmp_path / "two"
-    launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    launcher = launcher if os.path.exists(launcher) else shutil.which("accelerate")
+    launcher = accelerate_launcher()
     # --multi_gpu on a machine without GPUs starts two CPU ranks over gloo (see test_script.py).
     res = _run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
                 "--dynamo_backend", "no", SCRIPT, "--output_dir", str(two), "--teacher_model", teacher, "--dataset", data,

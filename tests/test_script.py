@@ -25,6 +25,12 @@ def _env(tmp_path):
     return env
 
 
+def accelerate_launcher() -> str:
+    """The `accelerate` command of this interpreter's environment (else the one on PATH)."""
+    launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
+    return launcher if os.path.exists(launcher) else shutil.which("accelerate")
+
+
 def _run(cmd, tmp_path, timeout=300):
     res = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
@@ -69,8 +75,7 @@ def test_one_and_two_processes_agree(tiny, tmp_path):
     _run([sys.executable, SCRIPT, "--output_dir", str(one), "--teacher_model", teacher, "--dataset", data,
           "--per_device_train_batch_size", "8", *COMMON], tmp_path)
     two = tmp_path / "two"
-    launcher = os.path.join(os.path.dirname(sys.executable), "accelerate")
-    launcher = launcher if os.path.exists(launcher) else shutil.which("accelerate")
+    launcher = accelerate_launcher()
     # `accelerate launch --num_processes 2 --cpu` starts one process in accelerate 1.15; --multi_gpu on a machine
     # without GPUs starts two CPU ranks over gloo.
     res = _run([launcher, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",

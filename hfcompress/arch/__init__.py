@@ -6,23 +6,29 @@ head/FFN pruning) asks an adapter from `get_adapter(model)` instead of probing a
 
 from .base import (
     ArchAdapter,
+    AttentionLayout,
+    StackLayout,
     UnsupportedArchitectureError,
     get_adapter,
     get_submodule,
     register_adapter,
+    structured_model_types,
     supported_model_types,
     unwrap_model,
 )
-from . import encoders  # noqa: F401  (registers the BERT-class adapters)
+from . import encoders, speech  # noqa: F401  (register the BERT-class and speech adapters)
 from .capture import QKVCapture
 
 __all__ = [
     "ArchAdapter",
+    "AttentionLayout",
     "QKVCapture",
+    "StackLayout",
     "UnsupportedArchitectureError",
     "get_adapter",
     "get_submodule",
     "register_adapter",
+    "structured_model_types",
     "supported_model_types",
     "unwrap_model",
 ]

@@ -15,6 +15,55 @@ _REGISTRY: dict[str, "ArchAdapter"] = {}
 
 
 @dataclass(frozen=True)
+class AttentionLayout:
+    """Where one attention's heads live inside a block (all paths relative to the block).
+
+    Attributes:
+        module: the module holding the head count (e.g. ``attention.self``, ``self_attn``).
+        q, k, v, o: the query/key/value projections (a head is `head_dim` consecutive output rows of each) and the
+            output projection (a head is `head_dim` consecutive input columns).
+        count_attrs: attributes of `module` that hold its number of heads (kept true after removal).
+        width_attrs: attributes of `module` that hold ``heads * head_dim`` (BERT's ``all_head_size``).
+        head_dim_attr: attribute of `module` holding the width of one head.
+        position_bias: ``(argument name, position)`` of a per-head bias tensor the block passes to `module` (MPNet's
+            relative position bias, computed once for all layers): sliced to the kept heads of each layer.
+    """
+
+    module: str
+    q: str
+    k: str
+    v: str
+    o: str
+    count_attrs: tuple[str, ...]
+    width_attrs: tuple[str, ...] = ()
+    head_dim_attr: str = "attention_head_size"
+    position_bias: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True)
+class StackLayout:
+    """One stack of identical blocks (an encoder; Whisper has an encoder and a decoder stack).
+
+    Attributes:
+        layers_path: dotted path from the *base* model to the `nn.ModuleList` of blocks.
+        num_layers_key: config attribute holding the stack's number of blocks.
+        attentions: the attentions of one block (Whisper's decoder: self- and cross-attention).
+        ffn: the feed-forward up and down projections of one block (a neuron is a row of up, a column of down).
+    """
+
+    layers_path: str
+    num_layers_key: str
+    attentions: tuple[AttentionLayout, ...]
+    ffn: tuple[str, str]
+
+
+BERT_ATTENTION = AttentionLayout(
+    module="attention.self", q="attention.self.query", k="attention.self.key", v="attention.self.value",
+    o="attention.output.dense", count_attrs=("num_attention_heads",), width_attrs=("all_head_size",),
+)
+
+
+@dataclass(frozen=True)
 class ArchAdapter:
     """What hfcompress needs to know about one model family.
 
@@ -27,6 +76,8 @@ class ArchAdapter:
             `nn.Linear`s whose outputs self-attention relation distillation compares); None if unknown.
         attention_output_path: dotted path from one block to the attention's output projection.
         ffn_paths: dotted paths from one block to the feed-forward input (up) and output (down) projections.
+        stacks: the head and neuron layout of every stack of blocks, for structured pruning (`StackLayout`); None
+            for a family whose heads hfcompress cannot cut out.
 
     The encoder `nn.Linear`s that pruning works on by default are the q/k/v, attention-output and both
     feed-forward projections of every block (`prunable_linears`); embeddings, pooler and task head are not among them.
@@ -42,6 +93,7 @@ class ArchAdapter:
     qkv_paths: tuple[str, str, str] | None = ("attention.self.query", "attention.self.key", "attention.self.value")
     attention_output_path: str | None = "attention.output.dense"
     ffn_paths: tuple[str, str] | None = ("intermediate.dense", "output.dense")
+    stacks: tuple[StackLayout, ...] | None = None
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         module = get_submodule(model.base_model, self.layers_path)
@@ -91,6 +143,20 @@ class ArchAdapter:
                     raise TypeError(f"{path} is {type(module).__name__}, not nn.Linear")
                 out[names[id(module)]] = module
         return out
+
+
+    def structure(self, model_type: str | None = None) -> tuple[StackLayout, ...]:
+        """The stacks structured pruning works on; an `UnsupportedArchitectureError` if none are known."""
+        if not self.stacks:
+            raise UnsupportedArchitectureError(
+                f"hfcompress knows no head/neuron layout for model type {model_type or self.model_types[0]!r}; "
+                f"structured pruning supports: {', '.join(structured_model_types())}"
+            )
+        return self.stacks
+
+
+def structured_model_types() -> list[str]:
+    return sorted(mt for mt, a in _REGISTRY.items() if a.stacks)
 
 
 def get_submodule(module: nn.Module, path: str) -> nn.Module:

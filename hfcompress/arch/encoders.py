@@ -1,11 +1,12 @@
 """BERT-class text encoders."""
 
-from .base import ArchAdapter, register_adapter
+from .base import BERT_ATTENTION, ArchAdapter, AttentionLayout, StackLayout, register_adapter
 
 BERT_LIKE = register_adapter(
     ArchAdapter(
         model_types=("bert", "roberta", "xlm-roberta", "electra", "camembert"),
         layers_path="encoder.layer",
+        stacks=(StackLayout("encoder.layer", "num_hidden_layers", (BERT_ATTENTION,), ("intermediate.dense", "output.dense")),),
     )
 )
 MPNET = register_adapter(
@@ -14,6 +15,21 @@ MPNET = register_adapter(
         layers_path="encoder.layer",
         qkv_paths=("attention.attn.q", "attention.attn.k", "attention.attn.v"),
         attention_output_path="attention.attn.o",
+        stacks=(
+            StackLayout(
+                "encoder.layer",
+                "num_hidden_layers",
+                (
+                    AttentionLayout(
+                        module="attention.attn", q="attention.attn.q", k="attention.attn.k", v="attention.attn.v",
+                        o="attention.attn.o", count_attrs=("num_attention_heads",), width_attrs=("all_head_size",),
+                        # relative position bias [batch, heads, seq, seq], computed once in the encoder for all layers
+                        position_bias=("position_bias", 2),
+                    ),
+                ),
+                ("intermediate.dense", "output.dense"),
+            ),
+        ),
     )
 )
 DISTILBERT = register_adapter(
@@ -26,5 +42,14 @@ DISTILBERT = register_adapter(
         qkv_paths=("attention.q_lin", "attention.k_lin", "attention.v_lin"),
         attention_output_path="attention.out_lin",
         ffn_paths=("ffn.lin1", "ffn.lin2"),
+        stacks=(
+            StackLayout(
+                "transformer.layer",
+                "n_layers",
+                (AttentionLayout(module="attention", q="attention.q_lin", k="attention.k_lin", v="attention.v_lin",
+                                 o="attention.out_lin", count_attrs=("n_heads",)),),
+                ("ffn.lin1", "ffn.lin2"),
+            ),
+        ),
     )
 )

@@ -17,6 +17,7 @@ from ..checkpoints import resume_checkpoint_dirs, step_checkpoint_dir
 from ..errors import UserInputError
 from .config import PruningConfig
 from .pruner import STATE_NAME, Pruner
+from .structured import StructuredPruner, make_pruner
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +34,10 @@ class PruningCallback(TrainerCallback):
       W&B and `state.log_history` like the loss;
     * on every checkpoint: the pruning state beside the model weights;
     * `on_train_end`: the masks are folded into the weights (`fold_at_end`), leaving a plain model.
+
+    With ``granularity="structured"`` the same hooks drive a `StructuredPruner`: heads and neurons are masked while
+    training and cut out of the model at the end (save it with `save_structured`); a parameter or latency budget is
+    turned into fractions at train begin.
     """
 
     def __init__(self, config: PruningConfig | None = None, fold_at_end: bool = True, **kwargs):
@@ -42,13 +47,13 @@ class PruningCallback(TrainerCallback):
             raise TypeError("pass either a PruningConfig or its fields as keyword arguments, not both")
         self.config = config
         self.fold_at_end = fold_at_end
-        self.pruner: Pruner | None = None
+        self.pruner: Pruner | StructuredPruner | None = None
         self.loaded_from: str | None = None
         self.summary: dict | None = None
 
     def attach(self, model) -> Pruner:
         if self.pruner is None:
-            self.pruner = Pruner(model, self.config)
+            self.pruner = make_pruner(model, self.config)
         return self.pruner
 
     def _move_before_reporters(self) -> None:
@@ -82,6 +87,8 @@ class PruningCallback(TrainerCallback):
             else:
                 raise UserInputError(f"resumed at step {state.global_step} but no {STATE_NAME} was found in "
                                      f"{' or '.join(candidates)}: the masks of that run cannot be restored")
+        elif isinstance(pruner, StructuredPruner):
+            pruner.resolve_budget()  # a parameter or latency budget -> fractions (measured before the first step)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.pruner.before_optimizer_step()
@@ -108,5 +115,6 @@ class PruningCallback(TrainerCallback):
         if best and os.path.isdir(best):
             self.pruner.load(best)  # the Trainer reloaded that checkpoint's weights: use its masks too
         self.summary = self.pruner.fold()
-        logger.info("Pruning done: sparsity %.4f of %s targeted weights (masks folded into the weights)",
-                    self.summary["reached_sparsity"], f"{self.summary['pruned_weights_total']:,}")
+        if not isinstance(self.pruner, StructuredPruner):  # (the structured pruner logs its own summary)
+            logger.info("Pruning done: sparsity %.4f of %s targeted weights (masks folded into the weights)",
+                        self.summary["reached_sparsity"], f"{self.summary['pruned_weights_total']:,}")

@@ -8,12 +8,15 @@ from dataclasses import dataclass, field, fields
 from ..errors import UserInputError
 
 METHODS = ("magnitude", "movement", "soft_movement")
+STRUCTURED_METHODS = ("taylor", "magnitude", "movement")
+GRANULARITIES = ("weight", "structured")
 SCOPES = ("local", "global")
 
 
 @dataclass
 class PruningConfig:
-    """Unstructured pruning of the encoder's `nn.Linear` weights during training.
+    """Pruning during training: single weights of the encoder's `nn.Linear` layers (``granularity="weight"``), or
+    whole attention heads and feed-forward neurons that are then cut out of the model (``"structured"``).
 
     The sparsity (fraction of the targeted weights set to zero) follows a cubic schedule (Zhu & Gupta 2017): 0 until
     `pruning_start`, then ``s_t = s_f * (1 - (1 - p)^3)`` with ``p`` going 0 -> 1 until `pruning_end`, then the
@@ -28,23 +31,71 @@ class PruningConfig:
         straight-through gradient plus the regulariser ``regularization_weight * mean(sigmoid(S))`` that pushes all
         scores down; a weight is kept when its score is above a threshold that is learned to track the schedule's
         sparsity (one per matrix, or one for all with `scope="global"`).
+
+    Structured (heads of q/k/v rows + output-projection columns, neurons of up-projection rows + down-projection
+    columns), on the same schedule; a removed head or neuron is masked (its output-projection columns) while training
+    goes on, and cut out of every matrix at the end (`structure.apply_structure`):
+      * ``taylor`` (default): Michel et al. 2019 without head masks: for each example, the product of a head's
+        (neuron's) output with the loss gradient at that output, summed, in absolute value, summed over training;
+      * ``movement``: the same product signed and summed, negated: ``-sum(dL/dW * W)`` over the group's
+        output-projection columns, i.e. block movement pruning of those columns;
+      * ``magnitude``: summed absolute weights of the group.
     """
 
-    method: str = field(
-        default="magnitude",
-        metadata={"help": f"Pruning score: one of {', '.join(METHODS)}. Default magnitude: in short runs (2 epochs "
-                  "of MiniLM-L6) movement scores are still noise and movement pruning collapses to a constant "
-                  "predictor (benchmarks/results/prune.json); see the README's pruning section."},
+    granularity: str = field(
+        default="weight",
+        metadata={"help": "'weight': unstructured pruning of single weights (a sparse model of the same shape). "
+                  "'structured': whole attention heads and feed-forward neurons (and, with allow_layer_removal, "
+                  "blocks) are pruned and then cut out of the matrices, so the model is really smaller and faster."},
+    )
+    method: str | None = field(
+        default=None,
+        metadata={"help": f"Pruning score. Weights: one of {', '.join(METHODS)}; default magnitude (in short runs, "
+                  "2 epochs of MiniLM-L6, movement scores are still noise and movement pruning collapses to a "
+                  "constant predictor: benchmarks/results/prune.json). Structured: one of "
+                  f"{', '.join(STRUCTURED_METHODS)}; default taylor (Michel et al. 2019: per example, the absolute "
+                  "first-order change of the loss if the head or neuron were removed, summed over training), "
+                  "movement = the same product signed and summed over the batch (block movement pruning), "
+                  "magnitude = summed absolute weights of the head or neuron."},
     )
     target_sparsity: float = field(
         default=0.9,
         # No percent sign in help texts: argparse %-formats them, and `--help` would fail.
-        metadata={"help": "Final fraction of the targeted weights set to zero, in [0, 1): 0.9 keeps one weight in ten."},
+        metadata={"help": "Final fraction of the targeted weights set to zero, in [0, 1): 0.9 keeps one weight in ten. "
+                  "Structured: the fraction of heads and of neurons removed (unless head_sparsity / ffn_sparsity "
+                  "or a budget say otherwise)."},
+    )
+    head_sparsity: float | None = field(
+        default=None,
+        metadata={"help": "Structured: fraction of the attention heads removed, in [0, 1). Default: target_sparsity."},
+    )
+    ffn_sparsity: float | None = field(
+        default=None,
+        metadata={"help": "Structured: fraction of the feed-forward neurons removed, in [0, 1). Default: "
+                  "target_sparsity."},
+    )
+    target_parameters: int | None = field(
+        default=None,
+        metadata={"help": "Structured: a parameter budget instead of fractions: the pruned model has at most this many "
+                  "parameters (the same fraction of heads and neurons is removed, the smallest that fits)."},
+    )
+    target_speedup: float | None = field(
+        default=None,
+        metadata={"help": "Structured: a latency budget instead of fractions: remove the smallest equal fraction of "
+                  "heads and neurons whose pruned shape runs this many times faster than the unpruned model, "
+                  "measured before training on this machine's CPU (batch 32 x 128, median of 5)."},
+    )
+    allow_layer_removal: bool = field(
+        default=False,
+        metadata={"help": "Structured: a block left with no attention heads or no neurons is removed whole (skipped "
+                  "from then on in training, and cut out at the end). Without it every block keeps at least one "
+                  "head and one neuron."},
     )
     scope: str = field(
         default="local",
-        metadata={"help": "'local': every matrix reaches the target sparsity; 'global': one threshold over all "
-                  "targeted matrices (some end sparser than others)."},
+        metadata={"help": "'local': every matrix (structured: every block) reaches the target sparsity; 'global': one "
+                  "threshold over all targeted matrices (structured: heads ranked across blocks, each block's "
+                  "scores normalised, Michel et al.; some blocks end sparser than others)."},
     )
     target_modules: str | None = field(
         default=None,
@@ -89,8 +140,45 @@ class PruningConfig:
 
     def __post_init__(self):
         errors = []
-        if self.method not in METHODS:
-            errors.append(f"method: {self.method!r} is not one of {', '.join(METHODS)}")
+        if self.granularity not in GRANULARITIES:
+            errors.append(f"granularity: {self.granularity!r} is not one of {', '.join(GRANULARITIES)}")
+        structured = self.granularity == "structured"
+        allowed = STRUCTURED_METHODS if structured else METHODS
+        if self.method is None:
+            self.method = allowed[0]
+        if self.method not in allowed:
+            errors.append(f"method: {self.method!r} is not one of {', '.join(allowed)} (for granularity "
+                          f"{self.granularity!r})")
+        for name in ("head_sparsity", "ffn_sparsity"):
+            v = getattr(self, name)
+            if v is None:
+                continue
+            if not structured:
+                errors.append(f"{name} applies to granularity 'structured' only")
+            elif not 0.0 <= float(v) < 1.0:
+                errors.append(f"{name} must be in [0, 1) (1 would remove every head or neuron and leave no model), "
+                              f"got {v}")
+            else:
+                setattr(self, name, float(v))
+        budgets = [n for n in ("target_parameters", "target_speedup") if getattr(self, n) is not None]
+        if budgets and not structured:
+            errors.append(f"{budgets[0]} applies to granularity 'structured' only")
+        if len(budgets) > 1:
+            errors.append("give one budget: target_parameters or target_speedup, not both")
+        if budgets and (self.head_sparsity is not None or self.ffn_sparsity is not None):
+            errors.append(f"{budgets[0]} chooses the fractions of heads and neurons itself: leave head_sparsity and "
+                          "ffn_sparsity unset")
+        if self.target_parameters is not None and int(self.target_parameters) <= 0:
+            errors.append(f"target_parameters must be a positive number of parameters, got {self.target_parameters}")
+        if self.target_speedup is not None and float(self.target_speedup) <= 1.0:
+            errors.append(f"target_speedup must be > 1 (times faster than the unpruned model), got {self.target_speedup}")
+        if structured:
+            for name in ("target_modules", "prune_embeddings", "prune_head"):
+                if getattr(self, name):
+                    errors.append(f"{name} applies to granularity 'weight' only (structured pruning works on the "
+                                  "heads and feed-forward neurons of every block, from the architecture adapter)")
+        if self.allow_layer_removal and not structured:
+            errors.append("allow_layer_removal applies to granularity 'structured' only")
         if self.scope not in SCOPES:
             errors.append(f"scope: {self.scope!r} is not one of {', '.join(SCOPES)}")
         try:
@@ -125,6 +213,16 @@ class PruningConfig:
                 errors.append(f"target_modules {self.target_modules!r} is not a regular expression: {exc}")
         if errors:
             raise UserInputError("Pruning configuration: " + "; ".join(errors))
+
+    @property
+    def structured(self) -> bool:
+        return self.granularity == "structured"
+
+    def fractions(self) -> tuple[float, float]:
+        """(heads, neurons) removed at the end of the schedule, before any budget is resolved."""
+        heads = self.target_sparsity if self.head_sparsity is None else self.head_sparsity
+        ffn = self.target_sparsity if self.ffn_sparsity is None else self.ffn_sparsity
+        return heads, ffn
 
     @property
     def pruning_start_is_fraction(self) -> bool:

@@ -24,7 +24,7 @@ from safetensors.torch import save_file
 from ..errors import UserInputError
 from .config import CONFIG_NAME, PruningConfig
 from .masks import global_topk_masks, mask_module, topk_mask, unmask_module
-from .schedule import CubicSchedule
+from .schedule import CubicSchedule, masks_due
 from .targets import find_targets
 
 logger = logging.getLogger(__name__)
@@ -142,13 +142,8 @@ class Pruner:
             raise RuntimeError("Pruner.set_total_steps(max_steps) must be called before training")
         self.last_step = global_step
         target = self.schedule(global_step)
-        periodic = global_step % self.config.mask_update_every == 0
-        on_ramp = self.schedule.start <= global_step < self.schedule.end
-        # A new target: at once off the ramp (its first and last steps), every N steps on it. Movement scores keep
-        # changing at a constant target too (the cool-down): weights may still swap, every N steps.
-        new_target = target != self.current_target and (periodic or not on_ramp)
-        scores_moved = self.config.method != "magnitude" and target > 0 and periodic
-        if not (new_target or scores_moved):
+        if not masks_due(self.schedule, global_step, target, self.current_target, self.config.mask_update_every,
+                         scores_move=self.config.method != "magnitude"):
             return False
         self.update_masks(target)
         return True

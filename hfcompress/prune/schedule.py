@@ -24,3 +24,14 @@ class CubicSchedule:
 
     def phase(self, step: int) -> str:
         return "warmup" if step < self.start else ("ramp" if step < self.end else "cooldown")
+
+
+def masks_due(schedule: CubicSchedule, step: int, target: float, current: float, every: int, scores_move: bool) -> bool:
+    """Whether a pruner recomputes its masks after optimizer step `step`.
+
+    A new target: at once off the ramp (its first and last steps), every `every` steps on it. Scores that keep
+    changing at a constant target (movement, taylor: the cool-down) may swap what is kept, every `every` steps."""
+    periodic = step % every == 0
+    on_ramp = schedule.start <= step < schedule.end
+    new_target = target != current and (periodic or not on_ramp)
+    return new_target or (scores_move and target > 0 and periodic)

@@ -16,8 +16,9 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from ..assets import resolve_model_path
 from ..distill.arguments import DistillationArguments
-from ..prune import PruningCallback, PruningConfig, save_dense, save_sparse
+from ..prune import PruningCallback, PruningConfig, save_dense, save_sparse, save_structured
 from ..prune.pruner import check_resume_config
+from ..prune.structured import StructuredPruner
 from ..prune.targets import find_targets
 from ..report.measure import count_parameters, folder_size_mb
 from . import steps
@@ -74,7 +75,14 @@ class PruningMethod(RunMethod):
         cfg = AutoConfig.from_pretrained(resolve_model_path(source))
         with torch.device("meta"):
             probe = AutoModelForSequenceClassification.from_config(cfg)
-        find_targets(probe, self.config)
+        if self.config.structured:
+            # heads/neurons per block, targets that leave a block (or the model) empty, a parameter budget that
+            # cannot be met; a latency budget is measured on the real weights at train begin
+            pruner = StructuredPruner(probe, self.config)
+            if self.config.target_parameters is not None:
+                pruner.resolve_budget()
+        else:
+            find_targets(probe, self.config)
 
     def check_model(self, model) -> None:
         self.dense_before = {"parameters": count_parameters(model), "nonzero_parameters": count_parameters(model, nonzero=True)}
@@ -88,6 +96,12 @@ class PruningMethod(RunMethod):
         model_dir = os.path.join(run_dir, steps.MODEL_DIR)
         dense_dir = os.path.join(run_dir, DENSE_DIR)
         method_dir = os.path.join(run_dir, METHOD_DIR)
+        if self.config.structured:
+            if trainer.is_world_process_zero():
+                save_structured(model, model_dir, tokenizer)
+                self.config.save_pretrained(method_dir)
+                self.sizes = {"model_mb": folder_size_mb(model_dir)}
+            return {"model": model_dir, "pruning": method_dir}
         if trainer.is_world_process_zero():
             save_sparse(model, model_dir, tokenizer)
             save_dense(model, dense_dir, tokenizer)
@@ -97,6 +111,10 @@ class PruningMethod(RunMethod):
 
     def record(self) -> dict:
         summary = dict(self._callback.summary or {})
+        if self.config.structured:
+            return {**self.config.to_dict(), **summary, "before": self.dense_before, "saved_mb": self.sizes,
+                    "loading": "model/: hfcompress.load_structured(path), or without hfcompress "
+                               "AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True)"}
         layers = summary.pop("layer_sparsity", {})
         return {
             **self.config.to_dict(),

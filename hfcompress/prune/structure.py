@@ -61,12 +61,12 @@ def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
 def _slice_position_bias(module: nn.Module, args: tuple, kwargs: dict):
     """Forward pre-hook: a per-head bias computed for all heads, cut to this attention's kept heads."""
     name, position = module._hfc_position_bias
-    index = module._hfc_heads
+    heads = module._hfc_heads  # a tuple, not a tensor: the model may be built on the meta device
     if len(args) > position and args[position] is not None:
         bias = args[position]
-        args = (*args[:position], bias.index_select(1, index.to(bias.device)), *args[position + 1:])
+        args = (*args[:position], bias[:, list(heads)], *args[position + 1:])
     elif kwargs.get(name) is not None:
-        kwargs[name] = kwargs[name].index_select(1, index.to(kwargs[name].device))
+        kwargs[name] = kwargs[name][:, list(heads)]
     return args, kwargs
 
 
@@ -84,7 +84,7 @@ def shrink_attention(block: nn.Module, spec: dict, heads: list[int]) -> None:
     for attr in spec.get("width_attrs", ()):
         setattr(module, attr, len(heads) * d)
     if spec.get("position_bias"):
-        module._hfc_heads = torch.tensor(heads, dtype=torch.long)
+        module._hfc_heads = tuple(int(h) for h in heads)
         if not getattr(module, "_hfc_position_bias", None):
             module.register_forward_pre_hook(_slice_position_bias, with_kwargs=True)
         module._hfc_position_bias = tuple(spec["position_bias"])

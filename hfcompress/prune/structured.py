@@ -304,7 +304,8 @@ class StructuredPruner:
         for g in groups:
             s = self.importance(g).float().clone()
             norm = s.norm()
-            s = s / norm if norm > 0 else s  # each block's scores on one scale (Michel et al.)
+            if self.config.method != "magnitude" and norm > 0:
+                s = s / norm  # each block's gradient scores on one scale (Michel et al.); weights compare as they are
             if keep_one:
                 s[s.argmax()] = float("inf")  # every block keeps its best head / neuron
             scores.append(s)

@@ -1,0 +1,114 @@
+"""scripts/prune.py --granularity structured end to end on tiny local assets.
+
+Covered:
+  * a run on a user's CSV folder with string labels: the summary (heads and neurons per block, parameters before and
+    after), `model/` with its modeling file, reloaded both through hfcompress and with trust_remote_code to the same
+    logits, labels kept; the pruning state in the checkpoint; heads/neurons in the log history;
+  * a run killed after a checkpoint taken mid-ramp and resumed with `--resume_from_checkpoint latest` ends with the
+    same heads, neurons, scores, weights and test metrics as the uninterrupted run;
+  * bad targets (every head of a block without --allow_layer_removal, an unreachable parameter budget) end with exit
+    2 and one line before the teacher cache or any training.
+"""
+
+import json
+import shutil
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import save_tiny_assets
+from test_prune_script import SCRIPT, _fails, _write_csv_folder
+from test_script import _run
+
+STRUCTURED = ["--granularity", "structured", "--target_sparsity", "0.5", "--scope", "global", "--use_cpu",
+              "--per_device_train_batch_size", "8", "--eval_strategy", "no", "--seed", "5", "--logging_steps", "1"]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return save_tiny_assets(tmp_path_factory.mktemp("assets"))
+
+
+def test_structured_run_on_csv_reloads_both_ways(tiny, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from hfcompress import load_structured
+
+    teacher, _ = tiny
+    data = _write_csv_folder(tmp_path / "reviews")
+    out = tmp_path / "out"
+    _run([sys.executable, SCRIPT, "--output_dir", str(out), "--teacher_model", teacher, "--dataset", data,
+          *STRUCTURED, "--max_steps", "12", "--save_strategy", "steps", "--save_steps", "6"], tmp_path)
+    s = json.load(open(out / "prune_summary.json"))
+    p = s["methods"]["pruning"]
+    assert p["granularity"] == "structured" and p["method"] == "taylor"
+    assert p["heads_before"] == 16 and p["heads_after"] == 8 and sum(p["heads_per_layer"]) == 8
+    assert p["neurons_after"] == p["neurons_before"] // 2 == sum(p["ffn_per_layer"])
+    assert min(p["heads_per_layer"]) >= 1 and min(p["ffn_per_layer"]) >= 1  # no block emptied without permission
+    assert p["parameters_after"] < p["parameters_before"] and p["saved_mb"]["model_mb"] > 0
+    assert s["models"]["student"]["parameters"] == p["parameters_after"]
+    assert (out / "checkpoints" / "checkpoint-6" / "pruning_state.safetensors").exists()
+    history = json.load(open(out / "checkpoints" / "checkpoint-6" / "trainer_state.json"))["log_history"]
+    assert [h["heads_kept"] for h in history if "heads_kept" in h][-1] < 16, "structure logged with the loss"
+    model_dir = out / "model"
+    assert (model_dir / "modeling_hfcompress_pruned.py").exists() and not (out / "model_dense").exists()
+    ours = load_structured(str(model_dir))
+    remote = AutoModelForSequenceClassification.from_pretrained(str(model_dir), trust_remote_code=True).eval()
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    batch = tok(["good movie", "the plot is very bad", "dull"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(ours(**batch).logits, remote(**batch).logits)
+    assert ours.config.id2label == {0: "neg", 1: "pos"}
+    assert [b.attention.self.num_attention_heads for b in ours.bert.encoder.layer] == p["heads_per_layer"]
+    assert [b.intermediate.dense.out_features for b in ours.bert.encoder.layer] == p["ffn_per_layer"]
+
+
+RESUME = [*STRUCTURED, "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4", "--pruning_start", "0",
+          "--pruning_end", "0.9", "--mask_update_every", "1"]
+
+
+def test_killed_structured_run_resumes_to_the_same_model(tiny, tmp_path):
+    teacher, data = tiny
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    _run([sys.executable, SCRIPT, "--output_dir", str(full), "--teacher_model", teacher, "--dataset", data, *RESUME],
+         tmp_path)
+    killed.mkdir()
+    shutil.copytree(full / "checkpoints" / "checkpoint-4", killed / "checkpoints" / "checkpoint-4")
+    shutil.copytree(full / "teacher_cache", killed / "teacher_cache")
+    _run([sys.executable, SCRIPT, "--output_dir", str(killed), "--teacher_model", teacher, "--dataset", data, *RESUME,
+          "--resume_from_checkpoint", "latest"], tmp_path)
+    a, b = json.load(open(full / "prune_summary.json")), json.load(open(killed / "prune_summary.json"))
+    assert b["training"]["steps_this_invocation"] == 4
+    pa, pb = a["methods"]["pruning"], b["methods"]["pruning"]
+    for key in ("heads_per_layer", "ffn_per_layer", "parameters_after"):
+        assert pa[key] == pb[key], key
+    for key in ("test_loss", "test_accuracy"):
+        assert abs(a["metrics"]["student"]["test"][key] - b["metrics"]["student"]["test"][key]) < 1e-6, key
+    wa, wb = load_file(full / "model" / "model.safetensors"), load_file(killed / "model" / "model.safetensors")
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert wa[k].shape == wb[k].shape and torch.allclose(wa[k], wb[k], atol=1e-6), k
+    sa = load_file(full / "checkpoints" / "checkpoint-8" / "pruning_state.safetensors")
+    sb = load_file(killed / "checkpoints" / "checkpoint-8" / "pruning_state.safetensors")
+    s4 = load_file(full / "checkpoints" / "checkpoint-4" / "pruning_state.safetensors")
+    for k in sa:
+        assert torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6), k
+    assert any(not torch.equal(sa[k], s4[k]) for k in sa if k.startswith("mask.")), "masks changed after step 4"
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--head_sparsity", "0.9", "--scope", "local"], "prunes all of them in block 0"),
+        (["--target_parameters", "1000", "--target_sparsity", "0"], "target_parameters 1,000 cannot be met"),
+    ],
+)
+def test_bad_structured_targets_fail_before_training(tiny, tmp_path, flags, message):
+    teacher, data = tiny
+    out = tmp_path / "bad"
+    line = _fails([sys.executable, SCRIPT, "--output_dir", str(out), "--teacher_model", teacher, "--dataset", data,
+                   "--use_cpu", "--granularity", "structured", *flags], tmp_path)
+    assert message in line, line
+    assert not (out / "checkpoints").exists() and not (out / "teacher_cache").exists()

@@ -381,3 +381,25 @@ def test_checkpoint_whose_shapes_do_not_match_its_config_is_refused(tmp_path):
         load_structured(str(tmp_path / "m"))
     assert "do not have the shapes its config.json describes" in str(err.value)
     assert "bert.encoder.layer.0.attention.self.query.weight" in str(err.value)
+
+
+def test_plain_trainer_three_lines(tmp_path):
+    """The README's three lines: a plain Trainer with the callback, then save_structured; reloads equal."""
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from hfcompress import PruningCallback
+
+    tok, train = _train_data()
+    args = TrainingArguments(output_dir=str(tmp_path / "t"), per_device_train_batch_size=8, max_steps=6,
+                             report_to="none", save_strategy="no", logging_steps=2, use_cpu=True, seed=3)
+    trainer = Trainer(model=tiny_bert(num_layers=2), args=args, train_dataset=train,
+                      data_collator=DataCollatorWithPadding(tok),
+                      callbacks=[PruningCallback(granularity="structured", target_sparsity=0.5)])
+    trainer.train()
+    model = trainer.model.eval()
+    assert [b.attention.self.num_attention_heads for b in model.bert.encoder.layer] == [2, 2]  # local: 2 of 4 each
+    assert [b.intermediate.dense.out_features for b in model.bert.encoder.layer] == [32, 32]
+    save_structured(model, str(tmp_path / "m"), tok)
+    batch = tok(["good movie", "dull"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert torch.equal(load_structured(str(tmp_path / "m"))(**batch).logits, model(**batch).logits)

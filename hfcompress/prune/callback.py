@@ -76,8 +76,6 @@ class PruningCallback(TrainerCallback):
         if state.max_steps <= 0:
             raise UserInputError("pruning needs a known number of training steps (set num_train_epochs or max_steps)")
         schedule = pruner.set_total_steps(state.max_steps)
-        logger.info("Pruning schedule: warm-up to step %d, cubic ramp to sparsity %.3f at step %d, held to step %d",
-                    schedule.start, schedule.final, schedule.end, state.max_steps)
         if state.global_step > 0:
             candidates = resume_checkpoint_dirs(args, state)
             for c in candidates:
@@ -89,6 +87,13 @@ class PruningCallback(TrainerCallback):
                                      f"{' or '.join(candidates)}: the masks of that run cannot be restored")
         elif isinstance(pruner, StructuredPruner):
             pruner.resolve_budget()  # a parameter or latency budget -> fractions (measured before the first step)
+        if isinstance(pruner, StructuredPruner):
+            logger.info("Pruning schedule: warm-up to step %d, cubic ramp to %.3f of heads / %.3f of neurons removed at "
+                        "step %d, held to step %d", schedule.start, pruner.head_fraction, pruner.ffn_fraction,
+                        schedule.end, state.max_steps)
+        else:
+            logger.info("Pruning schedule: warm-up to step %d, cubic ramp to sparsity %.3f at step %d, held to step %d",
+                        schedule.start, schedule.final, schedule.end, state.max_steps)
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs):
         self.pruner.before_optimizer_step()

@@ -12,10 +12,10 @@ import sys
 import yaml
 from transformers import HfArgumentParser
 
+from .errors import UserInputError
+
 
 def load_config_file(path: str) -> dict:
-    from .errors import UserInputError
-
     if not os.path.isfile(path):
         raise UserInputError(f"--config file {path!r} does not exist")
     with open(path) as fh:
@@ -48,8 +48,6 @@ def parse_args(dataclass_types, argv: list[str] | None = None, description: str 
                 action.required = False
         parser.set_defaults(**values)
     group_help(parser, dataclass_types)
-    from .errors import UserInputError
-
     try:
         *parsed, rest = parser.parse_args_into_dataclasses(args=argv, return_remaining_strings=True)
     except UserInputError:
@@ -94,8 +92,6 @@ def group_help(parser, dataclass_types) -> None:
 def run_script(main, argv=None):
     """Run a script's `main`; a user's mistake (`UserInputError`, a missing file) ends it with one line on stderr
     and exit status 2. `--show_traceback` (or HFCOMPRESS_DEBUG=1) shows the whole traceback instead."""
-    from .errors import UserInputError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--show_traceback" in argv or os.environ.get("HFCOMPRESS_DEBUG") == "1"
     argv = [a for a in argv if a != "--show_traceback"]

@@ -245,18 +245,13 @@ class Pruner:
                 "thresholds": self.thresholds}
 
     def save(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
-        save_file(self.state_dict(), os.path.join(directory, STATE_NAME), metadata={"meta": json.dumps(self.meta())})
-        self.config.save_pretrained(directory)
+        save_state(directory, self.config, self.state_dict(), self.meta())
 
     def load(self, directory: str) -> bool:
-        path = os.path.join(directory, STATE_NAME)
-        if not os.path.exists(path):
+        read = read_state(directory, self.config)
+        if read is None:
             return False
-        check_resume_config(self.config, directory)
-        with safe_open(path, "pt") as fh:  # one read: metadata and tensors
-            meta = json.loads(fh.metadata()["meta"])
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        meta, tensors = read
         for n, st in self.states.items():
             st.mask = tensors[f"mask.{n}"].to(torch.bool).to(self.targets[n].weight.device)
         for prefix, table in (("score", self.scores), ("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
@@ -266,6 +261,24 @@ class Pruner:
         self.adam_steps, self.thresholds = meta["adam_steps"], meta["thresholds"]
         logger.info("Pruning state restored from %s (step %d, sparsity %.4f)", directory, self.last_step, self.sparsity())
         return True
+
+
+def save_state(directory: str, config: PruningConfig, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    """A pruner's state (tensors + JSON metadata) and its configuration, beside a Trainer checkpoint."""
+    os.makedirs(directory, exist_ok=True)
+    save_file(tensors, os.path.join(directory, STATE_NAME), metadata={"meta": json.dumps(meta)})
+    config.save_pretrained(directory)
+
+
+def read_state(directory: str, config: PruningConfig) -> tuple[dict, dict[str, torch.Tensor]] | None:
+    """(meta, tensors) saved by `save_state` in `directory`, None if there is none; a checkpoint written with another
+    pruning configuration is refused (`check_resume_config`)."""
+    path = os.path.join(directory, STATE_NAME)
+    if not os.path.exists(path):
+        return None
+    check_resume_config(config, directory)
+    with safe_open(path, "pt") as fh:  # one read: metadata and tensors
+        return json.loads(fh.metadata()["meta"]), {k: fh.get_tensor(k) for k in fh.keys()}
 
 
 def check_resume_config(config: PruningConfig, directory: str) -> None:

@@ -22,22 +22,18 @@ is the first-order change of the loss if the head were removed (Michel et al. 20
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..arch import get_adapter, get_submodule, unwrap_model
 from ..errors import UserInputError
 from .config import PruningConfig
 from .masks import expand_group_mask, mask_module, topk_mask, unmask_module
-from .pruner import STATE_NAME, check_resume_config
+from .pruner import read_state, save_state
 from .schedule import CubicSchedule, masks_due
 from .structure import SPEC_VERSION, apply_structure, remove_layers
 
@@ -466,18 +462,13 @@ class StructuredPruner:
                 "ffn_fraction": self.ffn_fraction, "budget": self.budget}
 
     def save(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
-        save_file(self.state_dict(), os.path.join(directory, STATE_NAME), metadata={"meta": json.dumps(self.meta())})
-        self.config.save_pretrained(directory)
+        save_state(directory, self.config, self.state_dict(), self.meta())
 
     def load(self, directory: str) -> bool:
-        path = os.path.join(directory, STATE_NAME)
-        if not os.path.exists(path):
+        read = read_state(directory, self.config)
+        if read is None:
             return False
-        check_resume_config(self.config, directory)
-        with safe_open(path, "pt") as fh:
-            meta = json.loads(fh.metadata()["meta"])
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+        meta, tensors = read
         for g in self.groups:
             g.mask = tensors[f"mask.{g.key}"].to(torch.bool)
             g.score = tensors[f"score.{g.key}"]

@@ -13,8 +13,9 @@ Rows, on Rotten Tomatoes (the split of benchmarks/results/distill.json), accurac
               the matrices and saved with save_structured. Measured from the checkpoint reloaded from disk
               (load_structured; the trust_remote_code load is checked to give the same logits).
 Latency: one forward of a batch of 32 x 128 random token ids, median of 7 after 2 warm-up passes, fp32, torch's
-thread count stated; dense and pruned of one model measured back to back in this process (ratios, not absolute
-times, are what carries from a busy machine to an idle one). Every training row runs through
+thread count stated; dense and pruned measured in 3 interleaved rounds in this process: latency = median over
+rounds, speedup = median over rounds of the round's dense / pruned ratio (ratios, not absolute times, are what
+carries from a busy machine to an idle one). Every training row runs through
 `hfcompress.run.prune.run_pruning` (the steps of scripts/prune.py) under bf16 autocast on this CPU.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 
@@ -62,7 +64,9 @@ class StructuredBenchmarkArguments:
     pruning_start: float = field(default=0.1, metadata={"help": "Warm-up fraction of the steps (scores accumulate)."})
     pruning_end: float = field(default=0.7, metadata={"help": "End of the cubic ramp (fraction of the steps)."})
     mask_update_every: int = field(default=10, metadata={"help": "Masks recomputed every N steps."})
-    latency_runs: int = field(default=7, metadata={"help": "Timed forward passes per model (median reported)."})
+    latency_runs: int = field(default=7, metadata={"help": "Timed forward passes per model and round (median)."})
+    latency_rounds: int = field(default=3, metadata={"help": "Rounds of dense/pruned latency, interleaved (a drifting "
+                                "machine load shows in both); the median over rounds is reported."})
     measure_only: bool = field(default=False, metadata={"help": "Do not train: measure the cached rows only."})
     bf16: bool = field(default=True, metadata={"help": "Train under bf16 autocast on CPU."})
 
@@ -127,9 +131,16 @@ def main(argv=None):
     def measure(model, path: str, tok_path: str) -> dict:
         tok = AutoTokenizer.from_pretrained(tok_path)
         test = evaluate_classifier(model, tok, texts, labels, desc=f"test {path}")
-        lat = measure_latency(model, **lat_kwargs)
         return {"accuracy": test["accuracy"], "f1": test.get("f1"), "params": count_parameters(model),
-                "size_mb": folder_size_mb(path), "latency_ms": lat["median_ms"], "latency": lat}
+                "size_mb": folder_size_mb(path)}
+
+    def paired_latency(dense_model, pruned_model) -> tuple[list[float], list[float]]:
+        """Dense and pruned medians, interleaved round by round."""
+        d, p = [], []
+        for _ in range(args.latency_rounds):
+            d.append(measure_latency(dense_model, **lat_kwargs)["median_ms"])
+            p.append(measure_latency(pruned_model, **lat_kwargs)["median_ms"])
+        return d, p
 
     def dense_row(model_name: str, seed: int) -> dict:
         if (model_name, seed) not in dense_cache:
@@ -149,17 +160,20 @@ def main(argv=None):
         path = summary["artifacts"]["model"]
         model = load_structured(path)
         row = {"model": model_name, "level": level, "seed": seed, "path": path, **measure(model, path, path)}
-        # re-measure the dense model right after (a drifting machine load shows in both)
-        dense_again = measure_latency(AutoModelForSequenceClassification.from_pretrained(dense["path"]).eval(), **lat_kwargs)
-        dense_ms = min(dense["latency_ms"], dense_again["median_ms"])
+        dense_runs, pruned_runs = paired_latency(
+            AutoModelForSequenceClassification.from_pretrained(dense["path"]).eval(), model)
+        dense_ms, row["latency_ms"] = statistics.median(dense_runs), statistics.median(pruned_runs)
+        row["latency_ms_rounds"] = pruned_runs
         remote = AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True).eval()
         ids = AutoTokenizer.from_pretrained(path)(texts[:16], padding=True, return_tensors="pt")
         with torch.inference_mode():
             row["remote_code_equal"] = bool(torch.equal(model(**ids).logits, remote(**ids).logits))
         p = summary["methods"]["pruning"]
         row.update(
-            speedup=dense_ms / row["latency_ms"], dense_latency_ms=dense_ms,
-            dense_latency_ms_runs=[dense["latency_ms"], dense_again["median_ms"]],
+            # the ratio of each interleaved round, median over rounds (a round's pair shares the machine's load)
+            speedup=statistics.median(d / p for d, p in zip(dense_runs, pruned_runs)),
+            speedup_rounds=[d / p for d, p in zip(dense_runs, pruned_runs)], dense_latency_ms=dense_ms,
+            dense_latency_ms_rounds=dense_runs,
             accuracy_delta_points=100 * (row["accuracy"] - dense["accuracy"]), dense_accuracy=dense["accuracy"],
             heads_per_layer=p["heads_per_layer"], ffn_per_layer=p["ffn_per_layer"],
             removed_blocks=p["removed_blocks"], method=p["method"], scope=p["scope"],

@@ -413,3 +413,10 @@ def test_config_file_with_an_unknown_key_is_one_clear_error(tmp_path):
     cfg.write_text("granularity: structured\nhead_sparsty: 0.5\n")
     with pytest.raises(UserInputError, match=r"unknown arguments: \['head_sparsty'\]"):
         parse_args((PruningConfig,), ["--config", str(cfg)])
+
+
+def test_latency_budget_of_a_speech_model_is_refused_clearly():
+    make, _, _, _ = _families()["wav2vec2"]
+    pruner = StructuredPruner(make(), _structured(target_sparsity=0.0, target_speedup=2.0))
+    with pytest.raises(UserInputError, match="takes input_values"):
+        pruner.resolve_budget()

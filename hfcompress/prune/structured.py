@@ -179,6 +179,11 @@ class StructuredPruner:
         else:
             from ..report.measure import measure_latency
 
+            if getattr(self.model, "main_input_name", "input_ids") != "input_ids":
+                raise UserInputError(f"target_speedup measures latency on token ids; {type(self.model).__name__} takes "
+                                     f"{self.model.main_input_name}: give head_sparsity / ffn_sparsity or "
+                                     "target_parameters instead")
+
             kwargs = {"batch_size": 32, "seq_len": 128, "runs": 5, "warmup": 1, **(latency_kwargs or {})}
             dense = measure_latency(self._shaped_copy(0.0), **kwargs)["median_ms"]
             times = {}

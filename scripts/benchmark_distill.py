@@ -30,14 +30,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 
-import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
 
 from hfcompress.cli import parse_args, setup_logging
 from hfcompress.data import load_rotten_tomatoes
 from hfcompress.distill import DistillationArguments
 from hfcompress.report import count_parameters, evaluate_classifier, measure_latency, model_size_mb
-from hfcompress.report.bench import cache_key, mean_std, write_json
+from hfcompress.report.bench import cache_key, mean_std, training_kwargs, write_json
 from hfcompress.report.record import environment
 from hfcompress.run import DataArguments, FinetuneConfig, ModelArguments, finetune_classifier, run_distillation
 
@@ -100,10 +99,8 @@ def finetune_dir(args, seed: int) -> str:
 
 def kd_args(args, out: str, seed: int, recipe: str, max_steps: int = -1) -> DistillationArguments:
     return DistillationArguments(
-        output_dir=out, num_train_epochs=args.student_epochs, max_steps=max_steps, learning_rate=args.student_lr,
-        per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64, weight_decay=0.01,
-        warmup_steps=0.06, seed=seed, eval_strategy="no", save_strategy="no", logging_steps=50, report_to="none",
-        bf16=args.bf16, use_cpu=args.bf16 and not torch.cuda.is_available(), disable_tqdm=True,
+        **training_kwargs(out, seed, args.student_epochs, args.student_lr, args.batch_size, args.bf16,
+                          max_steps=max_steps),
         temperature=args.temperature, alpha=args.alpha, **RECIPES[recipe][0],
     )
 

@@ -35,7 +35,7 @@ from hfcompress.data import load_rotten_tomatoes
 from hfcompress.prune import load_sparse
 from hfcompress.report import count_parameters, evaluate_classifier
 from hfcompress.report.measure import folder_size_mb
-from hfcompress.report.bench import cache_key, mean_std, write_json
+from hfcompress.report.bench import cache_key, mean_std, training_kwargs, write_json
 from hfcompress.report.record import environment
 from hfcompress.run import DataArguments, ModelArguments
 from hfcompress.run.prune import PruningArguments, run_pruning
@@ -83,11 +83,7 @@ def prune_row(args, method: str, seed: int) -> dict:
         data_args = DataArguments(evaluate_teacher=False,
                                   teacher_cache_dir=os.path.join(args.cache_dir, "teacher-outputs", f"prune-dense-s{seed}"))
         targs = PruningArguments(
-            output_dir=out, num_train_epochs=args.epochs, learning_rate=args.lr, per_device_train_batch_size=args.batch_size,
-            per_device_eval_batch_size=64, weight_decay=0.01, warmup_steps=0.06, seed=seed, eval_strategy="no",
-            save_strategy="no", logging_steps=50, report_to="none", bf16=args.bf16,
-            use_cpu=args.bf16 and not torch.cuda.is_available(), disable_tqdm=True,
-            temperature=args.temperature, alpha=args.alpha, method=method, target_sparsity=args.target_sparsity,
+            **training_kwargs(out, seed, args.epochs, args.lr, args.batch_size, args.bf16), temperature=args.temperature, alpha=args.alpha, method=method, target_sparsity=args.target_sparsity,
             pruning_start=args.pruning_start, pruning_end=args.pruning_end, mask_update_every=args.mask_update_every,
         )
         record, reused = run_pruning(model_args, data_args, targs).to_dict(), False

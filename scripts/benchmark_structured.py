@@ -35,7 +35,7 @@ from hfcompress.cli import parse_args, setup_logging
 from hfcompress.data import load_rotten_tomatoes
 from hfcompress.prune import load_structured
 from hfcompress.report import count_parameters, evaluate_classifier
-from hfcompress.report.bench import cache_key, mean_std, write_json
+from hfcompress.report.bench import cache_key, mean_std, training_kwargs, write_json
 from hfcompress.report.measure import folder_size_mb, measure_latency
 from hfcompress.report.record import environment
 from hfcompress.run import DataArguments, ModelArguments
@@ -95,11 +95,7 @@ def train_row(args, model: str, level: float, seed: int) -> str:
     model_args = ModelArguments(teacher_model=teacher, finetune_teacher=False, student_model=teacher)
     data_args = DataArguments(evaluate_teacher=False, teacher_cache_dir=os.path.join(args.cache_dir, "teacher-outputs", cache_name))
     targs = PruningArguments(
-        output_dir=out, num_train_epochs=epochs, learning_rate=args.lr, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=64, weight_decay=0.01, warmup_steps=0.06, seed=seed, eval_strategy="no",
-        save_strategy="no", logging_steps=50, report_to="none", bf16=args.bf16,
-        use_cpu=args.bf16 and not torch.cuda.is_available(), disable_tqdm=True,
-        temperature=args.temperature, alpha=args.alpha, granularity="structured", method=args.method,
+        **training_kwargs(out, seed, epochs, args.lr, args.batch_size, args.bf16), temperature=args.temperature, alpha=args.alpha, granularity="structured", method=args.method,
         scope=args.scope, target_sparsity=level, pruning_start=args.pruning_start, pruning_end=args.pruning_end,
         mask_update_every=args.mask_update_every,
     )

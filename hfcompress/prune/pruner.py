@@ -34,7 +34,68 @@ ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
 
-class Pruner:
+def mean_over_processes(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor averaged element-wise over all processes, in one all-reduce (unchanged in a single process).
+    Communicated on the backend's device (CUDA for NCCL, CPU for gloo), returned on the tensors' own device."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return tensors
+    device = tensors[0].device
+    comm = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+    flat = torch.cat([t.reshape(-1).to(comm) for t in tensors])
+    dist.all_reduce(flat)
+    flat = (flat / dist.get_world_size()).to(device)
+    out, start = [], 0
+    for t in tensors:
+        out.append(flat[start:start + t.numel()].view_as(t))
+        start += t.numel()
+    return out
+
+
+class ScheduledPruner:
+    """What every pruner shares: the cubic schedule, when masks move on it, and the state kept in checkpoints.
+
+    A subclass sets `config`, `schedule` (None), `last_step`, `current_target`, and provides `update_masks(target)`,
+    `state_dict()`, `meta()` and `_restore(meta, tensors)`; `schedule_final` is what the schedule ramps to.
+    """
+
+    config: PruningConfig
+
+    @property
+    def schedule_final(self) -> float:
+        return self.config.target_sparsity
+
+    def set_total_steps(self, max_steps: int) -> CubicSchedule:
+        start, end = self.config.steps(max_steps)
+        self.schedule = CubicSchedule(self.schedule_final, start, end)
+        return self.schedule
+
+    def step(self, global_step: int) -> bool:
+        """Called after the optimizer step `global_step`: recompute the masks if the schedule says so. Returns
+        whether the masks were recomputed."""
+        if self.schedule is None:
+            raise RuntimeError(f"{type(self).__name__}.set_total_steps(max_steps) must be called before training")
+        self.last_step = global_step
+        target = self.schedule(global_step)
+        if not masks_due(self.schedule, global_step, target, self.current_target, self.config.mask_update_every,
+                         scores_move=self.config.method != "magnitude"):
+            return False
+        self.update_masks(target)
+        return True
+
+    def save(self, directory: str) -> None:
+        save_state(directory, self.config, self.state_dict(), self.meta())
+
+    def load(self, directory: str) -> bool:
+        """Restore the state saved in `directory` (False if it holds none; another configuration is refused)."""
+        read = read_state(directory, self.config)
+        if read is None:
+            return False
+        self._restore(*read)
+        logger.info("%s state restored from %s (step %d)", type(self).__name__, directory, self.last_step)
+        return True
+
+
+class Pruner(ScheduledPruner):
     """Unstructured pruning of the layers `find_targets(model, config)` chooses.
 
     State (saved by `save`, restored by `load`): per layer the mask and, for movement, the scores (for
@@ -66,31 +127,17 @@ class Pruner:
         logger.info("Pruning %d layers (%s weights) by %s, %s threshold, to sparsity %.2f",
                     len(self.targets), f"{n:,}", config.method, config.scope, config.target_sparsity)
 
-    # ------------------------------------------------------------------ schedule
-    def set_total_steps(self, max_steps: int) -> CubicSchedule:
-        start, end = self.config.steps(max_steps)
-        self.schedule = CubicSchedule(self.config.target_sparsity, start, end)
-        return self.schedule
-
     # ------------------------------------------------------------------ scores
     def before_optimizer_step(self) -> None:
         """Fold this step's ``dL/dW' * W`` (summed over micro-batches, averaged over processes) into the scores."""
         if self.config.method == "magnitude" or self.folded:
             return
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         grads = {}
         for name, st in self.states.items():
             g = st.grad_times_weight
             st.grad_times_weight = None
             grads[name] = g if g is not None else torch.zeros_like(self.scores[name])
-        if world > 1:
-            flat = torch.cat([g.reshape(-1) for g in grads.values()])
-            dist.all_reduce(flat)
-            flat.div_(world)
-            start = 0
-            for name, g in grads.items():
-                grads[name] = flat[start:start + g.numel()].view_as(g)
-                start += g.numel()
+        grads = dict(zip(grads, mean_over_processes(list(grads.values()))))
         if self.config.method == "movement":
             for name, g in grads.items():
                 self._score(name).sub_(g.to(self.scores[name].device))  # S += -dL/dW' * W
@@ -135,19 +182,6 @@ class Pruner:
         return self._score(name)
 
     # ------------------------------------------------------------------ masks
-    def step(self, global_step: int) -> bool:
-        """Called after the optimizer step `global_step`: recompute the masks if the schedule says so. Returns
-        whether the masks were recomputed."""
-        if self.schedule is None:
-            raise RuntimeError("Pruner.set_total_steps(max_steps) must be called before training")
-        self.last_step = global_step
-        target = self.schedule(global_step)
-        if not masks_due(self.schedule, global_step, target, self.current_target, self.config.mask_update_every,
-                         scores_move=self.config.method != "magnitude"):
-            return False
-        self.update_masks(target)
-        return True
-
     def update_masks(self, sparsity: float) -> None:
         self.current_target = sparsity
         if sparsity == 0:
@@ -244,14 +278,7 @@ class Pruner:
         return {"last_step": self.last_step, "current_target": self.current_target, "adam_steps": self.adam_steps,
                 "thresholds": self.thresholds}
 
-    def save(self, directory: str) -> None:
-        save_state(directory, self.config, self.state_dict(), self.meta())
-
-    def load(self, directory: str) -> bool:
-        read = read_state(directory, self.config)
-        if read is None:
-            return False
-        meta, tensors = read
+    def _restore(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
         for n, st in self.states.items():
             st.mask = tensors[f"mask.{n}"].to(torch.bool).to(self.targets[n].weight.device)
         for prefix, table in (("score", self.scores), ("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
@@ -259,9 +286,6 @@ class Pruner:
                 table[n] = tensors[f"{prefix}.{n}"].to(self.targets[n].weight.device)
         self.last_step, self.current_target = meta["last_step"], meta["current_target"]
         self.adam_steps, self.thresholds = meta["adam_steps"], meta["thresholds"]
-        logger.info("Pruning state restored from %s (step %d, sparsity %.4f)", directory, self.last_step, self.sparsity())
-        return True
-
 
 def save_state(directory: str, config: PruningConfig, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """A pruner's state (tensors + JSON metadata) and its configuration, beside a Trainer checkpoint."""

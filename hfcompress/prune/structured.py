@@ -33,8 +33,8 @@ from ..arch import get_adapter, get_submodule, unwrap_model
 from ..errors import UserInputError
 from .config import PruningConfig
 from .masks import expand_group_mask, mask_module, topk_mask, unmask_module
-from .pruner import read_state, save_state
-from .schedule import CubicSchedule, masks_due
+from .pruner import ScheduledPruner, mean_over_processes
+from .schedule import CubicSchedule
 from .structure import SPEC_VERSION, apply_structure, remove_layers
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,7 @@ def _skip_block(module, args, kwargs, output):
     return hidden
 
 
-class StructuredPruner:
+class StructuredPruner(ScheduledPruner):
     """Heads and neurons of every block of the model's stacks (from its architecture adapter)."""
 
     def __init__(self, model: nn.Module, config: PruningConfig):
@@ -92,8 +92,11 @@ class StructuredPruner:
         self.stacks = get_adapter(self.model).structure(getattr(self.model.config, "model_type", None))
         self.groups: list[_Group] = []
         self.blocks: dict[tuple[int, int], nn.Module] = {}
+        self.num_blocks: list[int] = []  # per stack, before any block is removed
         for s, stack in enumerate(self.stacks):
-            for b, block in enumerate(get_submodule(self.model.base_model, stack.layers_path)):
+            layers = get_submodule(self.model.base_model, stack.layers_path)
+            self.num_blocks.append(len(layers))
+            for b, block in enumerate(layers):
                 self.blocks[(s, b)] = block
                 for a, att in enumerate(stack.attentions):
                     module = get_submodule(block, att.module)
@@ -248,16 +251,7 @@ class StructuredPruner:
         pending = [g.pending if g.pending is not None else torch.zeros(2, g.size) for g in self.groups]
         for g in self.groups:
             g.pending = None
-        flat = torch.cat([p.reshape(-1) for p in pending])
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            backend_device = "cuda" if dist.get_backend() == "nccl" else "cpu"
-            flat = flat.to(backend_device)
-            dist.all_reduce(flat)
-            flat = flat.cpu() / dist.get_world_size()
-        start = 0
-        for g, p in zip(self.groups, pending):
-            p = flat[start:start + p.numel()].view(2, g.size)
-            start += p.numel()
+        for g, p in zip(self.groups, mean_over_processes(pending)):
             if self.config.method == "taylor":
                 g.score += p[0]
             else:  # movement: S = -sum(dL/dW * W) over the group's output-projection columns
@@ -276,21 +270,9 @@ class StructuredPruner:
         return total.cpu()
 
     # ------------------------------------------------------------------ masks
-    def set_total_steps(self, max_steps: int) -> CubicSchedule:
-        start, end = self.config.steps(max_steps)
-        self.schedule = CubicSchedule(1.0, start, end)
-        return self.schedule
-
-    def step(self, global_step: int) -> bool:
-        if self.schedule is None:
-            raise RuntimeError("StructuredPruner.set_total_steps(max_steps) must be called before training")
-        self.last_step = global_step
-        progress = self.schedule(global_step)
-        if not masks_due(self.schedule, global_step, progress, self.current_target, self.config.mask_update_every,
-                         scores_move=self.config.method != "magnitude"):
-            return False
-        self.update_masks(progress)
-        return True
+    @property
+    def schedule_final(self) -> float:
+        return 1.0  # the schedule gives the progress; head_fraction / ffn_fraction scale it
 
     def _select(self, kind: str, fraction: float) -> dict[str, torch.Tensor]:
         groups = [g for g in self.groups if g.kind == kind and g.layer not in self.removed]
@@ -350,7 +332,7 @@ class StructuredPruner:
         """Kept heads (summed over a block's attentions) or neurons per block, per stack (removed blocks: 0)."""
         out: dict[str, list[int]] = {}
         for s, stack in enumerate(self.stacks):
-            counts = [0] * sum(1 for (si, _) in self.blocks if si == s)
+            counts = [0] * self.num_blocks[s]
             for g in self.groups:
                 if g.kind == kind and g.stack == s:
                     counts[g.block] += int(g.mask.sum())
@@ -371,12 +353,15 @@ class StructuredPruner:
                 "blocks_removed": len(self.removed)}
 
     # ------------------------------------------------------------------ end of training
+    def _kept_blocks(self, stack: int, removed: set) -> list[int]:
+        """Original indices of the blocks of `stack` that stay."""
+        return [b for b in range(self.num_blocks[stack]) if (stack, b) not in removed]
+
     def _spec(self, masks: dict[str, torch.Tensor], removed: set) -> dict:
         """The structure spec (see `structure`) of the model these masks and removed blocks leave."""
         stacks = []
         for s, stack in enumerate(self.stacks):
-            n = sum(1 for (si, _) in self.blocks if si == s)
-            kept_blocks = [b for b in range(n) if (s, b) not in removed]
+            kept_blocks = self._kept_blocks(s, removed)
             blocks = []
             for b in kept_blocks:
                 atts = []
@@ -406,8 +391,7 @@ class StructuredPruner:
         spec = self._spec(masks, self.removed)
         ffn_index = {}
         for s in range(len(self.stacks)):
-            kept_blocks = [b for (si, b) in sorted(self.blocks) if si == s and (s, b) not in self.removed]
-            for new_b, b in enumerate(kept_blocks):
+            for new_b, b in enumerate(self._kept_blocks(s, self.removed)):
                 g = next(x for x in self.groups if x.kind == "neurons" and x.layer == (s, b))
                 ffn_index[(s, new_b)] = g.mask.nonzero().flatten()
         for g in self.groups:
@@ -420,8 +404,7 @@ class StructuredPruner:
             block.__dict__.pop("_hfc_skip", None)
         for s, stack in enumerate(spec["stacks"]):
             if stack["removed_layers"]:
-                n = sum(1 for (si, _) in self.blocks if si == s)
-                remove_layers(self.model, stack, [b for b in range(n) if b not in stack["removed_layers"]])
+                remove_layers(self.model, stack, self._kept_blocks(s, self.removed))
         apply_structure(self.model, spec, ffn_index)
         self.folded = True
         params_after = sum(p.numel() for p in self.model.parameters())
@@ -466,14 +449,7 @@ class StructuredPruner:
                 "removed": sorted(list(x) for x in self.removed), "head_fraction": self.head_fraction,
                 "ffn_fraction": self.ffn_fraction, "budget": self.budget}
 
-    def save(self, directory: str) -> None:
-        save_state(directory, self.config, self.state_dict(), self.meta())
-
-    def load(self, directory: str) -> bool:
-        read = read_state(directory, self.config)
-        if read is None:
-            return False
-        meta, tensors = read
+    def _restore(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
         for g in self.groups:
             g.mask = tensors[f"mask.{g.key}"].to(torch.bool)
             g.score = tensors[f"score.{g.key}"]
@@ -484,9 +460,6 @@ class StructuredPruner:
             if self.config.allow_layer_removal:
                 block._hfc_skip = key in self.removed
         self._apply_masks()
-        logger.info("Structured pruning state restored from %s (step %d)", directory, self.last_step)
-        return True
-
 
 def make_pruner(model: nn.Module, config: PruningConfig):
     """The pruner a config asks for: `StructuredPruner` or (weights) `Pruner`."""

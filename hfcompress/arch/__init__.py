@@ -14,6 +14,7 @@ from .base import (
     register_adapter,
     structured_model_types,
     supported_model_types,
+    task_head_names,
     unwrap_model,
 )
 from . import encoders, speech  # noqa: F401  (register the BERT-class and speech adapters)
@@ -30,5 +31,6 @@ __all__ = [
     "register_adapter",
     "structured_model_types",
     "supported_model_types",
+    "task_head_names",
     "unwrap_model",
 ]

@@ -173,6 +173,19 @@ def unwrap_model(model: nn.Module) -> nn.Module:
     return model
 
 
+def task_head_names(model: nn.Module) -> list[str]:
+    """Names of the task-head modules of a `...For<Task>` model: its direct children, other than the base model, that
+    hold parameters (BERT's ``classifier``, DistilBERT's ``pre_classifier`` and ``classifier``, wav2vec2's
+    ``projector`` and ``classifier``, Whisper's ``proj_out``). Quantizers keep these in full precision and LoRA
+    trains and saves them whole (``modules_to_save``). Empty for a bare base model."""
+    model = unwrap_model(model)
+    base = getattr(model, "base_model", model)
+    if base is model:
+        return []
+    return [name for name, child in model.named_children()
+            if child is not base and any(True for _ in child.parameters())]
+
+
 def supported_model_types() -> list[str]:
     return sorted(_REGISTRY)
 

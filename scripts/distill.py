@@ -5,12 +5,16 @@
     accelerate launch scripts/distill.py --teacher_model mpnet-base --output_dir out-mpnet
     accelerate launch scripts/distill.py --dataset my_data/ --text_column body --label_column topic --output_dir out
     python scripts/distill.py --config recipe.yaml                   # flags and YAML/JSON config files both work
+    accelerate launch scripts/distill.py --student_model out-prune/model --lora_r 8 --output_dir out-lora  # LoRA
+    accelerate launch scripts/distill.py --lora_r 8 --lora_quantization 4bit --output_dir out-qlora       # QLoRA
 
 Default: Rotten Tomatoes; teacher = MiniLM-L6 fine-tuned on it for 2 epochs (done once and cached, since the
 checkpoint has no task head); student = blocks 1, 3, 5 of that teacher; logit + hidden-state + attention-relation
 KD (the 3-block recipe measured best in benchmarks/results/distill.json), from cached teacher outputs. Writes the student alone to <output_dir>/model,
 checkpoints to <output_dir>/checkpoints, what distillation learned beside the student to <output_dir>/distillation,
 and the run record to <output_dir>/distill_summary.json.
+With --lora_r: only LoRA factors and the classifier train; <output_dir>/adapter holds the adapter (classifier
+included), <output_dir>/base_model the base it was trained on, <output_dir>/model the two merged (a plain checkpoint).
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from dataclasses import dataclass, field
 
 from hfcompress.cli import parse_args, run_script, setup_logging
 from hfcompress.distill import DistillationArguments
+from hfcompress.lora import LoraArguments
 from hfcompress.run import DataArguments, ModelArguments, run_distillation
+from hfcompress.run.lora import lora_methods
 
 
 @dataclass
@@ -49,11 +55,12 @@ class DistillScriptArguments(DistillationArguments):
 
 
 def main(argv=None):
-    model_args, data_args, args = parse_args(
-        (ModelArguments, DataArguments, DistillScriptArguments), argv, description=__doc__.split("\n\n")[0]
+    model_args, data_args, args, lora_args = parse_args(
+        (ModelArguments, DataArguments, DistillScriptArguments, LoraArguments), argv,
+        description=__doc__.split("\n\n")[0],
     )
     setup_logging(args)
-    return run_distillation(model_args, data_args, args)
+    return run_distillation(model_args, data_args, args, methods=lora_methods(lora_args))
 
 
 if __name__ == "__main__":

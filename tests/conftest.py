@@ -19,6 +19,7 @@ from transformers import (
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORDS = ["good", "great", "fine", "superb", "bad", "awful", "dull", "poor", "movie", "plot", "the", "a", "very", "not"]
 LABELS = ["neg", "pos"]
 

@@ -167,9 +167,12 @@ def get_submodule(module: nn.Module, path: str) -> nn.Module:
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
-    """The model inside DDP / DataParallel / DeepSpeed engine wrappers (which hold it as `.module`)."""
+    """The model inside DDP / DataParallel / DeepSpeed engine wrappers (which hold it as `.module`) and peft's
+    `PeftModel` (the transformers model with its LoRA layers)."""
     while hasattr(model, "module") and isinstance(model.module, nn.Module) and not hasattr(model, "base_model"):
         model = model.module
+    if callable(getattr(model, "get_base_model", None)):  # a peft PeftModel: the transformers model it adapts
+        model = model.get_base_model()
     return model
 
 

@@ -152,6 +152,8 @@ def load_structured(directory: str, model_class=None, **kwargs) -> nn.Module:
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(directory)
+    for key in [k for k in kwargs if hasattr(config, k)]:  # config overrides (num_labels, id2label, ...)
+        setattr(config, key, kwargs.pop(key))
     spec = getattr(config, STRUCTURE_KEY, None)
     if not spec:
         raise UserInputError(f"{directory}/config.json has no {STRUCTURE_KEY}: not a structurally pruned checkpoint "

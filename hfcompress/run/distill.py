@@ -57,6 +57,8 @@ def run_distillation(
     student, student_tok = steps.build_student(model_args, data_args, dataset, teacher, teacher_tok)
     for method in methods:
         method.check_model(student)
+    for method in methods:
+        student = method.prepare_model(student, run_dir, student_tok)
 
     tokenized, separate = tokenize_for_distillation(
         dataset, student_tok, teacher_tok, data_args.text_column, data_args.label_column, data_args.max_length,

@@ -21,6 +21,11 @@ class RunMethod:
     def check_model(self, model) -> None:
         """Raise `UserInputError` if the built model cannot take the method; called before any training."""
 
+    def prepare_model(self, model, run_dir: str, tokenizer=None):
+        """Return the model the trainer trains (e.g. wrapped in a LoRA adapter); called after `check_model`, before
+        the trainer is built, so the optimizer sees the final parameters."""
+        return model
+
     def check_resume(self, checkpoint: str) -> None:
         """Raise `UserInputError` if `checkpoint` was written with incompatible settings."""
 

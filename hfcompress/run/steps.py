@@ -25,6 +25,7 @@ from ..assets import hfcompress_home, resolve_model_path
 from ..data import label_names, load_text_classification, num_labels
 from ..distill.student import init_student_from_teacher
 from ..errors import UserInputError
+from ..prune.structured_io import is_structured_checkpoint, load_structured
 from ..report import count_parameters, evaluate_classifier, model_size_mb
 from .arguments import DataArguments, ModelArguments
 from .data import check_teacher_labels
@@ -129,9 +130,12 @@ def build_student(model_args: ModelArguments, data_args: DataArguments, dataset:
         path = resolve_model_path(model_args.student_model)
         names = label_names(dataset, data_args.label_column)
         extra = {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}} if names else {}
-        student = AutoModelForSequenceClassification.from_pretrained(
-            path, num_labels=num_labels(dataset, data_args.label_column), **extra
-        )
+        if is_structured_checkpoint(path):  # heads/neurons cut out: only its own modeling code builds it
+            student = load_structured(path, num_labels=num_labels(dataset, data_args.label_column), **extra).train()
+        else:
+            student = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=num_labels(dataset, data_args.label_column), **extra
+            )
         tokenizer = AutoTokenizer.from_pretrained(path)
         tokenizer.truncation_side = data_args.truncation_side
         if model_args.student_layers:

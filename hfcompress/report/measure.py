@@ -34,6 +34,53 @@ def model_size_mb(model) -> float:
     return size / 1e6
 
 
+def model_device(model) -> torch.device:
+    """Where a model runs: its `device` attribute (transformers models, ONNX Runtime wrappers), else its first
+    parameter's device."""
+    device = getattr(model, "device", None)
+    if device is not None:
+        return torch.device(device)
+    return next(model.parameters()).device
+
+
+def checkpoint_size_mb(path: str) -> float:
+    """Everything a user downloads: the size of every file under the checkpoint folder, in MB (10^6 bytes)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+    return total / 1e6
+
+
+_PEAK_MEMORY_CODE = """
+import resource, sys, torch
+from hfcompress.loading import load_model
+torch.set_num_threads(int(sys.argv[3]))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model = load_model(sys.argv[1], num_threads=int(sys.argv[3]))
+seq = min(128, int(getattr(model.config, "max_position_embeddings", 128)))
+ids = torch.randint(5, model.config.vocab_size - 1, (int(sys.argv[2]), seq), generator=torch.Generator().manual_seed(0))
+with torch.inference_mode():
+    model(input_ids=ids, attention_mask=torch.ones_like(ids))
+print(before / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def measure_peak_memory(path: str, batch_size: int = 32, threads: int = 2) -> dict:
+    """Peak resident memory (MB, Linux ru_maxrss) of a fresh process that loads the checkpoint at `path` with
+    `hfcompress.loading.load_model` and runs one `[batch_size, 128]` forward; also the process's peak before loading
+    (the interpreter with torch and transformers imported), so the model's own share can be read off."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    res = subprocess.run([sys.executable, "-c", _PEAK_MEMORY_CODE, path, str(batch_size), str(threads)],
+                         capture_output=True, text=True, env=env, timeout=900)
+    if res.returncode != 0:
+        raise RuntimeError(f"peak-memory probe of {path} failed: {res.stderr[-2000:]}")
+    before, peak = (float(x) for x in res.stdout.strip().splitlines()[-1].split())
+    return {"peak_memory_mb": peak, "before_load_mb": before, "batch_size": batch_size, "seq_len": 128}
+
+
 def folder_size_mb(path: str, suffix: str = ".safetensors") -> float:
     """Size on disk of the weight files (`suffix`) in a saved checkpoint folder, in MB (10^6 bytes)."""
     return sum(os.path.getsize(os.path.join(path, f)) for f in os.listdir(path) if f.endswith(suffix)) / 1e6
@@ -54,7 +101,7 @@ def measure_latency(
     Measured on the model's current device with the current torch thread count, after `warmup` passes.
     """
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     vocab = vocab_size or model.config.vocab_size
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, vocab - 1, (batch_size, seq_len), generator=g).to(device)
@@ -96,7 +143,7 @@ def evaluate_classifier(
     from transformers import EvalPrediction
 
     model.eval()
-    device = next(model.parameters()).device
+    device = model_device(model)
     logits = []
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False):
         enc = tokenizer(texts[start : start + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")

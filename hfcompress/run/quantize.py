@@ -1,0 +1,293 @@
+"""A post-training compression run: take a trained classifier (an asset fine-tuned once and cached, any folder, or
+what a distillation / pruning run wrote), optionally trim its vocabulary to the data's tokens and factorize its
+projections, quantize it, save the result, and measure it against the model it came from in the same process:
+test accuracy, size of the whole checkpoint folder, CPU latency, peak memory. `scripts/quantize.py` is a thin
+parser over `run_quantization`; the benchmark calls it once per variant.
+
+The methods live in their folders (`hfcompress.vocab`, `hfcompress.lowrank`, `hfcompress.quantize`); this module
+only orders them and refuses orders that cannot work, before anything is loaded or trained.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import statistics
+import tempfile
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoTokenizer
+
+from ..assets import resolve_model_path
+from ..errors import UserInputError
+from ..loading import checkpoint_format, load_model
+from ..lowrank import LowRankConfig, factorize, save_lowrank
+from ..quantize.config import QuantizationConfig
+from ..report.measure import checkpoint_size_mb, count_parameters, measure_latency, measure_peak_memory
+from ..report.record import RunRecord
+from ..vocab import VocabTrimConfig, trim_vocabulary
+from . import steps
+from .arguments import DataArguments, ModelArguments
+
+logger = logging.getLogger(__name__)
+
+REFERENCE_DIR = "reference"
+
+
+@dataclass
+class QuantizeModelArguments:
+    _argument_group_name = "Model"
+
+    model: str = field(
+        default="minilm-l6",
+        metadata={"help": "The trained classifier to compress: an offline asset name (fine-tuned once on --dataset "
+                  "and cached if it has no task head, as a teacher is), a checkpoint folder (plain, or written by "
+                  "hfcompress: structured, low-rank, sparse), or a Hub id."},
+    )
+    finetune_epochs: float = field(default=2.0, metadata={"help": "Epochs of the one-time fine-tune of a headless model."})
+    finetune_dir: str | None = field(
+        default=None,
+        metadata={"help": "Where that fine-tune is cached (default: $HFCOMPRESS_HOME/teachers/<name>-<dataset>, shared "
+                  "with the other scripts' teachers)."},
+    )
+
+
+@dataclass
+class CompressArguments:
+    """The steps before quantization, each off unless asked, plus where the result goes."""
+
+    _argument_group_name = "Vocabulary trimming and low rank (before quantization)"
+
+    output_dir: str = field(default=None, metadata={"help": "Run folder: <output_dir>/model is the result."})
+    vocab_trim: bool = field(
+        default=False,
+        metadata={"help": "Trim the vocabulary to the tokens of the training split (embeddings and tokenizer "
+                  "rewritten; unseen words still tokenize, to pieces and characters)."},
+    )
+    vocab_min_count: int = field(default=1, metadata={"help": "Keep tokens seen at least this often in the training split."})
+    vocab_max_size: int | None = field(default=None, metadata={"help": "Keep at most this many tokens (the most frequent)."})
+    lowrank_rank: int | None = field(default=None, metadata={"help": "SVD: the same rank for every factorized layer."})
+    lowrank_energy: float | None = field(
+        default=None, metadata={"help": "SVD: per layer, the smallest rank keeping this fraction of the energy, in (0, 1]."}
+    )
+    lowrank_budget: float | None = field(
+        default=None,
+        metadata={"help": "SVD: the factorized layers keep this fraction of their parameters, ranks chosen across "
+                  "layers by energy per parameter."},
+    )
+    lowrank_target_modules: str | None = field(
+        default=None, metadata={"help": "Comma-separated layers to factorize (default: every block projection)."}
+    )
+    measure_memory: bool = field(
+        default=True, metadata={"help": "Measure peak memory of a fresh process loading each model (adds ~10 s)."}
+    )
+    latency_rounds: int = field(
+        default=3, metadata={"help": "Rounds of interleaved latency measurement (reference, result, ...)."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed of the one-time fine-tune and of calibration sampling."})
+
+    def __post_init__(self):
+        if self.vocab_min_count < 1:
+            raise UserInputError(f"--vocab_min_count must be at least 1, got {self.vocab_min_count}")
+        if self.latency_rounds < 1:
+            raise UserInputError(f"--latency_rounds must be at least 1, got {self.latency_rounds}")
+        self.lowrank_config()  # rank / energy / budget checked now
+
+    @property
+    def lowrank(self) -> bool:
+        return any(v is not None for v in (self.lowrank_rank, self.lowrank_energy, self.lowrank_budget))
+
+    def lowrank_config(self) -> LowRankConfig | None:
+        if not self.lowrank:
+            return None
+        targets = [t.strip() for t in self.lowrank_target_modules.split(",")] if self.lowrank_target_modules else None
+        return LowRankConfig(target_modules=targets, rank=self.lowrank_rank, energy=self.lowrank_energy,
+                             parameter_budget=self.lowrank_budget)
+
+    def vocab_config(self) -> VocabTrimConfig:
+        return VocabTrimConfig(min_count=self.vocab_min_count, max_vocab_size=self.vocab_max_size)
+
+
+def check_plan(source_format: str, quant: QuantizationConfig, run: CompressArguments) -> None:
+    """Orders of steps that cannot work, refused before anything is loaded."""
+    if source_format in ("onnx", "torch_int8", "bnb"):
+        raise UserInputError(f"the model is already quantized ({source_format} checkpoint): a checkpoint is not "
+                             "quantized twice; start from its full-precision source")
+    if quant.quantization == "torch_int8" and (run.lowrank or source_format in ("structured", "lowrank")):
+        raise UserInputError("--quantization torch_int8 saves through the family's own classes and cannot hold a "
+                             "structurally pruned or low-rank model: use --quantization onnx_int8 (faster, and it "
+                             "exports any of them)")
+    if quant.is_bnb and (run.lowrank or source_format in ("structured", "lowrank")):
+        raise UserInputError(f"--quantization {quant.quantization} loads through the family's own classes, which build "
+                             "every block at full width: it cannot hold a structurally pruned or low-rank model; use "
+                             "--quantization onnx_int8")
+    if quant.quantization == "none" and not (run.lowrank or run.vocab_trim):
+        raise UserInputError("--quantization none with no --vocab_trim and no --lowrank_*: nothing to do")
+
+
+def load_source(model_args: QuantizeModelArguments, data_args: DataArguments, dataset, seed: int):
+    """The model to compress (with a trained head) and its tokenizer."""
+    path = resolve_model_path(model_args.model)
+    if os.path.isdir(path) and checkpoint_format(path) not in ("transformers",):
+        return load_model(path), AutoTokenizer.from_pretrained(path), path
+    as_teacher = ModelArguments(teacher_model=model_args.model, teacher_finetune_epochs=model_args.finetune_epochs,
+                                teacher_dir=model_args.finetune_dir)
+
+    class _Args:  # what load_teacher reads of the training arguments
+        bf16 = False
+
+    _Args.seed = seed
+    model, tokenizer, path = steps.load_teacher(as_teacher, data_args, dataset, _Args)
+    return model.eval(), tokenizer, path
+
+
+def save_plain(model, directory: str, tokenizer) -> None:
+    if getattr(model.config, "hfcompress_lowrank", None):
+        save_lowrank(model, directory, tokenizer)
+        return
+    from .lora import save_checkpoint  # plain or structured
+
+    save_checkpoint(model, directory, tokenizer)
+
+
+def quantize_and_save(model, tokenizer, quant: QuantizationConfig, directory: str, work_dir: str,
+                      calibration_texts=None) -> None:
+    """Apply the quantizer and write the result to `directory` (files appear only once complete)."""
+    if quant.quantization == "none":
+        save_plain(model, directory, tokenizer)
+    elif quant.quantization == "torch_int8":
+        from ..quantize.dynamic import quantize_dynamic_int8, save_dynamic_int8
+
+        save_dynamic_int8(quantize_dynamic_int8(model, skip_modules=quant.skip_list), directory, tokenizer)
+    elif quant.is_onnx:
+        from ..quantize.onnx import export_onnx, quantize_onnx
+
+        if quant.quantization == "onnx_fp32":
+            export_onnx(model, directory, tokenizer, opset=quant.onnx_opset)
+        else:
+            exported = os.path.join(work_dir, "onnx_fp32")
+            export_onnx(model, exported, tokenizer, opset=quant.onnx_opset)
+            quantize_onnx(exported, directory, per_channel=quant.onnx_per_channel)
+    else:
+        from ..quantize.bnb import load_quantized, save_quantized
+
+        fp_dir = os.path.join(work_dir, "fp32")
+        save_plain(model, fp_dir, tokenizer)
+        bits = 8 if quant.quantization == "bnb_8bit" else 4
+        quantized = load_quantized(fp_dir, bits=bits, quant_type=quant.bnb_4bit_quant_type,
+                                   double_quant=quant.bnb_4bit_use_double_quant, skip_modules=quant.skip_list,
+                                   model_class=type(model))
+        save_quantized(quantized, directory, tokenizer)
+
+
+def interleaved_latency(paths: dict[str, str], threads: int, rounds: int) -> dict[str, dict]:
+    """Latency of each saved model (loaded fresh), measured in `rounds` interleaved rounds in this process: per model
+    the median over rounds of each round's median, and per round the ratio to the first model (the reference)."""
+    torch.set_num_threads(threads)
+    models = {name: load_model(path, num_threads=threads) for name, path in paths.items()}
+    per_round: dict[str, list[float]] = {name: [] for name in models}
+    first = next(iter(models))
+    last = {}
+    # batch 32 x 128 tokens (fewer for a model whose position table is shorter, as the tiny test models)
+    seq_len = min(128, int(getattr(models[first].config, "max_position_embeddings", 128)))
+    for _ in range(rounds):
+        for name, model in models.items():
+            last[name] = measure_latency(model, seq_len=seq_len)
+            per_round[name].append(last[name]["median_ms"])
+    out = {}
+    for name in models:
+        ratios = [r / m for r, m in zip(per_round[first], per_round[name])]
+        out[name] = {**last[name], "median_ms": statistics.median(per_round[name]), "rounds_ms": per_round[name],
+                     "speedup_rounds": ratios, "speedup": statistics.median(ratios), "threads": threads}
+    return out
+
+
+def run_quantization(model_args: QuantizeModelArguments, data_args: DataArguments, quant: QuantizationConfig,
+                     run: CompressArguments, task: str = "quantize") -> RunRecord:
+    """Compress and measure; returns the `RunRecord` also written to `<output_dir>/<task>_summary.json`."""
+    if not run.output_dir:
+        raise UserInputError("--output_dir is required")
+    path = resolve_model_path(model_args.model)
+    source_format = checkpoint_format(path) if os.path.isdir(path) else "transformers"
+    check_plan(source_format, quant, run)
+    dataset = steps.load_data(data_args)
+    model, tokenizer, source_path = load_source(model_args, data_args, dataset, run.seed)
+    if quant.skip_list is not None:
+        from ..quantize.dynamic import check_skip_patterns
+
+        check_skip_patterns(model, quant.skip_list)
+
+    os.makedirs(run.output_dir, exist_ok=True)
+    model_dir = os.path.join(run.output_dir, steps.MODEL_DIR)
+    reference_dir = os.path.join(run.output_dir, REFERENCE_DIR)
+    record = RunRecord(task=task)
+    record.add_settings(model=model_args, data=data_args, quantization=quant, steps=run)
+    record.data = {"dataset": data_args.dataset, "splits": {s: len(d) for s, d in dataset.items()}}
+
+    # The reference: the source as a user downloads it (weights, config, tokenizer), measured like the result.
+    with tempfile.TemporaryDirectory(dir=run.output_dir, prefix=".hfc-work-") as work:
+        save_plain(model, os.path.join(work, "reference"), tokenizer)
+        if os.path.exists(reference_dir):
+            shutil.rmtree(reference_dir)
+        os.replace(os.path.join(work, "reference"), reference_dir)
+        parameters_before = count_parameters(model)
+
+        compressed, comp_tok = copy.deepcopy(model), tokenizer
+        if run.vocab_trim:
+            compressed, comp_tok, report = trim_vocabulary(
+                compressed, tokenizer, dataset["train"][data_args.text_column], run.vocab_config(),
+                eval_texts=dataset["test"][data_args.text_column] if "test" in dataset else None,
+                source=f"{data_args.dataset} train split",
+            )
+            record.methods["vocab_trim"] = report.to_dict() if hasattr(report, "to_dict") else report
+        if run.lowrank:
+            record.methods["lowrank"] = factorize(compressed, run.lowrank_config())
+        parameters_after = count_parameters(compressed)
+        record.methods["quantization"] = quant.to_dict()
+        quantize_and_save(compressed, comp_tok, quant, os.path.join(work, "result"), work)
+        if os.path.exists(model_dir):
+            shutil.rmtree(model_dir)
+        os.replace(os.path.join(work, "result"), model_dir)
+    del compressed, model
+
+    # Measured on what was saved, each loaded fresh from disk.
+    split = "test" if "test" in dataset else "validation"
+    texts, labels = dataset[split][data_args.text_column], dataset[split][data_args.label_column]
+    metrics = {}
+    for role, p in (("reference", reference_dir), ("compressed", model_dir)):
+        m = load_model(p, num_threads=quant.latency_threads)
+        from ..report.measure import evaluate_classifier
+
+        metrics[role] = {split: evaluate_classifier(m, AutoTokenizer.from_pretrained(p), texts, labels,
+                                                    max_length=data_args.max_length, desc=f"{split} ({role})")}
+        del m
+    latency = interleaved_latency({"reference": reference_dir, "compressed": model_dir}, quant.latency_threads,
+                                  run.latency_rounds)
+    memory = {}
+    if run.measure_memory:
+        memory = {role: measure_peak_memory(p, threads=quant.latency_threads)
+                  for role, p in (("reference", reference_dir), ("compressed", model_dir))}
+    size_ref, size_out = checkpoint_size_mb(reference_dir), checkpoint_size_mb(model_dir)
+    record.models["reference"] = {"path": reference_dir, "source": source_path, "format": source_format,
+                                  "parameters": parameters_before, "checkpoint_mb": size_ref,
+                                  "latency": latency["reference"], **memory.get("reference", {})}
+    record.models["compressed"] = {"path": model_dir, "format": checkpoint_format(model_dir),
+                                   "parameters_before_quantization": parameters_after, "checkpoint_mb": size_out,
+                                   "latency": latency["compressed"], **memory.get("compressed", {})}
+    acc_ref = metrics["reference"][split]["accuracy"]
+    acc_out = metrics["compressed"][split]["accuracy"]
+    record.metrics = metrics
+    record.metrics["summary"] = {
+        "split": split, "accuracy_reference": acc_ref, "accuracy": acc_out, "accuracy_delta_points": 100 * (acc_out - acc_ref),
+        "size_ratio": size_ref / size_out, "speedup": latency["compressed"]["speedup"],
+    }
+    record.artifacts = {"model": model_dir, "reference": reference_dir}
+    record.save(os.path.join(run.output_dir, f"{task}_summary.json"))
+    s = record.metrics["summary"]
+    logger.info("%s: %s accuracy %.4f (reference %.4f, %+.2f points), checkpoint %.1f MB (%.2fx smaller), %.2fx "
+                "faster on %d threads; model in %s", quant.quantization, split, acc_out, acc_ref,
+                s["accuracy_delta_points"], size_out, s["size_ratio"], s["speedup"], quant.latency_threads, model_dir)
+    return record

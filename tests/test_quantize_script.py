@@ -1,0 +1,103 @@
+"""scripts/quantize.py end to end on a tiny classifier and a JSON-lines dataset with string labels: every quantizer
+(and vocabulary trimming, low rank) writes a model that `load_model` reloads with the accuracy the run recorded, the
+summary holds measured sizes, latencies and ratios, and bad input is one clear error before any work."""
+
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+from conftest import ROOT, save_tiny_assets
+from hfcompress.errors import UserInputError
+from hfcompress.loading import checkpoint_format, load_model
+from hfcompress.report.measure import checkpoint_size_mb, evaluate_classifier
+
+
+def _main():
+    spec = importlib.util.spec_from_file_location("quantize_script", os.path.join(ROOT, "scripts", "quantize.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    return save_tiny_assets(tmp_path_factory.mktemp("assets"))
+
+
+def _run(assets, out, *flags):
+    teacher, data = assets
+    return _main()(["--model", teacher, "--dataset", data, "--output_dir", str(out), "--latency_rounds", "1",
+                    "--no_measure_memory", *flags])
+
+
+@pytest.mark.parametrize("flags, fmt", [
+    (["--quantization", "onnx_int8"], "onnx"),
+    (["--quantization", "torch_int8"], "torch_int8"),
+    (["--load_in_8bit"], "bnb"),
+    (["--vocab_trim", "--quantization", "onnx_fp32"], "onnx"),
+    (["--lowrank_energy", "0.9", "--quantization", "none"], "lowrank"),
+])
+def test_each_quantizer_writes_a_model_that_reloads_as_measured(assets, tmp_path, flags, fmt):
+    record = _run(assets, tmp_path / "out", *flags)
+    summary = record.metrics["summary"]
+    model_dir = str(tmp_path / "out" / "model")
+    assert checkpoint_format(model_dir) == fmt
+    ref, comp = record.models["reference"], record.models["compressed"]
+    assert summary["size_ratio"] == pytest.approx(ref["checkpoint_mb"] / comp["checkpoint_mb"])
+    assert comp["checkpoint_mb"] == pytest.approx(checkpoint_size_mb(model_dir))
+    assert summary["speedup"] == pytest.approx(ref["latency"]["median_ms"] / comp["latency"]["median_ms"])
+    # the accuracy in the record is the accuracy of the saved model, reloaded
+    texts = [json.loads(line)["text"] for line in open(assets[1])]
+    model = load_model(model_dir)
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    data = record.data["splits"]
+    assert data["test"] > 0
+    split = summary["split"]
+    from hfcompress.data import load_text_classification
+
+    ds = load_text_classification(assets[1], "text", "label")
+    again = evaluate_classifier(model, tok, ds[split]["text"], ds[split]["label"])
+    assert again["accuracy"] == pytest.approx(summary["accuracy"])
+    assert texts and os.path.exists(tmp_path / "out" / "quantize_summary.json")
+    if "--vocab_trim" in flags:
+        trim = record.methods["vocab_trim"]
+        assert trim["kept_vocab_size"] < trim["original_vocab_size"] or trim["kept_vocab_size"] <= 64
+        assert model.config.vocab_size == trim["kept_vocab_size"]
+    if "--lowrank_energy" in flags:
+        assert record.methods["lowrank"]["mode"] == "energy"
+
+
+def test_peak_memory_is_measured_in_fresh_processes(assets, tmp_path):
+    teacher, data = assets
+    record = _main()(["--model", teacher, "--dataset", data, "--output_dir", str(tmp_path / "o"),
+                      "--latency_rounds", "1", "--quantization", "torch_int8"])
+    for role in ("reference", "compressed"):
+        m = record.models[role]
+        assert m["peak_memory_mb"] >= m["before_load_mb"] > 50  # python + torch alone take more than that
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--load_in_8bit", "--load_in_4bit"], "both given"),
+    (["--quantization", "int4"], "--quantization must be one of"),
+    (["--quantization", "torch_int8", "--lowrank_rank", "4"], "torch_int8 saves through"),
+    (["--quantization", "onnx_int8", "--lowrank_energy", "1.5"], "energy"),
+    (["--quantization", "onnx_int8", "--lowrank_rank", "0"], "rank"),
+    (["--quantization", "torch_int8", "--skip_modules", "classifier,scorer"], "scorer"),
+    (["--quantization", "none"], "nothing to do"),
+])
+def test_bad_input_is_one_clear_error(assets, tmp_path, flags, message):
+    with pytest.raises(UserInputError, match=message):
+        _run(assets, tmp_path / "out", *flags)
+    assert not os.path.exists(tmp_path / "out" / "model")
+
+
+def test_a_checkpoint_is_not_quantized_twice(assets, tmp_path):
+    _run(assets, tmp_path / "first", "--quantization", "torch_int8")
+    teacher, data = assets
+    with pytest.raises(UserInputError, match="quantized twice"):
+        _main()(["--model", str(tmp_path / "first" / "model"), "--dataset", data, "--output_dir",
+                 str(tmp_path / "second")])

@@ -34,13 +34,31 @@ _LAZY = {
     "save_dense": ".prune",
     "save_sparse": ".prune",
     "RunRecord": ".report.record",
+    "LoraArguments": ".lora",
+    "apply_lora": ".lora",
+    "load_lora": ".lora",
+    "merge_lora": ".lora",
+    "LowRankConfig": ".lowrank",
+    "factorize": ".lowrank",
+    "load_lowrank": ".lowrank",
+    "save_lowrank": ".lowrank",
+    "QuantizationConfig": ".quantize",
+    "OnnxModelForSequenceClassification": ".quantize",
+    "export_onnx": ".quantize",
+    "quantize_onnx": ".quantize",
+    "quantize_dynamic_int8": ".quantize",
+    "load_quantized": ".quantize",
+    "VocabTrimConfig": ".vocab",
+    "trim_vocabulary": ".vocab",
+    "load_model": ".loading",
     "run_distillation": ".run",
 }
 
 __all__ = list(_LAZY)
 
 # subpackages reachable as attributes after a bare `import hfcompress` (e.g. `hfcompress.distill`)
-_SUBMODULES = ("arch", "assets", "cli", "commands", "data", "distill", "errors", "metrics", "prune", "report", "run")
+_SUBMODULES = ("arch", "assets", "cli", "commands", "data", "distill", "errors", "loading", "lora", "lowrank", "metrics",
+               "prune", "quantize", "report", "run", "vocab")
 
 
 class _DemoteToDebug(logging.Filter):

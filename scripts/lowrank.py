@@ -23,10 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from hfcompress.cli import parse_args, run_script, setup_logging
-from hfcompress.distill import DistillationArguments
-from hfcompress.lowrank import LowRankConfig
-from hfcompress.run import DataArguments, ModelArguments, run_distillation
-from hfcompress.run.lowrank import LowRankMethod
+from hfcompress.run import DataArguments, ModelArguments
+from hfcompress.run.lowrank import LowRankArguments, run_lowrank
 
 
 @dataclass
@@ -39,7 +37,7 @@ class LowRankModelArguments(ModelArguments):
 
 
 @dataclass
-class LowRankScriptArguments(DistillationArguments, LowRankConfig):
+class LowRankScriptArguments(LowRankArguments):
     """Low-rank and distillation options, training defaults sized for the offline default on a 2-core CPU."""
 
     _method_group_name = "Low rank and distillation"
@@ -52,20 +50,13 @@ class LowRankScriptArguments(DistillationArguments, LowRankConfig):
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
     logging_steps: float = field(default=25, metadata={"help": "Log every N steps."})
 
-    def __post_init__(self):
-        if self.rank is None and self.energy is None and self.parameter_budget is None:
-            self.parameter_budget = 0.5  # the default: half the projections' parameters
-        LowRankConfig.__post_init__(self)
-        DistillationArguments.__post_init__(self)
-
 
 def main(argv=None):
     model_args, data_args, args = parse_args(
         (LowRankModelArguments, DataArguments, LowRankScriptArguments), argv, description=__doc__.split("\n\n")[0]
     )
     setup_logging(args)
-    return run_distillation(model_args, data_args, args, methods=[LowRankMethod(LowRankConfig.from_any(args))],
-                            task="lowrank")
+    return run_lowrank(model_args, data_args, args)
 
 
 if __name__ == "__main__":

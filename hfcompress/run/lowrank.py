@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 
 from accelerate import PartialState
 
+from ..distill.arguments import DistillationArguments
 from ..lowrank import LowRankConfig, factorize, plan_ranks, save_lowrank
 from ..report.measure import count_parameters, folder_size_mb
 from . import steps
@@ -18,6 +20,29 @@ from .methods import RunMethod
 logger = logging.getLogger(__name__)
 
 METHOD_DIR = "lowrank"
+
+
+@dataclass
+class LowRankArguments(DistillationArguments, LowRankConfig):
+    """`TrainingArguments` + distillation fields + low-rank fields, for one `HfArgumentParser` (defined in the run
+    layer because it composes two methods). Without --rank / --energy / --parameter_budget, half the projections'
+    parameters are kept (``parameter_budget=0.5``)."""
+
+    def __post_init__(self):
+        if self.rank is None and self.energy is None and self.parameter_budget is None:
+            self.parameter_budget = 0.5
+        LowRankConfig.__post_init__(self)
+        DistillationArguments.__post_init__(self)
+
+    def lowrank_config(self) -> LowRankConfig:
+        return LowRankConfig.from_any(self)
+
+
+def run_lowrank(model_args, data_args, args: LowRankArguments, task: str = "lowrank"):
+    """Factorize and train back with distillation, as `scripts/lowrank.py` does; returns the `RunRecord`."""
+    from .distill import run_distillation
+
+    return run_distillation(model_args, data_args, args, methods=[LowRankMethod(args.lowrank_config())], task=task)
 
 
 class LowRankMethod(RunMethod):

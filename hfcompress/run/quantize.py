@@ -183,6 +183,31 @@ def quantize_and_save(model, tokenizer, quant: QuantizationConfig, directory: st
         save_quantized(quantized, directory, tokenizer)
 
 
+def compress_to(model, tokenizer, dataset, data_args: DataArguments, quant: QuantizationConfig,
+                run: CompressArguments, model_dir: str) -> dict:
+    """Trim / factorize a copy of `model` as `run` asks, quantize it and save it to `model_dir` (which appears only
+    once complete); `model` itself is left as it is. Returns what each step reported, by method name."""
+    info = {}
+    compressed, comp_tok = copy.deepcopy(model), tokenizer
+    if run.vocab_trim:
+        compressed, comp_tok, report = trim_vocabulary(
+            compressed, tokenizer, dataset["train"][data_args.text_column], run.vocab_config(),
+            eval_texts=dataset["test"][data_args.text_column] if "test" in dataset else None,
+            source=f"{data_args.dataset} train split",
+        )
+        info["vocab_trim"] = report
+    if run.lowrank:
+        info["lowrank"] = factorize(compressed, run.lowrank_config())
+    info["parameters_before_quantization"] = count_parameters(compressed)
+    info["quantization"] = quant.to_dict()
+    parent = os.path.dirname(os.path.abspath(model_dir))
+    os.makedirs(parent, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=parent, prefix=".hfc-work-") as work:
+        quantize_and_save(compressed, comp_tok, quant, os.path.join(work, "result"), work)
+        os.replace(os.path.join(work, "result"), model_dir)
+    return info
+
+
 def interleaved_latency(paths: dict[str, str], threads: int, rounds: int) -> dict[str, dict]:
     """Latency of each saved model (loaded fresh), measured in `rounds` interleaved rounds in this process: per model
     the median over rounds of each round's median, and per round the ratio to the first model (the reference)."""
@@ -235,23 +260,13 @@ def run_quantization(model_args: QuantizeModelArguments, data_args: DataArgument
         os.replace(os.path.join(work, "reference"), reference_dir)
         parameters_before = count_parameters(model)
 
-        compressed, comp_tok = copy.deepcopy(model), tokenizer
-        if run.vocab_trim:
-            compressed, comp_tok, report = trim_vocabulary(
-                compressed, tokenizer, dataset["train"][data_args.text_column], run.vocab_config(),
-                eval_texts=dataset["test"][data_args.text_column] if "test" in dataset else None,
-                source=f"{data_args.dataset} train split",
-            )
-            record.methods["vocab_trim"] = report.to_dict() if hasattr(report, "to_dict") else report
-        if run.lowrank:
-            record.methods["lowrank"] = factorize(compressed, run.lowrank_config())
-        parameters_after = count_parameters(compressed)
-        record.methods["quantization"] = quant.to_dict()
-        quantize_and_save(compressed, comp_tok, quant, os.path.join(work, "result"), work)
+        parameters_after = None
         if os.path.exists(model_dir):
             shutil.rmtree(model_dir)
-        os.replace(os.path.join(work, "result"), model_dir)
-    del compressed, model
+        info = compress_to(model, tokenizer, dataset, data_args, quant, run, model_dir)
+        parameters_after = info.pop("parameters_before_quantization")
+        record.methods.update(info)
+    del model
 
     # Measured on what was saved, each loaded fresh from disk.
     split = "test" if "test" in dataset else "validation"

@@ -1,0 +1,205 @@
+"""Saving and loading low-rank factorized models.
+
+`save_lowrank` writes a normal transformers checkpoint (safetensors + config.json) whose config also records the
+ranks (``hfcompress_lowrank``) and maps the family's auto classes to ``modeling_hfcompress_lowrank.py``, a copy of
+`hfcompress/lowrank/structure.py` saved beside the weights. So the checkpoint loads:
+
+* with hfcompress: ``load_lowrank(path)`` (no remote code is run);
+* without hfcompress: ``AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True)`` (or
+  ``AutoModel``, ``pipeline(..., trust_remote_code=True)``); the saved file needs torch and transformers only.
+
+A plain ``from_pretrained`` without ``trust_remote_code`` builds dense layers, finds none of their weights (the file
+holds ``<layer>.down.weight`` / ``<layer>.up.weight``) and leaves them randomly initialised: transformers only warns.
+
+A model that was first structurally pruned (``hfcompress_structure``, `hfcompress.prune.save_structured`) and then
+factorized keeps both keys (they do not overlap): the pruned shape is rebuilt first, then the pruned layers are
+factorized. Its checkpoint holds both modeling files, ``modeling_hfcompress_lowrank.py`` importing
+``modeling_hfcompress_pruned.py``. Load it with `load_lowrank` (or remote code): `load_structured` does not know
+the factors and would leave the factorized layers randomly initialised. The other order (factorize, then prune structurally) is not supported: structured pruning slices
+``nn.Linear`` layers and finds `LowRankLinear` pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+import torch
+import torch.nn as nn
+
+from ..errors import UserInputError
+from ..prune import structured_io
+from ..prune.structure import STRUCTURE_KEY, pruned_class
+from ..prune.structured_io import _auto_classes, _saved_shapes
+from . import structure
+from .structure import CLASS_PREFIX, LOWRANK_KEY, lowrank_class
+
+logger = logging.getLogger(__name__)
+
+MODELING_NAME = "modeling_hfcompress_lowrank"
+PRUNED_MODELING_NAME = structured_io.MODELING_NAME
+
+
+def _plain_name(name: str) -> str:
+    while name.startswith((CLASS_PREFIX, "HfcPruned")):
+        name = name.removeprefix(CLASS_PREFIX).removeprefix("HfcPruned")
+    return name
+
+
+def modeling_code(class_names: list[str], pruned: bool = False) -> str:
+    """The checkpoint's modeling file: `structure.py` itself plus one low-rank subclass per transformers class (of
+    the pruned subclass from ``modeling_hfcompress_pruned.py`` when `pruned`)."""
+    with open(structure.__file__, encoding="utf-8") as fh:
+        source = fh.read()
+    lines = ["", "", "# --- written by hfcompress.save_lowrank: the classes config.json's auto_map names ---",
+             "import transformers", ""]
+    if pruned:
+        lines[-1:-1] = [f"from .{PRUNED_MODELING_NAME} import pruned_class"]
+    for name in class_names:
+        inner = f"pruned_class(transformers.{name})" if pruned else f"transformers.{name}"
+        lines.append(f"{CLASS_PREFIX}{name} = lowrank_class({inner})")
+    return source + "\n".join(lines) + "\n"
+
+
+def _check_ranks(model: nn.Module, ranks: dict) -> None:
+    modules = dict(model.named_modules())
+    bad = []
+    for name, rank in ranks.items():
+        module = modules.get(name)
+        if type(module).__name__ != "LowRankLinear" or module.rank != int(rank):
+            bad.append(f"{name}: config says rank {rank}, the model has "
+                       f"{type(module).__name__ if module is not None else 'no such module'}"
+                       f"{f' of rank {module.rank}' if hasattr(module, 'rank') else ''}")
+    if bad:
+        raise UserInputError(f"config.{LOWRANK_KEY} does not describe the model's layers: {'; '.join(bad[:5])}"
+                             f"{' ...' if len(bad) > 5 else ''}")
+
+
+def save_lowrank(model: nn.Module, directory: str, tokenizer=None, **save_kwargs) -> str:
+    """Save a model factorized by `factorize` so that it reloads with `load_lowrank`, or with
+    ``trust_remote_code=True`` without hfcompress. Files land under their final names only once complete (written
+    in a temporary folder beside `directory`, the weights moved last); a dense or sparse checkpoint index left in
+    `directory` by an earlier save is removed."""
+    import transformers
+
+    ranks = getattr(model.config, LOWRANK_KEY, None)
+    if not ranks:
+        raise UserInputError(f"{type(model).__name__} has no {LOWRANK_KEY} in its config: it was not factorized "
+                             "(run hfcompress.lowrank.factorize first), save it with save_pretrained")
+    _check_ranks(model, ranks)
+    pruned = bool(getattr(model.config, STRUCTURE_KEY, None))
+    plain = _plain_name(type(model).__name__)
+    if not hasattr(transformers, plain):
+        raise UserInputError(f"{type(model).__name__} is not a transformers model class (nor a low-rank or pruned "
+                             "subclass of one): save_lowrank writes modeling code for transformers classes only")
+    base_name = _plain_name(type(model.base_model).__name__)
+    class_names = [plain] + ([base_name] if base_name != plain and hasattr(transformers, base_name) else [])
+    auto_map = {}
+    for name in class_names:
+        for auto in _auto_classes(model.config.model_type, name):
+            auto_map[auto] = f"{MODELING_NAME}.{CLASS_PREFIX}{name}"
+    os.makedirs(directory, exist_ok=True)
+    parent = os.path.dirname(os.path.abspath(directory))
+    with tempfile.TemporaryDirectory(dir=parent, prefix=".hfc-save-") as tmp:
+        model.save_pretrained(tmp, safe_serialization=True, **save_kwargs)
+        cfg_path = os.path.join(tmp, "config.json")
+        with open(cfg_path) as fh:
+            cfg = json.load(fh)
+        cfg["architectures"] = [plain]
+        cfg["auto_map"] = auto_map
+        with open(cfg_path, "w") as fh:
+            json.dump(cfg, fh, indent=2, sort_keys=True)
+        with open(os.path.join(tmp, MODELING_NAME + ".py"), "w", encoding="utf-8") as fh:
+            fh.write(modeling_code(class_names, pruned=pruned))
+        if pruned:
+            with open(os.path.join(tmp, PRUNED_MODELING_NAME + ".py"), "w", encoding="utf-8") as fh:
+                fh.write(structured_io.modeling_code(class_names))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        for stale in ("sparse_model.safetensors", "model.safetensors.index.json"):
+            path = os.path.join(directory, stale)
+            if os.path.exists(path):
+                os.remove(path)
+        weights = [f for f in os.listdir(tmp) if f.endswith(".safetensors")]
+        for name in sorted(os.listdir(tmp), key=lambda f: f in weights):  # weights last
+            src = os.path.join(tmp, name)
+            if os.path.isdir(src):
+                shutil.copytree(src, os.path.join(directory, name), dirs_exist_ok=True)
+            else:
+                os.replace(src, os.path.join(directory, name))
+    logger.info("Saved low-rank %s (%d factorized layers%s) to %s (loads with hfcompress.lowrank.load_lowrank, or "
+                "with trust_remote_code=True)", plain, len(ranks), ", structurally pruned" if pruned else "", directory)
+    return directory
+
+
+def is_lowrank_checkpoint(directory: str) -> bool:
+    path = os.path.join(directory, "config.json")
+    if not os.path.exists(path):
+        return False
+    with open(path) as fh:
+        return bool(json.load(fh).get(LOWRANK_KEY))
+
+
+def check_saved_weights(directory: str, model: nn.Module) -> None:
+    """A `UserInputError` naming the factors the checkpoint lacks, or whose saved shape differs from the rank the
+    config records (keys compared across the base-model prefix, as transformers loads them)."""
+    saved = _saved_shapes(directory)
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    missing, bad = [], []
+    for key, tensor in model.state_dict().items():
+        candidates = [key, f"{prefix}.{key}", key.removeprefix(prefix + ".")] if prefix else [key]
+        found = next((k for k in candidates if k in saved), None)
+        if found is None:
+            if key.endswith((".down.weight", ".up.weight", ".up.bias")):
+                missing.append(key)
+        elif saved[found] != tuple(tensor.shape):
+            bad.append(f"{found}: saved {saved[found]}, config {tuple(tensor.shape)}")
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} low-rank factors the config names are not saved ({', '.join(missing[:4])}"
+                        f"{' ...' if len(missing) > 4 else ''})")
+    if bad:
+        problems.append(f"{len(bad)} saved weights do not have the shapes its config.json describes: "
+                        f"{'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
+    if problems:
+        raise UserInputError(f"{directory}: {'; '.join(problems)}. The config ({LOWRANK_KEY}"
+                             f"{', ' + STRUCTURE_KEY if getattr(model.config, STRUCTURE_KEY, None) else ''}) and the "
+                             "weights come from different models; save them together with save_lowrank")
+
+
+def load_lowrank(directory: str, model_class=None, **kwargs) -> nn.Module:
+    """The low-rank model saved in `directory`, in eval mode, through hfcompress's own code (no remote code).
+    `model_class` defaults to the transformers class named in config.json (another class of the family works too,
+    e.g. ``transformers.BertModel`` for the encoder alone); ``kwargs`` go to `from_pretrained`. A checkpoint that
+    was also structurally pruned is cut to its pruned shape first."""
+    import transformers
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(directory)
+    ranks = getattr(config, LOWRANK_KEY, None)
+    if not ranks:
+        raise UserInputError(f"{directory}/config.json has no {LOWRANK_KEY}: not a low-rank checkpoint (load it with "
+                             f"{'hfcompress.load_structured' if getattr(config, STRUCTURE_KEY, None) else 'from_pretrained'})")
+    if model_class is None:
+        archs = getattr(config, "architectures", None) or []
+        name = _plain_name(archs[0]) if archs else None
+        if not name or not hasattr(transformers, name):
+            raise UserInputError(f"{directory}/config.json names no known architecture ({archs}); pass model_class")
+        model_class = getattr(transformers, name)
+    else:
+        model_class = getattr(transformers, _plain_name(model_class.__name__), model_class)
+    base = pruned_class(model_class) if getattr(config, STRUCTURE_KEY, None) else model_class
+    cls = lowrank_class(base)
+    try:
+        with torch.device("meta"):
+            probe = cls(config)
+    except ValueError as exc:
+        raise UserInputError(f"{directory}: {exc}") from exc
+    check_saved_weights(directory, probe)
+    return cls.from_pretrained(directory, config=config, **kwargs).eval()
+
+
+__all__ = ["check_saved_weights", "is_lowrank_checkpoint", "load_lowrank", "modeling_code", "save_lowrank"]

@@ -50,20 +50,21 @@ logger = logging.getLogger("hfcompress.benchmark")
 # name -> (source, quantization settings, steps before quantization). Sources: "fp32", "svd_trained" (the trained
 # low-rank model) or "structured" (MiniLM-L6 with half its heads and neurons removed, benchmarks/cache of the
 # structured pruning benchmark).
-VARIANTS = {
-    "torch_int8": ("fp32", {"quantization": "torch_int8"}, {}),
+VARIANTS = {  # ONNX exports first: after torch's quantize_dynamic has run in a process, torch.onnx.export traces
+    # wrong graphs there (export_onnx's check refuses them); scripts/quantize.py runs one quantizer per process.
     "onnx_fp32": ("fp32", {"quantization": "onnx_fp32"}, {}),
     "onnx_int8": ("fp32", {"quantization": "onnx_int8"}, {}),
     "onnx_int8_per_channel": ("fp32", {"quantization": "onnx_int8", "onnx_per_channel": True}, {}),
-    "bnb_8bit": ("fp32", {"quantization": "bnb_8bit"}, {}),
-    "bnb_nf4": ("fp32", {"quantization": "bnb_4bit", "bnb_4bit_quant_type": "nf4"}, {}),
-    "bnb_fp4": ("fp32", {"quantization": "bnb_4bit", "bnb_4bit_quant_type": "fp4"}, {}),
     "vocab_trim": ("fp32", {"quantization": "none"}, {"vocab_trim": True}),
     "vocab_trim_onnx_int8": ("fp32", {"quantization": "onnx_int8"}, {"vocab_trim": True}),
     "svd": ("fp32", {"quantization": "none"}, {"lowrank_budget": 0.5}),
     "svd_finetuned": ("svd_trained", {"quantization": "none"}, {}),
     "svd_finetuned_onnx_int8": ("svd_trained", {"quantization": "onnx_int8"}, {}),
     "structured50_onnx_int8": ("structured", {"quantization": "onnx_int8"}, {}),
+    "torch_int8": ("fp32", {"quantization": "torch_int8"}, {}),
+    "bnb_8bit": ("fp32", {"quantization": "bnb_8bit"}, {}),
+    "bnb_nf4": ("fp32", {"quantization": "bnb_4bit", "bnb_4bit_quant_type": "nf4"}, {}),
+    "bnb_fp4": ("fp32", {"quantization": "bnb_4bit", "bnb_4bit_quant_type": "fp4"}, {}),
 }
 
 

@@ -129,8 +129,10 @@ def test_target_modules_suffix_and_regex():
                                   for p in ("intermediate.dense", "attention.self.query", "attention.self.key"))
     # one comma-separated word (as on a command line) is several patterns; a {m,n} quantifier's comma is not
     assert LowRankConfig(rank=4, target_modules="query, key").target_modules == ["query", "key"]
-    plan = plan_ranks(model, LowRankConfig(rank=4, target_modules=r"intermediate.dense,.*layer\.[0-9]{1,2}\.output\.dense"))
-    assert sorted(plan) == sorted(f"bert.encoder.layer.{b}.{p}" for b in (0, 1) for p in ("intermediate.dense", "output.dense"))
+    patterns = r"intermediate.dense,.*layer\.[0-9]{1,2}\.output\.dense"
+    plan = plan_ranks(model, LowRankConfig(rank=4, target_modules=patterns))
+    assert sorted(plan) == sorted(f"bert.encoder.layer.{b}.{p}" for b in (0, 1)
+                                  for p in ("intermediate.dense", "output.dense"))
     # the pooler is reachable when named
     plan = plan_ranks(model, LowRankConfig(rank=4, target_modules="pooler.dense"))
     assert list(plan) == ["bert.pooler.dense"]
@@ -190,7 +192,8 @@ def test_save_and_reload_with_and_without_hfcompress_code(tmp_path):
     assert is_lowrank_checkpoint(path) and not is_lowrank_checkpoint(str(tmp_path))
     assert [f for f in os.listdir(tmp_path) if f.startswith(".hfc-save-")] == []
     cfg = json.load(open(os.path.join(path, "config.json")))
-    assert cfg[LOWRANK_KEY] == getattr(model.config, LOWRANK_KEY) and cfg["architectures"] == ["BertForSequenceClassification"]
+    assert cfg[LOWRANK_KEY] == getattr(model.config, LOWRANK_KEY)
+    assert cfg["architectures"] == ["BertForSequenceClassification"]
     assert cfg["auto_map"]["AutoModelForSequenceClassification"] == \
         "modeling_hfcompress_lowrank.HfcLowRankBertForSequenceClassification"
     assert cfg["auto_map"]["AutoModel"] == "modeling_hfcompress_lowrank.HfcLowRankBertModel"

@@ -10,12 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-pytest.importorskip("onnx")
-pytest.importorskip("onnxruntime")
-
-from conftest import make_texts, make_tokenizer, tiny_bert, tiny_mpnet  # noqa: E402
-from hfcompress.errors import UserInputError  # noqa: E402
-from hfcompress.quantize import (  # noqa: E402
+from conftest import make_texts, make_tokenizer, tiny_bert, tiny_mpnet
+from hfcompress.errors import UserInputError
+from hfcompress.quantize import (
     OnnxModelForSequenceClassification,
     export_onnx,
     is_quantized_onnx,
@@ -24,8 +21,8 @@ from hfcompress.quantize import (  # noqa: E402
     quantize_onnx,
     read_onnx_metadata,
 )
-from hfcompress.quantize.onnx import METADATA_FILE  # noqa: E402
-from hfcompress.report.measure import measure_latency  # noqa: E402
+from hfcompress.quantize.onnx import METADATA_FILE
+from hfcompress.report.measure import measure_latency
 
 
 def _initializer_types(path: str) -> dict[str, int]:
@@ -84,6 +81,11 @@ def test_export_writes_a_self_contained_folder_matching_torch(bert_export):
     (np_logits,) = ort_model(input_ids=enc["input_ids"].numpy(), attention_mask=enc["attention_mask"].numpy(),
                              return_dict=False)
     torch.testing.assert_close(np_logits, expected, atol=1e-5, rtol=1e-4)
+    # sentence pairs: token type 1 reaches the graph
+    types = (torch.arange(enc["input_ids"].shape[1]) >= 3).long().expand_as(enc["input_ids"]).contiguous()
+    pair = dict(enc, token_type_ids=types)
+    assert not torch.allclose(_torch_logits(model, pair), expected)
+    torch.testing.assert_close(ort_model(**pair).logits, _torch_logits(model, pair), atol=1e-5, rtol=1e-4)
     # dynamic axes: another batch size and a longer sequence than anything traced or checked
     ids = torch.randint(5, 256, (7, 40), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(ort_model(input_ids=ids).logits, _torch_logits(model, {"input_ids": ids}),

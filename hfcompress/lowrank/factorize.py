@@ -189,10 +189,11 @@ def plan_ranks(model: nn.Module, config: LowRankConfig, show_progress: bool = Tr
     for a model already factorized, patterns matching nothing, and ranks a matrix cannot have (naming the layer and
     its shape)."""
     if is_factorized(model):
+        count = sum(type(m).__name__ == "LowRankLinear" for m in model.modules())
         raise UserInputError(
-            f"{type(model).__name__} is already factorized ({sum(type(m).__name__ == 'LowRankLinear' for m in model.modules())} "
-            f"LowRankLinear layers, config.{LOWRANK_KEY} set): factorizing the factors again is not supported; "
-            "merge_lowrank(model) first to start again from dense layers")
+            f"{type(model).__name__} is already factorized ({count} LowRankLinear layers, config.{LOWRANK_KEY} set): "
+            "factorizing the factors again is not supported; merge_lowrank(model) first to start again from dense "
+            "layers")
     targets = resolve_targets(model, config)
     if not targets:
         raise UserInputError(f"no layers to factorize in {type(model).__name__}")

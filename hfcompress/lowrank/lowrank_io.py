@@ -15,8 +15,8 @@ A model that was first structurally pruned (``hfcompress_structure``, `hfcompres
 factorized keeps both keys (they do not overlap): the pruned shape is rebuilt first, then the pruned layers are
 factorized. Its checkpoint holds both modeling files, ``modeling_hfcompress_lowrank.py`` importing
 ``modeling_hfcompress_pruned.py``. Load it with `load_lowrank` (or remote code): `load_structured` does not know
-the factors and would leave the factorized layers randomly initialised. The other order (factorize, then prune structurally) is not supported: structured pruning slices
-``nn.Linear`` layers and finds `LowRankLinear` pairs.
+the factors and would leave the factorized layers randomly initialised. The other order (factorize, then prune
+structurally) is not supported: structured pruning slices ``nn.Linear`` layers and finds `LowRankLinear` pairs.
 """
 
 from __future__ import annotations
@@ -181,8 +181,9 @@ def load_lowrank(directory: str, model_class=None, **kwargs) -> nn.Module:
     config = AutoConfig.from_pretrained(directory)
     ranks = getattr(config, LOWRANK_KEY, None)
     if not ranks:
+        loader = "hfcompress.load_structured" if getattr(config, STRUCTURE_KEY, None) else "from_pretrained"
         raise UserInputError(f"{directory}/config.json has no {LOWRANK_KEY}: not a low-rank checkpoint (load it with "
-                             f"{'hfcompress.load_structured' if getattr(config, STRUCTURE_KEY, None) else 'from_pretrained'})")
+                             f"{loader})")
     if model_class is None:
         archs = getattr(config, "architectures", None) or []
         name = _plain_name(archs[0]) if archs else None

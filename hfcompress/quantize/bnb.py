@@ -117,6 +117,8 @@ def bnb_config(
     if quant_type not in ("nf4", "fp4"):
         raise UserInputError(f"quant_type must be 'nf4' or 'fp4', got {quant_type!r}")
     compute_dtype = _check_dtype(compute_dtype)
+    if isinstance(skip_modules, str):
+        skip_modules = [skip_modules]
     if skip_modules is None:
         if model is None:
             raise UserInputError("bnb_config needs model= to keep its task head in full precision (or pass "

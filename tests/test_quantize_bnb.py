@@ -129,6 +129,7 @@ def test_config_errors():
     # patterns use transformers' rule: a prefix to a module boundary or a suffix
     assert bnb_config(8, skip_modules=["bert.pooler", "value"], model=model).llm_int8_skip_modules == [
         "bert.pooler", "value"]
+    assert bnb_config(8, skip_modules="classifier").llm_int8_skip_modules == ["classifier"]
 
 
 # ----------------------------------------------------------------------------------------------------- load + run
@@ -186,9 +187,9 @@ def test_save_after_forward_is_exact(fp32_dir, tmp_path, bits, double_quant):
 
 @pytest.mark.parametrize("bits", [4, 8])
 def test_checkpoint_reloaded_by_transformers_saves_again_exactly(fp32_dir, tmp_path, bits):
-    """A model from a plain from_pretrained of a saved checkpoint (no hfcompress state copy), run, then saved: transformers
-    alone fails here (NotImplementedError reversing the bitsandbytes load conversion) and the 4-bit scales were
-    repacked by the forward."""
+    """A model from a plain from_pretrained of a saved checkpoint (no hfcompress state copy), run, then saved:
+    transformers alone fails here (NotImplementedError reversing the bitsandbytes load conversion), and the 4-bit
+    scales were repacked by the forward."""
     path, _ = fp32_dir
     save_quantized(load_quantized(path, bits), str(tmp_path / "first"))
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "first").eval()

@@ -92,7 +92,8 @@ def test_save_load_identical_logits(model, tmp_path, options):
     save_dynamic_int8(q, str(tmp_path / "q"))
     assert sorted(os.listdir(tmp_path / "q")) == ["config.json", WEIGHTS_NAME]
     cfg = json.loads((tmp_path / "q" / "config.json").read_text())
-    assert cfg[CONFIG_KEY]["method"] == "torch_dynamic_int8" and cfg["architectures"] == ["BertForSequenceClassification"]
+    assert cfg[CONFIG_KEY]["method"] == "torch_dynamic_int8"
+    assert cfg["architectures"] == ["BertForSequenceClassification"]
     tensors = load_file(tmp_path / "q" / WEIGHTS_NAME)
     name = "bert.encoder.layer.0.attention.self.query"
     assert tensors[f"{name}.weight_int8"].dtype == torch.int8 and tensors[f"{name}.weight_int8"].shape == (64, 64)

@@ -190,6 +190,19 @@ def test_mpnet_has_no_token_type_input_and_reexport_replaces_an_int8_folder(tmp_
     torch.testing.assert_close(ort_model(**enc).logits, expected, atol=1e-5, rtol=1e-4)
 
 
+def test_export_of_a_model_with_dropout_checks_and_leaves_it_in_eval_mode(tmp_path):
+    # torch.onnx.export puts the exported module back in the mode it had; the wrapper around the model must not
+    # switch the model's dropout on (the check would then compare against noisy logits, and so would the caller)
+    model = tiny_bert().eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.3
+    model.config.attention_probs_dropout_prob = 0.3
+    export_onnx(model, str(tmp_path / "out"))
+    assert not any(m.training for m in model.modules())
+    assert read_onnx_metadata(str(tmp_path / "out"))["export_check"]["max_abs_diff"] < 1e-4
+
+
 class _BesselPooler(torch.nn.Module):
     def forward(self, x):
         return torch.special.i0(x)  # aten::i0 has no ONNX symbolic
@@ -287,3 +300,4 @@ def test_latency_has_the_keys_of_measure_latency(bert_export):
     want = measure_latency(model, batch_size=2, seq_len=8, runs=2, warmup=1)
     assert got.keys() == want.keys()
     assert got["median_ms"] > 0 and got["threads"] == 1 and got["device"] == "cpu" and got["batch_size"] == 2
+    assert measure_latency(ort_model, batch_size=2, seq_len=8, runs=1, warmup=0).keys() == want.keys()

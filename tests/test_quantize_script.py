@@ -78,6 +78,7 @@ def test_peak_memory_is_measured_in_fresh_processes(assets, tmp_path):
     for role in ("reference", "compressed"):
         m = record.models[role]
         assert m["peak_memory_mb"] >= m["before_load_mb"] > 50  # python + torch alone take more than that
+        assert m["model_memory_mb"] == pytest.approx(m["peak_memory_mb"] - m["before_load_mb"])
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -62,7 +62,8 @@ def _import_bnb():
     try:
         import bitsandbytes as bnb
     except ImportError as exc:
-        raise UserInputError("bitsandbytes quantization needs the bitsandbytes package: pip install bitsandbytes") from exc
+        raise UserInputError("bitsandbytes quantization needs the bitsandbytes package: "
+                             "pip install bitsandbytes") from exc
     return bnb
 
 
@@ -310,7 +311,8 @@ def load_quantized(
                              "it with from_pretrained (or load_dynamic_int8), or start from the full-precision model")
     device = _resolve_device(device)
     _import_bnb()
-    qconfig = bnb_config(bits, quant_type, double_quant, compute_dtype, skip_modules, model=_skeleton(model_class, config))
+    skeleton = _skeleton(model_class, config)
+    qconfig = bnb_config(bits, quant_type, double_quant, compute_dtype, skip_modules, model=skeleton)
     model = model_class.from_pretrained(path, quantization_config=qconfig, device_map=device, **from_pretrained_kwargs)
     model.eval()
     snapshot_quant_states(model)

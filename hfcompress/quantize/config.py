@@ -45,9 +45,21 @@ class QuantizationConfig:
         metadata={"help": "Comma-separated modules kept in full precision by bnb_* and torch_int8. Default: the task "
                   "head (BERT's classifier, ...). A name matching no module is an error listing those that exist."},
     )
+    torch_per_channel: bool = field(
+        default=True,
+        metadata={"help": "torch_int8: one weight scale per output channel (MiniLM-L6: 97.0 vs 95.1 in 100 predictions "
+                  "equal to fp32's, same speed); --no_torch_per_channel for one scale per tensor."},
+    )
     onnx_opset: int = field(default=17, metadata={"help": "ONNX opset of the export."})
     onnx_per_channel: bool = field(
-        default=False, metadata={"help": "onnx_int8: one scale per output channel instead of per tensor."}
+        default=True,
+        metadata={"help": "onnx_int8: one weight scale per output channel (MiniLM-L6 on Rotten Tomatoes: 0.8408 vs "
+                  "0.8353 per tensor, same speed); --no_onnx_per_channel for one scale per tensor."},
+    )
+    onnx_float_modules: str | None = field(
+        default=None,
+        metadata={"help": "onnx_int8: comma-separated regular expressions of module names kept float (besides the "
+                  "task head, always float), e.g. 'layer\\.0\\.output\\.dense$' for the most sensitive projection."},
     )
     latency_threads: int = field(
         default=2, metadata={"help": "CPU threads for the latency measurement of the result and its source."}
@@ -76,6 +88,10 @@ class QuantizationConfig:
         if not self.skip_modules:
             return None
         return [s.strip() for s in self.skip_modules.split(",") if s.strip()]
+
+    @property
+    def float_module_list(self) -> list[str]:
+        return [s.strip() for s in (self.onnx_float_modules or "").split(",") if s.strip()]
 
     @property
     def is_onnx(self) -> bool:

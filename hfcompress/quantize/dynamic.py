@@ -83,7 +83,8 @@ def describe_modules(model: nn.Module) -> str:
     model = unwrap_model(model)
     children = [name for name, _ in model.named_children()]
     suffixes = sorted({name.rsplit(".", 1)[-1] for name, m in model.named_modules() if isinstance(m, nn.Linear)})
-    return f"top-level modules: {', '.join(children) or '(none)'}; Linear layers end in: {', '.join(suffixes) or '(none)'}"
+    return (f"top-level modules: {', '.join(children) or '(none)'}; "
+            f"Linear layers end in: {', '.join(suffixes) or '(none)'}")
 
 
 def check_skip_patterns(model: nn.Module, patterns: Iterable[str]) -> list[str]:
@@ -106,8 +107,8 @@ def check_skip_patterns(model: nn.Module, patterns: Iterable[str]) -> list[str]:
             unmatched.append(pattern)
     if unmatched:
         raise UserInputError(
-            f"skip_modules {unmatched} match no module of {type(unwrap_model(model)).__name__} (a name matches from the "
-            f"start, e.g. 'bert.pooler', as a regex, or as a suffix, e.g. 'classifier'); {describe_modules(model)}"
+            f"skip_modules {unmatched} match no module of {type(unwrap_model(model)).__name__} (a name matches from "
+            f"the start, e.g. 'bert.pooler', as a regex, or as a suffix, e.g. 'classifier'); {describe_modules(model)}"
         )
     return patterns
 
@@ -162,7 +163,8 @@ def refuse_if_quantized(model: nn.Module, action: str = "quantize") -> None:
         qtypes = _quantized_module_types()
         names = [n for n, m in model.named_modules() if isinstance(m, qtypes)]
         if names:
-            found = f"{len(names)} quantized modules ({type(dict(model.named_modules())[names[0]]).__name__} at {names[0]})"
+            first = model.get_submodule(names[0])
+            found = f"{len(names)} quantized modules ({type(first).__name__} at {names[0]})"
     if found:
         raise UserInputError(f"cannot {action} {type(model).__name__}: it is already quantized, {found}. Quantizing "
                              "twice compounds the error: start from the full-precision model")
@@ -196,7 +198,8 @@ def _quiet_torch_ao():
     torchao ``quantize_``, is slower here) and would drown real warnings; this module docstring states the deprecation.
     Only these two messages, only inside our calls."""
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=r"(?s).*torch\.ao\.quantization is deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r"(?s).*torch\.ao\.quantization is deprecated",
+                                category=DeprecationWarning)
         warnings.filterwarnings("ignore", message=r"(?s).*quantized tensor creation functions", category=UserWarning)
         yield
 
@@ -348,8 +351,9 @@ def save_dynamic_int8(model: nn.Module, directory: str, tokenizer=None) -> str:
                              "quantize_dynamic_int8 first")
     recorded = set(meta.get("modules", [])) | set(meta.get("embeddings", []))
     if recorded != set(qmods):
-        raise UserInputError(f"{CONFIG_KEY} in the config lists {sorted(recorded - set(qmods))[:5]} as quantized and "
-                             f"misses {sorted(set(qmods) - recorded)[:5]}: the model changed after quantize_dynamic_int8")
+        raise UserInputError(f"{CONFIG_KEY} in the config lists {sorted(recorded - set(qmods))[:5]} as quantized "
+                             f"and misses {sorted(set(qmods) - recorded)[:5]}: the model changed after "
+                             "quantize_dynamic_int8")
     tensors: dict[str, torch.Tensor] = {}
     with _quiet_torch_ao():
         for name, (kind, module) in qmods.items():
@@ -416,7 +420,7 @@ def _skeleton(model_class, config) -> nn.Module:
         from accelerate import init_empty_weights
 
         empty = init_empty_weights(include_buffers=False)
-    except ImportError:  # pragma: no cover - accelerate is a dependency; without it, allocate (more memory, same result)
+    except ImportError:  # pragma: no cover - accelerate is a dependency; without it: allocate (more memory)
         empty = contextlib.nullcontext()
     with empty:
         if hasattr(model_class, "from_config"):

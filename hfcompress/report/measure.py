@@ -52,23 +52,30 @@ def checkpoint_size_mb(path: str) -> float:
 
 
 _PEAK_MEMORY_CODE = """
-import resource, sys, torch
+import sys, torch
 from hfcompress.loading import load_model
+
+def hwm():  # this process's own peak resident memory, MB (VmHWM is per address space: exec starts it afresh)
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+
 torch.set_num_threads(int(sys.argv[3]))
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = hwm()
 model = load_model(sys.argv[1], num_threads=int(sys.argv[3]))
 seq = min(128, int(getattr(model.config, "max_position_embeddings", 128)))
 ids = torch.randint(5, model.config.vocab_size - 1, (int(sys.argv[2]), seq), generator=torch.Generator().manual_seed(0))
 with torch.inference_mode():
     model(input_ids=ids, attention_mask=torch.ones_like(ids))
-print(before / 1024, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+print(before, hwm())
 """
 
 
 def measure_peak_memory(path: str, batch_size: int = 32, threads: int = 2) -> dict:
-    """Peak resident memory (MB, Linux ru_maxrss) of a fresh process that loads the checkpoint at `path` with
-    `hfcompress.loading.load_model` and runs one `[batch_size, 128]` forward; also the process's peak before loading
-    (the interpreter with torch and transformers imported), so the model's own share can be read off."""
+    """Peak resident memory (MB, Linux ``VmHWM``) of a fresh process that loads the checkpoint at `path` with
+    `hfcompress.loading.load_model` and runs one `[batch_size, 128]` forward; also its peak before loading (the
+    interpreter with torch and transformers imported), so the model's own share can be read off. (``ru_maxrss`` would
+    not do: a child inherits its parent's maximum.)"""
     import subprocess
     import sys
 
@@ -78,7 +85,8 @@ def measure_peak_memory(path: str, batch_size: int = 32, threads: int = 2) -> di
     if res.returncode != 0:
         raise RuntimeError(f"peak-memory probe of {path} failed: {res.stderr[-2000:]}")
     before, peak = (float(x) for x in res.stdout.strip().splitlines()[-1].split())
-    return {"peak_memory_mb": peak, "before_load_mb": before, "batch_size": batch_size, "seq_len": 128}
+    return {"peak_memory_mb": peak, "before_load_mb": before, "model_memory_mb": peak - before,
+            "batch_size": batch_size, "seq_len": 128}
 
 
 def folder_size_mb(path: str, suffix: str = ".safetensors") -> float:

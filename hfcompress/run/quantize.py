@@ -11,6 +11,7 @@ only orders them and refuses orders that cannot work, before anything is loaded 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import os
 import shutil
@@ -161,7 +162,8 @@ def quantize_and_save(model, tokenizer, quant: QuantizationConfig, directory: st
     elif quant.quantization == "torch_int8":
         from ..quantize.dynamic import quantize_dynamic_int8, save_dynamic_int8
 
-        save_dynamic_int8(quantize_dynamic_int8(model, skip_modules=quant.skip_list), directory, tokenizer)
+        quantized = quantize_dynamic_int8(model, skip_modules=quant.skip_list, per_channel=quant.torch_per_channel)
+        save_dynamic_int8(quantized, directory, tokenizer)
     elif quant.is_onnx:
         from ..quantize.onnx import export_onnx, quantize_onnx
 
@@ -170,7 +172,8 @@ def quantize_and_save(model, tokenizer, quant: QuantizationConfig, directory: st
         else:
             exported = os.path.join(work_dir, "onnx_fp32")
             export_onnx(model, exported, tokenizer, opset=quant.onnx_opset)
-            quantize_onnx(exported, directory, per_channel=quant.onnx_per_channel)
+            quantize_onnx(exported, directory, per_channel=quant.onnx_per_channel,
+                          float_modules=quant.float_module_list)
     else:
         from ..quantize.bnb import load_quantized, save_quantized
 
@@ -195,7 +198,7 @@ def compress_to(model, tokenizer, dataset, data_args: DataArguments, quant: Quan
             eval_texts=dataset["test"][data_args.text_column] if "test" in dataset else None,
             source=f"{data_args.dataset} train split",
         )
-        info["vocab_trim"] = report
+        info["vocab_trim"] = dataclasses.asdict(report)
     if run.lowrank:
         info["lowrank"] = factorize(compressed, run.lowrank_config())
     info["parameters_before_quantization"] = count_parameters(compressed)

@@ -152,3 +152,27 @@ def test_distill_script_with_lora(tmp_path, structured):
     enc = tok(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
         assert torch.allclose(merged(**enc).logits, adapter(**enc).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits, hidden", [("8bit", 32), ("4bit", 64)])
+def test_qlora_trains_on_a_quantized_base_and_merges_into_the_full_precision_one(tmp_path, bits, hidden):
+    model = tiny_bert(num_layers=2, hidden=hidden)
+    base_dir = str(tmp_path / "base")
+    model.save_pretrained(base_dir)
+    peft_model = apply_lora(model, LoraArguments(lora_r=4, lora_alpha=8, lora_quantization=bits), base_dir=base_dir)
+    base_types = {type(m).__name__ for m in peft_model.get_base_model().modules()}
+    assert ("Linear8bitLt" if bits == "8bit" else "Linear4bit") in base_types
+    head = peft_model.get_base_model().classifier
+    assert not any(t in type(head).__name__ for t in ("8bit", "4bit"))  # the head stays full precision
+    before = {n: p.detach().clone() for n, p in peft_model.named_parameters() if p.requires_grad}
+    _train(peft_model, steps=3)
+    moved = [n for n, p in peft_model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])]
+    assert any("lora_B" in n for n in moved) and any("classifier" in n for n in moved)
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    merged = load_lora(str(tmp_path / "adapter"), merge=True)  # onto the full-precision base named in the adapter
+    assert type(merged).__name__ == "BertForSequenceClassification"
+    with torch.no_grad():
+        trained = peft_model(**_batch(seed=2)).logits
+        plain = merged(**_batch(seed=2)).logits
+    # the merged model differs from the trained one only by the base's quantization error
+    assert (trained - plain).abs().max() < 0.5

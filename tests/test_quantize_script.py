@@ -8,7 +8,7 @@ import os
 
 import pytest
 import torch
-from transformers import AutoTokenizer
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from conftest import ROOT, save_tiny_assets
 from hfcompress.errors import UserInputError
@@ -102,3 +102,33 @@ def test_a_checkpoint_is_not_quantized_twice(assets, tmp_path):
     with pytest.raises(UserInputError, match="quantized twice"):
         _main()(["--model", str(tmp_path / "first" / "model"), "--dataset", data, "--output_dir",
                  str(tmp_path / "second")])
+
+
+@pytest.mark.parametrize("quantization", ["onnx_int8", "bnb_8bit"])
+def test_int8_is_the_last_step_after_structured_pruning(assets, tmp_path, quantization):
+    """A structurally pruned checkpoint (what scripts/prune.py --granularity structured writes) quantized to ONNX int8;
+    bitsandbytes cannot hold its narrower blocks, which is one clear error before any work."""
+    from conftest import make_tokenizer
+    from hfcompress.prune import PruningConfig, StructuredPruner, save_structured
+
+    model = AutoModelForSequenceClassification.from_pretrained(assets[0])
+    pruner = StructuredPruner(model, PruningConfig(granularity="structured", method="magnitude", target_sparsity=0.5,
+                                                   pruning_start=0, pruning_end=1))
+    pruner.set_total_steps(1)
+    pruner.step(1)
+    pruner.fold()
+    save_structured(model, str(tmp_path / "pruned"), tokenizer=make_tokenizer())
+    args = ["--model", str(tmp_path / "pruned"), "--dataset", assets[1], "--output_dir", str(tmp_path / "out"),
+            "--latency_rounds", "1", "--no_measure_memory", "--quantization", quantization]
+    if quantization == "bnb_8bit":
+        with pytest.raises(UserInputError, match="cannot hold a structurally pruned"):
+            _main()(args)
+        return
+    record = _main()(args)
+    assert record.models["reference"]["format"] == "structured"
+    assert checkpoint_format(str(tmp_path / "out" / "model")) == "onnx"
+    onnx = load_model(str(tmp_path / "out" / "model"))
+    tok = make_tokenizer()
+    enc = tok(["good movie", "very bad plot"], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        assert (onnx(**enc).logits - model.eval()(**enc).logits).abs().max() < 0.1

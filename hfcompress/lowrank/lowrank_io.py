@@ -24,8 +24,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 
 import torch
 import torch.nn as nn
@@ -33,7 +31,8 @@ import torch.nn as nn
 from ..errors import UserInputError
 from ..prune import structured_io
 from ..prune.structure import STRUCTURE_KEY, pruned_class
-from ..prune.structured_io import _auto_classes, _saved_shapes
+from ..prune.structured_io import _saved_shapes
+from ..remote_code import class_names_to_map, save_with_modeling_code
 from . import structure
 from .structure import CLASS_PREFIX, LOWRANK_KEY, lowrank_class
 
@@ -95,41 +94,11 @@ def save_lowrank(model: nn.Module, directory: str, tokenizer=None, **save_kwargs
     if not hasattr(transformers, plain):
         raise UserInputError(f"{type(model).__name__} is not a transformers model class (nor a low-rank or pruned "
                              "subclass of one): save_lowrank writes modeling code for transformers classes only")
-    base_name = _plain_name(type(model.base_model).__name__)
-    class_names = [plain] + ([base_name] if base_name != plain and hasattr(transformers, base_name) else [])
-    auto_map = {}
-    for name in class_names:
-        for auto in _auto_classes(model.config.model_type, name):
-            auto_map[auto] = f"{MODELING_NAME}.{CLASS_PREFIX}{name}"
-    os.makedirs(directory, exist_ok=True)
-    parent = os.path.dirname(os.path.abspath(directory))
-    with tempfile.TemporaryDirectory(dir=parent, prefix=".hfc-save-") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, **save_kwargs)
-        cfg_path = os.path.join(tmp, "config.json")
-        with open(cfg_path) as fh:
-            cfg = json.load(fh)
-        cfg["architectures"] = [plain]
-        cfg["auto_map"] = auto_map
-        with open(cfg_path, "w") as fh:
-            json.dump(cfg, fh, indent=2, sort_keys=True)
-        with open(os.path.join(tmp, MODELING_NAME + ".py"), "w", encoding="utf-8") as fh:
-            fh.write(modeling_code(class_names, pruned=pruned))
-        if pruned:
-            with open(os.path.join(tmp, PRUNED_MODELING_NAME + ".py"), "w", encoding="utf-8") as fh:
-                fh.write(structured_io.modeling_code(class_names))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        for stale in ("sparse_model.safetensors", "model.safetensors.index.json"):
-            path = os.path.join(directory, stale)
-            if os.path.exists(path):
-                os.remove(path)
-        weights = [f for f in os.listdir(tmp) if f.endswith(".safetensors")]
-        for name in sorted(os.listdir(tmp), key=lambda f: f in weights):  # weights last
-            src = os.path.join(tmp, name)
-            if os.path.isdir(src):
-                shutil.copytree(src, os.path.join(directory, name), dirs_exist_ok=True)
-            else:
-                os.replace(src, os.path.join(directory, name))
+    class_names = class_names_to_map(model, _plain_name)
+    files = {MODELING_NAME: modeling_code(class_names, pruned=pruned)}
+    if pruned:
+        files[PRUNED_MODELING_NAME] = structured_io.modeling_code(class_names)
+    save_with_modeling_code(model, directory, tokenizer, class_names, CLASS_PREFIX, MODELING_NAME, files, **save_kwargs)
     logger.info("Saved low-rank %s (%d factorized layers%s) to %s (loads with hfcompress.lowrank.load_lowrank, or "
                 "with trust_remote_code=True)", plain, len(ranks), ", structurally pruned" if pruned else "", directory)
     return directory

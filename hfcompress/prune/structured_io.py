@@ -19,38 +19,19 @@ import glob
 import json
 import logging
 import os
-import shutil
-import tempfile
 
 import torch
 import torch.nn as nn
 from safetensors import safe_open
 
 from ..errors import UserInputError
+from ..remote_code import class_names_to_map, save_with_modeling_code
 from . import structure
 from .structure import STRUCTURE_KEY, pruned_class
 
 logger = logging.getLogger(__name__)
 
 MODELING_NAME = "modeling_hfcompress_pruned"
-
-
-def _auto_classes(model_type: str, class_name: str) -> list[str]:
-    """The transformers auto classes (``AutoModelForSequenceClassification``, ...) that map `model_type` to
-    `class_name`."""
-    import transformers
-
-    names = []
-    for attr in dir(transformers):
-        if not attr.startswith("AutoModel"):
-            continue
-        mapping = getattr(getattr(transformers, attr), "_model_mapping", None)
-        table = getattr(mapping, "_model_mapping", None)
-        if isinstance(table, dict):
-            value = table.get(model_type)
-            if value == class_name or (isinstance(value, (list, tuple)) and class_name in value):
-                names.append(attr)
-    return names
 
 
 def _plain_class_name(model: nn.Module) -> str:
@@ -71,45 +52,14 @@ def modeling_code(class_names: list[str]) -> str:
 def save_structured(model: nn.Module, directory: str, tokenizer=None, **save_kwargs) -> str:
     """Save a model whose structure was cut by `StructuredPruner.fold` (or `apply_structure`). Files land under their
     final names only once complete; a dense or sparse checkpoint left in `directory` by an earlier save is removed."""
-    import transformers
-
     spec = getattr(model.config, STRUCTURE_KEY, None)
     if not spec:
         raise ValueError(f"{type(model).__name__} has no {STRUCTURE_KEY} in its config: it was not structurally "
                          "pruned (fold the StructuredPruner first), save it with save_pretrained")
-    plain = _plain_class_name(model)
-    base_name = type(model.base_model).__name__.removeprefix("HfcPruned")
-    class_names = [plain] + ([base_name] if base_name != plain and hasattr(transformers, base_name) else [])
-    auto_map = {}
-    for name in class_names:
-        for auto in _auto_classes(model.config.model_type, name):
-            auto_map[auto] = f"{MODELING_NAME}.HfcPruned{name}"
-    os.makedirs(directory, exist_ok=True)
-    parent = os.path.dirname(os.path.abspath(directory))
-    with tempfile.TemporaryDirectory(dir=parent, prefix=".hfc-save-") as tmp:
-        model.save_pretrained(tmp, safe_serialization=True, **save_kwargs)
-        cfg_path = os.path.join(tmp, "config.json")
-        with open(cfg_path) as fh:
-            cfg = json.load(fh)
-        cfg["architectures"] = [plain]
-        cfg["auto_map"] = auto_map
-        with open(cfg_path, "w") as fh:
-            json.dump(cfg, fh, indent=2, sort_keys=True)
-        with open(os.path.join(tmp, MODELING_NAME + ".py"), "w", encoding="utf-8") as fh:
-            fh.write(modeling_code(class_names))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(tmp)
-        for stale in ("sparse_model.safetensors", "model.safetensors.index.json"):
-            path = os.path.join(directory, stale)
-            if os.path.exists(path):
-                os.remove(path)
-        weights = [f for f in os.listdir(tmp) if f.endswith(".safetensors")]
-        for name in sorted(os.listdir(tmp), key=lambda f: f in weights):  # weights last
-            src = os.path.join(tmp, name)
-            if os.path.isdir(src):
-                shutil.copytree(src, os.path.join(directory, name), dirs_exist_ok=True)
-            else:
-                os.replace(src, os.path.join(directory, name))
+    names = class_names_to_map(model, lambda n: n.removeprefix("HfcPruned"))
+    save_with_modeling_code(model, directory, tokenizer, names, "HfcPruned", MODELING_NAME,
+                            {MODELING_NAME: modeling_code(names)}, **save_kwargs)
+    plain = names[0]
     logger.info("Saved structurally pruned %s to %s (loads with hfcompress.load_structured, or with "
                 "trust_remote_code=True)", plain, directory)
     return directory

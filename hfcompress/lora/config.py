@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
+from ..configs import MethodConfig
 from ..errors import UserInputError
 
 CONFIG_NAME = "lora_settings.json"
@@ -22,11 +21,13 @@ def _split(value) -> list[str] | None:
 
 
 @dataclass
-class LoraArguments:
+class LoraArguments(MethodConfig):
     """How the trained model is adapted with LoRA (Hu et al. 2021) through peft. The base weights stay frozen; small
     rank-r updates of the targeted projections and the whole task head are trained, saved as an adapter, and merged
     into a plain checkpoint at the end. With `lora_quantization` the frozen base is held in 8 or 4 bits while it
     trains (QLoRA, Dettmers et al. 2023)."""
+
+    config_name = CONFIG_NAME
 
     _argument_group_name = "LoRA (peft)"
 
@@ -91,19 +92,3 @@ class LoraArguments:
     @property
     def bits(self) -> int | None:
         return {"8bit": 8, "4bit": 4}.get(self.lora_quantization)
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
-
-    def save_pretrained(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, CONFIG_NAME), "w") as fh:
-            json.dump(self.to_dict(), fh, indent=2)
-
-    @classmethod
-    def from_any(cls, obj) -> "LoraArguments":
-        """The LoRA fields of any object that has them (a parsed script dataclass, a dict)."""
-        from dataclasses import fields
-
-        get = obj.get if isinstance(obj, dict) else (lambda k, d=None: getattr(obj, k, d))
-        return cls(**{f.name: get(f.name, f.default) for f in fields(cls) if not f.name.startswith("_")})

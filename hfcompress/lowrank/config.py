@@ -7,11 +7,10 @@ without a model is checked here, and the rest (a rank larger than a matrix allow
 
 from __future__ import annotations
 
-import json
-import os
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
+from ..configs import MethodConfig
 from ..errors import UserInputError
 
 CONFIG_NAME = "lowrank_config.json"
@@ -19,7 +18,7 @@ MODES = ("rank", "energy", "parameter_budget")
 
 
 @dataclass
-class LowRankConfig:
+class LowRankConfig(MethodConfig):
     """Low-rank factorization of ``nn.Linear`` layers from their truncated SVD (``W ~= U_r S_r V_r^T``, each layer
     replaced by two thinner ones, `LowRankLinear`).
 
@@ -37,6 +36,8 @@ class LowRankConfig:
     With `skip_if_not_smaller`, a layer whose factorized form would not be smaller than its dense matrix
     (``r * (in + out) >= in * out``) stays dense.
     """
+
+    config_name = CONFIG_NAME
 
     target_modules: list[str] | None = field(
         default=None,
@@ -128,42 +129,6 @@ class LowRankConfig:
     def mode(self) -> str:
         """``"rank"``, ``"energy"`` or ``"parameter_budget"``."""
         return next(name for name in MODES if getattr(self, name) is not None)
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(LowRankConfig)]
-
-    @classmethod
-    def from_any(cls, obj) -> "LowRankConfig":
-        """A `LowRankConfig` from the low-rank fields of any object holding them (e.g. parsed script arguments)."""
-        return cls(**{name: getattr(obj, name) for name in cls.field_names()})
-
-    def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in self.field_names()}
-
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def save_pretrained(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, CONFIG_NAME), "w") as fh:
-            fh.write(self.to_json_string())
-
-    @classmethod
-    def from_pretrained(cls, directory: str) -> "LowRankConfig":
-        path = os.path.join(directory, CONFIG_NAME)
-        try:
-            with open(path) as fh:
-                data = json.load(fh)
-        except FileNotFoundError:
-            raise UserInputError(f"{path} does not exist: no low-rank configuration was saved in {directory}") from None
-        except json.JSONDecodeError as exc:
-            raise UserInputError(f"{path} is not valid JSON: {exc}") from None
-        unknown = sorted(set(data) - set(cls.field_names()))
-        if unknown:
-            raise UserInputError(f"{path}: unknown keys {unknown} (known: {', '.join(cls.field_names())})")
-        return cls(**data)
-
 
 def _is_int(v) -> bool:
     try:

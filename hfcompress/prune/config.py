@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
+from ..configs import MethodConfig
 from ..errors import UserInputError
 
 METHODS = ("magnitude", "movement", "soft_movement")
@@ -13,8 +13,10 @@ GRANULARITIES = ("weight", "structured")
 SCOPES = ("local", "global")
 
 
+CONFIG_NAME = "pruning_config.json"
+
 @dataclass
-class PruningConfig:
+class PruningConfig(MethodConfig):
     """Pruning during training: single weights of the encoder's `nn.Linear` layers (``granularity="weight"``), or
     whole attention heads and feed-forward neurons that are then cut out of the model (``"structured"``).
 
@@ -41,6 +43,8 @@ class PruningConfig:
         output-projection columns, i.e. block movement pruning of those columns;
       * ``magnitude``: summed absolute weights of the group.
     """
+
+    config_name = CONFIG_NAME
 
     granularity: str = field(
         default="weight",
@@ -247,38 +251,8 @@ class PruningConfig:
             raise UserInputError(f"pruning_start (step {start}) is at or beyond the end of training ({max_steps} steps)")
         return start, end
 
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(PruningConfig)]
-
-    @classmethod
-    def from_any(cls, obj) -> "PruningConfig":
-        """A `PruningConfig` from the pruning fields of any object holding them (e.g. `PruningArguments`)."""
-        return cls(**{name: getattr(obj, name) for name in cls.field_names()})
-
-    def to_dict(self) -> dict:
-        return {name: getattr(self, name) for name in self.field_names()}
-
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
-    def save_pretrained(self, directory: str) -> None:
-        import os
-
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, CONFIG_NAME), "w") as fh:
-            fh.write(self.to_json_string())
-
-    @classmethod
-    def from_pretrained(cls, directory: str) -> "PruningConfig":
-        import os
-
-        with open(os.path.join(directory, CONFIG_NAME)) as fh:
-            return cls(**json.load(fh))
-
     def differences(self, other: "PruningConfig") -> dict:
         a, b = self.to_dict(), other.to_dict()
         return {k: (a[k], b[k]) for k in a if a[k] != b[k]}
 
 
-CONFIG_NAME = "pruning_config.json"

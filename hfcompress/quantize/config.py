@@ -3,10 +3,9 @@ settings, checked before anything is loaded."""
 
 from __future__ import annotations
 
-import json
-import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
+from ..configs import MethodConfig
 from ..errors import UserInputError
 
 CONFIG_NAME = "quantization_settings.json"
@@ -14,7 +13,7 @@ METHODS = ("none", "torch_int8", "onnx_fp32", "onnx_int8", "bnb_8bit", "bnb_4bit
 
 
 @dataclass
-class QuantizationConfig:
+class QuantizationConfig(MethodConfig):
     """One quantizer, last step of a compression run (after distillation, pruning, vocabulary trimming, low rank).
 
     * ``onnx_int8``: export to ONNX and quantize with ONNX Runtime (int8 weights, dynamic int8 activations): the fast
@@ -26,6 +25,8 @@ class QuantizationConfig:
     ``load_in_8bit`` / ``load_in_4bit`` are accepted as in ``BitsAndBytesConfig`` and select ``bnb_8bit`` /
     ``bnb_4bit``.
     """
+
+    config_name = CONFIG_NAME
 
     _argument_group_name = "Quantization"
 
@@ -100,16 +101,3 @@ class QuantizationConfig:
     @property
     def is_bnb(self) -> bool:
         return self.quantization.startswith("bnb")
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if not k.startswith("_")}
-
-    def save_pretrained(self, directory: str) -> None:
-        os.makedirs(directory, exist_ok=True)
-        with open(os.path.join(directory, CONFIG_NAME), "w") as fh:
-            json.dump(self.to_dict(), fh, indent=2)
-
-    @classmethod
-    def from_any(cls, obj) -> "QuantizationConfig":
-        get = obj.get if isinstance(obj, dict) else (lambda k, d=None: getattr(obj, k, d))
-        return cls(**{f.name: get(f.name, f.default) for f in fields(cls) if not f.name.startswith("_")})

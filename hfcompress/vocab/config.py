@@ -7,14 +7,16 @@ model says how it was made.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
+from ..configs import MethodConfig
 from ..errors import UserInputError
 
 
+CONFIG_NAME = "vocab_trim_config.json"
+
 @dataclass
-class VocabTrimConfig:
+class VocabTrimConfig(MethodConfig):
     """Vocabulary trimming (TextPruner's idea, Yang et al. 2022): a classifier fine-tuned on one dataset uses a
     fraction of its tokenizer's vocabulary, and the embedding rows of the other tokens are dead weight (half of
     MiniLM-L6's parameters are its 30,522 x 384 word embeddings).
@@ -23,6 +25,8 @@ class VocabTrimConfig:
     names: pad, bos, eos, ...), `keep_tokens`, the fallback tokens (`keep_characters`), then the tokens seen at least
     `min_count` times in the texts, most frequent first when `max_vocab_size` caps the total.
     """
+
+    config_name = CONFIG_NAME
 
     min_count: int = field(
         default=1,
@@ -81,23 +85,6 @@ class VocabTrimConfig:
             errors.append(f"keep_characters must be true or false, got {self.keep_characters!r}")
         if errors:
             raise UserInputError("Vocabulary trimming configuration: " + "; ".join(errors))
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(VocabTrimConfig)]
-
-    @classmethod
-    def from_any(cls, obj) -> "VocabTrimConfig":
-        """A `VocabTrimConfig` from the fields of any object holding them (e.g. command-line arguments)."""
-        return cls(**{name: getattr(obj, name) for name in cls.field_names()})
-
-    def to_dict(self) -> dict:
-        return {name: (list(v) if isinstance(v, list) else v) for name in self.field_names()
-                for v in [getattr(self, name)]}
-
-    def to_json_string(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
-
 
 def _as_int(value) -> int:
     if isinstance(value, bool):

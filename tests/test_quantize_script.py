@@ -132,3 +132,23 @@ def test_int8_is_the_last_step_after_structured_pruning(assets, tmp_path, quanti
     enc = tok(["good movie", "very bad plot"], padding=True, return_tensors="pt")
     with torch.no_grad():
         assert (onnx(**enc).logits - model.eval()(**enc).logits).abs().max() < 0.1
+
+
+def test_the_run_writes_a_card_whose_numbers_are_the_record(assets, tmp_path):
+    from huggingface_hub import ModelCard
+
+    record = _run(assets, tmp_path / "my-model", "--quantization", "onnx_int8")
+    card = ModelCard.load(str(tmp_path / "my-model" / "model" / "README.md"))
+    data = card.data.to_dict()
+    assert data["pipeline_tag"] == "text-classification"
+    assert {"hfcompress", "quantized", "onnx"} <= set(data["tags"])
+    result = data["model-index"][0]["results"][0]
+    summary = record.metrics["summary"]
+    accuracy = next(m for m in result["metrics"] if m["type"] == "accuracy")
+    assert accuracy["value"] == pytest.approx(summary["accuracy"])
+    assert result["dataset"]["split"] == summary["split"]
+    body = card.text
+    assert f"{summary['size_ratio']:.2f}x smaller" in body and f"{summary['speedup']:.2f}x faster" in body
+    assert f"{summary['accuracy_delta_points']:+.2f} points" in body
+    assert "OnnxModelForSequenceClassification.from_pretrained" in body
+    assert "bnb_" not in body  # only the settings of the quantizer used

@@ -44,10 +44,13 @@ def model_device(model) -> torch.device:
 
 
 def checkpoint_size_mb(path: str) -> float:
-    """Everything a user downloads: the size of every file under the checkpoint folder, in MB (10^6 bytes)."""
+    """Everything a user downloads to run the model: the size of every file under the checkpoint folder (weights,
+    config, tokenizer, modeling code) except its model card (``README.md``, written from this very measurement), in MB
+    (10^6 bytes)."""
     total = 0
     for root, _, files in os.walk(path):
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in files)
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in files
+                     if not (root == path and f == "README.md"))
     return total / 1e6
 
 

@@ -304,6 +304,10 @@ def run_quantization(model_args: QuantizeModelArguments, data_args: DataArgument
     }
     record.artifacts = {"model": model_dir, "reference": reference_dir}
     record.save(os.path.join(run.output_dir, f"{task}_summary.json"))
+    from ..report.card import write_card
+
+    record.artifacts["card"] = write_card(record.to_dict(), model_dir, model_name=os.path.basename(
+        os.path.normpath(run.output_dir)))
     s = record.metrics["summary"]
     logger.info("%s: %s accuracy %.4f (reference %.4f, %+.2f points), checkpoint %.1f MB (%.2fx smaller), %.2fx "
                 "faster on %d threads; model in %s", quant.quantization, split, acc_out, acc_ref,

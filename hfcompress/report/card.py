@@ -102,7 +102,7 @@ def quantize_card(record: dict, model_dir: str, base_model: str | None = None, m
     rows = [
         ("test accuracy" if split == "test" else f"{split} accuracy", f"{ref_m['accuracy']:.4f}", f"{comp_m['accuracy']:.4f}",
          f"{summary['accuracy_delta_points']:+.2f} points"),
-        ("checkpoint size (whole folder)", f"{ref['checkpoint_mb']:.1f} MB", f"{comp['checkpoint_mb']:.1f} MB",
+        ("checkpoint size (every file but this card)", f"{ref['checkpoint_mb']:.1f} MB", f"{comp['checkpoint_mb']:.1f} MB",
          f"{summary['size_ratio']:.2f}x smaller"),
         ("CPU latency", f"{ref['latency']['median_ms']:.0f} ms", f"{comp['latency']['median_ms']:.0f} ms",
          f"{summary['speedup']:.2f}x faster"),

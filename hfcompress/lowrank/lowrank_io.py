@@ -14,53 +14,32 @@ holds ``<layer>.down.weight`` / ``<layer>.up.weight``) and leaves them randomly 
 A model that was first structurally pruned (``hfcompress_structure``, `hfcompress.prune.save_structured`) and then
 factorized keeps both keys (they do not overlap): the pruned shape is rebuilt first, then the pruned layers are
 factorized. Its checkpoint holds both modeling files, ``modeling_hfcompress_lowrank.py`` importing
-``modeling_hfcompress_pruned.py``. Load it with `load_lowrank` (or remote code): `load_structured` does not know
-the factors and would leave the factorized layers randomly initialised. The other order (factorize, then prune
+``modeling_hfcompress_pruned.py`` (`hfcompress.remote_code` composes the two). It loads with `load_lowrank`,
+`load_structured` or remote code alike. The other order (factorize, then prune
 structurally) is not supported: structured pruning slices ``nn.Linear`` layers and finds `LowRankLinear` pairs.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 
 import torch
 import torch.nn as nn
 
 from ..errors import UserInputError
-from ..prune import structured_io
-from ..prune.structure import STRUCTURE_KEY, pruned_class
-from ..prune.structured_io import _saved_shapes
-from ..remote_code import class_names_to_map, save_with_modeling_code
-from . import structure
-from .structure import CLASS_PREFIX, LOWRANK_KEY, lowrank_class
+from ..remote_code import (
+    architecture_class,
+    config_records,
+    plain_class_name,
+    save_with_modeling_code,
+    saved_shapes,
+    shape_codes,
+    shaped_class,
+)
+from .structure import LOWRANK_KEY
 
 logger = logging.getLogger(__name__)
 
-MODELING_NAME = "modeling_hfcompress_lowrank"
-PRUNED_MODELING_NAME = structured_io.MODELING_NAME
-
-
-def _plain_name(name: str) -> str:
-    while name.startswith((CLASS_PREFIX, "HfcPruned")):
-        name = name.removeprefix(CLASS_PREFIX).removeprefix("HfcPruned")
-    return name
-
-
-def modeling_code(class_names: list[str], pruned: bool = False) -> str:
-    """The checkpoint's modeling file: `structure.py` itself plus one low-rank subclass per transformers class (of
-    the pruned subclass from ``modeling_hfcompress_pruned.py`` when `pruned`)."""
-    with open(structure.__file__, encoding="utf-8") as fh:
-        source = fh.read()
-    lines = ["", "", "# --- written by hfcompress.save_lowrank: the classes config.json's auto_map names ---",
-             "import transformers", ""]
-    if pruned:
-        lines[-1:-1] = [f"from .{PRUNED_MODELING_NAME} import pruned_class"]
-    for name in class_names:
-        inner = f"pruned_class(transformers.{name})" if pruned else f"transformers.{name}"
-        lines.append(f"{CLASS_PREFIX}{name} = lowrank_class({inner})")
-    return source + "\n".join(lines) + "\n"
 
 
 def _check_ranks(model: nn.Module, ranks: dict) -> None:
@@ -89,33 +68,25 @@ def save_lowrank(model: nn.Module, directory: str, tokenizer=None, **save_kwargs
         raise UserInputError(f"{type(model).__name__} has no {LOWRANK_KEY} in its config: it was not factorized "
                              "(run hfcompress.lowrank.factorize first), save it with save_pretrained")
     _check_ranks(model, ranks)
-    pruned = bool(getattr(model.config, STRUCTURE_KEY, None))
-    plain = _plain_name(type(model).__name__)
+    pruned = len(shape_codes(model.config)) > 1
+    plain = plain_class_name(type(model).__name__)
     if not hasattr(transformers, plain):
         raise UserInputError(f"{type(model).__name__} is not a transformers model class (nor a low-rank or pruned "
                              "subclass of one): save_lowrank writes modeling code for transformers classes only")
-    class_names = class_names_to_map(model, _plain_name)
-    files = {MODELING_NAME: modeling_code(class_names, pruned=pruned)}
-    if pruned:
-        files[PRUNED_MODELING_NAME] = structured_io.modeling_code(class_names)
-    save_with_modeling_code(model, directory, tokenizer, class_names, CLASS_PREFIX, MODELING_NAME, files, **save_kwargs)
+    save_with_modeling_code(model, directory, tokenizer, **save_kwargs)
     logger.info("Saved low-rank %s (%d factorized layers%s) to %s (loads with hfcompress.lowrank.load_lowrank, or "
                 "with trust_remote_code=True)", plain, len(ranks), ", structurally pruned" if pruned else "", directory)
     return directory
 
 
 def is_lowrank_checkpoint(directory: str) -> bool:
-    path = os.path.join(directory, "config.json")
-    if not os.path.exists(path):
-        return False
-    with open(path) as fh:
-        return bool(json.load(fh).get(LOWRANK_KEY))
+    return config_records(directory, LOWRANK_KEY)
 
 
 def check_saved_weights(directory: str, model: nn.Module) -> None:
     """A `UserInputError` naming the factors the checkpoint lacks, or whose saved shape differs from the rank the
     config records (keys compared across the base-model prefix, as transformers loads them)."""
-    saved = _saved_shapes(directory)
+    saved = saved_shapes(directory)
     prefix = getattr(model, "base_model_prefix", "") or ""
     missing, bad = [], []
     for key, tensor in model.state_dict().items():
@@ -135,7 +106,7 @@ def check_saved_weights(directory: str, model: nn.Module) -> None:
                         f"{'; '.join(bad[:5])}{' ...' if len(bad) > 5 else ''}")
     if problems:
         raise UserInputError(f"{directory}: {'; '.join(problems)}. The config ({LOWRANK_KEY}"
-                             f"{', ' + STRUCTURE_KEY if getattr(model.config, STRUCTURE_KEY, None) else ''}) and the "
+                             f"{''.join(', ' + c.config_key for c in shape_codes(model.config) if c.config_key != LOWRANK_KEY)}) and the "
                              "weights come from different models; save them together with save_lowrank")
 
 
@@ -144,25 +115,15 @@ def load_lowrank(directory: str, model_class=None, **kwargs) -> nn.Module:
     `model_class` defaults to the transformers class named in config.json (another class of the family works too,
     e.g. ``transformers.BertModel`` for the encoder alone); ``kwargs`` go to `from_pretrained`. A checkpoint that
     was also structurally pruned is cut to its pruned shape first."""
-    import transformers
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(directory)
     ranks = getattr(config, LOWRANK_KEY, None)
     if not ranks:
-        loader = "hfcompress.load_structured" if getattr(config, STRUCTURE_KEY, None) else "from_pretrained"
+        loader = "hfcompress.load_structured" if shape_codes(config) else "from_pretrained"
         raise UserInputError(f"{directory}/config.json has no {LOWRANK_KEY}: not a low-rank checkpoint (load it with "
                              f"{loader})")
-    if model_class is None:
-        archs = getattr(config, "architectures", None) or []
-        name = _plain_name(archs[0]) if archs else None
-        if not name or not hasattr(transformers, name):
-            raise UserInputError(f"{directory}/config.json names no known architecture ({archs}); pass model_class")
-        model_class = getattr(transformers, name)
-    else:
-        model_class = getattr(transformers, _plain_name(model_class.__name__), model_class)
-    base = pruned_class(model_class) if getattr(config, STRUCTURE_KEY, None) else model_class
-    cls = lowrank_class(base)
+    cls = shaped_class(config, architecture_class(config, directory, model_class))
     try:
         with torch.device("meta"):
             probe = cls(config)
@@ -172,4 +133,4 @@ def load_lowrank(directory: str, model_class=None, **kwargs) -> nn.Module:
     return cls.from_pretrained(directory, config=config, **kwargs).eval()
 
 
-__all__ = ["check_saved_weights", "is_lowrank_checkpoint", "load_lowrank", "modeling_code", "save_lowrank"]
+__all__ = ["check_saved_weights", "is_lowrank_checkpoint", "load_lowrank", "save_lowrank"]

@@ -15,38 +15,24 @@ config's full width.
 
 from __future__ import annotations
 
-import glob
-import json
 import logging
-import os
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
 
 from ..errors import UserInputError
-from ..remote_code import class_names_to_map, save_with_modeling_code
-from . import structure
-from .structure import STRUCTURE_KEY, pruned_class
+from ..remote_code import (
+    architecture_class,
+    config_records,
+    plain_class_name,
+    save_with_modeling_code,
+    saved_shapes,
+    shaped_class,
+)
+from .structure import STRUCTURE_KEY
 
 logger = logging.getLogger(__name__)
 
-MODELING_NAME = "modeling_hfcompress_pruned"
-
-
-def _plain_class_name(model: nn.Module) -> str:
-    return type(model).__name__.removeprefix("HfcPruned")
-
-
-def modeling_code(class_names: list[str]) -> str:
-    """The checkpoint's modeling file: `structure.py` itself plus one pruned subclass per transformers class."""
-    with open(structure.__file__, encoding="utf-8") as fh:
-        source = fh.read()
-    lines = ["", "", "# --- written by hfcompress.save_structured: the classes config.json's auto_map names ---",
-             "import transformers", ""]
-    for name in class_names:
-        lines.append(f"HfcPruned{name} = pruned_class(transformers.{name})")
-    return source + "\n".join(lines) + "\n"
 
 
 def save_structured(model: nn.Module, directory: str, tokenizer=None, **save_kwargs) -> str:
@@ -56,35 +42,19 @@ def save_structured(model: nn.Module, directory: str, tokenizer=None, **save_kwa
     if not spec:
         raise ValueError(f"{type(model).__name__} has no {STRUCTURE_KEY} in its config: it was not structurally "
                          "pruned (fold the StructuredPruner first), save it with save_pretrained")
-    names = class_names_to_map(model, lambda n: n.removeprefix("HfcPruned"))
-    save_with_modeling_code(model, directory, tokenizer, names, "HfcPruned", MODELING_NAME,
-                            {MODELING_NAME: modeling_code(names)}, **save_kwargs)
-    plain = names[0]
+    save_with_modeling_code(model, directory, tokenizer, **save_kwargs)
     logger.info("Saved structurally pruned %s to %s (loads with hfcompress.load_structured, or with "
-                "trust_remote_code=True)", plain, directory)
+                "trust_remote_code=True)", plain_class_name(type(model).__name__), directory)
     return directory
 
 
 def is_structured_checkpoint(directory: str) -> bool:
-    path = os.path.join(directory, "config.json")
-    if not os.path.exists(path):
-        return False
-    with open(path) as fh:
-        return bool(json.load(fh).get(STRUCTURE_KEY))
-
-
-def _saved_shapes(directory: str) -> dict[str, tuple[int, ...]]:
-    shapes = {}
-    for path in sorted(glob.glob(os.path.join(directory, "*.safetensors"))):
-        with safe_open(path, "pt") as fh:
-            for key in fh.keys():
-                shapes[key] = tuple(fh.get_slice(key).get_shape())
-    return shapes
+    return config_records(directory, STRUCTURE_KEY)
 
 
 def check_saved_shapes(directory: str, model: nn.Module) -> None:
     """A `UserInputError` naming the tensors whose saved shape differs from the shape the config describes."""
-    saved = _saved_shapes(directory)
+    saved = saved_shapes(directory)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     bad = [f"{k}: saved {saved[k]}, config {expected[k]}" for k in expected if k in saved and saved[k] != expected[k]]
     if bad:
@@ -98,7 +68,6 @@ def check_saved_shapes(directory: str, model: nn.Module) -> None:
 def load_structured(directory: str, model_class=None, **kwargs) -> nn.Module:
     """The structurally pruned model saved in `directory`, in eval mode, through hfcompress's own code (no remote code).
     `model_class` defaults to the transformers class named in config.json; ``kwargs`` go to `from_pretrained`."""
-    import transformers
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(directory)
@@ -108,13 +77,7 @@ def load_structured(directory: str, model_class=None, **kwargs) -> nn.Module:
     if not spec:
         raise UserInputError(f"{directory}/config.json has no {STRUCTURE_KEY}: not a structurally pruned checkpoint "
                              "(load it with from_pretrained)")
-    if model_class is None:
-        archs = getattr(config, "architectures", None) or []
-        name = archs[0].removeprefix("HfcPruned") if archs else None
-        if not name or not hasattr(transformers, name):
-            raise UserInputError(f"{directory}/config.json names no known architecture ({archs}); pass model_class")
-        model_class = getattr(transformers, name)
-    cls = pruned_class(model_class)
+    cls = shaped_class(config, architecture_class(config, directory, model_class))
     try:
         with torch.device("meta"):
             probe = cls(config)

@@ -17,6 +17,7 @@ from conftest import ROOT, make_texts, make_tokenizer, save_tiny_assets, tiny_be
 from hfcompress.errors import UserInputError
 from hfcompress.lora import LoraArguments, apply_lora, load_lora, merge_lora
 from hfcompress.prune import PruningConfig, StructuredPruner, save_structured
+from hfcompress.run.lora import lora_model
 
 
 def _batch(n=6, seq=8, seed=1):
@@ -159,7 +160,7 @@ def test_qlora_trains_on_a_quantized_base_and_merges_into_the_full_precision_one
     model = tiny_bert(num_layers=2, hidden=hidden)
     base_dir = str(tmp_path / "base")
     model.save_pretrained(base_dir)
-    peft_model = apply_lora(model, LoraArguments(lora_r=4, lora_alpha=8, lora_quantization=bits), base_dir=base_dir)
+    peft_model = lora_model(model, LoraArguments(lora_r=4, lora_alpha=8, lora_quantization=bits), base_dir)
     base_types = {type(m).__name__ for m in peft_model.get_base_model().modules()}
     assert ("Linear8bitLt" if bits == "8bit" else "Linear4bit") in base_types
     head = peft_model.get_base_model().classifier
@@ -176,3 +177,8 @@ def test_qlora_trains_on_a_quantized_base_and_merges_into_the_full_precision_one
         plain = merged(**_batch(seed=2)).logits
     # the merged model differs from the trained one only by the base's quantization error
     assert (trained - plain).abs().max() < 0.5
+
+
+def test_qlora_settings_on_a_full_precision_model_are_refused():
+    with pytest.raises(UserInputError, match="the model is not quantized"):
+        apply_lora(tiny_bert(), LoraArguments(lora_r=4, lora_quantization="8bit"))

@@ -9,8 +9,8 @@ with the things users lose on the way made explicit:
   `load_lora` rebuilds the pair in a fresh process, and `merge_lora` folds the update into a plain checkpoint.
 * **Names.** A target or head that matches nothing is one clear error listing the module names that exist, before
   any training (peft's own error comes later and lists nothing useful).
-* **QLoRA.** With 8 or 4 bits, the frozen base is re-loaded through bitsandbytes (`hfcompress.quantize.bnb`), head in
-  full precision, and prepared with `peft.prepare_model_for_kbit_training`. The merged checkpoint folds the update
+* **QLoRA.** A base loaded in 8 or 4 bits (the run layer loads it through `hfcompress.quantize.bnb`, head in full
+  precision) is prepared with `peft.prepare_model_for_kbit_training`. The merged checkpoint folds the update
   into the full-precision base (the usual practice: merging into 4-bit weights would quantize the update away).
 """
 
@@ -116,9 +116,9 @@ def check_lora(model: nn.Module, settings: LoraArguments) -> None:
 def apply_lora(model: nn.Module, settings: LoraArguments, base_dir: str | None = None):
     """Wrap `model` in a peft LoRA model (only the LoRA factors and the head train).
 
-    `base_dir`: a folder where `model` itself is saved (``save_pretrained``). The adapter names it as its base, so it
-    reloads and merges in a fresh process; QLoRA loads its quantized base from there. Without it the adapter names
-    no base on disk and QLoRA is not possible.
+    `base_dir`: a folder where the full-precision `model` is saved (``save_pretrained``). The adapter names it as its
+    base, so it reloads and merges in a fresh process (for QLoRA: `model` is that base loaded in 8 or 4 bits).
+    Without it the adapter names no base on disk.
     """
     from peft import get_peft_model, prepare_model_for_kbit_training
 
@@ -129,16 +129,11 @@ def apply_lora(model: nn.Module, settings: LoraArguments, base_dir: str | None =
             raise ValueError(f"base_dir {base_dir} holds no saved model: save the base there first")
         # peft names the base after the model's `name_or_path` (the adapter config's base_model_name_or_path)
         model.name_or_path = os.path.abspath(base_dir)
-    if settings.bits:
-        if getattr(model.config, "hfcompress_structure", None):
-            raise UserInputError("--lora_quantization on a structurally pruned model is not supported (bitsandbytes "
-                                 "loads through the family's own classes, which build every block at full width); "
-                                 "use LoRA on the full-precision pruned model")
-        if base_dir is None:
-            raise ValueError("QLoRA needs base_dir: the quantized base is loaded from the saved full-precision one")
-        from ..quantize.bnb import load_quantized
-
-        model = load_quantized(base_dir, bits=settings.bits, model_class=type(unwrap_model(model)))
+    quantized = bool(getattr(model, "is_loaded_in_8bit", False) or getattr(model, "is_loaded_in_4bit", False))
+    if settings.bits and not quantized:
+        raise UserInputError(f"--lora_quantization {settings.lora_quantization}: the model is not quantized; load the "
+                             "frozen base in 8 or 4 bits first (hfcompress.run.lora.lora_model does)")
+    if quantized:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     peft_model = get_peft_model(model, cfg)
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)

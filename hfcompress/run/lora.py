@@ -43,6 +43,20 @@ def load_checkpoint(directory: str):
     return AutoModelForSequenceClassification.from_pretrained(directory)
 
 
+def lora_model(model, settings: LoraArguments, base_dir: str):
+    """`model` (already saved in `base_dir`) wrapped in LoRA; for QLoRA (``--lora_quantization``) the frozen base is
+    that saved model re-loaded in 8 or 4 bits through bitsandbytes, task head in full precision."""
+    if settings.bits:
+        if getattr(model.config, STRUCTURE_KEY, None):
+            raise UserInputError("--lora_quantization on a structurally pruned model is not supported (bitsandbytes "
+                                 "loads through the family's own classes, which build every block at full width); "
+                                 "use LoRA on the full-precision pruned model")
+        from ..quantize.bnb import load_quantized
+
+        model = load_quantized(base_dir, bits=settings.bits, model_class=type(model))
+    return apply_lora(model, settings, base_dir=base_dir)
+
+
 def lora_methods(settings: LoraArguments) -> list[RunMethod]:
     """`[LoraMethod]` when `--lora_r` asks for LoRA, else `[]` (so scripts add it unconditionally)."""
     return [LoraMethod(settings)] if settings.enabled else []
@@ -69,7 +83,7 @@ class LoraMethod(RunMethod):
         if PartialState().is_main_process:
             save_checkpoint(model, base_dir, tokenizer)
         PartialState().wait_for_everyone()
-        model = apply_lora(model, self.settings, base_dir=base_dir)
+        model = lora_model(model, self.settings, base_dir)
         self.info["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.info["parameters"] = count_parameters(model)
         return model

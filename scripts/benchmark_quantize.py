@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import statistics
 import sys
 from dataclasses import asdict, dataclass, field
 
@@ -38,7 +37,7 @@ from hfcompress.loading import checkpoint_format, load_model
 from hfcompress.quantize.config import QuantizationConfig
 from hfcompress.report import evaluate_classifier
 from hfcompress.report.bench import cache_key, training_kwargs, write_json
-from hfcompress.report.measure import checkpoint_size_mb, measure_latency, measure_peak_memory
+from hfcompress.report.measure import checkpoint_size_mb, interleaved_latency, measure_peak_memory
 from hfcompress.report.record import environment
 from hfcompress.run import DataArguments, ModelArguments
 from hfcompress.run.lowrank import LowRankArguments, run_lowrank
@@ -168,22 +167,20 @@ def main(argv=None):
                     rows[name]["peak_memory_mb"])
 
     models = {name: load_model(path, num_threads=args.threads) for name, path in paths.items()}
-    rounds = {name: [] for name in models}
     lat = {"batch_size": 32, "seq_len": 128, "runs": args.latency_runs, "warmup": 2}
-    for r in range(args.latency_rounds):
-        for name, model in models.items():
-            rounds[name].append(measure_latency(model, **lat)["median_ms"])
-            logger.info("round %d %s: %.1f ms", r + 1, name, rounds[name][-1])
+    latency = interleaved_latency(models, args.latency_rounds, **lat)  # "fp32" first: the reference of the ratios
+    for name, row in latency.items():
+        logger.info("%s: %s ms", name, ", ".join(f"{ms:.1f}" for ms in row["rounds_ms"]))
     fp32 = rows["fp32"]
     variants = {}
     for name in names:
         row = rows[name]
-        ratios = [f / v for f, v in zip(rounds["fp32"], rounds[name])]
         variants[name] = {
             "accuracy": row["accuracy"], "accuracy_delta_points": 100 * (row["accuracy"] - fp32["accuracy"]),
             "size_mb": row["size_mb"], "size_ratio": fp32["size_mb"] / row["size_mb"],
-            "latency_ms": statistics.median(rounds[name]), "latency_ms_rounds": rounds[name],
-            "speedup": statistics.median(ratios), "speedup_rounds": ratios, "peak_memory_mb": row["peak_memory_mb"],
+            "latency_ms": latency[name]["median_ms"], "latency_ms_rounds": latency[name]["rounds_ms"],
+            "speedup": latency[name]["speedup"], "speedup_rounds": latency[name]["speedup_rounds"],
+            "peak_memory_mb": row["peak_memory_mb"],
             "format": row["format"], "source": VARIANTS[name][0], "settings": {**VARIANTS[name][1], **VARIANTS[name][2]},
             "path": row["path"],
         }
@@ -191,7 +188,7 @@ def main(argv=None):
     nf4 = variants.get("bnb_nf4")
     result = {
         "fp32_accuracy": fp32["accuracy"], "fp32_size_mb": fp32["size_mb"],
-        "fp32_latency_ms": statistics.median(rounds["fp32"]), "fp32_latency_ms_rounds": rounds["fp32"],
+        "fp32_latency_ms": latency["fp32"]["median_ms"], "fp32_latency_ms_rounds": latency["fp32"]["rounds_ms"],
         "fp32_peak_memory_mb": fp32["peak_memory_mb"], "fp32_model": args.fp32_model,
         "variants": variants,
         "floors": {

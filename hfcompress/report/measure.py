@@ -140,6 +140,26 @@ def measure_latency(
     }
 
 
+def interleaved_latency(models: dict, rounds: int = 3, **latency_kwargs) -> dict[str, dict]:
+    """`measure_latency` of every model in turn, `rounds` times over, in this process, so a drifting machine load
+    shows in all of them: per model the median over rounds of the round's median (``median_ms``), the round values
+    (``rounds_ms``), and the ratio to the first model, the reference, round by round (``speedup_rounds``) and its
+    median (``speedup``). `latency_kwargs` go to `measure_latency` (batch, sequence length, runs, warm-up)."""
+    per_round: dict[str, list[float]] = {name: [] for name in models}
+    last = {}
+    for _ in range(rounds):
+        for name, model in models.items():
+            last[name] = measure_latency(model, **latency_kwargs)
+            per_round[name].append(last[name]["median_ms"])
+    first = next(iter(models))
+    out = {}
+    for name in models:
+        ratios = [r / m for r, m in zip(per_round[first], per_round[name])]
+        out[name] = {**last[name], "median_ms": statistics.median(per_round[name]), "rounds_ms": per_round[name],
+                     "speedup_rounds": ratios, "speedup": statistics.median(ratios)}
+    return out
+
+
 @torch.inference_mode()
 def evaluate_classifier(
     model: torch.nn.Module,

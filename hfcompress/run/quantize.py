@@ -15,8 +15,8 @@ import dataclasses
 import logging
 import os
 import shutil
-import statistics
 import tempfile
+from types import SimpleNamespace
 from dataclasses import dataclass, field
 
 import torch
@@ -27,7 +27,14 @@ from ..errors import UserInputError
 from ..loading import checkpoint_format, load_model
 from ..lowrank import LowRankConfig, factorize, save_lowrank
 from ..quantize.config import QuantizationConfig
-from ..report.measure import checkpoint_size_mb, count_parameters, measure_latency, measure_peak_memory
+from ..report.card import write_card
+from ..report.measure import (
+    checkpoint_size_mb,
+    count_parameters,
+    evaluate_classifier,
+    interleaved_latency,
+    measure_peak_memory,
+)
 from ..report.record import RunRecord
 from ..vocab import VocabTrimConfig, trim_vocabulary
 from . import steps
@@ -137,11 +144,8 @@ def load_source(model_args: QuantizeModelArguments, data_args: DataArguments, da
     as_teacher = ModelArguments(teacher_model=model_args.model, teacher_finetune_epochs=model_args.finetune_epochs,
                                 teacher_dir=model_args.finetune_dir)
 
-    class _Args:  # what load_teacher reads of the training arguments
-        bf16 = False
-
-    _Args.seed = seed
-    model, tokenizer, path = steps.load_teacher(as_teacher, data_args, dataset, _Args)
+    training = SimpleNamespace(seed=seed, bf16=False)  # what load_teacher reads of the training arguments
+    model, tokenizer, path = steps.load_teacher(as_teacher, data_args, dataset, training)
     return model.eval(), tokenizer, path
 
 
@@ -211,25 +215,16 @@ def compress_to(model, tokenizer, dataset, data_args: DataArguments, quant: Quan
     return info
 
 
-def interleaved_latency(paths: dict[str, str], threads: int, rounds: int) -> dict[str, dict]:
-    """Latency of each saved model (loaded fresh), measured in `rounds` interleaved rounds in this process: per model
-    the median over rounds of each round's median, and per round the ratio to the first model (the reference)."""
+def saved_models_latency(paths: dict[str, str], threads: int, rounds: int) -> dict[str, dict]:
+    """`interleaved_latency` of saved models, each loaded fresh, on `threads` threads: batch 32 x 128 tokens (fewer
+    for a model whose position table is shorter, as the tiny test models)."""
     torch.set_num_threads(threads)
     models = {name: load_model(path, num_threads=threads) for name, path in paths.items()}
-    per_round: dict[str, list[float]] = {name: [] for name in models}
-    first = next(iter(models))
-    last = {}
-    # batch 32 x 128 tokens (fewer for a model whose position table is shorter, as the tiny test models)
-    seq_len = min(128, int(getattr(models[first].config, "max_position_embeddings", 128)))
-    for _ in range(rounds):
-        for name, model in models.items():
-            last[name] = measure_latency(model, seq_len=seq_len)
-            per_round[name].append(last[name]["median_ms"])
-    out = {}
-    for name in models:
-        ratios = [r / m for r, m in zip(per_round[first], per_round[name])]
-        out[name] = {**last[name], "median_ms": statistics.median(per_round[name]), "rounds_ms": per_round[name],
-                     "speedup_rounds": ratios, "speedup": statistics.median(ratios), "threads": threads}
+    first = next(iter(models.values()))
+    seq_len = min(128, int(getattr(first.config, "max_position_embeddings", 128)))
+    out = interleaved_latency(models, rounds, seq_len=seq_len)
+    for row in out.values():
+        row["threads"] = threads
     return out
 
 
@@ -261,14 +256,12 @@ def run_quantization(model_args: QuantizeModelArguments, data_args: DataArgument
         if os.path.exists(reference_dir):
             shutil.rmtree(reference_dir)
         os.replace(os.path.join(work, "reference"), reference_dir)
-        parameters_before = count_parameters(model)
-
-        parameters_after = None
-        if os.path.exists(model_dir):
-            shutil.rmtree(model_dir)
-        info = compress_to(model, tokenizer, dataset, data_args, quant, run, model_dir)
-        parameters_after = info.pop("parameters_before_quantization")
-        record.methods.update(info)
+    parameters_before = count_parameters(model)
+    if os.path.exists(model_dir):
+        shutil.rmtree(model_dir)
+    info = compress_to(model, tokenizer, dataset, data_args, quant, run, model_dir)
+    parameters_after = info.pop("parameters_before_quantization")
+    record.methods.update(info)
     del model
 
     # Measured on what was saved, each loaded fresh from disk.
@@ -277,13 +270,11 @@ def run_quantization(model_args: QuantizeModelArguments, data_args: DataArgument
     metrics = {}
     for role, p in (("reference", reference_dir), ("compressed", model_dir)):
         m = load_model(p, num_threads=quant.latency_threads)
-        from ..report.measure import evaluate_classifier
-
         metrics[role] = {split: evaluate_classifier(m, AutoTokenizer.from_pretrained(p), texts, labels,
                                                     max_length=data_args.max_length, desc=f"{split} ({role})")}
         del m
-    latency = interleaved_latency({"reference": reference_dir, "compressed": model_dir}, quant.latency_threads,
-                                  run.latency_rounds)
+    latency = saved_models_latency({"reference": reference_dir, "compressed": model_dir}, quant.latency_threads,
+                                   run.latency_rounds)
     memory = {}
     if run.measure_memory:
         memory = {role: measure_peak_memory(p, threads=quant.latency_threads)
@@ -302,12 +293,10 @@ def run_quantization(model_args: QuantizeModelArguments, data_args: DataArgument
         "split": split, "accuracy_reference": acc_ref, "accuracy": acc_out, "accuracy_delta_points": 100 * (acc_out - acc_ref),
         "size_ratio": size_ref / size_out, "speedup": latency["compressed"]["speedup"],
     }
-    record.artifacts = {"model": model_dir, "reference": reference_dir}
+    record.artifacts = {"model": model_dir, "reference": reference_dir,
+                        "card": os.path.join(model_dir, "README.md")}
+    write_card(record.to_dict(), model_dir, model_name=os.path.basename(os.path.normpath(run.output_dir)))
     record.save(os.path.join(run.output_dir, f"{task}_summary.json"))
-    from ..report.card import write_card
-
-    record.artifacts["card"] = write_card(record.to_dict(), model_dir, model_name=os.path.basename(
-        os.path.normpath(run.output_dir)))
     s = record.metrics["summary"]
     logger.info("%s: %s accuracy %.4f (reference %.4f, %+.2f points), checkpoint %.1f MB (%.2fx smaller), %.2fx "
                 "faster on %d threads; model in %s", quant.quantization, split, acc_out, acc_ref,

@@ -193,3 +193,31 @@ def architecture_class(config, directory: str, model_class=None) -> type:
     if not name or not hasattr(transformers, name):
         raise UserInputError(f"{directory}/config.json names no known architecture ({archs}); pass model_class")
     return getattr(transformers, name)
+
+
+def load_shaped(directory: str, key: str, not_found: str, check_weights, model_class=None, **kwargs):
+    """A checkpoint whose config records the shape `key`, through hfcompress's own code (no remote code), in eval
+    mode: the plain class (`architecture_class`) wrapped by `shaped_class`, built on the meta device first so that
+    ``check_weights(directory, probe)`` compares the saved tensors with the shapes the config describes before any
+    weight is read. ``kwargs`` that are config attributes (``num_labels``, ``id2label``, ...) override the config;
+    the rest go to ``from_pretrained``. `not_found`: the error when the config does not record `key` (or a function
+    of the config giving it)."""
+    import torch
+    from transformers import AutoConfig
+
+    from .errors import UserInputError
+
+    config = AutoConfig.from_pretrained(directory)
+    for name in [k for k in kwargs if hasattr(config, k)]:
+        setattr(config, name, kwargs.pop(name))
+    if not getattr(config, key, None):
+        raise UserInputError(f"{directory}/config.json has no {key}: "
+                             f"{not_found(config) if callable(not_found) else not_found}")
+    cls = shaped_class(config, architecture_class(config, directory, model_class))
+    try:
+        with torch.device("meta"):
+            probe = cls(config)
+    except ValueError as exc:
+        raise UserInputError(f"{directory}: {exc}") from exc
+    check_weights(directory, probe)
+    return cls.from_pretrained(directory, config=config, **kwargs).eval()

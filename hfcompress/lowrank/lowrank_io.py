@@ -23,18 +23,16 @@ from __future__ import annotations
 
 import logging
 
-import torch
 import torch.nn as nn
 
 from ..errors import UserInputError
 from ..remote_code import (
-    architecture_class,
     config_records,
     plain_class_name,
     save_with_modeling_code,
     saved_shapes,
     shape_codes,
-    shaped_class,
+    load_shaped,
 )
 from .structure import LOWRANK_KEY
 
@@ -115,22 +113,11 @@ def load_lowrank(directory: str, model_class=None, **kwargs) -> nn.Module:
     `model_class` defaults to the transformers class named in config.json (another class of the family works too,
     e.g. ``transformers.BertModel`` for the encoder alone); ``kwargs`` go to `from_pretrained`. A checkpoint that
     was also structurally pruned is cut to its pruned shape first."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(directory)
-    ranks = getattr(config, LOWRANK_KEY, None)
-    if not ranks:
+    def not_found(config) -> str:
         loader = "hfcompress.load_structured" if shape_codes(config) else "from_pretrained"
-        raise UserInputError(f"{directory}/config.json has no {LOWRANK_KEY}: not a low-rank checkpoint (load it with "
-                             f"{loader})")
-    cls = shaped_class(config, architecture_class(config, directory, model_class))
-    try:
-        with torch.device("meta"):
-            probe = cls(config)
-    except ValueError as exc:
-        raise UserInputError(f"{directory}: {exc}") from exc
-    check_saved_weights(directory, probe)
-    return cls.from_pretrained(directory, config=config, **kwargs).eval()
+        return f"not a low-rank checkpoint (load it with {loader})"
+
+    return load_shaped(directory, LOWRANK_KEY, not_found, check_saved_weights, model_class, **kwargs)
 
 
 __all__ = ["check_saved_weights", "is_lowrank_checkpoint", "load_lowrank", "save_lowrank"]

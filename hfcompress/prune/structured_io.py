@@ -17,17 +17,15 @@ from __future__ import annotations
 
 import logging
 
-import torch
 import torch.nn as nn
 
 from ..errors import UserInputError
 from ..remote_code import (
-    architecture_class,
     config_records,
     plain_class_name,
     save_with_modeling_code,
     saved_shapes,
-    shaped_class,
+    load_shaped,
 )
 from .structure import STRUCTURE_KEY
 
@@ -68,20 +66,5 @@ def check_saved_shapes(directory: str, model: nn.Module) -> None:
 def load_structured(directory: str, model_class=None, **kwargs) -> nn.Module:
     """The structurally pruned model saved in `directory`, in eval mode, through hfcompress's own code (no remote code).
     `model_class` defaults to the transformers class named in config.json; ``kwargs`` go to `from_pretrained`."""
-    from transformers import AutoConfig
-
-    config = AutoConfig.from_pretrained(directory)
-    for key in [k for k in kwargs if hasattr(config, k)]:  # config overrides (num_labels, id2label, ...)
-        setattr(config, key, kwargs.pop(key))
-    spec = getattr(config, STRUCTURE_KEY, None)
-    if not spec:
-        raise UserInputError(f"{directory}/config.json has no {STRUCTURE_KEY}: not a structurally pruned checkpoint "
-                             "(load it with from_pretrained)")
-    cls = shaped_class(config, architecture_class(config, directory, model_class))
-    try:
-        with torch.device("meta"):
-            probe = cls(config)
-    except ValueError as exc:
-        raise UserInputError(f"{directory}: {exc}") from exc
-    check_saved_shapes(directory, probe)
-    return cls.from_pretrained(directory, config=config, **kwargs).eval()
+    return load_shaped(directory, STRUCTURE_KEY, "not a structurally pruned checkpoint (load it with from_pretrained)",
+                       check_saved_shapes, model_class, **kwargs)

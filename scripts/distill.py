@@ -25,11 +25,12 @@ from hfcompress.cli import parse_args, run_script, setup_logging
 from hfcompress.distill import DistillationArguments
 from hfcompress.lora import LoraArguments
 from hfcompress.run import DataArguments, ModelArguments, run_distillation
+from hfcompress.run.arguments import ScriptTrainingDefaults
 from hfcompress.run.lora import lora_methods
 
 
 @dataclass
-class DistillScriptArguments(DistillationArguments):
+class DistillScriptArguments(ScriptTrainingDefaults, DistillationArguments):
     """Distillation options, and training defaults sized for the offline default on a 2-core CPU."""
 
     _method_group_name = "Distillation"
@@ -46,12 +47,6 @@ class DistillScriptArguments(DistillationArguments):
                   "Works across widths and head counts."},
     )
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of distillation."})
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per process."})
-    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per process."})
-    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: 'no', 'steps' or 'epoch'."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: 'no', 'steps' or 'epoch'."})
-    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
-    logging_steps: float = field(default=25, metadata={"help": "Log every N steps."})
 
 
 def main(argv=None):

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from hfcompress.cli import parse_args, run_script, setup_logging
 from hfcompress.run import DataArguments, ModelArguments
+from hfcompress.run.arguments import ScriptTrainingDefaults
 from hfcompress.run.lowrank import LowRankArguments, run_lowrank
 
 
@@ -37,18 +38,12 @@ class LowRankModelArguments(ModelArguments):
 
 
 @dataclass
-class LowRankScriptArguments(LowRankArguments):
+class LowRankScriptArguments(ScriptTrainingDefaults, LowRankArguments):
     """Low-rank and distillation options, training defaults sized for the offline default on a 2-core CPU."""
 
     _method_group_name = "Low rank and distillation"
 
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of training the factors."})
-    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per process."})
-    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per process."})
-    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: 'no', 'steps' or 'epoch'."})
-    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: 'no', 'steps' or 'epoch'."})
-    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
-    logging_steps: float = field(default=25, metadata={"help": "Log every N steps."})
 
 
 def main(argv=None):

@@ -107,3 +107,18 @@ class DataArguments:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise UserInputError(f"--{name} must be a positive number of rows, got {v}")
+
+
+@dataclass
+class ScriptTrainingDefaults:
+    """The `TrainingArguments` defaults of the training scripts (distill, prune, lowrank), sized for the offline
+    default on a 2-core CPU. Listed first among a script's bases, so these defaults replace transformers' own; a
+    script still overrides a field whose help says something of its own (e.g. what its epochs do)."""
+
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of training."})
+    per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per process."})
+    per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per process."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate: 'no', 'steps' or 'epoch'."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: 'no', 'steps' or 'epoch'."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
+    logging_steps: float = field(default=25, metadata={"help": "Log every N steps."})

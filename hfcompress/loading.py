@@ -79,3 +79,21 @@ def load_model(path: str, num_threads: int | None = None):
     from transformers import AutoModelForSequenceClassification
 
     return AutoModelForSequenceClassification.from_pretrained(path).eval()
+
+
+def save_model(model, directory: str, tokenizer=None) -> str:
+    """Save a full-precision model in the format its config calls for: low-rank (`save_lowrank`, also when pruned
+    first) or structurally pruned (`save_structured`), both with their modeling code, else a plain transformers
+    checkpoint; the tokenizer beside it. `load_model` reads any of them back."""
+    if getattr(model.config, "hfcompress_lowrank", None):
+        from .lowrank import save_lowrank
+
+        return save_lowrank(model, directory, tokenizer)
+    if getattr(model.config, "hfcompress_structure", None):
+        from .prune import save_structured
+
+        return save_structured(model, directory, tokenizer)
+    model.save_pretrained(directory, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    return directory

@@ -33,7 +33,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hfcompress.cli import parse_args, setup_logging
 from hfcompress.data import load_rotten_tomatoes
-from hfcompress.loading import checkpoint_format, load_model
+from hfcompress.loading import checkpoint_format, load_model, save_model
 from hfcompress.quantize.config import QuantizationConfig
 from hfcompress.report import evaluate_classifier
 from hfcompress.report.bench import cache_key, training_kwargs, write_json
@@ -41,7 +41,6 @@ from hfcompress.report.measure import checkpoint_size_mb, interleaved_latency, m
 from hfcompress.report.record import environment
 from hfcompress.run import DataArguments, ModelArguments
 from hfcompress.run.lowrank import LowRankArguments, run_lowrank
-from hfcompress.run.lora import save_checkpoint
 from hfcompress.run.quantize import CompressArguments, compress_to
 
 logger = logging.getLogger("hfcompress.benchmark")
@@ -147,7 +146,7 @@ def main(argv=None):
     # The fp32 reference as a user downloads it (weights, config, tokenizer; no training leftovers).
     fp32_dir = os.path.join(args.cache_dir, "quantize", "fp32")
     if not os.path.exists(os.path.join(fp32_dir, "model.safetensors")):
-        save_checkpoint(AutoModelForSequenceClassification.from_pretrained(args.fp32_model), fp32_dir,
+        save_model(AutoModelForSequenceClassification.from_pretrained(args.fp32_model), fp32_dir,
                         AutoTokenizer.from_pretrained(args.fp32_model))
     sources = {"fp32": fp32_dir, "structured": args.structured_model}
     if any(VARIANTS[n][0] == "svd_trained" for n in names):

@@ -16,8 +16,8 @@ from ..assets import resolve_model_path
 from ..errors import UserInputError
 from ..lora import LoraArguments, apply_lora, check_lora, load_lora
 from ..lora.adapter import BASE_DIR, max_logit_difference
-from ..prune.structure import STRUCTURE_KEY
-from ..prune.structured_io import is_structured_checkpoint, load_structured, save_structured
+from ..remote_code import shape_codes
+from ..loading import load_model, save_model
 from ..report.measure import count_parameters, folder_size_mb
 from . import steps
 from .methods import RunMethod
@@ -27,30 +27,14 @@ logger = logging.getLogger(__name__)
 ADAPTER_DIR = "adapter"
 
 
-def save_checkpoint(model, directory: str, tokenizer=None) -> None:
-    """A plain checkpoint, or a structurally pruned one with its modeling code (a LoRA base may be either)."""
-    if getattr(model.config, STRUCTURE_KEY, None):
-        save_structured(model, directory, tokenizer)
-        return
-    model.save_pretrained(directory, safe_serialization=True)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
-
-
-def load_checkpoint(directory: str):
-    if is_structured_checkpoint(directory):
-        return load_structured(directory)
-    return AutoModelForSequenceClassification.from_pretrained(directory)
-
-
 def lora_model(model, settings: LoraArguments, base_dir: str):
     """`model` (already saved in `base_dir`) wrapped in LoRA; for QLoRA (``--lora_quantization``) the frozen base is
     that saved model re-loaded in 8 or 4 bits through bitsandbytes, task head in full precision."""
     if settings.bits:
-        if getattr(model.config, STRUCTURE_KEY, None):
-            raise UserInputError("--lora_quantization on a structurally pruned model is not supported (bitsandbytes "
-                                 "loads through the family's own classes, which build every block at full width); "
-                                 "use LoRA on the full-precision pruned model")
+        if shape_codes(model.config):
+            raise UserInputError("--lora_quantization on a structurally pruned or low-rank model is not supported "
+                                 "(bitsandbytes loads through the family's own classes, which build every block at "
+                                 "full width); use LoRA on the full-precision model")
         from ..quantize.bnb import load_quantized
 
         model = load_quantized(base_dir, bits=settings.bits, model_class=type(model))
@@ -81,7 +65,7 @@ class LoraMethod(RunMethod):
     def prepare_model(self, model, run_dir: str, tokenizer=None):
         base_dir = os.path.join(run_dir, BASE_DIR)
         if PartialState().is_main_process:
-            save_checkpoint(model, base_dir, tokenizer)
+            save_model(model, base_dir, tokenizer)
         PartialState().wait_for_everyone()
         model = lora_model(model, self.settings, base_dir)
         self.info["trainable_parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -103,8 +87,8 @@ class LoraMethod(RunMethod):
             return {**out, "model": adapter_dir}
         model_dir = os.path.join(run_dir, steps.MODEL_DIR)
         # a fresh full-precision base from disk + the saved adapter, as a user would rebuild it
-        merged = load_lora(adapter_dir, base=load_checkpoint(base_dir), merge=True)
-        save_checkpoint(merged, model_dir, tokenizer)
+        merged = load_lora(adapter_dir, base=load_model(base_dir), merge=True)
+        save_model(merged, model_dir, tokenizer)
         # The merged checkpoint against the model that trained: equal up to float rounding for LoRA; for QLoRA the
         # trained forward ran on quantized base weights, so the difference is the quantization error.
         self.info["merged_max_logit_difference"] = max_logit_difference(

@@ -24,8 +24,8 @@ from transformers import AutoTokenizer
 
 from ..assets import resolve_model_path
 from ..errors import UserInputError
-from ..loading import checkpoint_format, load_model
-from ..lowrank import LowRankConfig, factorize, save_lowrank
+from ..loading import checkpoint_format, load_model, save_model
+from ..lowrank import LowRankConfig, factorize
 from ..quantize.config import QuantizationConfig
 from ..report.card import write_card
 from ..report.measure import (
@@ -149,20 +149,11 @@ def load_source(model_args: QuantizeModelArguments, data_args: DataArguments, da
     return model.eval(), tokenizer, path
 
 
-def save_plain(model, directory: str, tokenizer) -> None:
-    if getattr(model.config, "hfcompress_lowrank", None):
-        save_lowrank(model, directory, tokenizer)
-        return
-    from .lora import save_checkpoint  # plain or structured
-
-    save_checkpoint(model, directory, tokenizer)
-
-
 def quantize_and_save(model, tokenizer, quant: QuantizationConfig, directory: str, work_dir: str,
                       calibration_texts=None) -> None:
     """Apply the quantizer and write the result to `directory` (files appear only once complete)."""
     if quant.quantization == "none":
-        save_plain(model, directory, tokenizer)
+        save_model(model, directory, tokenizer)
     elif quant.quantization == "torch_int8":
         from ..quantize.dynamic import quantize_dynamic_int8, save_dynamic_int8
 
@@ -182,7 +173,7 @@ def quantize_and_save(model, tokenizer, quant: QuantizationConfig, directory: st
         from ..quantize.bnb import load_quantized, save_quantized
 
         fp_dir = os.path.join(work_dir, "fp32")
-        save_plain(model, fp_dir, tokenizer)
+        save_model(model, fp_dir, tokenizer)
         bits = 8 if quant.quantization == "bnb_8bit" else 4
         quantized = load_quantized(fp_dir, bits=bits, quant_type=quant.bnb_4bit_quant_type,
                                    double_quant=quant.bnb_4bit_use_double_quant, skip_modules=quant.skip_list,
@@ -252,7 +243,7 @@ def run_quantization(model_args: QuantizeModelArguments, data_args: DataArgument
 
     # The reference: the source as a user downloads it (weights, config, tokenizer), measured like the result.
     with tempfile.TemporaryDirectory(dir=run.output_dir, prefix=".hfc-work-") as work:
-        save_plain(model, os.path.join(work, "reference"), tokenizer)
+        save_model(model, os.path.join(work, "reference"), tokenizer)
         if os.path.exists(reference_dir):
             shutil.rmtree(reference_dir)
         os.replace(os.path.join(work, "reference"), reference_dir)

@@ -53,6 +53,115 @@ def _assets(parser: argparse.ArgumentParser) -> Runner:
     return assets.run
 
 
+def _measure_arguments(parser: argparse.ArgumentParser) -> None:
+    """What `measure` and `card` share: the model, its base, the data, how latency is measured."""
+    parser.add_argument("model_dir", help="The compressed model's folder (any format hfcompress loads: plain "
+                        "transformers, structured, low-rank, sparse, ONNX, torch int8, bitsandbytes).")
+    parser.add_argument("--base", required=True,
+                        help="The model it was compressed from: a folder, or an offline asset name (minilm-l6, ...), "
+                        "with a trained task head.")
+    parser.add_argument("--dataset", default="rotten-tomatoes",
+                        help="Evaluation data: an offline dataset name, a CSV/TSV/JSON/JSONL/Parquet file or folder "
+                        "(the test split is used, validation if there is none).")
+    parser.add_argument("--text_column", default="text", help="Column holding the input text.")
+    parser.add_argument("--label_column", default="label", help="Column holding the class (names or ids).")
+    parser.add_argument("--max_length", type=int, default=128, help="Tokens kept per text at evaluation.")
+    parser.add_argument("--max_eval_samples", type=int, default=None, help="Evaluate on at most this many rows.")
+    parser.add_argument("--latency_rounds", type=int, default=3, help="Interleaved latency rounds (base, model, ...).")
+    parser.add_argument("--latency_threads", type=int, default=2, help="CPU threads of the latency measurement.")
+    parser.add_argument("--no_measure_memory", dest="measure_memory", action="store_false",
+                        help="Skip the peak-memory probe (a fresh process per model, ~10 s each).")
+
+
+def _measure(args, record_task: str):
+    """Measure `args.model_dir` against `args.base` into a `RunRecord` (with its comparison), as a script would."""
+    import os
+
+    from .assets import resolve_model_path
+    from .report.record import RunRecord
+    from .run.arguments import DataArguments
+    from .run.report import ReportArguments
+    from .run.steps import load_data
+
+    data_args = DataArguments(dataset=args.dataset, text_column=args.text_column, label_column=args.label_column,
+                              max_length=args.max_length, max_eval_samples=args.max_eval_samples)
+    report = ReportArguments(measure_memory=args.measure_memory, latency_rounds=args.latency_rounds,
+                             latency_threads=args.latency_threads)
+    dataset = load_data(data_args)
+    record = RunRecord(task=record_task)
+    record.data = {"dataset": data_args.dataset, "splits": {s: len(d) for s, d in dataset.items()}}
+    record.add_settings(data=data_args, report=report)
+    return record, resolve_model_path(args.base), dataset, data_args, report, os
+
+
+@subcommand("measure", help="measure a compressed model against its base (size, parameters, latency, memory, metrics)")
+def _measure_cmd(parser: argparse.ArgumentParser) -> Runner:
+    parser.description = ("Measure MODEL_DIR against --base on the same evaluation rows, both loaded from disk: task "
+                          "metrics, parameters (total, non-zero), size of the whole checkpoint, CPU latency "
+                          "(interleaved rounds), peak memory, and every change. Prints the comparison as JSON.")
+    _measure_arguments(parser)
+    parser.add_argument("--output", default=None, help="Also write the comparison (JSON) to this file.")
+
+    def run(args):
+        import json
+
+        from .report.bench import write_json
+        from .report.measure import compare_checkpoints
+
+        record, base, dataset, data_args, report, _ = _measure(args, "measure")
+        split = "test" if "test" in dataset else "validation"
+        comparison = compare_checkpoints(base, args.model_dir, dataset[split][data_args.text_column],
+                                         dataset[split][data_args.label_column], split=split,
+                                         max_length=data_args.max_length, config=report.measure_config())
+        comparison["base"]["source"] = args.base
+        if args.output:
+            write_json(args.output, comparison)
+        print(json.dumps(comparison, indent=2, default=str))
+        return 0
+
+    return run
+
+
+@subcommand("card", help="measure a compressed model and write its model card (README.md) and plot beside it")
+def _card_cmd(parser: argparse.ArgumentParser) -> Runner:
+    parser.description = ("Write MODEL_DIR/README.md (a huggingface_hub model card) and MODEL_DIR/compression.png for a "
+                          "model compressed with your own code: the numbers are measured now, against --base, as "
+                          "`hfcompress measure` does; nothing is typed. For a model hfcompress's scripts made, the "
+                          "card is already there.")
+    _measure_arguments(parser)
+    parser.add_argument("--model_name", default=None, help="Title of the card (default: the folder's name).")
+    parser.add_argument("--base_model", default=None,
+                        help="Hub id of the base for the card's metadata (default: known for offline assets).")
+    parser.add_argument("--method", action="append", default=[], metavar="TEXT",
+                        help="A line for 'How it was made' (repeatable), e.g. --method 'pruned 40 per cent of heads'.")
+
+    def run(args):
+        from .run.report import measure_and_card
+
+        record, base, dataset, data_args, report, os = _measure(args, "card")
+        record.command = "hfcompress card " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "hfcompress card"
+        for i, text in enumerate(args.method):
+            record.methods[f"user_{i}"] = {"description": text}
+        name = args.model_name or os.path.basename(os.path.normpath(args.model_dir))
+        measure_and_card(record, args.model_dir, base, args.base, dataset, data_args, report, run_name=name,
+                         base_model=args.base_model)
+        print(record.artifacts["card"])
+        return 0
+
+    return run
+
+
+@subcommand("push", help="push a model folder (weights, config, tokenizer, card, plots) to the Hub in one commit")
+def _push_cmd(parser: argparse.ArgumentParser) -> Runner:
+    from .hub import add_push_arguments, run_push
+
+    parser.description = ("Upload MODEL_DIR to a Hub repository in one commit (created if missing; retried with "
+                          "backoff on transient errors; a failure leaves no partial revision and the folder "
+                          "untouched), or with --push_dry_run write the exact upload locally.")
+    add_push_arguments(parser)
+    return run_push
+
+
 def build_parser(prog: str = "hfcompress") -> argparse.ArgumentParser:
     from . import __version__
 

@@ -19,43 +19,16 @@ included), <output_dir>/base_model the base it was trained on, <output_dir>/mode
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from hfcompress.cli import parse_args, run_script, setup_logging
-from hfcompress.distill import DistillationArguments
-from hfcompress.lora import LoraArguments
-from hfcompress.run import DataArguments, ModelArguments, run_distillation
-from hfcompress.run.arguments import ScriptTrainingDefaults
-from hfcompress.run.lora import lora_methods
+from hfcompress.run.scripts import DistillScriptArguments, script  # noqa: F401  (the argument groups, for readers)
 
-
-@dataclass
-class DistillScriptArguments(ScriptTrainingDefaults, DistillationArguments):
-    """Distillation options, and training defaults sized for the offline default on a 2-core CPU."""
-
-    _method_group_name = "Distillation"
-
-    # The default recipe is the 3-block recipe measured best (on validation) in benchmarks/results/distill.json:
-    # a student cut from the fine-tuned teacher, logit KD + hidden states (uniform layer map) + MiniLM-v2 attention
-    # relations of the last block, all terms together, from cached teacher outputs.
-    hidden_weight: float = field(
-        default=1.0, metadata={"help": "Weight of hidden-state distillation (0 turns it off)."}
-    )
-    relation_weight: float = field(
-        default=1.0,
-        metadata={"help": "Weight of MiniLM-v2 self-attention relation distillation (q-q, k-k, v-v; 0 turns it off). "
-                  "Works across widths and head counts."},
-    )
-    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of distillation."})
+SCRIPT = script("distill")
 
 
 def main(argv=None):
-    model_args, data_args, args, lora_args = parse_args(
-        (ModelArguments, DataArguments, DistillScriptArguments, LoraArguments), argv,
-        description=__doc__.split("\n\n")[0],
-    )
-    setup_logging(args)
-    return run_distillation(model_args, data_args, args, methods=lora_methods(lora_args))
+    parsed = parse_args(SCRIPT.groups, argv, description=__doc__.split("\n\n")[0])
+    setup_logging(parsed[2])
+    return SCRIPT.run(*parsed)
 
 
 if __name__ == "__main__":

@@ -20,38 +20,16 @@ checkpoints and <output_dir>/lowrank_summary.json.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from hfcompress.cli import parse_args, run_script, setup_logging
-from hfcompress.run import DataArguments, ModelArguments
-from hfcompress.run.arguments import ScriptTrainingDefaults
-from hfcompress.run.lowrank import LowRankArguments, run_lowrank
+from hfcompress.run.scripts import LowRankModelArguments, LowRankScriptArguments, script  # noqa: F401  (the argument groups, for readers)
 
-
-@dataclass
-class LowRankModelArguments(ModelArguments):
-    student_num_layers: int = field(
-        default=0,
-        metadata={"help": "Depth of the model to factorize when it is built from the teacher: 0 = all blocks (a full "
-                  "copy of the teacher, the default); k = k evenly spaced blocks."},
-    )
-
-
-@dataclass
-class LowRankScriptArguments(ScriptTrainingDefaults, LowRankArguments):
-    """Low-rank and distillation options, training defaults sized for the offline default on a 2-core CPU."""
-
-    _method_group_name = "Low rank and distillation"
-
-    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of training the factors."})
+SCRIPT = script("lowrank")
 
 
 def main(argv=None):
-    model_args, data_args, args = parse_args(
-        (LowRankModelArguments, DataArguments, LowRankScriptArguments), argv, description=__doc__.split("\n\n")[0]
-    )
-    setup_logging(args)
-    return run_lowrank(model_args, data_args, args)
+    parsed = parse_args(SCRIPT.groups, argv, description=__doc__.split("\n\n")[0])
+    setup_logging(parsed[2])
+    return SCRIPT.run(*parsed)
 
 
 if __name__ == "__main__":

@@ -26,39 +26,16 @@ from_pretrained(..., trust_remote_code=True) (its modeling code is saved beside 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from hfcompress.cli import parse_args, run_script, setup_logging
-from hfcompress.run import DataArguments, ModelArguments
-from hfcompress.run.arguments import ScriptTrainingDefaults
-from hfcompress.run.prune import PruningArguments, run_pruning
+from hfcompress.run.scripts import PruneModelArguments, PruneScriptArguments, script  # noqa: F401  (the argument groups, for readers)
 
-
-@dataclass
-class PruneModelArguments(ModelArguments):
-    student_num_layers: int = field(
-        default=0,
-        metadata={"help": "Depth of the model to prune when it is built from the teacher: 0 = all blocks (a full "
-                  "copy of the teacher, the default); k = k evenly spaced blocks (prune a shallower student)."},
-    )
-
-
-@dataclass
-class PruneScriptArguments(ScriptTrainingDefaults, PruningArguments):
-    """Pruning and distillation options, with training defaults sized for the offline default on a 2-core CPU."""
-
-    _method_group_name = "Pruning and distillation"
-
-    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of pruning (warm-up, ramp, cool-down)."})
-    logging_steps: float = field(default=25, metadata={"help": "Log every N steps (loss, sparsity_target, sparsity)."})
+SCRIPT = script("prune")
 
 
 def main(argv=None):
-    model_args, data_args, args = parse_args(
-        (PruneModelArguments, DataArguments, PruneScriptArguments), argv, description=__doc__.split("\n\n")[0]
-    )
-    setup_logging(args)
-    return run_pruning(model_args, data_args, args)
+    parsed = parse_args(SCRIPT.groups, argv, description=__doc__.split("\n\n")[0])
+    setup_logging(parsed[2])
+    return SCRIPT.run(*parsed)
 
 
 if __name__ == "__main__":

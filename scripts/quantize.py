@@ -22,18 +22,15 @@ downloads it, measured the same way) and <output_dir>/quantize_summary.json (set
 from __future__ import annotations
 
 from hfcompress.cli import parse_args, run_script, setup_logging
-from hfcompress.quantize.config import QuantizationConfig
-from hfcompress.run import DataArguments
-from hfcompress.run.quantize import CompressArguments, QuantizeModelArguments, run_quantization
+from hfcompress.run.scripts import script
+
+SCRIPT = script("quantize")
 
 
 def main(argv=None):
-    model_args, data_args, quant, run = parse_args(
-        (QuantizeModelArguments, DataArguments, QuantizationConfig, CompressArguments), argv,
-        description=__doc__.split("\n\n")[0],
-    )
+    parsed = parse_args(SCRIPT.groups, argv, description=__doc__.split("\n\n")[0])
     setup_logging()
-    return run_quantization(model_args, data_args, quant, run)
+    return SCRIPT.run(*parsed)
 
 
 if __name__ == "__main__":

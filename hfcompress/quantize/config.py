@@ -62,9 +62,6 @@ class QuantizationConfig(MethodConfig):
         metadata={"help": "onnx_int8: comma-separated regular expressions of module names kept float (besides the "
                   "task head, always float), e.g. 'layer\\.0\\.output\\.dense$' for the most sensitive projection."},
     )
-    latency_threads: int = field(
-        default=2, metadata={"help": "CPU threads for the latency measurement of the result and its source."}
-    )
 
     def __post_init__(self):
         if self.load_in_8bit and self.load_in_4bit:
@@ -81,8 +78,6 @@ class QuantizationConfig(MethodConfig):
             raise UserInputError(f"--bnb_4bit_quant_type must be 'nf4' or 'fp4', got {self.bnb_4bit_quant_type!r}")
         if self.onnx_opset < 14:
             raise UserInputError(f"--onnx_opset must be at least 14 (scaled dot-product attention), got {self.onnx_opset}")
-        if self.latency_threads < 1:
-            raise UserInputError(f"--latency_threads must be at least 1, got {self.latency_threads}")
 
     @property
     def skip_list(self) -> list[str] | None:

@@ -547,6 +547,24 @@ class OnnxModelForSequenceClassification:
     def can_generate(self) -> bool:
         return False
 
+    def parameter_counts(self) -> dict:
+        """``parameters`` / ``nonzero_parameters`` of the graph's weight initializers (int8 or float), quantization
+        scales and zero points left out: the same count as the PyTorch model it was exported from."""
+        import onnx
+        from onnx import numpy_helper
+
+        graph = onnx.load(self.model_path, load_external_data=True).graph
+        total = nonzero = 0
+        for init in graph.initializer:
+            if init.name.endswith(("_scale", "_zero_point")) or len(init.dims) == 0:
+                continue
+            values = numpy_helper.to_array(init)
+            if values.dtype not in (np.float32, np.float16, np.int8, np.uint8):  # not shape constants, index buffers
+                continue
+            total += values.size
+            nonzero += int(np.count_nonzero(values))
+        return {"parameters": total, "nonzero_parameters": nonzero}
+
     def eval(self) -> "OnnxModelForSequenceClassification":
         return self
 

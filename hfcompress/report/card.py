@@ -1,10 +1,11 @@
 """Model cards rendered from a run record (`RunRecord`), never typed: the metadata (``base_model``,
-``base_model_relation``, tags, ``model-index`` results) and the before/after table come from what `hfcompress.report`
-measured in the run. The template is ``model_cards/template.md`` (a huggingface_hub Jinja template); the card is a
-`huggingface_hub.ModelCard`, written as ``README.md`` beside the model.
+``base_model_relation``, tags, ``model-index`` results) and the before/after table come from the record's
+``comparison``, which `hfcompress.report.measure.compare_checkpoints` measured in the run (the base and the result,
+both loaded from disk). The template is ``model_cards/template.md`` (a huggingface_hub Jinja template); the card is a
+`huggingface_hub.ModelCard`, written as ``README.md`` beside the model, with its plots (PNG) beside it.
 
-This release renders the cards of post-training compression runs (``quantize_summary.json``: the reference and the
-compressed model measured side by side)."""
+Every script writes one (distill, prune, lowrank, quantize, compress); ``hfcompress card`` writes one for a model
+compressed with other code."""
 
 from __future__ import annotations
 
@@ -12,17 +13,19 @@ import logging
 import os
 
 from ..errors import UserInputError
+from .plot import SCHEDULE_PNG, TRADEOFF_PNG
 
 logger = logging.getLogger(__name__)
 
 TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                         "model_cards", "template.md")
+CARD = "README.md"
 
 # checkpoint format -> (Python that loads it, what it needs)
 LOADING = {
     "onnx": ("from hfcompress.quantize import OnnxModelForSequenceClassification\n"
              "model = OnnxModelForSequenceClassification.from_pretrained(PATH)",
-             "Needs hfcompress and onnxruntime (the model is an ONNX Runtime int8 graph; `model(**inputs).logits` "
+             "Needs hfcompress and onnxruntime (the model is an ONNX Runtime graph; `model(**inputs).logits` "
              "and `transformers.pipeline(\"text-classification\", model=model, tokenizer=tokenizer)` work)."),
     "torch_int8": ("from hfcompress.quantize import load_dynamic_int8\nmodel = load_dynamic_int8(PATH)",
                    "Needs hfcompress (PyTorch dynamic int8 weights stored as int8 tensors and scales)."),
@@ -37,13 +40,19 @@ LOADING = {
                    "model = AutoModelForSequenceClassification.from_pretrained(PATH, trust_remote_code=True)",
                    "The pruned shapes are built by the modeling code saved beside the weights (or hfcompress's "
                    "`load_structured(PATH)` without remote code)."),
+    "sparse": ("from hfcompress.prune import load_sparse\nmodel = load_sparse(PATH)",
+               "Needs hfcompress (compact sparse weights: values and positions of the non-zero entries)."),
     "transformers": ("from transformers import AutoModelForSequenceClassification\n"
                      "model = AutoModelForSequenceClassification.from_pretrained(PATH)",
                      "A plain transformers checkpoint."),
 }
 
+QUANT_TAGS = {"onnx_int8": ["onnx", "int8"], "onnx_fp32": ["onnx"], "torch_int8": ["int8"], "bnb_8bit": ["8-bit"],
+              "bnb_4bit": ["4-bit"]}
+TRAINING_METHODS = ("distillation", "pruning", "lora", "lowrank_training")
 
-def _hub_id(source: str | None) -> str | None:
+
+def hub_id(source: str | None) -> str | None:
     """The Hub id of a base model given as an offline asset name or a Hub id (a local folder has none)."""
     if not source:
         return None
@@ -58,101 +67,168 @@ def _hub_id(source: str | None) -> str | None:
     return None
 
 
-def _fmt_delta(before: float, after: float, unit: str = "", digits: int = 1) -> str:
-    rel = (after - before) / before * 100 if before else float("nan")
-    return f"{after - before:+.{digits}f}{unit} ({rel:+.0f} per cent)"
+def _num(value, digits: int = 1, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) > 1000):
+        return f"{int(value):,}{unit}"
+    return f"{value:.{digits}f}{unit}"
 
 
-def quantize_card(record: dict, model_dir: str, base_model: str | None = None, model_name: str | None = None):
-    """The `ModelCard` of a `scripts/quantize.py` run, from its record (``quantize_summary.json`` as a dict)."""
+def _change(ch: dict | None, digits: int = 1, unit: str = "", points: bool = False) -> str:
+    if not ch:
+        return ""
+    if points:
+        return f"{100 * ch['delta']:+.2f} points"
+    rel = f" ({100 * ch['relative']:+.0f}%)" if ch.get("relative") is not None else ""
+    delta = ch["delta"]
+    text = f"{int(delta):+,}" if isinstance(delta, int) else f"{delta:+.{digits}f}"
+    return f"{text}{unit}{rel}"
+
+
+def comparison_table(comparison: dict) -> str:
+    """The before/after table (base, this model, change) of a `compare_checkpoints` result."""
+    base, model, changes = comparison["base"], comparison["model"], comparison["changes"]
+    split = comparison["split"]
+    rows = []
+    for key, value in base["metrics"].items():
+        if isinstance(value, (int, float)) and key in model["metrics"]:
+            rows.append((f"{split} {key}", f"{value:.4f}", f"{model['metrics'][key]:.4f}",
+                         _change(changes.get(f"metric_{key}"), points=True)))
+    rows.append(("checkpoint size (every file but card and plots)", _num(base["size_mb"], 1, " MB"),
+                 _num(model["size_mb"], 1, " MB"), f"{comparison['size_ratio']:.2f}x smaller"))
+    rows.append(("CPU latency (batch)", _num(base["latency_ms"], 0, " ms"), _num(model["latency_ms"], 0, " ms"),
+                 f"{comparison['speedup']:.2f}x faster"))
+    rows.append(("parameters", _num(base["parameters"]), _num(model["parameters"]), _change(changes.get("parameters"))))
+    if base.get("nonzero_parameters") is not None and model.get("nonzero_parameters") is not None:
+        rows.append(("non-zero parameters", _num(base["nonzero_parameters"]), _num(model["nonzero_parameters"]),
+                     _change(changes.get("nonzero_parameters"))))
+    if "peak_memory_mb" in base and "peak_memory_mb" in model:
+        rows.append(("peak memory (load + one batch)", _num(base["peak_memory_mb"], 0, " MB"),
+                     _num(model["peak_memory_mb"], 0, " MB"), _change(changes.get("peak_memory_mb"), 0, " MB")))
+    lines = ["| | base | this model | change |", "|---|---|---|---|"]
+    return "\n".join(lines + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows])
+
+
+def _settings(d: dict, keys) -> str:
+    return ", ".join(f"{k}={d[k]}" for k in keys if d.get(k) not in (None, False, 0, 0.0, "", []))
+
+
+def describe_method(name: str, m: dict) -> tuple[str, list[str]]:
+    """One line of the card's "How it was made" for a method as the run record holds it, and its tags."""
+    if name == "distillation":
+        teacher = m.get("teacher")
+        extra = _settings(m, ("hidden_weight", "attention_weight", "relation_weight", "intermediate_fraction"))
+        return (f"knowledge distillation from `{teacher}` (temperature {m.get('temperature')}, alpha {m.get('alpha')}"
+                f"{', ' + extra if extra else ''})", ["distillation"])
+    if name == "pruning":
+        if m.get("granularity") == "structured":
+            return (f"structured pruning ({m.get('method')} scores, {m.get('scope')} ranking): attention heads kept "
+                    f"per layer {m.get('heads_per_layer')} ({m.get('heads_after')} of {m.get('heads_before')}), FFN "
+                    f"neurons kept per layer {m.get('ffn_per_layer')} ({m.get('neurons_after')} of "
+                    f"{m.get('neurons_before')}), removed blocks {m.get('removed_blocks')}; parameters "
+                    f"{_num(m.get('parameters_before'))} -> {_num(m.get('parameters_after'))}, physically removed",
+                    ["pruned", "structured-pruning"])
+        return (f"{m.get('method')} pruning ({m.get('scope', 'local')}) to sparsity "
+                f"{_num(m.get('reached_sparsity'), 3)} of the targeted weights", ["pruned", "sparse"])
+    if name in ("lowrank", "lowrank_training"):
+        return (f"low-rank SVD factorization ({_settings(m, ('rank', 'energy', 'parameter_budget'))})"
+                + (", then trained" if name == "lowrank_training" else ", no training afterwards"), ["low-rank"])
+    if name == "lora":
+        return (f"LoRA ({_settings(m, ('r', 'lora_alpha', 'target_modules', 'quantization'))})"
+                + (", merged into the weights" if m.get("merged", True) else ""), ["lora"])
+    if name == "vocab_trim":
+        return (f"vocabulary trimmed to the training split's tokens: {m.get('kept_vocab_size')} of "
+                f"{m.get('original_vocab_size')} kept", ["vocabulary-trimmed"])
+    if name == "quantization":
+        q = m.get("quantization", "none")
+        prefix = {"onnx_int8": "onnx_", "torch_int8": "torch_", "bnb_4bit": "bnb_"}.get(q)
+        keys = [k for k in m if prefix and k.startswith(prefix)] + ["skip_modules"]
+        extra = _settings(m, keys)
+        return f"quantization: `{q}`" + (f" ({extra})" if extra else ""), (["quantized", *QUANT_TAGS.get(q, [])]
+                                                                             if q != "none" else [])
+    if m.get("description"):  # a line a user gave (`hfcompress card --method TEXT`)
+        return str(m["description"]), []
+    return f"{name}", [name]
+
+
+def build_card(record: dict, model_dir: str, model_name: str | None = None, base_model: str | None = None):
+    """The `ModelCard` of a run, from its record (a `RunRecord` as a dict) holding a ``comparison``."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-    try:
-        ref, comp = record["models"]["reference"], record["models"]["compressed"]
-        summary = record["metrics"]["summary"]
-    except KeyError as exc:
-        raise UserInputError(f"the run record has no {exc}: not a scripts/quantize.py record") from None
-    split = summary["split"]
-    fmt = comp.get("format", "transformers")
-    quant = record["methods"].get("quantization", {})
-    qname = quant.get("quantization", "none")
-    settings = record.get("settings", {})
-    dataset = settings.get("data", {}).get("dataset") or record.get("data", {}).get("dataset")
-    base = base_model or _hub_id(settings.get("model", {}).get("model"))
-    tags = ["hfcompress", "text-classification"]
-    if qname != "none":
-        tags += ["quantized", {"onnx_int8": "onnx", "onnx_fp32": "onnx", "torch_int8": "int8", "bnb_8bit": "8-bit",
-                               "bnb_4bit": "4-bit"}.get(qname, qname)]
-    if "vocab_trim" in record["methods"]:
-        tags.append("vocabulary-trimmed")
-    if "lowrank" in record["methods"]:
-        tags.append("low-rank")
+    comparison = record.get("comparison")
+    if not comparison:
+        raise UserInputError("the run record has no 'comparison' (the base and the result measured side by side): "
+                             "measure first, e.g. `hfcompress measure MODEL_DIR --base BASE`")
+    base, model, split = comparison["base"], comparison["model"], comparison["split"]
+    dataset = record.get("data", {}).get("dataset")
+    base_id = base_model or hub_id(base.get("source"))
+    methods = record.get("methods", {})
+    lines, tags = [], ["hfcompress", "text-classification"]
+    for name, m in methods.items():
+        if not isinstance(m, dict):
+            continue
+        line, t = describe_method(name, m)
+        lines.append(f"- {line}")
+        tags += [x for x in t if x not in tags]
+    if record.get("stages"):
+        lines.insert(0, "Recipe stages, in order: " + ", ".join(f"`{s['name']}` ({s['method']})" for s in record["stages"]))
+    trained = any(k in methods for k in TRAINING_METHODS)
+    quantized = methods.get("quantization", {}).get("quantization", "none") != "none" if isinstance(
+        methods.get("quantization"), dict) else False
+    relation = None
+    if base_id:
+        relation = "finetune" if trained or not quantized else "quantized"
     name = model_name or os.path.basename(os.path.normpath(os.path.dirname(os.path.abspath(model_dir))))
-    ref_m = record["metrics"]["reference"][split]
-    comp_m = record["metrics"]["compressed"][split]
     results = [EvalResult(task_type="text-classification", dataset_type=str(dataset), dataset_name=str(dataset),
-                          dataset_split=split, metric_type=m, metric_name=m, metric_value=float(comp_m[m]))
-               for m in ("accuracy", "f1") if m in comp_m]
+                          dataset_split=split, metric_type=k, metric_name=k, metric_value=float(model["metrics"][k]))
+               for k in ("accuracy", "f1") if k in model["metrics"]]
+    fmt = model.get("format", "transformers")
     card_data = ModelCardData(
-        library_name="transformers" if fmt in ("transformers", "bnb", "lowrank", "structured") else "onnx",
+        library_name="onnx" if fmt == "onnx" else "transformers",
         pipeline_tag="text-classification", tags=tags, metrics=[r.metric_type for r in results],
-        base_model=base, base_model_relation="quantized" if (base and qname != "none") else ("finetune" if base else None),
-        model_name=name, eval_results=results, datasets=[dataset] if dataset and "/" in str(dataset) else None,
+        base_model=base_id, base_model_relation=relation, model_name=name, eval_results=results,
+        datasets=[dataset] if dataset and "/" in str(dataset) and not os.path.exists(str(dataset)) else None,
     )
-    rows = [
-        ("test accuracy" if split == "test" else f"{split} accuracy", f"{ref_m['accuracy']:.4f}", f"{comp_m['accuracy']:.4f}",
-         f"{summary['accuracy_delta_points']:+.2f} points"),
-        ("checkpoint size (every file but this card)", f"{ref['checkpoint_mb']:.1f} MB", f"{comp['checkpoint_mb']:.1f} MB",
-         f"{summary['size_ratio']:.2f}x smaller"),
-        ("CPU latency", f"{ref['latency']['median_ms']:.0f} ms", f"{comp['latency']['median_ms']:.0f} ms",
-         f"{summary['speedup']:.2f}x faster"),
-        ("parameters", f"{ref['parameters']:,}", f"{comp.get('parameters_before_quantization', ref['parameters']):,}",
-         "before quantization"),
-    ]
-    if "peak_memory_mb" in ref and "peak_memory_mb" in comp:
-        rows.append(("peak memory (load + one batch)", f"{ref['peak_memory_mb']:.0f} MB", f"{comp['peak_memory_mb']:.0f} MB",
-                     _fmt_delta(ref["peak_memory_mb"], comp["peak_memory_mb"], " MB", 0)))
-    table = "\n".join(["| | base | this model | change |", "|---|---|---|---|"] + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows])
-    lat = comp["latency"]
-    prefix = {"onnx_int8": "onnx_", "onnx_fp32": "onnx_opset", "torch_int8": "torch_", "bnb_8bit": "skip",
-              "bnb_4bit": "bnb_"}.get(qname)
-    relevant = {k: v for k, v in quant.items()
-                if prefix and (k.startswith(prefix) or (k == "skip_modules" and v)) and v is not None}
-    methods = [f"- quantization: `{qname}`" + (f" ({', '.join(f'{k}={v}' for k, v in relevant.items())})" if relevant else "")]
-    if "vocab_trim" in record["methods"]:
-        v = record["methods"]["vocab_trim"]
-        methods.append(f"- vocabulary trimmed to the training split's tokens: {v.get('kept_vocab_size')} of "
-                       f"{v.get('original_vocab_size')} kept")
-    if "lowrank" in record["methods"]:
-        lr = record["methods"]["lowrank"]
-        methods.append(f"- low-rank factorization ({lr.get('mode')}), no training afterwards")
+    plots = [f"![{alt}]({png})" for png, alt in ((TRADEOFF_PNG, "accuracy against size and latency"),
+                                                 (SCHEDULE_PNG, "sparsity schedule"))
+             if os.path.exists(os.path.join(model_dir, png))]
     code, note = LOADING.get(fmt, LOADING["transformers"])
     env = record.get("environment", {})
-    card = ModelCard.from_template(
+    proto = comparison.get("protocol", {})
+    rows = comparison.get("rows")
+    seed = record.get("settings", {}).get("training", {}).get("seed") or record.get("settings", {}).get(
+        "recipe", {}).get("seed")
+    return ModelCard.from_template(
         card_data, template_path=TEMPLATE, model_name=name,
-        summary=f"A compressed text classifier made with hfcompress from `{settings.get('model', {}).get('model')}`"
-                f"{f' ([{base}](https://huggingface.co/{base}))' if base else ''} on `{dataset}`.",
-        comparison_table=table,
-        hardware=f"{env.get('cpu_count')} CPU cores, torch {env.get('torch')}",
-        measurement_protocol=f"batch {lat.get('batch_size')} x {lat.get('seq_len')}, {lat.get('threads')} threads, "
-                             f"median of {lat.get('runs')} after {lat.get('warmup')} warm-ups, base and compressed "
-                             f"interleaved in {len(lat.get('rounds_ms', [0]))} rounds; accuracy on the {split} split "
-                             f"({record.get('data', {}).get('splits', {}).get(split)} rows) of the saved models, reloaded.",
-        loading_code=code.replace("PATH", repr(model_dir if not base else name)), loading_note=note,
-        methods="\n".join(methods), command=record.get("command", ""),
-        versions=", ".join(f"{k} {env[k]}" for k in ("hfcompress", "transformers", "torch") if env.get(k)),
-        limitations=f"Measured on one split of one dataset with one seed; with {record.get('data', {}).get('splits', {}).get(split)} "
-                    "rows, one prediction moves accuracy by about "
-                    f"{100 / max(1, record.get('data', {}).get('splits', {}).get(split) or 1):.2f} points. Latency is "
-                    "CPU latency on the machine above; other CPUs give other ratios.",
+        summary=f"A compressed text classifier made with [hfcompress](https://github.com/hfcompress) from "
+                f"`{base.get('source') or base['path']}`{f' ([{base_id}](https://huggingface.co/{base_id}))' if base_id else ''}"
+                f" on `{dataset}`: {comparison['size_ratio']:.2f}x smaller on disk and {comparison['speedup']:.2f}x "
+                f"faster on a CPU than the base, "
+                + (f"{comparison['accuracy_delta_points']:+.2f} accuracy points." if comparison.get(
+                    "accuracy_delta_points") is not None else "task metrics below."),
+        comparison_table=comparison_table(comparison),
+        plots="\n\n".join(plots),
+        hardware=f"{env.get('cpu_count')} CPU cores ({proto.get('device', 'cpu')}), torch {env.get('torch')}",
+        measurement_protocol=f"latency of batch {proto.get('batch_size')} x {proto.get('seq_len')} tokens on "
+                             f"{proto.get('threads')} threads, median of {proto.get('runs')} after "
+                             f"{proto.get('warmup')} warm-ups, base and this model interleaved in "
+                             f"{proto.get('rounds')} rounds (ratio: median of the rounds' ratios); metrics on the "
+                             f"{split} split ({rows} rows) of both saved models, reloaded from disk.",
+        loading_code=code.replace("PATH", repr(name if base_id else model_dir)), loading_note=note,
+        methods="\n".join(lines) or "- (no method recorded)", command=record.get("command", ""),
+        seed=str(seed), versions=", ".join(f"{k} {env[k]}" for k in ("hfcompress", "transformers", "torch", "datasets")
+                                          if env.get(k)),
+        limitations=f"Measured on one split of one dataset with one seed; with {rows} rows, one prediction moves "
+                    f"accuracy by {100 / max(1, rows or 1):.2f} points, so differences of a few tenths are within "
+                    "noise. Latency is CPU latency on the machine above; other CPUs give other ratios.",
     )
-    return card
 
 
 def write_card(record: dict, model_dir: str, **kwargs) -> str:
-    """Render the card of `record` and write it to ``<model_dir>/README.md``; returns the path."""
-    card = quantize_card(record, model_dir, **kwargs)
-    path = os.path.join(model_dir, "README.md")
+    """Render the card of `record` and write it to ``<model_dir>/README.md`` atomically; returns the path."""
+    card = build_card(record, model_dir, **kwargs)
+    path = os.path.join(model_dir, CARD)
     tmp = path + ".tmp"
     card.save(tmp)
     os.replace(tmp, path)

@@ -68,6 +68,9 @@ class RunRecord:
         training: runtime, loss, steps, resume information.
         metrics: per model role and split, the task metrics (``{"student": {"test": {...}}}``).
         artifacts: where the run wrote what (model folder, checkpoints, caches).
+        comparison: the base model and the result, both loaded from disk and measured side by side by
+            `hfcompress.report.measure.compare_checkpoints` (what a model card shows).
+        stages: for a recipe, what each stage measured, in order.
     """
 
     task: str
@@ -79,6 +82,8 @@ class RunRecord:
     training: dict = field(default_factory=dict)
     metrics: dict = field(default_factory=dict)
     artifacts: dict = field(default_factory=dict)
+    comparison: dict = field(default_factory=dict)
+    stages: list = field(default_factory=list)
     environment: dict = field(default_factory=environment)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 

@@ -3,12 +3,14 @@ composed of them. Methods (`distill/`, later `prune/`, `quantize/`) never import
 
 from .arguments import DataArguments, ModelArguments
 from .distill import run_distillation
+from .report import ReportArguments
 from .finetune import FinetuneConfig, finetune_classifier, has_task_head, prepare_teacher
 
 __all__ = [
     "DataArguments",
     "FinetuneConfig",
     "ModelArguments",
+    "ReportArguments",
     "finetune_classifier",
     "has_task_head",
     "prepare_teacher",

@@ -18,6 +18,7 @@ from ..report.record import RunRecord
 from . import steps
 from .arguments import DataArguments, ModelArguments
 from .data import cache_teacher_on_train, tokenize_for_distillation
+from .report import ReportArguments, hub_settings_of, measure_and_card, publish
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +31,17 @@ def check_distillation_layers(cfg, model_args: ModelArguments) -> None:
 
 
 def run_distillation(
-    model_args: ModelArguments, data_args: DataArguments, args, callbacks=(), task: str = "distill", methods=()
+    model_args: ModelArguments, data_args: DataArguments, args, callbacks=(), task: str = "distill", methods=(),
+    report: ReportArguments | None = None, push=None,
 ) -> RunRecord:
     """Distil a teacher into a student on a text-classification dataset; returns the run record (also written to
     `<output_dir>/<task>_summary.json` by the main process).
 
     `args` is a `DistillationArguments` (the script's subclass). `methods` are `RunMethod`s (pruning, ...): their
     callbacks join the trainer, their checks run before anything slow, they save their own model format and add
-    themselves to the record. Plain `callbacks` are added to the trainer as they are.
+    themselves to the record. Plain `callbacks` are added to the trainer as they are. With `report` (the scripts'
+    `ReportArguments`), the saved model is then measured against the teacher, gets its model card and plots, and is
+    pushed to the Hub if `args` asks (`--push_to_hub`), or written as a dry run if `push` (`hub.PushArguments`) does; without it (benchmarks), none of that.
     """
     run_dir = steps.use_run_layout(args)
     state = PartialState()
@@ -47,6 +51,7 @@ def run_distillation(
     cfg = args.distillation_config()
     dataset = steps.load_data(data_args)
     resume = steps.resolve_resume(args)
+    hub = hub_settings_of(args, push, output_dir=run_dir)
     check_distillation_layers(cfg, model_args)
     for method in methods:
         method.check(model_args, data_args, args, len(dataset["train"]))
@@ -141,6 +146,13 @@ def run_distillation(
         }
         for method in methods:
             record.methods[method.name] = method.record()
+        if report is not None and report.measure and os.path.exists(os.path.join(model_dir, "config.json")):
+            pruned = any(getattr(m, "name", "") == "pruning" for m in methods)
+            measure_and_card(record, model_dir, teacher_path, model_args.teacher_model, dataset, data_args, report,
+                             run_name=os.path.basename(os.path.normpath(run_dir)),
+                             log_history=trainer.state.log_history if pruned else None)
+        record.save(os.path.join(run_dir, f"{task}_summary.json"))
+        publish(record, model_dir, run_dir, hub)
         record.save(os.path.join(run_dir, f"{task}_summary.json"))
         logger.info(
             "Student test accuracy %.4f (teacher %s); model in %s",

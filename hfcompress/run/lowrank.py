@@ -38,11 +38,12 @@ class LowRankArguments(DistillationArguments, LowRankConfig):
         return LowRankConfig.from_any(self)
 
 
-def run_lowrank(model_args, data_args, args: LowRankArguments, task: str = "lowrank"):
+def run_lowrank(model_args, data_args, args: LowRankArguments, task: str = "lowrank", report=None, push=None):
     """Factorize and train back with distillation, as `scripts/lowrank.py` does; returns the `RunRecord`."""
     from .distill import run_distillation
 
-    return run_distillation(model_args, data_args, args, methods=[LowRankMethod(args.lowrank_config())], task=task)
+    return run_distillation(model_args, data_args, args, methods=[LowRankMethod(args.lowrank_config())], task=task,
+                            report=report, push=push)
 
 
 class LowRankMethod(RunMethod):

@@ -128,7 +128,8 @@ class PruningMethod(RunMethod):
         }
 
 
-def run_pruning(model_args, data_args, args, task: str = "prune"):
+def run_pruning(model_args, data_args, args, task: str = "prune", report=None, push=None):
     """Prune (and distil) as `scripts/prune.py` does; returns the `RunRecord` (written to
     `<output_dir>/prune_summary.json`)."""
-    return run_distillation(model_args, data_args, args, methods=[PruningMethod(args.pruning_config())], task=task)
+    return run_distillation(model_args, data_args, args, methods=[PruningMethod(args.pruning_config())], task=task,
+                            report=report, push=push)

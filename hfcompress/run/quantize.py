@@ -27,18 +27,12 @@ from ..errors import UserInputError
 from ..loading import checkpoint_format, load_model, save_model
 from ..lowrank import LowRankConfig, factorize
 from ..quantize.config import QuantizationConfig
-from ..report.card import write_card
-from ..report.measure import (
-    checkpoint_size_mb,
-    count_parameters,
-    evaluate_classifier,
-    interleaved_latency,
-    measure_peak_memory,
-)
+from ..report.measure import count_parameters
 from ..report.record import RunRecord
 from ..vocab import VocabTrimConfig, trim_vocabulary
 from . import steps
 from .arguments import DataArguments, ModelArguments
+from .report import ReportArguments, hub_settings_of, measure_and_card, publish
 
 logger = logging.getLogger(__name__)
 
@@ -89,19 +83,11 @@ class CompressArguments:
     lowrank_target_modules: str | None = field(
         default=None, metadata={"help": "Comma-separated layers to factorize (default: every block projection)."}
     )
-    measure_memory: bool = field(
-        default=True, metadata={"help": "Measure peak memory of a fresh process loading each model (adds ~10 s)."}
-    )
-    latency_rounds: int = field(
-        default=3, metadata={"help": "Rounds of interleaved latency measurement (reference, result, ...)."}
-    )
     seed: int = field(default=42, metadata={"help": "Seed of the one-time fine-tune and of calibration sampling."})
 
     def __post_init__(self):
         if self.vocab_min_count < 1:
             raise UserInputError(f"--vocab_min_count must be at least 1, got {self.vocab_min_count}")
-        if self.latency_rounds < 1:
-            raise UserInputError(f"--latency_rounds must be at least 1, got {self.latency_rounds}")
         self.lowrank_config()  # rank / energy / budget checked now
 
     @property
@@ -206,24 +192,15 @@ def compress_to(model, tokenizer, dataset, data_args: DataArguments, quant: Quan
     return info
 
 
-def saved_models_latency(paths: dict[str, str], threads: int, rounds: int) -> dict[str, dict]:
-    """`interleaved_latency` of saved models, each loaded fresh, on `threads` threads: batch 32 x 128 tokens (fewer
-    for a model whose position table is shorter, as the tiny test models)."""
-    torch.set_num_threads(threads)
-    models = {name: load_model(path, num_threads=threads) for name, path in paths.items()}
-    first = next(iter(models.values()))
-    seq_len = min(128, int(getattr(first.config, "max_position_embeddings", 128)))
-    out = interleaved_latency(models, rounds, seq_len=seq_len)
-    for row in out.values():
-        row["threads"] = threads
-    return out
-
-
 def run_quantization(model_args: QuantizeModelArguments, data_args: DataArguments, quant: QuantizationConfig,
-                     run: CompressArguments, task: str = "quantize") -> RunRecord:
-    """Compress and measure; returns the `RunRecord` also written to `<output_dir>/<task>_summary.json`."""
+                     run: CompressArguments, report: ReportArguments | None = None, hub_args=None, push=None,
+                     task: str = "quantize") -> RunRecord:
+    """Compress, measure against the source (`run.report.measure_and_card`), write the card and push if asked;
+    returns the `RunRecord` also written to `<output_dir>/<task>_summary.json`."""
     if not run.output_dir:
         raise UserInputError("--output_dir is required")
+    report = report or ReportArguments()
+    hub = hub_settings_of(hub_args, push, output_dir=run.output_dir)
     path = resolve_model_path(model_args.model)
     source_format = checkpoint_format(path) if os.path.isdir(path) else "transformers"
     check_plan(source_format, quant, run)
@@ -238,7 +215,7 @@ def run_quantization(model_args: QuantizeModelArguments, data_args: DataArgument
     model_dir = os.path.join(run.output_dir, steps.MODEL_DIR)
     reference_dir = os.path.join(run.output_dir, REFERENCE_DIR)
     record = RunRecord(task=task)
-    record.add_settings(model=model_args, data=data_args, quantization=quant, steps=run)
+    record.add_settings(model=model_args, data=data_args, quantization=quant, steps=run, report=report)
     record.data = {"dataset": data_args.dataset, "splits": {s: len(d) for s, d in dataset.items()}}
 
     # The reference: the source as a user downloads it (weights, config, tokenizer), measured like the result.
@@ -247,49 +224,29 @@ def run_quantization(model_args: QuantizeModelArguments, data_args: DataArgument
         if os.path.exists(reference_dir):
             shutil.rmtree(reference_dir)
         os.replace(os.path.join(work, "reference"), reference_dir)
-    parameters_before = count_parameters(model)
     if os.path.exists(model_dir):
         shutil.rmtree(model_dir)
     info = compress_to(model, tokenizer, dataset, data_args, quant, run, model_dir)
-    parameters_after = info.pop("parameters_before_quantization")
+    info.pop("parameters_before_quantization")
     record.methods.update(info)
     del model
 
-    # Measured on what was saved, each loaded fresh from disk.
-    split = "test" if "test" in dataset else "validation"
-    texts, labels = dataset[split][data_args.text_column], dataset[split][data_args.label_column]
-    metrics = {}
-    for role, p in (("reference", reference_dir), ("compressed", model_dir)):
-        m = load_model(p, num_threads=quant.latency_threads)
-        metrics[role] = {split: evaluate_classifier(m, AutoTokenizer.from_pretrained(p), texts, labels,
-                                                    max_length=data_args.max_length, desc=f"{split} ({role})")}
-        del m
-    latency = saved_models_latency({"reference": reference_dir, "compressed": model_dir}, quant.latency_threads,
-                                   run.latency_rounds)
-    memory = {}
-    if run.measure_memory:
-        memory = {role: measure_peak_memory(p, threads=quant.latency_threads)
-                  for role, p in (("reference", reference_dir), ("compressed", model_dir))}
-    size_ref, size_out = checkpoint_size_mb(reference_dir), checkpoint_size_mb(model_dir)
-    record.models["reference"] = {"path": reference_dir, "source": source_path, "format": source_format,
-                                  "parameters": parameters_before, "checkpoint_mb": size_ref,
-                                  "latency": latency["reference"], **memory.get("reference", {})}
-    record.models["compressed"] = {"path": model_dir, "format": checkpoint_format(model_dir),
-                                   "parameters_before_quantization": parameters_after, "checkpoint_mb": size_out,
-                                   "latency": latency["compressed"], **memory.get("compressed", {})}
-    acc_ref = metrics["reference"][split]["accuracy"]
-    acc_out = metrics["compressed"][split]["accuracy"]
-    record.metrics = metrics
-    record.metrics["summary"] = {
-        "split": split, "accuracy_reference": acc_ref, "accuracy": acc_out, "accuracy_delta_points": 100 * (acc_out - acc_ref),
-        "size_ratio": size_ref / size_out, "speedup": latency["compressed"]["speedup"],
-    }
-    record.artifacts = {"model": model_dir, "reference": reference_dir,
-                        "card": os.path.join(model_dir, "README.md")}
-    write_card(record.to_dict(), model_dir, model_name=os.path.basename(os.path.normpath(run.output_dir)))
+    # Measured on what was saved, each loaded fresh from disk, by the one measurement every script uses.
+    c = measure_and_card(record, model_dir, reference_dir, model_args.model, dataset, data_args, report,
+                         run_name=os.path.basename(os.path.normpath(run.output_dir)))
+    record.models = {"reference": {**c["base"], "source": source_path, "format": source_format},
+                     "compressed": c["model"]}
+    record.metrics = {"summary": {"split": c["split"], "accuracy_reference": c["base"]["metrics"].get("accuracy"),
+                                  "accuracy": c["model"]["metrics"].get("accuracy"),
+                                  "accuracy_delta_points": c["accuracy_delta_points"],
+                                  "size_ratio": c["size_ratio"], "speedup": c["speedup"]}}
+    record.artifacts.update({"model": model_dir, "reference": reference_dir})
+    record.save(os.path.join(run.output_dir, f"{task}_summary.json"))
+    publish(record, model_dir, run.output_dir, hub)
     record.save(os.path.join(run.output_dir, f"{task}_summary.json"))
     s = record.metrics["summary"]
     logger.info("%s: %s accuracy %.4f (reference %.4f, %+.2f points), checkpoint %.1f MB (%.2fx smaller), %.2fx "
-                "faster on %d threads; model in %s", quant.quantization, split, acc_out, acc_ref,
-                s["accuracy_delta_points"], size_out, s["size_ratio"], s["speedup"], quant.latency_threads, model_dir)
+                "faster on %d threads; model in %s", quant.quantization, s["split"], s["accuracy"],
+                s["accuracy_reference"], s["accuracy_delta_points"], c["model"]["size_mb"], s["size_ratio"],
+                s["speedup"], report.latency_threads, model_dir)
     return record

@@ -1,0 +1,137 @@
+"""The scripts' argument groups and runs, as data: `SCRIPTS[name]` is what `scripts/<name>.py` parses (one
+`HfArgumentParser` over `groups`) and runs (`run(*parsed)`). The scripts are thin wrappers over it, and a recipe
+(`scripts/compress.py`) runs its stages through the very same entries, so a stage accepts exactly the options of the
+script of the same name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..distill import DistillationArguments
+from ..hub import PushArguments
+from ..lora import LoraArguments
+from .arguments import DataArguments, ModelArguments, ScriptTrainingDefaults
+from .lowrank import LowRankArguments
+from .prune import PruningArguments
+from .report import ReportArguments
+
+
+@dataclass
+class DistillScriptArguments(ScriptTrainingDefaults, DistillationArguments):
+    """Distillation options, and training defaults sized for the offline default on a 2-core CPU."""
+
+    _method_group_name = "Distillation"
+
+    # The default recipe is the 3-block recipe measured best (on validation) in benchmarks/results/distill.json:
+    # a student cut from the fine-tuned teacher, logit KD + hidden states (uniform layer map) + MiniLM-v2 attention
+    # relations of the last block, all terms together, from cached teacher outputs.
+    hidden_weight: float = field(
+        default=1.0, metadata={"help": "Weight of hidden-state distillation (0 turns it off)."}
+    )
+    relation_weight: float = field(
+        default=1.0,
+        metadata={"help": "Weight of MiniLM-v2 self-attention relation distillation (q-q, k-k, v-v; 0 turns it off). "
+                  "Works across widths and head counts."},
+    )
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of distillation."})
+
+
+@dataclass
+class PruneModelArguments(ModelArguments):
+    student_num_layers: int = field(
+        default=0,
+        metadata={"help": "Depth of the model to prune when it is built from the teacher: 0 = all blocks (a full "
+                  "copy of the teacher, the default); k = k evenly spaced blocks (prune a shallower student)."},
+    )
+
+
+@dataclass
+class PruneScriptArguments(ScriptTrainingDefaults, PruningArguments):
+    """Pruning and distillation options, with training defaults sized for the offline default on a 2-core CPU."""
+
+    _method_group_name = "Pruning and distillation"
+
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of pruning (warm-up, ramp, cool-down)."})
+    logging_steps: float = field(default=25, metadata={"help": "Log every N steps (loss, sparsity_target, sparsity)."})
+
+
+@dataclass
+class LowRankModelArguments(ModelArguments):
+    student_num_layers: int = field(
+        default=0,
+        metadata={"help": "Depth of the model to factorize when it is built from the teacher: 0 = all blocks (a full "
+                  "copy of the teacher, the default); k = k evenly spaced blocks."},
+    )
+
+
+@dataclass
+class LowRankScriptArguments(ScriptTrainingDefaults, LowRankArguments):
+    """Low-rank and distillation options, training defaults sized for the offline default on a 2-core CPU."""
+
+    _method_group_name = "Low rank and distillation"
+
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of training the factors."})
+
+
+def _distill(model_args, data_args, args, lora_args, report, push):
+    from .distill import run_distillation
+    from .lora import lora_methods
+
+    return run_distillation(model_args, data_args, args, methods=lora_methods(lora_args), report=report, push=push)
+
+
+def _prune(model_args, data_args, args, report, push):
+    from .prune import run_pruning
+
+    return run_pruning(model_args, data_args, args, report=report, push=push)
+
+
+def _lowrank(model_args, data_args, args, report, push):
+    from .lowrank import run_lowrank
+
+    return run_lowrank(model_args, data_args, args, report=report, push=push)
+
+
+def _quantize(model_args, data_args, quant, run, report, hub, push):
+    from .quantize import run_quantization
+
+    return run_quantization(model_args, data_args, quant, run, report, hub, push)
+
+
+@dataclass(frozen=True)
+class Script:
+    """One script: its argument groups (in `--help` order) and the run they feed."""
+
+    name: str
+    groups: tuple
+    run: Callable
+    trains: bool  # runs a Trainer (all processes take part), or works on the main process only
+
+
+def _quantize_groups() -> tuple:
+    from ..hub import HubArguments, PushArguments
+    from ..quantize.config import QuantizationConfig
+    from .quantize import CompressArguments, QuantizeModelArguments
+
+    return (QuantizeModelArguments, DataArguments, QuantizationConfig, CompressArguments, ReportArguments, HubArguments,
+            PushArguments)
+
+
+def script(name: str) -> Script:
+    """The script called `name` (distill, prune, lowrank, quantize)."""
+    if name == "distill":
+        return Script(name, (ModelArguments, DataArguments, DistillScriptArguments, LoraArguments, ReportArguments,
+                             PushArguments), _distill, True)
+    if name == "prune":
+        return Script(name, (PruneModelArguments, DataArguments, PruneScriptArguments, ReportArguments,
+                             PushArguments), _prune, True)
+    if name == "lowrank":
+        return Script(name, (LowRankModelArguments, DataArguments, LowRankScriptArguments, ReportArguments,
+                             PushArguments), _lowrank, True)
+    if name == "quantize":
+        return Script(name, _quantize_groups(), _quantize, False)
+    raise KeyError(name)
+
+
+SCRIPT_NAMES = ("distill", "prune", "lowrank", "quantize")

@@ -3,6 +3,7 @@ with small files (huggingface_hub 2.x routes and JSON shapes, read from hf_api.p
 
     POST /api/repos/create                          {"name", "organization", "visibility"?} -> {"url", "name"}
     GET  /api/whoami-v2                             -> {"name": "user", "type": "user"}
+    GET  /api/agent-harnesses                       -> an empty registry (the client's user-agent detection)
     GET  /api/models/{ns}/{name}[/revision/{rev}]   -> {"id", "sha", "private"}   (create_repo's exist_ok fallback)
     POST /api/models/{ns}/{name}/branch/{branch}    {"startingPoint"?} -> {}     (409 when it exists)
     POST /api/models/{ns}/{name}/preupload/{rev}    {"files": [{path, sample, size}]}
@@ -36,6 +37,7 @@ _REPO = r"/api/models/(?P<ns>[^/]+)/(?P<name>[^/]+)"
 _ROUTES = [
     ("POST", re.compile(r"/api/repos/create"), "create"),
     ("GET", re.compile(r"/api/whoami-v2"), "whoami"),
+    ("GET", re.compile(r"/api/agent-harnesses"), "agent-harnesses"),
     ("POST", re.compile(r"/api/validate-yaml"), "validate-yaml"),
     ("POST", re.compile(_REPO + r"/branch/(?P<rev>[^/]+)"), "branch"),
     ("POST", re.compile(_REPO + r"/preupload/(?P<rev>[^/]+)"), "preupload"),
@@ -196,6 +198,9 @@ class HubStandIn:
         visibility = data.get("visibility")
         self.repos[repo_id] = Repo(repo_id, None if visibility is None else visibility == "private")
         return 200, {"url": f"{self.endpoint}/{repo_id}", "name": repo_id, "id": repo_id}, {}
+
+    def _agent_harnesses(self, params, body):
+        return 200, {"standardEnvVars": [], "harnesses": {}}, {}
 
     def _whoami(self, params, body):
         return 200, {"name": USER, "type": "user", "orgs": []}, {}

@@ -123,7 +123,8 @@ def test_distill_script_with_lora(tmp_path, structured):
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "distill.py"), "--teacher_model", teacher_dir,
            "--dataset", data_file, "--output_dir", str(out), "--max_steps", "6", "--eval_strategy", "no",
            "--save_strategy", "no", "--use_cpu", "--learning_rate", "5e-3", "--lora_r", "4",
-           "--lora_target_modules", "query,value", "--dataloader_num_workers", "0"]
+           "--lora_target_modules", "query,value", "--dataloader_num_workers", "0", "--latency_rounds", "1",
+           "--no_measure_memory"]
     if structured:
         _structured_student(str(tmp_path / "pruned"))
         cmd += ["--student_model", str(tmp_path / "pruned"), "--hidden_weight", "0", "--relation_weight", "0"]

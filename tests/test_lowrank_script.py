@@ -18,7 +18,7 @@ def _run(tmp_path, *flags):
     teacher_dir, data_file = save_tiny_assets(tmp_path / "assets")
     cmd = [sys.executable, os.path.join(ROOT, "scripts", "lowrank.py"), "--teacher_model", teacher_dir,
            "--dataset", data_file, "--output_dir", str(tmp_path / "out"), "--max_steps", "5", "--eval_strategy", "no",
-           "--save_strategy", "no", "--use_cpu", "--learning_rate", "1e-3", "--dataloader_num_workers", "0", *flags]
+           "--save_strategy", "no", "--use_cpu", "--learning_rate", "1e-3", "--dataloader_num_workers", "0", "--latency_rounds", "1", "--no_measure_memory", *flags]
     env = dict(os.environ, HFCOMPRESS_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=ROOT)
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT), teacher_dir

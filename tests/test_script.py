@@ -31,7 +31,14 @@ def accelerate_launcher() -> str:
     return launcher if os.path.exists(launcher) else shutil.which("accelerate")
 
 
+# The scripts' own measurement (compare with the teacher, card, plot) runs in every test, with one latency round and
+# no fresh-process memory probe (two interpreter starts per run; tests/test_quantize_script.py covers the probe).
+FAST_REPORT = ["--latency_rounds", "1", "--no_measure_memory"]
+
+
 def _run(cmd, tmp_path, timeout=300):
+    if any(str(c).startswith(os.path.join(ROOT, "scripts")) for c in cmd) and "--help" not in cmd:
+        cmd = [*cmd, *FAST_REPORT]
     res = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     assert res.returncode == 0, f"{' '.join(cmd)} failed:\n{res.stdout[-3000:]}\n{res.stderr[-5000:]}"
     return res
@@ -87,9 +94,18 @@ def test_one_and_two_processes_agree(tiny, tmp_path):
     for out in (one, two):
         ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("checkpoint-"))
         assert ckpts == ["checkpoint-4"]
-        # The publishable model stands alone: no checkpoint, cache or run file beside it.
+        # The publishable model stands alone: no checkpoint, cache or run file beside it; its card and plot do.
         assert sorted(p.name for p in (out / "model").iterdir()) == sorted(
-            ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training_args.bin"])
+            ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training_args.bin",
+             "README.md", "compression.png"])
+    # Measured once, by the main process, against the teacher; the card shows those numbers.
+    for s in (s1, s2):
+        c = s["comparison"]
+        assert c["base"]["path"] == os.path.abspath(teacher) and c["model"]["path"].endswith("model")
+        assert c["accuracy_delta_points"] == pytest.approx(100 * (c["model"]["metrics"]["accuracy"]
+                                                                  - c["base"]["metrics"]["accuracy"]))
+    card = (two / "model" / "README.md").read_text()
+    assert f"{s2['comparison']['size_ratio']:.2f}x smaller" in card and "knowledge distillation" in card
     # Same 8 examples per optimizer step in both runs: the loss and the trained weights agree.
     assert s2["training"]["loss_mean_of_logged_steps"] == pytest.approx(s1["training"]["loss_mean_of_logged_steps"], rel=1e-3)
     w1, w2 = load_file(one / "model" / "model.safetensors"), load_file(two / "model" / "model.safetensors")

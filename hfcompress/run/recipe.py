@@ -419,6 +419,11 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
         return record
     model_dir = os.path.join(output_dir, steps.MODEL_DIR)
     _copy_folder(previous_model, model_dir)
+    from ..report.plot import SCHEDULE_PNG
+
+    for s in stage_records:  # a pruning stage's schedule plot goes with the result (the last one, if several)
+        if os.path.exists(os.path.join(s["model"], SCHEDULE_PNG)):
+            shutil.copy2(os.path.join(s["model"], SCHEDULE_PNG), os.path.join(model_dir, SCHEDULE_PNG))
     record.settings["recipe"] = {"path": recipe.path, "name": recipe.name, "base_model": recipe.base_model,
                                  "seed": recipe.seed, "data": recipe.data, "measure": recipe.measure,
                                  "stages": [{"name": s.name, "method": s.method, "args": s.args} for s in recipe.stages],

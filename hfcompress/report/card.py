@@ -52,6 +52,20 @@ QUANT_TAGS = {"onnx_int8": ["onnx", "int8"], "onnx_fp32": ["onnx"], "torch_int8"
 TRAINING_METHODS = ("distillation", "pruning", "lora", "lowrank_training")
 
 
+DATASET_IDS = {"rotten-tomatoes": "cornell-movie-review-data/rotten_tomatoes"}
+
+
+def dataset_id(dataset: str | None) -> str | None:
+    """The Hub id of a dataset given as an offline asset name or a Hub id (a local file or folder has none)."""
+    if not dataset:
+        return None
+    if dataset in DATASET_IDS:
+        return DATASET_IDS[dataset]
+    if not os.path.exists(dataset) and dataset.count("/") == 1:
+        return dataset
+    return None
+
+
 def hub_id(source: str | None) -> str | None:
     """The Hub id of a base model given as an offline asset name or a Hub id (a local folder has none)."""
     if not source:
@@ -173,6 +187,9 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
         tags += [x for x in t if x not in tags]
     if record.get("stages"):
         lines.insert(0, "Recipe stages, in order: " + ", ".join(f"`{s['name']}` ({s['method']})" for s in record["stages"]))
+        recipe_text = record.get("settings", {}).get("recipe", {}).get("text")
+        if recipe_text:
+            lines.append("\nThe recipe:\n\n```yaml\n" + recipe_text.strip() + "\n```")
     trained = any(k in methods for k in TRAINING_METHODS)
     quantized = methods.get("quantization", {}).get("quantization", "none") != "none" if isinstance(
         methods.get("quantization"), dict) else False
@@ -180,7 +197,8 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
     if base_id:
         relation = "finetune" if trained or not quantized else "quantized"
     name = model_name or os.path.basename(os.path.normpath(os.path.dirname(os.path.abspath(model_dir))))
-    results = [EvalResult(task_type="text-classification", dataset_type=str(dataset), dataset_name=str(dataset),
+    results = [EvalResult(task_type="text-classification", dataset_type=dataset_id(dataset) or os.path.basename(str(dataset)),
+                          dataset_name=os.path.basename(str(dataset)),
                           dataset_split=split, metric_type=k, metric_name=k, metric_value=float(model["metrics"][k]))
                for k in ("accuracy", "f1") if k in model["metrics"]]
     fmt = model.get("format", "transformers")
@@ -188,7 +206,7 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
         library_name="onnx" if fmt == "onnx" else "transformers",
         pipeline_tag="text-classification", tags=tags, metrics=[r.metric_type for r in results],
         base_model=base_id, base_model_relation=relation, model_name=name, eval_results=results,
-        datasets=[dataset] if dataset and "/" in str(dataset) and not os.path.exists(str(dataset)) else None,
+        datasets=[dataset_id(dataset)] if dataset_id(dataset) else None,
     )
     plots = [f"![{alt}]({png})" for png, alt in ((TRADEOFF_PNG, "accuracy against size and latency"),
                                                  (SCHEDULE_PNG, "sparsity schedule"))
@@ -201,7 +219,7 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
         "recipe", {}).get("seed")
     return ModelCard.from_template(
         card_data, template_path=TEMPLATE, model_name=name,
-        summary=f"A compressed text classifier made with [hfcompress](https://github.com/hfcompress) from "
+        summary=f"A compressed text classifier made with hfcompress from "
                 f"`{base.get('source') or base['path']}`{f' ([{base_id}](https://huggingface.co/{base_id}))' if base_id else ''}"
                 f" on `{dataset}`: {comparison['size_ratio']:.2f}x smaller on disk and {comparison['speedup']:.2f}x "
                 f"faster on a CPU than the base, "

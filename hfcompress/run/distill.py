@@ -44,7 +44,9 @@ def run_distillation(
     pushed to the Hub if `args` asks (`--push_to_hub`), or written as a dry run if `push` (`hub.PushArguments`) does; without it (benchmarks), none of that.
     """
     run_dir = steps.use_run_layout(args)
+    _ = args.device  # the Trainer's process setup (distributed backend) before anything asks who is main
     state = PartialState()
+    steps.check_processes(state)
     set_seed(args.seed)
 
     # Everything that can be wrong with the input is checked before any training.

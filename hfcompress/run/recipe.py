@@ -92,6 +92,7 @@ class Recipe:
     hub: dict
     lines: dict
     description: str | None = None
+    text: str = ""
 
     def where(self, *key) -> str:
         line = self.lines.get(tuple(key)) or self.lines.get(tuple(key[:-1])) or self.lines.get(())
@@ -176,7 +177,7 @@ def load_recipe(path: str) -> Recipe:
     return Recipe(path=path, name=str(data.get("name") or os.path.splitext(os.path.basename(path))[0]),
                   base_model=str(data["base_model"]), seed=int(data.get("seed", 42)), data=dict(data.get("data") or {}),
                   stages=stages, measure=dict(data.get("measure") or {}), hub=dict(data.get("hub") or {}),
-                  lines=lines, description=data.get("description"))
+                  lines=lines, description=data.get("description"), text=text)
 
 
 def _parse_groups(types, values: dict, where) -> tuple:
@@ -427,7 +428,7 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
     record.settings["recipe"] = {"path": recipe.path, "name": recipe.name, "base_model": recipe.base_model,
                                  "seed": recipe.seed, "data": recipe.data, "measure": recipe.measure,
                                  "stages": [{"name": s.name, "method": s.method, "args": s.args} for s in recipe.stages],
-                                 "description": recipe.description}
+                                 "description": recipe.description, "text": recipe.text}
     record.data = {"dataset": data_args.dataset, "splits": {s: len(d) for s, d in dataset.items()}}
     for s in stage_records:  # the methods of every stage, in order (a later stage's settings of a method win)
         for name, m in (s["record"].get("methods") or {}).items():

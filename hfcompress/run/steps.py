@@ -50,6 +50,17 @@ def load_data(data_args: DataArguments) -> DatasetDict:
     return dataset
 
 
+def check_processes(state) -> None:
+    """A launcher that started several processes which each see a world of one (e.g. `accelerate launch
+    --num_processes 2` on a machine without GPUs, without `--use_cpu`) would train the same model twice and write
+    the same files at once: one clear error instead."""
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched > 1 and state.num_processes == 1:
+        raise UserInputError(f"the launcher started {launched} processes but each sees only itself (no distributed "
+                             "backend): on a machine without GPUs pass --use_cpu (in a recipe: use_cpu: true in each "
+                             "training stage's args) so they train together over gloo")
+
+
 def use_run_layout(args) -> str:
     """Point the Trainer's `output_dir` at `<output_dir>/checkpoints` and return the run folder."""
     if not args.output_dir:

@@ -75,8 +75,6 @@ def _measure_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _measure(args, record_task: str):
     """Measure `args.model_dir` against `args.base` into a `RunRecord` (with its comparison), as a script would."""
-    import os
-
     from .assets import resolve_model_path
     from .report.record import RunRecord
     from .run.arguments import DataArguments
@@ -91,7 +89,7 @@ def _measure(args, record_task: str):
     record = RunRecord(task=record_task)
     record.data = {"dataset": data_args.dataset, "splits": {s: len(d) for s, d in dataset.items()}}
     record.add_settings(data=data_args, report=report)
-    return record, resolve_model_path(args.base), dataset, data_args, report, os
+    return record, resolve_model_path(args.base), dataset, data_args, report
 
 
 @subcommand("measure", help="measure a compressed model against its base (size, parameters, latency, memory, metrics)")
@@ -106,14 +104,10 @@ def _measure_cmd(parser: argparse.ArgumentParser) -> Runner:
         import json
 
         from .report.bench import write_json
-        from .report.measure import compare_checkpoints
+        from .run.report import compare_on_eval_split
 
-        record, base, dataset, data_args, report, _ = _measure(args, "measure")
-        split = "test" if "test" in dataset else "validation"
-        comparison = compare_checkpoints(base, args.model_dir, dataset[split][data_args.text_column],
-                                         dataset[split][data_args.label_column], split=split,
-                                         max_length=data_args.max_length, config=report.measure_config())
-        comparison["base"]["source"] = args.base
+        _, base, dataset, data_args, report = _measure(args, "measure")
+        comparison = compare_on_eval_split(args.model_dir, base, args.base, dataset, data_args, report)
         if args.output:
             write_json(args.output, comparison)
         print(json.dumps(comparison, indent=2, default=str))
@@ -138,7 +132,9 @@ def _card_cmd(parser: argparse.ArgumentParser) -> Runner:
     def run(args):
         from .run.report import measure_and_card
 
-        record, base, dataset, data_args, report, os = _measure(args, "card")
+        import os
+
+        record, base, dataset, data_args, report = _measure(args, "card")
         record.command = "hfcompress card " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "hfcompress card"
         for i, text in enumerate(args.method):
             record.methods[f"user_{i}"] = {"description": text}

@@ -75,17 +75,25 @@ def hub_settings_of(*argument_groups, output_dir: str):
     return settings
 
 
+def compare_on_eval_split(model_dir: str, base_dir: str, base_source: str | None, dataset, data_args,
+                          report: ReportArguments, variants: dict[str, str] | None = None) -> dict:
+    """`compare_checkpoints` of `model_dir` against `base_dir` on the test split (validation if there is none)."""
+    split = "test" if "test" in dataset else "validation"
+    texts, labels = dataset[split][data_args.text_column], dataset[split][data_args.label_column]
+    comparison = compare_checkpoints(base_dir, model_dir, texts, labels, split=split, max_length=data_args.max_length,
+                                     config=report.measure_config(), variants=variants)
+    comparison["base"]["source"] = base_source
+    return comparison
+
+
 def measure_and_card(record, model_dir: str, base_dir: str, base_source: str | None, dataset, data_args,
                      report: ReportArguments, run_name: str | None = None, log_history=None,
                      variants: dict[str, str] | None = None, base_model: str | None = None) -> dict:
     """Compare `model_dir` with `base_dir` on the test split (validation if there is none), store the comparison in
     `record`, draw the plots beside the model and write its card. `variants` (name -> model folder: a recipe's
     earlier stages) are measured in the same session and drawn on the plot. Returns the comparison."""
-    split = "test" if "test" in dataset else "validation"
-    texts, labels = dataset[split][data_args.text_column], dataset[split][data_args.label_column]
-    comparison = compare_checkpoints(base_dir, model_dir, texts, labels, split=split, max_length=data_args.max_length,
-                                     config=report.measure_config(), variants=variants)
-    comparison["base"]["source"] = base_source
+    comparison = compare_on_eval_split(model_dir, base_dir, base_source, dataset, data_args, report, variants)
+    split = comparison["split"]
     record.comparison = comparison
     points = [
         {"name": "base", "accuracy": comparison["base"]["metrics"].get("accuracy"), "size_mb": comparison["base"]["size_mb"],

@@ -125,7 +125,18 @@ def comparison_table(comparison: dict) -> str:
 
 
 def _settings(d: dict, keys) -> str:
-    return ", ".join(f"{k}={d[k]}" for k in keys if d.get(k) not in (None, False, 0, 0.0, "", []))
+    return ", ".join(f"{k}={d[k]}" for k in keys if d.get(k) not in (None, False, 0, 0.0, "", "none", []))
+
+
+def describe_methods(methods: dict) -> tuple[list[str], list[str]]:
+    """The card's lines (one per method) and tags of a run's ``methods``."""
+    lines, tags = [], []
+    for name, m in methods.items():
+        if isinstance(m, dict):
+            line, t = describe_method(name, m)
+            lines.append(line)
+            tags += [x for x in t if x not in tags]
+    return lines, tags
 
 
 def describe_method(name: str, m: dict) -> tuple[str, list[str]]:
@@ -145,12 +156,15 @@ def describe_method(name: str, m: dict) -> tuple[str, list[str]]:
                     ["pruned", "structured-pruning"])
         return (f"{m.get('method')} pruning ({m.get('scope', 'local')}) to sparsity "
                 f"{_num(m.get('reached_sparsity'), 3)} of the targeted weights", ["pruned", "sparse"])
-    if name in ("lowrank", "lowrank_training"):
-        return (f"low-rank SVD factorization ({_settings(m, ('rank', 'energy', 'parameter_budget'))})"
-                + (", then trained" if name == "lowrank_training" else ", no training afterwards"), ["low-rank"])
+    if name == "lowrank":
+        return (f"low-rank SVD factorization ({_settings(m, ('rank', 'energy', 'parameter_budget'))})",
+                ["low-rank"])
     if name == "lora":
-        return (f"LoRA ({_settings(m, ('r', 'lora_alpha', 'target_modules', 'quantization'))})"
-                + (", merged into the weights" if m.get("merged", True) else ""), ["lora"])
+        quant = m.get("lora_quantization") not in (None, "none")
+        return (f"{'QLoRA' if quant else 'LoRA'} ({_settings(m, ('lora_r', 'lora_alpha', 'lora_target_modules', 'lora_quantization'))}"
+                f"; {m.get('trainable_parameters')} of {m.get('parameters')} parameters trained, the task head in "
+                "full)" + (", merged into the weights" if m.get("lora_merge", True) else ", as an adapter"),
+                ["lora"])
     if name == "vocab_trim":
         return (f"vocabulary trimmed to the training split's tokens: {m.get('kept_vocab_size')} of "
                 f"{m.get('original_vocab_size')} kept", ["vocabulary-trimmed"])
@@ -178,15 +192,17 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
     dataset = record.get("data", {}).get("dataset")
     base_id = base_model or hub_id(base.get("source"))
     methods = record.get("methods", {})
-    lines, tags = [], ["hfcompress", "text-classification"]
-    for name, m in methods.items():
-        if not isinstance(m, dict):
-            continue
-        line, t = describe_method(name, m)
-        lines.append(f"- {line}")
-        tags += [x for x in t if x not in tags]
-    if record.get("stages"):
-        lines.insert(0, "Recipe stages, in order: " + ", ".join(f"`{s['name']}` ({s['method']})" for s in record["stages"]))
+    described, method_tags = describe_methods(methods)
+    tags = ["hfcompress", "text-classification", *method_tags]
+    lines = [f"- {line}" for line in described]
+    if record.get("stages"):  # a recipe: what each stage did, in order, with what it measured
+        lines = ["Recipe stages, in order (each measured against the base when it finished):"]
+        for s in record["stages"]:
+            stage_lines, _ = describe_methods(s.get("methods") or {})
+            got = s.get("measured", {})
+            lines.append(f"{len(lines)}. `{s['name']}` ({s['method']}): " + "; ".join(stage_lines)
+                         + (f" -> accuracy {got['accuracy']:.4f}, {got['size_mb']:.1f} MB, {got['speedup']:.2f}x "
+                            "faster" if got.get("accuracy") is not None else ""))
         recipe_text = record.get("settings", {}).get("recipe", {}).get("text")
         if recipe_text:
             lines.append("\nThe recipe:\n\n```yaml\n" + recipe_text.strip() + "\n```")

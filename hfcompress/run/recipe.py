@@ -449,6 +449,7 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
                          "size_ratio": measured.get("size_ratio", comparison["size_ratio"]),
                          "speedup": measured["speedup"] if s is not stage_records[-1] else comparison["speedup"]},
             "training": s["record"].get("training"),
+            "methods": s["record"].get("methods") or {},
         })
     record.artifacts.update({"model": model_dir, "stages": os.path.join(output_dir, STAGES_DIR), "base": base_dir})
     # The recipe's card: written again now that the stages are in the record.

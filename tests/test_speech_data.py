@@ -1,0 +1,271 @@
+"""The speech data of `hfcompress.speech`: the WER normalizer, the synthesized sets and the pocketsphinx clips.
+
+Synthesis tests need the Debian programs ``espeak-ng`` / ``flite`` and are skipped without them; the pocketsphinx
+test needs the ``pocketsphinx-testdata`` package. Everything synthesized here is tiny (a few utterances).
+"""
+
+import shutil
+
+import numpy as np
+import pytest
+
+from hfcompress.errors import UserInputError
+from hfcompress.speech import synth
+from hfcompress.speech.normalize import align_counts, normalize, word_error_rate
+
+needs_espeak = pytest.mark.skipif(
+    shutil.which("espeak-ng") is None, reason="espeak-ng not installed (apt-get install espeak-ng)"
+)
+needs_flite = pytest.mark.skipif(shutil.which("flite") is None, reason="flite not installed (apt-get install flite)")
+needs_pocketsphinx = pytest.mark.skipif(
+    not (synth.POCKETSPHINX_DATA / "librivox" / "transcription").is_file(),
+    reason="pocketsphinx-testdata not installed (apt-get install pocketsphinx-testdata)",
+)
+
+
+# ------------------------------------------------------------------------------------------------------ normalizer
+
+
+@pytest.mark.parametrize(
+    "spoken, written",
+    [
+        ("five", "5"),
+        ("twenty one", "21"),
+        ("Twenty-one", "21"),
+        ("two thousand and five", "2005"),
+        ("one hundred", "100"),
+        ("a hundred", "100"),
+        ("one hundred and one", "101"),
+        ("nine hundred ninety nine thousand nine hundred ninety nine", "999999"),
+        ("four seven two", "472"),
+        ("four seven two", "4, 7, 2."),
+        ("four seventy-two", "4-7-2"),
+        ("nineteen ninety nine", "1999"),
+        ("three five oh", "350"),
+        ("the twenty-first century", "the 21st century"),
+        ("one thousand people", "1,000 people"),
+        ("ten percent", "10%"),
+    ],
+)
+def test_spoken_and_written_numbers_match(spoken, written):
+    assert normalize(spoken) == normalize(written)
+
+
+def test_normalize_rules():
+    assert normalize("It's 5 o'clock!") == "it's 5 o'clock"
+    assert normalize("  Don't   'quote' me,  OK?  ") == "don't quote me ok"
+    assert normalize("“Abandon” will leave you — wanting") == "abandon will leave you wanting"
+    assert normalize("Mr. John Dashwood") == "mister john dashwood"
+    assert normalize("cold-hearted") == "cold hearted"
+    assert normalize("oh no, rock and roll") == "oh no rock and roll"  # "oh"/"and" stay words outside numbers
+    # digit strings: one digit per word; whole numbers only with split_digits=False
+    assert normalize("one two three") == "1 2 3" == normalize("123")
+    assert normalize("twenty one", split_digits=False) == "21"
+    assert normalize("two thousand and five", split_digits=False) == "2005"
+    assert normalize("one two three", split_digits=False) == "1 2 3"
+    assert normalize("nineteen ninety nine", split_digits=False) == "19 99"
+    assert normalize("one hundred", split_digits=False) == "100"
+    assert normalize("first and second", split_digits=False) == "1st and 2nd"
+    assert normalize("3.5") == "3.5"
+    assert normalize("") == ""
+
+
+def test_word_error_rate_hand_computed():
+    # "a b c d" -> "a x c": b->x substituted, d deleted; "e f" -> "e f g": g inserted. 3 errors / 6 words.
+    out = word_error_rate(["a b c d", "e f"], ["a x c", "e f g"], normalizer=None)
+    assert (out["substitutions"], out["deletions"], out["insertions"], out["hits"]) == (1, 1, 1, 4)
+    assert out["num_ref_words"] == 6 and out["wer"] == pytest.approx(0.5)
+    # characters: "a b c d" vs "a x c" = 1 substitution + 2 deletions (" d"); "e f" vs "e f g" = 2 insertions
+    assert out["char_errors"] == 5 and out["num_ref_chars"] == 10 and out["cer"] == pytest.approx(0.5)
+    assert word_error_rate("the cat sat", "the cat sat down", normalizer=None)["wer"] == pytest.approx(1 / 3)
+    assert align_counts([], ["x", "y"]) == (0, 0, 0, 2)
+
+
+def test_word_error_rate_normalizes_both_sides():
+    out = word_error_rate(["I have twenty-one cats."], ["i have 21 cats"])
+    assert out["wer"] == 0.0 and out["cer"] == 0.0
+    # with raw text the same pair has errors: "I"/"i", "twenty-one"/"21", "cats."/"cats"
+    assert word_error_rate(["I have twenty-one cats."], ["i have 21 cats"], normalizer=None)["substitutions"] == 3
+    out = word_error_rate(["four seven two"], ["four seven three"])
+    assert out["wer"] == pytest.approx(1 / 3)
+
+
+def test_word_error_rate_rejects_bad_input():
+    with pytest.raises(ValueError, match="2 references but 1"):
+        word_error_rate(["a", "b"], ["a"])
+    with pytest.raises(ValueError):
+        word_error_rate([], [])
+    with pytest.raises(ValueError, match="no word"):
+        word_error_rate(["!!"], ["a"])
+
+
+# ---------------------------------------------------------------------------------------------------------- audio
+
+
+def _sine(freq, rate, seconds=0.5):
+    t = np.arange(int(rate * seconds)) / rate
+    return (0.5 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def test_resample_8k_to_16k_doubles_length_and_keeps_pitch():
+    x = _sine(440.0, 8000)
+    y = synth.resample_or_error(x, 8000, 16000)
+    assert y.dtype == np.float32 and len(y) == 2 * len(x)
+    peak_hz = np.argmax(np.abs(np.fft.rfft(y))) * 16000 / len(y)
+    assert peak_hz == pytest.approx(440.0, abs=3)
+    assert synth.resample_or_error(x, 16000) is not None  # already 16 kHz: returned as is
+    stereo = np.stack([x, x])
+    assert synth.resample_or_error(stereo, 8000).shape == (2 * len(x),)
+
+
+def test_resample_refused_names_both_rates():
+    with pytest.raises(UserInputError, match=r"8000 Hz.*16000 Hz"):
+        synth.resample_or_error(_sine(440.0, 8000), 8000, 16000, resample=False)
+
+
+def test_noise_keeps_length_at_the_asked_snr_and_speed_scales_length():
+    x = _sine(300.0, 16000, 1.0)
+    rng = np.random.default_rng(0)
+    for color in ("white", "pink"):
+        y = synth.add_noise(x, 10.0, rng, color=color)
+        assert len(y) == len(x) and y.dtype == np.float32 and not np.allclose(x, y)
+        snr = 10 * np.log10(np.mean(x**2) / np.mean((y - x) ** 2))
+        assert snr == pytest.approx(10.0, abs=0.5)
+    for factor in (0.9, 1.1):
+        assert len(synth.speed_perturb(x, factor)) == round(len(x) / factor)
+
+
+def test_split_voices_is_disjoint_and_spreads_engines():
+    voices = [synth.Voice("espeak-ng", f"en+m{i}") for i in range(8)] + [synth.Voice("flite", n) for n in "abcd"]
+    parts = synth.split_voices(voices, validation_size=0.2, test_size=0.2, seed=1)
+    ids = {s: {v.id for v in vs} for s, vs in parts.items()}
+    assert sum(len(v) for v in ids.values()) == 12 and len(set.union(*ids.values())) == 12
+    assert len(ids["test"]) == 2 and len(ids["validation"]) == 2
+    assert {v.engine for v in parts["test"]} == {"espeak-ng", "flite"}
+    with pytest.raises(UserInputError, match="num_voices"):
+        synth.split_voices(voices[:2])
+
+
+def test_missing_synthesizer_names_the_debian_package(monkeypatch):
+    monkeypatch.setattr(synth.shutil, "which", lambda name: None)
+    with pytest.raises(UserInputError, match="apt-get install espeak-ng"):
+        synth.require_engine("espeak-ng")
+    with pytest.raises(UserInputError, match="'flite'"):
+        synth.list_voices(["flite"])
+    with pytest.raises(UserInputError, match="espeak-ng.*flite"):
+        synth.build_keyword_dataset(num_voices=3, per_voice=1)
+
+
+def test_missing_pocketsphinx_data(tmp_path):
+    with pytest.raises(UserInputError, match="pocketsphinx-testdata"):
+        synth.load_pocketsphinx_set("librivox", root=tmp_path / "nope")
+    with pytest.raises(UserInputError, match="unknown"):
+        synth.load_pocketsphinx_set("nope")
+
+
+# ------------------------------------------------------------------------------------------------------ synthesis
+
+
+SENTENCES = ["The birch canoe slid on the smooth planks.", "Glue the sheet to the dark blue background."]
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng not installed (apt-get install espeak-ng)")
+    cache = tmp_path_factory.mktemp("speech-cache")
+    kwargs = dict(
+        num_voices=3, per_voice=2, seed=3, sentences=SENTENCES, digits_fraction=0.3, engines="espeak-ng",
+        noise_snr_db=20.0, speed_factors=(1.0,), validation_size=0.2, test_size=0.2, cache_dir=cache, num_workers=1,
+    )
+    return synth.build_transcription_dataset(**kwargs), kwargs
+
+
+@needs_espeak
+def test_tiny_transcription_set(tiny_set):
+    dsd, _ = tiny_set
+    assert set(dsd) == {"train", "validation", "test"}
+    voices = {s: set(dsd[s]["voice"]) for s in dsd}
+    assert all(len(v) == 1 for v in voices.values())
+    assert not (voices["train"] & voices["test"]) and not (voices["train"] & voices["validation"])
+    assert not (voices["validation"] & voices["test"])
+    for split in dsd:
+        ds = dsd[split].with_format("numpy")
+        assert len(ds) == 2
+        for row in ds:
+            audio = row["audio"]
+            assert audio.dtype == np.float32 and audio.ndim == 1 and row["sampling_rate"] == 16000
+            seconds = len(audio) / 16000
+            words = len(row["text"].split())
+            assert 0.15 * words < seconds < 1.0 * words + 2.0, (row["text"], seconds)
+            assert np.abs(audio).max() <= 1.0 and np.abs(audio).max() > 0.05
+            assert row["kind"] in ("sentence", "digits") and row["snr_db"] == pytest.approx(20.0)
+            if row["kind"] == "sentence":
+                assert row["text"] in SENTENCES
+            else:
+                assert all(w in synth.DIGIT_WORDS for w in row["text"].split())
+            assert row["voice"].startswith("espeak-ng:") and row["engine"] == "espeak-ng"
+
+
+@needs_espeak
+def test_tiny_set_is_cached(tiny_set):
+    dsd, kwargs = tiny_set
+    again = synth.build_transcription_dataset(**kwargs)  # loaded from cache_dir, not synthesized
+    assert again["train"]["id"] == dsd["train"]["id"] and again["train"]["text"] == dsd["train"]["text"]
+    assert len(list(kwargs["cache_dir"].iterdir())) == 1
+
+
+@needs_espeak
+def test_noise_and_speed_on_synthesized_speech():
+    voice = synth.Voice("espeak-ng", "en-us+f3")
+    audio, rate = synth.synthesize("seven", voice, rate=160, pitch=50)
+    assert rate == 22050
+    clean = synth.resample_or_error(audio, rate)
+    assert 0.2 < len(clean) / 16000 < 2.0
+    noisy = synth.add_noise(clean, 10.0, np.random.default_rng(0))
+    assert len(noisy) == len(clean) and not np.allclose(noisy, clean)
+    fast = synth.speed_perturb(clean, 1.1)
+    assert len(fast) == round(len(clean) / 1.1)
+
+
+@needs_espeak
+def test_keyword_set_labels():
+    keywords = ("yes", "no", "seven")
+    dsd = synth.build_keyword_dataset(
+        num_voices=3, per_voice=3, seed=0, keywords=keywords, engines="espeak-ng", speed_factors=(0.9, 1.1),
+        noise_snr_db=(15.0, 25.0), num_workers=1,
+    )
+    names = dsd["train"].features["label"].names
+    assert names == list(keywords)
+    for split in dsd:
+        ds = dsd[split]
+        assert sorted(ds["label"]) == [0, 1, 2]  # each voice says every keyword once
+        assert [names[label] for label in ds["label"]] == list(ds["text"])
+        assert set(ds["kind"]) == {"keyword"} and all(min(abs(f - 0.9), abs(f - 1.1)) < 1e-6 for f in ds["speed"])
+        assert all(15.0 <= s <= 25.0 for s in ds["snr_db"])
+
+
+@needs_flite
+def test_flite_voice():
+    voices = [v.name for v in synth.list_voices("flite")]
+    assert voices and "awb_time" not in voices
+    audio, rate = synth.synthesize("nine one one", synth.Voice("flite", voices[-1]))
+    audio = synth.resample_or_error(audio, rate)
+    assert 0.3 < len(audio) / 16000 < 4.0 and np.abs(audio).max() > 0.05
+
+
+# ---------------------------------------------------------------------------------------------------- pocketsphinx
+
+
+@needs_pocketsphinx
+def test_pocketsphinx_sets():
+    libri = synth.load_pocketsphinx_set("librivox")
+    assert len(libri) == 5 and libri[1]["text"] == "he was not an ill disposed young man"
+    assert set(libri["sampling_rate"]) == {16000} and set(libri["engine"]) == {"real"}
+    durations = [len(a) / 16000 for a in libri.with_format("numpy")["audio"]]
+    assert all(2.5 < d < 8 for d in durations)
+    cards = synth.load_pocketsphinx_set("cards")
+    assert cards[0]["text"] == "ten of clubs" and "<s>" not in " ".join(cards["text"])
+    everything = synth.load_pocketsphinx_set("all")
+    assert len(everything) == 12 and "two nine three four zero" in everything["text"]
+    assert everything.features == libri.features

@@ -196,6 +196,17 @@ def _read_raw(name_or_path: str) -> tuple[dict[str, Dataset], dict[str, str]]:
     return dict(loaded), {s: f"Hub dataset {name_or_path}, split {s!r}" for s in loaded}
 
 
+def read_raw_splits(name_or_path: str) -> tuple[dict[str, Dataset], dict[str, str]]:
+    """A file, a folder of split files, a saved dataset folder or a Hub id, read as found: `(split -> Dataset, split ->
+    where it came from)`, split names not normalised, no column checked (the speech loader reads its data so)."""
+    return _read_raw(name_or_path)
+
+
+def split_alias(name: str) -> str | None:
+    """`train`, `validation` (also dev/valid/val) or `test` for a split name, else None."""
+    return _SPLIT_ALIASES.get(name.lower())
+
+
 def _describe_files(files: list[str]) -> str:
     return f"file {files[0]}" if len(files) == 1 else f"files {', '.join(files)}"
 

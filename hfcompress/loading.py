@@ -10,8 +10,15 @@ config ``quantization_config`` (bitsandbytes)  `quantize.bnb.reload_quantized`
 config ``hfcompress_lowrank``                   `lowrank.load_lowrank` (also when structurally pruned first)
 config ``hfcompress_structure``                 `prune.load_structured`
 ``sparse_model.safetensors``                   `prune.load_sparse`
-anything else                                  ``AutoModelForSequenceClassification.from_pretrained``
+anything else                                  ``from_pretrained`` of the task auto class of the class
+                                               ``architectures`` names (`arch.model_class_for`)
 =============================================  ============================================================
+
+Speech checkpoints load as what they were saved as: ``WhisperForConditionalGeneration`` through
+``AutoModelForSpeechSeq2Seq``, ``Wav2Vec2ForCTC`` / ``HubertForCTC`` through ``AutoModelForCTC``, audio classifiers
+(wav2vec2, HuBERT, ``WhisperForAudioClassification``) through ``AutoModelForAudioClassification``, in every format
+above but ONNX (text classifiers only). A text checkpoint loads as before: ``AutoModelForSequenceClassification``
+(also a bare encoder, which gets a new head).
 """
 
 from __future__ import annotations
@@ -76,9 +83,10 @@ def load_model(path: str, num_threads: int | None = None):
         from .prune import load_sparse
 
         return load_sparse(path)
-    from transformers import AutoModelForSequenceClassification
+    from .arch.base import model_class_for
 
-    return AutoModelForSequenceClassification.from_pretrained(path).eval()
+    with open(os.path.join(path, "config.json")) as fh:
+        return model_class_for(json.load(fh)).from_pretrained(path).eval()
 
 
 def save_model(model, directory: str, tokenizer=None) -> str:

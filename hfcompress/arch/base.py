@@ -78,6 +78,9 @@ class ArchAdapter:
         ffn_paths: dotted paths from one block to the feed-forward input (up) and output (down) projections.
         stacks: the head and neuron layout of every stack of blocks, for structured pruning (`StackLayout`); None
             for a family whose heads hfcompress cannot cut out.
+        alignment_heads: ``(stack layers_path, attention module)`` whose heads the generation config's
+            ``alignment_heads`` (``[layer, head]`` pairs: Whisper's cross-attention heads for word timestamps) index;
+            structured pruning renumbers the pairs of kept heads and drops the others.
 
     The encoder `nn.Linear`s that pruning works on by default are the q/k/v, attention-output and both
     feed-forward projections of every block (`prunable_linears`); embeddings, pooler and task head are not among them.
@@ -94,6 +97,7 @@ class ArchAdapter:
     attention_output_path: str | None = "attention.output.dense"
     ffn_paths: tuple[str, str] | None = ("intermediate.dense", "output.dense")
     stacks: tuple[StackLayout, ...] | None = None
+    alignment_heads: tuple[str, str] | None = None
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         module = get_submodule(model.base_model, self.layers_path)
@@ -145,14 +149,38 @@ class ArchAdapter:
         return out
 
 
-    def structure(self, model_type: str | None = None) -> tuple[StackLayout, ...]:
-        """The stacks structured pruning works on; an `UnsupportedArchitectureError` if none are known."""
+    def structure(self, model_type: str | None = None, model: nn.Module | None = None) -> tuple[StackLayout, ...]:
+        """The stacks structured pruning works on; an `UnsupportedArchitectureError` if none are known. Given `model`,
+        only the stacks it has: an encoder-only head of an encoder-decoder family (``WhisperForAudioClassification``
+        holds Whisper's encoder and no decoder) prunes the encoder."""
         if not self.stacks:
             raise UnsupportedArchitectureError(
                 f"hfcompress knows no head/neuron layout for model type {model_type or self.model_types[0]!r}; "
                 f"structured pruning supports: {', '.join(structured_model_types())}"
             )
-        return self.stacks
+        if model is None:
+            return self.stacks
+        present = tuple(s for s in self.stacks if _has_path(model.base_model, s.layers_path))
+        if not present:
+            raise UnsupportedArchitectureError(
+                f"{type(model).__name__} has none of the blocks hfcompress knows for model type "
+                f"{model_type or self.model_types[0]!r} ({', '.join(s.layers_path for s in self.stacks)})"
+            )
+        return present
+
+    def backbone_names(self, model: nn.Module) -> list[str]:
+        """The direct children of `model` that hold its blocks (``encoder`` of ``WhisperForAudioClassification``,
+        whose base model is the model itself); the rest are its task head."""
+        paths = [s.layers_path for s in self.stacks or ()] + [self.layers_path]
+        return sorted({p.split(".")[0] for p in paths if _has_path(model, p)})
+
+
+def _has_path(module: nn.Module, path: str) -> bool:
+    try:
+        get_submodule(module, path)
+    except AttributeError:
+        return False
+    return True
 
 
 def structured_model_types() -> list[str]:
@@ -179,14 +207,70 @@ def unwrap_model(model: nn.Module) -> nn.Module:
 def task_head_names(model: nn.Module) -> list[str]:
     """Names of the task-head modules of a `...For<Task>` model: its direct children, other than the base model, that
     hold parameters (BERT's ``classifier``, DistilBERT's ``pre_classifier`` and ``classifier``, wav2vec2's
-    ``projector`` and ``classifier``, Whisper's ``proj_out``). Quantizers keep these in full precision and LoRA
-    trains and saves them whole (``modules_to_save``). Empty for a bare base model."""
+    ``projector`` and ``classifier``, Whisper's ``proj_out``; ``WhisperForAudioClassification``, whose base model is
+    itself, its children other than the ``encoder``: ``projector`` and ``classifier``). Quantizers keep these in full
+    precision and LoRA trains and saves them whole (``modules_to_save``). Empty for a bare base model."""
     model = unwrap_model(model)
     base = getattr(model, "base_model", model)
     if base is model:
-        return []
+        # a bare base model (what AutoModel builds), or a task model without a base-model attribute whose blocks sit
+        # in a child (WhisperForAudioClassification: encoder): the children other than that backbone are the head
+        model_type = getattr(getattr(model, "config", None), "model_type", None)
+        if model_type not in _REGISTRY or _is_bare_model(model):
+            return []
+        backbone = _REGISTRY[model_type].backbone_names(model)
+        if not backbone:  # a bare stack (e.g. WhisperEncoder): no head
+            return []
+        return [name for name, child in model.named_children()
+                if name not in backbone and any(True for _ in child.parameters())]
     return [name for name, child in model.named_children()
             if child is not base and any(True for _ in child.parameters())]
+
+
+def _is_bare_model(model: nn.Module) -> bool:
+    """Whether `model` is the class ``AutoModel`` builds for its model type (``BertModel``, ``Wav2Vec2Model``)."""
+    try:
+        from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+    except ImportError:  # pragma: no cover
+        return type(model).__name__.endswith("Model")
+    names = MODEL_MAPPING_NAMES.get(getattr(model.config, "model_type", None))
+    names = names if isinstance(names, (list, tuple)) else [names]
+    return type(model).__name__ in names
+
+
+# The task auto classes a plain checkpoint is loaded with, by the class its config.json names (first match wins).
+TASK_AUTO_CLASSES = ("AutoModelForSequenceClassification", "AutoModelForSpeechSeq2Seq", "AutoModelForCTC",
+                     "AutoModelForAudioClassification")
+
+
+def model_class_for(config, default: str = "AutoModelForSequenceClassification"):
+    """The transformers auto class to load a checkpoint of `config` (a config or config.json as a dict) with: the
+    task auto class that maps the class its ``architectures`` names (``WhisperForConditionalGeneration`` ->
+    ``AutoModelForSpeechSeq2Seq``, ``Wav2Vec2ForCTC`` -> ``AutoModelForCTC``, ``WhisperForAudioClassification`` ->
+    ``AutoModelForAudioClassification``); else `default` where that maps the model type (a text encoder saved bare
+    still loads as a sequence classifier, as before); else the named class itself; else `default`."""
+    import transformers
+
+    from ..remote_code import plain_class_name
+
+    get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+    model_type = get("model_type")
+    archs = get("architectures") or []
+    arch = plain_class_name(archs[0]) if archs else None  # HfcPrunedX / HfcLowRankX: the transformers class X
+
+    def mapped(auto_name: str):
+        mapping = getattr(getattr(transformers, auto_name, None), "_model_mapping", None)
+        names = getattr(mapping, "_model_mapping", {}).get(model_type)
+        return names if isinstance(names, (list, tuple)) else [names] if names else []
+
+    for auto in TASK_AUTO_CLASSES:
+        if arch and arch in mapped(auto):
+            return getattr(transformers, auto)
+    if mapped(default):
+        return getattr(transformers, default)
+    if arch and hasattr(transformers, arch):
+        return getattr(transformers, arch)
+    return getattr(transformers, default)
 
 
 def supported_model_types() -> list[str]:

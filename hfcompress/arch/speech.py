@@ -28,6 +28,7 @@ WHISPER = register_adapter(
             StackLayout("decoder.layers", "decoder_layers", (_attention("self_attn"), _attention("encoder_attn")),
                         ("fc1", "fc2")),
         ),
+        alignment_heads=("decoder.layers", "encoder_attn"),  # generation_config.alignment_heads: word timestamps
     )
 )
 WAV2VEC2 = register_adapter(
@@ -43,3 +44,77 @@ WAV2VEC2 = register_adapter(
         ),
     )
 )
+
+
+# ---- encoder-decoder speech families: the decoder, as sequence-to-sequence distillation needs it --------------------
+# (Whisper: the student keeps the teacher's encoder and a few of its decoder layers, distil-whisper style.)
+
+_DECODER_PATHS = {"whisper": "decoder.layers"}
+
+
+def is_speech_seq2seq(model_or_config) -> bool:
+    """True for an encoder-decoder speech family whose decoder hfcompress can cut (Whisper)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return getattr(config, "model_type", None) in _DECODER_PATHS and bool(getattr(config, "is_encoder_decoder", False))
+
+
+def decoder_stack(model_or_config) -> StackLayout:
+    """The `StackLayout` of the decoder blocks (path from the base model, config key of their count)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in _DECODER_PATHS:
+        from .base import UnsupportedArchitectureError
+
+        raise UnsupportedArchitectureError(
+            f"hfcompress knows no decoder layout for model type {model_type!r}; sequence-to-sequence distillation "
+            f"supports: {', '.join(sorted(_DECODER_PATHS))}"
+        )
+    adapter = next(a for a in (WHISPER,) if model_type in a.model_types)
+    return next(s for s in adapter.stacks if s.layers_path == _DECODER_PATHS[model_type])
+
+
+def num_decoder_layers(model_or_config) -> int:
+    config = getattr(model_or_config, "config", model_or_config)
+    return int(getattr(config, decoder_stack(config).num_layers_key))
+
+
+def keep_decoder_layers(model, layers: list[int]) -> None:
+    """Keep only the decoder blocks `layers` (0-based, in this order), in place: the block list, the config's count,
+    each attention's `layer_idx` (the key/value cache is indexed by it), and Whisper's `alignment_heads` (pairs
+    ``[layer, head]`` of the generation config, for word timestamps: pairs of dropped layers go, kept ones are
+    renumbered)."""
+    import torch.nn as nn
+
+    from .base import get_submodule
+
+    stack = decoder_stack(model)
+    head, _, last = stack.layers_path.rpartition(".")
+    parent = get_submodule(model.base_model, head) if head else model.base_model
+    old = getattr(parent, last)
+    new = nn.ModuleList([old[i] for i in layers])
+    for new_idx, block in enumerate(new):
+        for m in block.modules():
+            if hasattr(m, "layer_idx"):
+                m.layer_idx = new_idx
+    setattr(parent, last, new)
+    setattr(model.config, stack.num_layers_key, len(layers))
+    gen = getattr(model, "generation_config", None)
+    heads = getattr(gen, "alignment_heads", None) if gen is not None else None
+    if heads:
+        where = {old_idx: new_idx for new_idx, old_idx in enumerate(layers)}
+        gen.alignment_heads = [[where[l], h] for l, h in heads if l in where] or None
+
+
+def decoder_prompt_ids(tokenizer) -> list[int]:
+    """The tokens a Whisper decoder starts from (``<|startoftranscript|>`` [language, task] ``<|notimestamps|>``; an
+    English-only model: two tokens), as its tokenizer and `generate` put them."""
+    prefix = getattr(tokenizer, "prefix_tokens", None)
+    if not prefix:
+        raise ValueError(f"{type(tokenizer).__name__} has no Whisper decoder prompt (prefix_tokens)")
+    return [int(i) for i in prefix]
+
+
+def transcript_ids(tokenizer, text: str) -> list[int]:
+    """The target tokens of one transcript: Whisper writes text after the prompt with a leading space (`` Hello``,
+    token ``ĠHello``), then ``<|endoftext|>``."""
+    return [*tokenizer(" " + " ".join(str(text).split()), add_special_tokens=False).input_ids, tokenizer.eos_token_id]

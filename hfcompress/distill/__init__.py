@@ -1,13 +1,19 @@
-"""Knowledge distillation: logits, hidden states and attention maps."""
+"""Knowledge distillation: logits, hidden states and attention maps; encoder-decoder speech models (Whisper) by
+their decoder logits."""
 
 from .arguments import DistillationArguments
-from .cache import compute_teacher_outputs, load_or_compute_teacher_cache
+from .cache import (
+    compute_encoder_outputs,
+    compute_teacher_outputs,
+    load_or_compute_encoder_cache,
+    load_or_compute_teacher_cache,
+)
 from .callback import DistillationCallback
 from .checks import check_teacher_head, teacher_needs_own_inputs, untrained_parameters
-from .collator import DistillationDataCollator
+from .collator import DistillationDataCollator, SpeechSeq2SeqDistillationCollator
 from .config import DistillationConfig, parse_layer_map, uniform_layer_map
 from .loss import DistillationLoss, TeacherOutputs, check_label_compatibility
-from .student import init_student_from_teacher
+from .student import init_seq2seq_student, init_student_from_teacher
 from .trainer import DistillationTrainer
 
 __all__ = [
@@ -17,11 +23,15 @@ __all__ = [
     "DistillationDataCollator",
     "DistillationLoss",
     "DistillationTrainer",
+    "SpeechSeq2SeqDistillationCollator",
     "TeacherOutputs",
     "check_label_compatibility",
     "check_teacher_head",
+    "compute_encoder_outputs",
     "compute_teacher_outputs",
+    "init_seq2seq_student",
     "init_student_from_teacher",
+    "load_or_compute_encoder_cache",
     "load_or_compute_teacher_cache",
     "parse_layer_map",
     "teacher_needs_own_inputs",

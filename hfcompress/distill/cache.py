@@ -5,6 +5,12 @@ relation-distillation blocks, float16), so shuffling, batching and resuming keep
 the teacher reads its own `teacher_input_ids`, a teacher with a different tokenizer works: each model tokenizes the
 raw text itself. The cache is saved with `save_to_disk` under a key of teacher + data + options + storage format; a
 run that finds the same key (a second run, a resumed one) loads it.
+
+Encoder-decoder teachers (Whisper) whose encoder the student shares, frozen: the encoder's output is what is cached
+(`compute_encoder_outputs`, float16 `[frames, D]` per row; a 30 s Whisper window is 1,500 frames), so neither model
+runs the encoder while training; the teacher's decoder still runs on the fly (its logits, `[tokens, vocabulary]` per
+row, would be larger than the encoder output). The same pass can replace the labels by the teacher's greedy
+transcripts (pseudo-labels).
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from datasets import Dataset, Sequence, Value, load_from_disk
 from tqdm.auto import tqdm
 
 from ..data import content_fingerprint
-from .loss import CACHED_HIDDEN, CACHED_KEYS, CACHED_LOGITS, CACHED_QKV, TEACHER_PREFIX
+from .loss import CACHED_ENCODER, CACHED_HIDDEN, CACHED_KEYS, CACHED_LOGITS, CACHED_QKV, TEACHER_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +142,21 @@ def load_or_compute_teacher_cache(
     hidden_layers = list(hidden_layers or [])
     relation_layers = list(relation_layers or [])
     key = cache_key(teacher_name, dataset, hidden_layers, input_prefix, relation_layers)
+
+    def compute():
+        teacher = teacher_loader()
+        cached = compute_teacher_outputs(teacher, dataset, pad_fn, input_prefix, hidden_layers, batch_size,
+                                         relation_layers)
+        meta = {"teacher": teacher_name, "hidden_layers": hidden_layers, "relation_layers": relation_layers,
+                "format": CACHE_FORMAT, "teacher_config": teacher.config.to_dict(), "num_rows": len(cached)}
+        return cached, meta
+
+    return _load_or_save(cache_dir, key, compute)
+
+
+def _load_or_save(cache_dir: str, key: str, compute) -> tuple[Dataset, dict]:
+    """The dataset saved in `cache_dir` under `key`, or `compute() -> (dataset, metadata)` saved there atomically (a
+    temporary folder renamed into place) and loaded back. `metadata["reused"]` says which."""
     meta_path = os.path.join(cache_dir, CACHE_META)
     if os.path.exists(meta_path):
         with open(meta_path) as fh:
@@ -145,27 +166,114 @@ def load_or_compute_teacher_cache(
             meta["reused"] = True
             return load_from_disk(os.path.join(cache_dir, "data")), meta
         logger.info("Teacher cache in %s has another key (%s != %s): recomputing", cache_dir, meta.get("key"), key)
-    teacher = teacher_loader()
-    cached = compute_teacher_outputs(teacher, dataset, pad_fn, input_prefix, hidden_layers, batch_size, relation_layers)
-    meta = {
-        "key": key,
-        "teacher": teacher_name,
-        "hidden_layers": hidden_layers,
-        "relation_layers": relation_layers,
-        "format": CACHE_FORMAT,
-        "teacher_config": teacher.config.to_dict(),
-        "num_rows": len(cached),
-    }
+    cached, meta = compute()
+    meta = {"key": key, **meta}
     os.makedirs(os.path.dirname(os.path.abspath(cache_dir)), exist_ok=True)
     tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(cache_dir)), prefix=".teacher-cache-")
-    cached.save_to_disk(os.path.join(tmp, "data"))
-    with open(os.path.join(tmp, CACHE_META), "w") as fh:
-        json.dump(meta, fh, indent=2)
-    if os.path.exists(cache_dir):
-        shutil.rmtree(cache_dir)
-    os.replace(tmp, cache_dir)
+    try:
+        cached.save_to_disk(os.path.join(tmp, "data"))
+        with open(os.path.join(tmp, CACHE_META), "w") as fh:
+            json.dump(meta, fh, indent=2)
+        if os.path.exists(cache_dir):
+            shutil.rmtree(cache_dir)
+        os.replace(tmp, cache_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     meta["reused"] = False
     return load_from_disk(os.path.join(cache_dir, "data")), meta
+
+
+# ---- encoder-decoder teachers (Whisper): the frozen encoder's output and the teacher's transcripts --------------
+
+ENCODER_CACHE_FORMAT = 1
+
+
+@torch.no_grad()
+def compute_encoder_outputs(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    features_fn,
+    batch_size: int = 16,
+    store_encoder: bool = True,
+    pseudo_labels: dict | None = None,
+) -> Dataset:
+    """One pass of an encoder-decoder `model` over `dataset`: its encoder runs once per row.
+
+    `features_fn(rows: dict of columns) -> input_features tensor` makes the encoder's input from a batch of rows.
+    With `store_encoder`, each row gets `encoder_last_hidden_state`, the encoder's last hidden state (`[frames, D]`,
+    float16 `encode_array` bytes; `SpeechSeq2SeqDistillationCollator` hands it to both models as `encoder_outputs`).
+    With `pseudo_labels` (``{"prompt_ids": [...], "eos_token_id": E, "pad_token_id": P, **generate keyword
+    arguments}``), the `labels` column is replaced by the model's own greedy transcript of the row, generated in the
+    same pass (one encoder run; distil-whisper's pseudo-labels): the generated tokens after the decoder prompt
+    (Whisper's `generate` returns them without it; a prompt it does return is cut), up to the first E or P, then E.
+    """
+    from datasets import Value
+
+    model.eval()
+    device = next(model.parameters()).device
+    encoder = model.get_encoder()
+    stored, labels = [], []
+    gen = dict(pseudo_labels or {})
+    prompt, eos = list(gen.pop("prompt_ids", [])), gen.pop("eos_token_id", None)
+    pad = gen.pop("pad_token_id", eos)
+    seen: list[torch.Tensor] = []
+    # Whisper's `generate` decodes wrongly from given `encoder_outputs` (transformers 5.x: it takes the long-form path
+    # and repeats tokens), so transcripts are generated from the features and the encoder's output is read on the way.
+    hook = encoder.register_forward_hook(lambda module, args, output: seen.append(output.last_hidden_state))
+    try:
+        for start in tqdm(range(0, len(dataset), batch_size), desc="Caching encoder outputs" if store_encoder
+                          else "Teacher transcripts"):
+            rows = dataset[start : start + batch_size]
+            features = features_fn(rows).to(device)
+            seen.clear()
+            if pseudo_labels is not None:
+                out = model.generate(features, **gen)
+                for seq in out.tolist():
+                    seq = seq[len(prompt):] if prompt and seq[: len(prompt)] == prompt else seq
+                    ends = [i for i, t in enumerate(seq) if t in (eos, pad)]
+                    labels.append(seq[: ends[0] if ends else len(seq)] + [eos])
+            else:
+                encoder(features)
+            if store_encoder:
+                hidden = seen[0]
+                if hidden.shape[0] != features.shape[0]:
+                    raise RuntimeError(f"encoder output of {hidden.shape[0]} rows for a batch of {features.shape[0]}")
+                stored.extend(encode_array(h) for h in hidden.half().cpu().numpy())
+    finally:
+        hook.remove()
+    out = dataset
+    if pseudo_labels is not None:
+        out = out.remove_columns("labels").add_column("labels", labels)
+    if store_encoder:
+        out = out.add_column(CACHED_ENCODER, stored, feature=Value("large_binary"))
+    return out
+
+
+def load_or_compute_encoder_cache(
+    cache_dir: str,
+    teacher_name: str,
+    dataset: Dataset,
+    teacher_loader,
+    features_fn,
+    batch_size: int = 16,
+    store_encoder: bool = True,
+    pseudo_labels: dict | None = None,
+) -> tuple[Dataset, dict]:
+    """`compute_encoder_outputs` of the teacher over `dataset`, saved in `cache_dir` and reused by a run with the same
+    teacher, rows and options (a second or resumed run), like `load_or_compute_teacher_cache`."""
+    blob = {"teacher": teacher_name, "data": content_fingerprint(dataset), "encoder": store_encoder,
+            "pseudo_labels": pseudo_labels, "format": ENCODER_CACHE_FORMAT}
+    key = hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def compute():
+        teacher = teacher_loader()
+        cached = compute_encoder_outputs(teacher, dataset, features_fn, batch_size, store_encoder, pseudo_labels)
+        return cached, {"teacher": teacher_name, "encoder_outputs": store_encoder,
+                        "pseudo_labels": pseudo_labels is not None, "format": ENCODER_CACHE_FORMAT,
+                        "num_rows": len(cached)}
+
+    return _load_or_save(cache_dir, key, compute)
 
 
 def drop_teacher_inputs(dataset: Dataset) -> Dataset:

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from .cache import decode_array
-from .loss import CACHED_HIDDEN, CACHED_KEYS, CACHED_LOGITS, CACHED_QKV, TEACHER_PREFIX
+from .loss import CACHED_ENCODER, CACHED_HIDDEN, CACHED_KEYS, CACHED_LOGITS, CACHED_QKV, TEACHER_PREFIX
 
 
 @dataclass
@@ -62,3 +62,57 @@ def _pad_stack(rows: list[np.ndarray], length: int) -> torch.Tensor:
     for i, r in enumerate(rows):
         out[i, :, : r.shape[1]] = r
     return torch.from_numpy(out)
+
+
+@dataclass
+class SpeechSeq2SeqDistillationCollator:
+    """Batches for distilling an encoder-decoder speech model (Whisper), from rows of raw audio and target tokens.
+
+    * Encoder side: `input_features` computed from each row's `audio_column` (float samples at `sampling_rate`) by
+      `feature_extractor` (Whisper: log-mel over a 30 s window), or, when every row of the batch carries the cached
+      output of the frozen encoder (`encoder_last_hidden_state`, see `compute_encoder_outputs`), that output as
+      `encoder_outputs` and no features: then neither model runs its encoder.
+    * Decoder side: a row's `labels` are its target tokens (the transcript, then end-of-text). `decoder_input_ids`
+      are `decoder_prompt_ids` followed by the targets shifted right; `labels` hold the next token at each position,
+      -100 where the prompt's own tokens would be predicted (`generate` forces them) and on padding. So the loss
+      counts each transcript token and the end-of-text once.
+    """
+
+    feature_extractor: object
+    decoder_prompt_ids: list
+    pad_token_id: int
+    audio_column: str = "audio"
+    sampling_rate: int = 16000
+
+    @property
+    def dataset_columns(self) -> tuple[str, ...]:
+        """The dataset columns this collator reads (a Trainer must not drop them as unused)."""
+        return (self.audio_column, "labels", CACHED_ENCODER)
+
+    def input_features(self, audios) -> torch.Tensor:
+        arrays = [np.asarray(a, dtype=np.float32) for a in audios]
+        return self.feature_extractor(arrays, sampling_rate=self.sampling_rate, return_tensors="pt").input_features
+
+    def decoder_tensors(self, targets: list) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(decoder_input_ids, labels)` of a batch of target-token lists."""
+        prompt = [int(i) for i in self.decoder_prompt_ids]
+        length = len(prompt) - 1 + max(len(t) for t in targets)
+        inputs = torch.full((len(targets), length), int(self.pad_token_id), dtype=torch.long)
+        labels = torch.full((len(targets), length), -100, dtype=torch.long)
+        for i, t in enumerate(targets):
+            t = [int(x) for x in t]
+            seq = prompt + t[:-1]
+            inputs[i, : len(seq)] = torch.tensor(seq)
+            labels[i, len(prompt) - 1 : len(prompt) - 1 + len(t)] = torch.tensor(t)
+        return inputs, labels
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = {}
+        if all(f.get(CACHED_ENCODER) is not None for f in features):
+            stacked = np.stack([decode_array(f[CACHED_ENCODER]) for f in features]).astype(np.float32)
+            batch["encoder_outputs"] = (torch.from_numpy(stacked),)
+        else:
+            batch["input_features"] = self.input_features([f[self.audio_column] for f in features])
+        if features and "labels" in features[0]:
+            batch["decoder_input_ids"], batch["labels"] = self.decoder_tensors([f["labels"] for f in features])
+        return batch

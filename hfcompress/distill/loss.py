@@ -39,6 +39,9 @@ CACHED_LOGITS = "teacher_logits"
 CACHED_HIDDEN = "teacher_hidden_states"
 CACHED_QKV = "teacher_relation_qkv"
 CACHED_KEYS = (CACHED_LOGITS, CACHED_HIDDEN, CACHED_QKV)
+# A frozen encoder's output, cached per row (sequence-to-sequence distillation). Not a teacher-only entry: the student
+# and the teacher's decoder both read it, as `encoder_outputs`.
+CACHED_ENCODER = "encoder_last_hidden_state"
 
 
 @dataclass
@@ -55,8 +58,26 @@ def _default_label_names(config) -> bool:
     return all(str(n).startswith("LABEL_") for n in names)
 
 
+def is_seq2seq(config) -> bool:
+    """An encoder-decoder model (Whisper): its logits are `[batch, target tokens, vocabulary]`."""
+    return bool(getattr(config, "is_encoder_decoder", False))
+
+
 def check_label_compatibility(student_config, teacher_config) -> None:
-    """Teacher and student must predict the same classes, in the same order."""
+    """Teacher and student must predict the same classes, in the same order (encoder-decoder models: the same
+    vocabulary, whose next-token distributions are compared)."""
+    if is_seq2seq(student_config) or is_seq2seq(teacher_config):
+        if is_seq2seq(student_config) != is_seq2seq(teacher_config):
+            raise ValueError(
+                f"teacher ({teacher_config.model_type}) and student ({student_config.model_type}): one is an "
+                "encoder-decoder model and the other is not; sequence-to-sequence distillation needs two encoder-decoder models"
+            )
+        if student_config.vocab_size != teacher_config.vocab_size:
+            raise ValueError(
+                f"teacher vocabulary has {teacher_config.vocab_size} tokens but the student's {student_config.vocab_size}: "
+                "sequence-to-sequence distillation compares next-token distributions over one vocabulary"
+            )
+        return
     if student_config.num_labels != teacher_config.num_labels:
         raise ValueError(
             f"teacher has {teacher_config.num_labels} labels but student has {student_config.num_labels}; "
@@ -116,6 +137,12 @@ class DistillationLoss(nn.Module):
         self.teacher_config = teacher_config
         self.cached_hidden_layers = list(cached_hidden_layers or [])
         check_label_compatibility(student_config, teacher_config)
+        self.seq2seq = is_seq2seq(teacher_config)
+        if self.seq2seq and self.config.uses_intermediate:
+            raise ValueError(
+                "sequence-to-sequence distillation uses the decoder's logits (temperature KL) and the labels (cross-"
+                "entropy) only: set hidden_weight, attention_weight and relation_weight to 0"
+            )
         self.layer_map: LayerMap = self._resolve_layer_map()
         self.projections = nn.ModuleDict()
         if self.config.uses_hidden:
@@ -141,6 +168,12 @@ class DistillationLoss(nn.Module):
         self.teacher_needs_own_inputs = teacher_needs_own_inputs(
             student_config, teacher_config, student_tokenizer, teacher_tokenizer
         )
+        if self.seq2seq and self.teacher_needs_own_inputs:
+            raise UserInputError(
+                "student tokenizer: it maps text to other token ids than the teacher's; sequence-to-sequence "
+                "distillation compares the two decoders' next-token distributions token by token, so the student "
+                "must use the teacher's tokenizer (vocabulary and special tokens)"
+            )
         self.drop_unused_inputs = False
         self._init_relations_and_stages(cached_relation_layers)
 
@@ -269,10 +302,26 @@ class DistillationLoss(nn.Module):
             self._student_capture = QKVCapture(student, self.student_relation_layers, enabled=False)
 
     # ---- teacher side --------------------------------------------------------------------------------------
+    def add_decoder_inputs(self, inputs: dict) -> dict:
+        """Encoder-decoder models: give a batch that has `labels` but no `decoder_input_ids` the labels shifted right
+        (what the model would derive itself), so that student and teacher read the same decoder inputs even after
+        the labels are taken out of the batch. Returns `inputs` (changed in place)."""
+        labels = inputs.get("labels")
+        if self.seq2seq and labels is not None and "decoder_input_ids" not in inputs:
+            tc = self.teacher_config
+            shifted = labels.new_full(labels.shape, tc.pad_token_id)
+            shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1].eq(-100), tc.pad_token_id)
+            shifted[:, 0] = tc.decoder_start_token_id
+            inputs["decoder_input_ids"] = shifted
+        return inputs
+
     @torch.no_grad()
     def teacher_outputs(self, inputs: dict) -> TeacherOutputs:
         """Pop the teacher's entries from a batch and return its outputs: from the cache columns where present,
-        otherwise by running the teacher (on `teacher_*` inputs if the batch has them, else the student's)."""
+        otherwise by running the teacher (on `teacher_*` inputs if the batch has them, else the student's: for an
+        encoder-decoder, the same decoder inputs and the same `input_features`, or the cached `encoder_outputs` of a
+        frozen encoder the two share)."""
+        self.add_decoder_inputs(inputs)
         cached = {k: inputs.pop(k) for k in CACHED_KEYS if k in inputs}
         teacher_inputs = {k[len(TEACHER_PREFIX):]: inputs.pop(k) for k in list(inputs) if k.startswith(TEACHER_PREFIX)}
         out = TeacherOutputs(logits=cached.get(CACHED_LOGITS))
@@ -296,7 +345,7 @@ class DistillationLoss(nn.Module):
             raise ValueError(f"the batch has no cached teacher {', '.join(missing)} and no teacher model was given")
         if not teacher_inputs:
             teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        device = next(iter(teacher_inputs.values())).device
+        device = next(v.device for v in teacher_inputs.values() if torch.is_tensor(v))  # not `encoder_outputs`' tuple
         if next(self.teacher.parameters()).device != device:
             self.teacher.to(device)
         with QKVCapture(self.teacher, need_qkv, enabled=bool(need_qkv)) as capture:

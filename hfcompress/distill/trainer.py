@@ -30,10 +30,19 @@ class DistillationTrainer(Trainer):
             teacher model is given.
         allow_untrained_teacher_head: accept a teacher whose task head `from_pretrained` initialised at random and
             that has not been trained since (by default a `UserInputError` before training: it would teach noise).
+        generation_kwargs: for an encoder-decoder student (Whisper), evaluate by generation: `evaluate` then hands
+            `compute_metrics` the student's generated token ids (`model.generate(**encoder inputs,
+            **generation_kwargs)`, e.g. ``{"max_new_tokens": 128, "num_beams": 1}``) instead of its logits, and the
+            labels, for metrics such as WER. The evaluation loss is still the student's cross-entropy on the labels.
 
     The loss is normalised by `num_items_in_batch`, the labelled items of the whole accumulated (and, with
     `average_tokens_across_devices`, all-process) batch, so gradient accumulation and several processes give the
     gradients of one large batch. In evaluation the loss is the student's task loss (no teacher is run).
+
+    Encoder-decoder models (Whisper) train the same way: the logits are `[batch, target tokens, vocabulary]`, each
+    term is summed over target tokens (labels other than -100) and `num_items_in_batch` counts target tokens. Batches
+    may carry a frozen encoder's cached output as `encoder_outputs` (`SpeechSeq2SeqDistillationCollator`); the
+    teacher's decoder then reads it too.
     """
 
     # compute_loss below normalises over the whole accumulated batch itself.
@@ -50,6 +59,7 @@ class DistillationTrainer(Trainer):
         cached_hidden_layers: list[int] | None = None,
         cached_relation_layers: list[int] | None = None,
         allow_untrained_teacher_head: bool = False,
+        generation_kwargs: dict | None = None,
         **kwargs,
     ):
         super().__init__(model=model, args=args, **kwargs)
@@ -67,6 +77,7 @@ class DistillationTrainer(Trainer):
                 allow_untrained_teacher_head=allow_untrained_teacher_head,
             )
         self.distillation_loss = distillation_loss
+        self.generation_kwargs = generation_kwargs
         self.distillation_loss.prepare_student(self.model)
         if self.distillation_loss.teacher is not None:
             # Device placement (and ZeRO-3 sharding where used) without DDP wrapping or optimizer registration.
@@ -85,6 +96,7 @@ class DistillationTrainer(Trainer):
     def _set_signature_columns_if_needed(self):
         super()._set_signature_columns_if_needed()
         extra = [*CACHED_KEYS, *(f"{TEACHER_PREFIX}{k}" for k in ("input_ids", "attention_mask", "token_type_ids"))]
+        extra += list(getattr(self.data_collator, "dataset_columns", ()))  # e.g. raw audio the collator turns into features
         self._signature_columns += [c for c in extra if c not in self._signature_columns]
 
     def create_optimizer(self, model=None):
@@ -110,6 +122,7 @@ class DistillationTrainer(Trainer):
         else:
             for k in [k for k in inputs if k.startswith(TEACHER_PREFIX)]:
                 inputs.pop(k)
+            dl.add_decoder_inputs(inputs)
             teacher_out, extra = None, {}
         labels = inputs.pop("labels", None)
         outputs = model(**inputs, **extra)
@@ -132,6 +145,24 @@ class DistillationTrainer(Trainer):
             for k, v in parts.items():
                 self._parts_sum[k] = self._parts_sum.get(k, 0.0) + float(v)
         return (loss, outputs) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """With `generation_kwargs`: (loss, generated token ids, labels), the ids padded by the evaluation loop."""
+        if self.generation_kwargs is None or prediction_loss_only:
+            return super().prediction_step(model, inputs, prediction_loss_only, ignore_keys)
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels")
+        if "encoder_outputs" in inputs:
+            # Whisper's `generate` decodes wrongly from given `encoder_outputs` (transformers 5.x): evaluation rows
+            # carry audio, never cached encoder outputs.
+            raise ValueError("evaluation by generation reads the encoder's inputs (e.g. `input_features`); evaluation "
+                             "data must not carry cached encoder outputs")
+        encoder_inputs = {k: v for k, v in inputs.items()
+                          if k != "labels" and not k.startswith(("decoder_", TEACHER_PREFIX))}
+        with torch.no_grad():
+            loss = self.compute_loss(model, dict(inputs)).detach() if labels is not None else None
+            generated = self.accelerator.unwrap_model(model).generate(**encoder_inputs, **self.generation_kwargs)
+        return loss, generated, labels
 
     def log(self, logs, start_time=None):
         if "loss" in logs and self._parts_sum:

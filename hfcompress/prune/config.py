@@ -95,6 +95,12 @@ class PruningConfig(MethodConfig):
                   "from then on in training, and cut out at the end). Without it every block keeps at least one "
                   "head and one neuron."},
     )
+    structured_stacks: str | None = field(
+        default=None,
+        metadata={"help": "Structured: comma-separated stacks of blocks to prune, by path ('encoder.layers') or first "
+                  "part ('encoder'); Whisper has 'encoder' and 'decoder' (self- and cross-attention). Default: every "
+                  "stack the model has."},
+    )
     scope: str = field(
         default="local",
         metadata={"help": "'local': every matrix (structured: every block) reaches the target sparsity; 'global': one "
@@ -181,6 +187,11 @@ class PruningConfig(MethodConfig):
                 if getattr(self, name):
                     errors.append(f"{name} applies to granularity 'weight' only (structured pruning works on the "
                                   "heads and feed-forward neurons of every block, from the architecture adapter)")
+        if self.structured_stacks is not None and not structured:
+            errors.append("structured_stacks applies to granularity 'structured' only")
+        elif self.structured_stacks is not None and not self.stack_list:
+            errors.append("structured_stacks names no stack (give e.g. 'encoder' or 'decoder.layers', or leave it "
+                          "unset for all)")
         if self.allow_layer_removal and not structured:
             errors.append("allow_layer_removal applies to granularity 'structured' only")
         if self.scope not in SCOPES:
@@ -217,6 +228,10 @@ class PruningConfig(MethodConfig):
                 errors.append(f"target_modules {self.target_modules!r} is not a regular expression: {exc}")
         if errors:
             raise UserInputError("Pruning configuration: " + "; ".join(errors))
+
+    @property
+    def stack_list(self) -> list[str]:
+        return [x.strip() for x in str(self.structured_stacks or "").split(",") if x.strip()]
 
     @property
     def structured(self) -> bool:

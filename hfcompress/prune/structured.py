@@ -81,6 +81,19 @@ def _skip_block(module, args, kwargs, output):
     return hidden
 
 
+def _chosen_stacks(stacks, names: list[str], model_name: str) -> tuple:
+    """The stacks `names` choose (a stack's path, ``decoder.layers``, or its first part, ``decoder``)."""
+    known = {s.layers_path: s for s in stacks}
+    short = {s.layers_path.split(".")[0]: s for s in stacks}
+    unknown = [n for n in names if n not in known and n not in short]
+    if unknown:
+        raise UserInputError(f"structured_stacks {unknown}: {model_name} has the stacks "
+                             f"{', '.join(repr(p) for p in known)} (or by first part: "
+                             f"{', '.join(repr(p) for p in short)})")
+    chosen = {id(known.get(n) or short[n]) for n in names}
+    return tuple(s for s in stacks if id(s) in chosen)
+
+
 class StructuredPruner(ScheduledPruner):
     """Heads and neurons of every block of the model's stacks (from its architecture adapter)."""
 
@@ -89,7 +102,10 @@ class StructuredPruner(ScheduledPruner):
             raise ValueError("StructuredPruner needs a PruningConfig with granularity='structured'")
         self.config = config
         self.model = unwrap_model(model)
-        self.stacks = get_adapter(self.model).structure(getattr(self.model.config, "model_type", None))
+        self.adapter = get_adapter(self.model)
+        self.stacks = self.adapter.structure(getattr(self.model.config, "model_type", None), self.model)
+        if config.stack_list:
+            self.stacks = _chosen_stacks(self.stacks, config.stack_list, type(self.model).__name__)
         self.groups: list[_Group] = []
         self.blocks: dict[tuple[int, int], nn.Module] = {}
         self.num_blocks: list[int] = []  # per stack, before any block is removed
@@ -406,6 +422,7 @@ class StructuredPruner(ScheduledPruner):
             if stack["removed_layers"]:
                 remove_layers(self.model, stack, self._kept_blocks(s, self.removed))
         apply_structure(self.model, spec, ffn_index)
+        self._renumber_alignment_heads()
         self.folded = True
         params_after = sum(p.numel() for p in self.model.parameters())
         self.summary = {
@@ -430,6 +447,28 @@ class StructuredPruner(ScheduledPruner):
                     heads_before, self.summary["heads_after"], neurons_before, self.summary["neurons_after"],
                     self.summary["removed_blocks"], f"{params_before:,}", f"{params_after:,}")
         return self.summary
+
+    def _renumber_alignment_heads(self) -> None:
+        """The generation config's ``alignment_heads`` (``[layer, head]`` pairs, Whisper's word-timestamp heads) follow
+        the cut: kept heads get their new layer and head index, removed ones are dropped."""
+        where = self.adapter.alignment_heads
+        gen = getattr(self.model, "generation_config", None)
+        pairs = getattr(gen, "alignment_heads", None) if gen is not None else None
+        if not where or not pairs:
+            return
+        stack_path, module = where
+        s = next((i for i, st in enumerate(self.stacks) if st.layers_path == stack_path), None)
+        if s is None:
+            return  # that stack was not pruned
+        a = next(i for i, att in enumerate(self.stacks[s].attentions) if att.module == module)
+        new_layer = {b: i for i, b in enumerate(self._kept_blocks(s, self.removed))}
+        kept = {g.block: g.mask.nonzero().flatten().tolist() for g in self.groups
+                if g.kind == "heads" and g.stack == s and g.attention == a}
+        renumbered = [[new_layer[l], kept[l].index(h)] for l, h in pairs if l in new_layer and h in kept.get(l, ())]
+        if len(renumbered) < len(pairs):
+            logger.info("generation_config.alignment_heads: %d of %d word-timestamp heads were pruned",
+                        len(pairs) - len(renumbered), len(pairs))
+        gen.alignment_heads = renumbered or None
 
     @staticmethod
     def _flat(per_stack: dict) -> list | dict:

@@ -7,7 +7,9 @@ pruned shape (``hfcompress_structure``) and maps the auto classes to ``modeling_
 * with hfcompress: ``load_structured(path)`` (no remote code is run);
 * without hfcompress: ``AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True)`` or
   ``pipeline("text-classification", model=path, trust_remote_code=True)``; the saved file needs torch and
-  transformers only.
+  transformers only. Speech models the same way through their own auto classes (``auto_map`` names every auto class
+  that maps the model's class): ``AutoModelForSpeechSeq2Seq`` (Whisper; ``generate`` works), ``AutoModelForCTC``
+  (wav2vec2 / HuBERT CTC), ``AutoModelForAudioClassification`` (wav2vec2 / HuBERT / Whisper classifiers).
 
 A plain ``from_pretrained`` without ``trust_remote_code`` cannot work: the family's own code builds every block at the
 config's full width.

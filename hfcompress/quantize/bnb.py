@@ -28,6 +28,7 @@ What hfcompress adds to a plain ``from_pretrained(..., quantization_config=BitsA
   the same logits on this CPU and the file is a little larger.
 
 The saved folder is an ordinary transformers checkpoint: ``AutoModelForSequenceClassification.from_pretrained(dir)``
+(``AutoModelForSpeechSeq2Seq``, ``AutoModelForCTC``, ``AutoModelForAudioClassification`` for speech models)
 reads its ``quantization_config`` and needs bitsandbytes, not hfcompress. `reload_quantized` does the same and
 also keeps the state copy, so that model can be saved again exactly.
 
@@ -46,7 +47,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn as nn
 
-from ..arch.base import task_head_names, unwrap_model
+from ..arch.base import model_class_for, task_head_names, unwrap_model
 from ..errors import UserInputError
 from .dynamic import check_skip_patterns, describe_modules, existing_quantization, is_skipped, replace_weight_files
 
@@ -282,8 +283,9 @@ def load_quantized(
     Args:
         bits, quant_type, double_quant, compute_dtype, skip_modules: as in `bnb_config` (default skip list: the task
             head).
-        model_class: a transformers class or auto class (default ``AutoModelForSequenceClassification``; e.g.
-            ``WhisperForConditionalGeneration``, ``AutoModelForAudioClassification``).
+        model_class: a transformers class or auto class. Default: the task auto class of the class config.json
+            names (`model_class_for`: ``AutoModelForSpeechSeq2Seq`` for Whisper, ``AutoModelForCTC``,
+            ``AutoModelForAudioClassification``; a text model: ``AutoModelForSequenceClassification``).
         device: ``"cpu"`` (default), ``"cuda"`` / ``"cuda:N"`` (an error if torch sees no GPU) or ``"auto"`` (CUDA if
             available).
         from_pretrained_kwargs: passed on (not ``quantization_config`` / ``load_in_*bit``: `bits` says that).
@@ -291,8 +293,6 @@ def load_quantized(
     Refused before loading (`UserInputError`): bits other than 4 or 8, a second bit width in the kwargs, a checkpoint
     that is already quantized (transformers ``quantization_config`` or hfcompress torch int8).
     """
-    from transformers import AutoModelForSequenceClassification
-
     bits = _check_bits(bits)
     given = {k: from_pretrained_kwargs[k] for k in _QUANT_KWARGS if k in from_pretrained_kwargs}
     if given:
@@ -303,8 +303,8 @@ def load_quantized(
                              "BitsAndBytesConfig itself (use bnb_config + from_pretrained for a hand-made one)")
     if "device_map" in from_pretrained_kwargs:
         raise UserInputError("pass device= to load_quantized, not device_map")
-    model_class = model_class or AutoModelForSequenceClassification
     config = _read_config(path)
+    model_class = model_class or model_class_for(config)
     already = existing_quantization(config)
     if already:
         raise UserInputError(f"{path} is already quantized: {already}. Quantizing it twice compounds the error: load "
@@ -327,8 +327,6 @@ def reload_quantized(directory: str, model_class=None, device: str | None = "cpu
     """A checkpoint written by `save_quantized` (any saved bitsandbytes checkpoint), in eval mode. The same as
     ``model_class.from_pretrained(directory, device_map=device)``, plus the 4-bit state copy that makes a later
     `save_quantized` of this model exact."""
-    from transformers import AutoModelForSequenceClassification
-
     config = _read_config(directory)
     qc = getattr(config, "quantization_config", None)
     qc = qc if isinstance(qc, dict) else (qc.to_dict() if qc is not None else {})
@@ -336,7 +334,7 @@ def reload_quantized(directory: str, model_class=None, device: str | None = "cpu
         raise UserInputError(f"{directory}/config.json has no bitsandbytes quantization_config: quantize a "
                              "full-precision checkpoint with load_quantized")
     _import_bnb()
-    model_class = model_class or AutoModelForSequenceClassification
+    model_class = model_class or model_class_for(config)
     model = model_class.from_pretrained(directory, device_map=_resolve_device(device), **from_pretrained_kwargs)
     model.eval()
     snapshot_quant_states(model)

@@ -14,8 +14,10 @@ quantized module ``<name>``, ``<name>.weight_int8`` (the int8 values; ``weight_u
 ``<name>.weight_scale`` and ``<name>.weight_zero_point`` (0-d for per-tensor, one per row for per-channel) and
 ``<name>.bias``, next to every other parameter under its usual name, in ``hfcompress_dynamic_int8.safetensors``;
 config.json records ``hfcompress_quantization = {"method": "torch_dynamic_int8", "modules": [...], ...}``.
-`load_dynamic_int8` rebuilds the model from its config, loads the float parameters and re-creates each quantized
-module from the saved integers and scales, so a reload computes exactly the same logits. **This checkpoint needs
+`load_dynamic_int8` rebuilds the model from its config (the class ``architectures`` names: a text classifier,
+``WhisperForConditionalGeneration``, ``Wav2Vec2ForCTC``, ...; at its pruned shape when the config records
+``hfcompress_structure``), loads the float parameters and re-creates each quantized module from the saved integers and
+scales, so a reload computes exactly the same logits (and Whisper generates the same tokens). **This checkpoint needs
 hfcompress to load**: ``from_pretrained`` on the folder fails (it finds no ``model.safetensors``) rather than silently
 initialising the quantized layers at random, which is why the weights file has its own name.
 
@@ -45,6 +47,7 @@ import torch.nn as nn
 
 from ..arch.base import task_head_names, unwrap_model
 from ..errors import UserInputError
+from ..remote_code import plain_class_name, shaped_class
 
 logger = logging.getLogger(__name__)
 
@@ -376,7 +379,7 @@ def save_dynamic_int8(model: nn.Module, directory: str, tokenizer=None) -> str:
         first_key[ident] = key
         tensors[key] = value.detach().contiguous()
     config = copy.deepcopy(model.config)
-    config.architectures = [type(model).__name__]
+    config.architectures = [plain_class_name(type(model).__name__)]  # HfcPrunedX -> X: the shape is in the config
     setattr(config, CONFIG_KEY, {**meta, "weights_file": WEIGHTS_NAME, "tied": tied})
     parent = os.path.dirname(os.path.abspath(directory))
     os.makedirs(parent, exist_ok=True)
@@ -456,7 +459,8 @@ def load_dynamic_int8(directory: str, model_class=None) -> nn.Module:
         if not archs or not hasattr(transformers, archs[0]):
             raise UserInputError(f"{directory}/config.json names no known architecture ({archs}); pass model_class")
         model_class = getattr(transformers, archs[0])
-    model = _skeleton(model_class, config).eval()
+    # a structurally pruned model (hfcompress_structure in its config) is built at its pruned shape
+    model = _skeleton(shaped_class(config, model_class), config).eval()
     state = load_file(weights)
     kinds = {n: "linear" for n in meta.get("modules", [])} | {n: "embedding" for n in meta.get("embeddings", [])}
     # float parameters first, into the fp32 skeleton (torch's quantized modules refuse a partial state dict);

@@ -68,7 +68,7 @@ def hwm():  # this process's own peak resident memory, MB (VmHWM is per address 
 torch.set_num_threads(int(sys.argv[3]))
 before = hwm()
 model = load_model(sys.argv[1], num_threads=int(sys.argv[3]))
-seq = min(128, int(getattr(model.config, "max_position_embeddings", 128)))
+seq = min(128, int(getattr(model.config, "max_position_embeddings", 130)) - 2)  # RoBERTa/MPNet offsets
 ids = torch.randint(5, model.config.vocab_size - 1, (int(sys.argv[2]), seq), generator=torch.Generator().manual_seed(0))
 with torch.inference_mode():
     model(input_ids=ids, attention_mask=torch.ones_like(ids))
@@ -225,15 +225,17 @@ def saved_models_latency(paths: dict[str, str], threads: int = 2, rounds: int = 
                          seq_len: int = 128, runs: int = 7, warmup: int = 2) -> dict[str, dict]:
     """`interleaved_latency` of saved checkpoints, each loaded fresh with `hfcompress.loading.load_model`, on
     `threads` threads (the first path is the reference of the ratios): batch `batch_size` x `seq_len` tokens (fewer
-    for a model whose position table is shorter, as tiny test models)."""
+    when a model's position table is shorter, as in tiny test models: the same batch shape for all)."""
     from ..loading import load_model
 
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         models = {name: load_model(path, num_threads=threads) for name, path in paths.items()}
-        first = next(iter(models.values()))
-        seq_len = min(seq_len, int(getattr(first.config, "max_position_embeddings", seq_len)))
+        # every model takes the batch: the shortest position table bounds it (less 2 for the families whose
+        # positions start after the padding index, RoBERTa and MPNet)
+        seq_len = min([seq_len] + [int(getattr(m.config, "max_position_embeddings", seq_len + 2)) - 2
+                                   for m in models.values()])
         out = interleaved_latency(models, rounds, batch_size=batch_size, seq_len=seq_len, runs=runs, warmup=warmup)
     finally:
         torch.set_num_threads(previous)

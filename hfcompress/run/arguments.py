@@ -122,3 +122,78 @@ class ScriptTrainingDefaults:
     save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: 'no', 'steps' or 'epoch'."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
     logging_steps: float = field(default=25, metadata={"help": "Log every N steps."})
+
+
+@dataclass
+class SpeechArguments:
+    """Options of sequence-to-sequence speech distillation (a Whisper teacher): the mode is chosen from the teacher's
+    config, and these options are read only then."""
+
+    _argument_group_name = "Speech (sequence-to-sequence, chosen when the teacher is Whisper)"
+
+    audio_column: str = field(
+        default="audio",
+        metadata={"help": "Column holding the audio: paths of audio files (CSV/JSON, relative to the data file), or "
+                  "float arrays / {'array', 'sampling_rate'} entries (a saved dataset). The transcript is "
+                  "--text_column. With a Whisper teacher, --dataset defaults to 'speech-synth' (synthesized "
+                  "sentences and digit strings, split by voice, cached under $HFCOMPRESS_HOME/speech)."},
+    )
+    resample_audio: bool = field(
+        default=True,
+        metadata={"help": "Resample audio at another rate to the feature extractor's 16 kHz (logged); "
+                  "--no_resample_audio makes such audio an error naming both rates."},
+    )
+    student_decoder_layers: str | None = field(
+        default=None,
+        metadata={"help": "Teacher decoder layers (0-based, comma-separated, e.g. '0,3') kept in the student; it "
+                  "keeps the teacher's whole encoder. Default: --student_num_decoder_layers of them, spread from the "
+                  "first to the last (distil-whisper's choice)."},
+    )
+    student_num_decoder_layers: int = field(
+        default=2, metadata={"help": "Student decoder depth when --student_decoder_layers is not given."}
+    )
+    freeze_encoder: bool = field(
+        default=True,
+        metadata={"help": "Keep the student's encoder (the teacher's) frozen; its outputs on the training set are then "
+                  "computed once and cached (float16, with --cache_teacher), so no encoder runs while training. "
+                  "--no_freeze_encoder trains it too (both encoders then run at every step)."},
+    )
+    pseudo_labels: bool = field(
+        default=False,
+        metadata={"help": "Train on the teacher's own greedy transcripts of the training audio instead of the "
+                  "transcript column (distil-whisper's pseudo-labels; computed once, cached). Validation and test "
+                  "keep the true transcripts."},
+    )
+    generation_max_new_tokens: int = field(
+        default=128, metadata={"help": "Most tokens generated per clip when evaluating (greedy decoding)."}
+    )
+    synth_num_voices: int = field(
+        default=24, metadata={"help": "--dataset speech-synth: number of synthetic voices (split by voice)."}
+    )
+    synth_per_voice: int = field(
+        default=20, metadata={"help": "--dataset speech-synth: utterances per voice."}
+    )
+    measure_clips: int = field(
+        default=16,
+        metadata={"help": "Test clips transcribed one at a time by the teacher and the student, reloaded from disk, "
+                  "for the per-clip CPU latency of greedy decoding (with --measure)."},
+    )
+
+    def __post_init__(self):
+        from ..errors import UserInputError
+
+        for name in ("student_num_decoder_layers", "generation_max_new_tokens", "synth_num_voices",
+                     "synth_per_voice", "measure_clips"):
+            if getattr(self, name) < 1:
+                raise UserInputError(f"--{name} must be at least 1, got {getattr(self, name)}")
+
+    def decoder_layer_list(self) -> list[int] | None:
+        if not self.student_decoder_layers:
+            return None
+        from ..errors import UserInputError
+
+        try:
+            return [int(x) for x in str(self.student_decoder_layers).split(",") if x.strip()]
+        except ValueError:
+            raise UserInputError(f"--student_decoder_layers {self.student_decoder_layers!r}: expected comma-separated "
+                                 "layer indices such as '0,3'") from None

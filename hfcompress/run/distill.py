@@ -32,7 +32,7 @@ def check_distillation_layers(cfg, model_args: ModelArguments) -> None:
 
 def run_distillation(
     model_args: ModelArguments, data_args: DataArguments, args, callbacks=(), task: str = "distill", methods=(),
-    report: ReportArguments | None = None, push=None,
+    report: ReportArguments | None = None, push=None, speech=None,
 ) -> RunRecord:
     """Distil a teacher into a student on a text-classification dataset; returns the run record (also written to
     `<output_dir>/<task>_summary.json` by the main process).
@@ -42,7 +42,15 @@ def run_distillation(
     themselves to the record. Plain `callbacks` are added to the trainer as they are. With `report` (the scripts'
     `ReportArguments`), the saved model is then measured against the teacher, gets its model card and plots, and is
     pushed to the Hub if `args` asks (`--push_to_hub`), or written as a dry run if `push` (`hub.PushArguments`) does; without it (benchmarks), none of that.
+
+    A Whisper teacher makes it a sequence-to-sequence run (`run/speech.py`, options in `speech`, a `SpeechArguments`):
+    same trainer and loss, on the decoder's logits, evaluated by generation (WER).
     """
+    from .speech import run_speech_distillation, speech_teacher
+
+    if speech_teacher(model_args):
+        return run_speech_distillation(model_args, data_args, args, speech, callbacks=callbacks, task=task,
+                                       methods=methods, report=report, push=push)
     run_dir = steps.use_run_layout(args)
     _ = args.device  # the Trainer's process setup (distributed backend) before anything asks who is main
     state = PartialState()

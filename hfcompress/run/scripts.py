@@ -11,7 +11,7 @@ from typing import Callable
 from ..distill import DistillationArguments
 from ..hub import PushArguments
 from ..lora import LoraArguments
-from .arguments import DataArguments, ModelArguments, ScriptTrainingDefaults
+from .arguments import DataArguments, ModelArguments, ScriptTrainingDefaults, SpeechArguments
 from .lowrank import LowRankArguments
 from .prune import PruningArguments
 from .report import ReportArguments
@@ -25,16 +25,26 @@ class DistillScriptArguments(ScriptTrainingDefaults, DistillationArguments):
 
     # The default recipe is the 3-block recipe measured best (on validation) in benchmarks/results/distill.json:
     # a student cut from the fine-tuned teacher, logit KD + hidden states (uniform layer map) + MiniLM-v2 attention
-    # relations of the last block, all terms together, from cached teacher outputs.
-    hidden_weight: float = field(
-        default=1.0, metadata={"help": "Weight of hidden-state distillation (0 turns it off)."}
+    # relations of the last block, all terms together, from cached teacher outputs. A Whisper teacher (sequence-to-
+    # sequence) distils logits and labels only: there these defaults are 0, and a value the user sets is an error.
+    hidden_weight: float | None = field(
+        default=None,
+        metadata={"help": "Weight of hidden-state distillation (0 turns it off). Default: 1 for text classifiers, 0 "
+                  "with a Whisper teacher."},
     )
-    relation_weight: float = field(
-        default=1.0,
+    relation_weight: float | None = field(
+        default=None,
         metadata={"help": "Weight of MiniLM-v2 self-attention relation distillation (q-q, k-k, v-v; 0 turns it off). "
-                  "Works across widths and head counts."},
+                  "Works across widths and head counts. Default: 1 for text classifiers, 0 with a Whisper teacher."},
     )
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of distillation."})
+
+    def __post_init__(self):
+        # Which terms are at the script's text default (the sequence-to-sequence run turns those off).
+        self._mode_defaults = tuple(n for n in ("hidden_weight", "relation_weight") if getattr(self, n) is None)
+        for name in self._mode_defaults:
+            setattr(self, name, 1.0)
+        super().__post_init__()
 
 
 @dataclass
@@ -74,11 +84,12 @@ class LowRankScriptArguments(ScriptTrainingDefaults, LowRankArguments):
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of training the factors."})
 
 
-def _distill(model_args, data_args, args, lora_args, report, push):
+def _distill(model_args, data_args, args, lora_args, report, push, speech):
     from .distill import run_distillation
     from .lora import lora_methods
 
-    return run_distillation(model_args, data_args, args, methods=lora_methods(lora_args), report=report, push=push)
+    return run_distillation(model_args, data_args, args, methods=lora_methods(lora_args), report=report, push=push,
+                            speech=speech)
 
 
 def _prune(model_args, data_args, args, report, push):
@@ -121,8 +132,9 @@ def _quantize_groups() -> tuple:
 def script(name: str) -> Script:
     """The script called `name` (distill, prune, lowrank, quantize)."""
     if name == "distill":
+        # SpeechArguments last: a recipe reads the groups before it by position.
         return Script(name, (ModelArguments, DataArguments, DistillScriptArguments, LoraArguments, ReportArguments,
-                             PushArguments), _distill, True)
+                             PushArguments, SpeechArguments), _distill, True)
     if name == "prune":
         return Script(name, (PruneModelArguments, DataArguments, PruneScriptArguments, ReportArguments,
                              PushArguments), _prune, True)

@@ -1,0 +1,379 @@
+"""Sequence-to-sequence speech distillation (the distil-whisper recipe): the run `run_distillation` chooses when the
+teacher is an encoder-decoder speech model (Whisper). Same trainer, loss and run steps as text distillation; what
+differs is here: speech data and targets, the student (the teacher's encoder, frozen by default, and a few of its
+decoder layers), the encoder-output cache, and evaluation by generation (WER/CER, not loss).
+
+    student = teacher's encoder + decoder layers --student_decoder_layers (e.g. 0,3 of tiny.en's 4)
+    loss    = alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE      per target token, / target tokens of the batch
+    targets = the transcripts (or, with --pseudo_labels, the teacher's greedy transcripts)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from transformers import AutoConfig, set_seed
+
+from ..arch.speech import decoder_prompt_ids, is_speech_seq2seq, num_decoder_layers, transcript_ids
+from ..assets import resolve_model_path
+from ..distill import (
+    DistillationLoss,
+    DistillationTrainer,
+    SpeechSeq2SeqDistillationCollator,
+    init_seq2seq_student,
+    load_or_compute_encoder_cache,
+)
+from ..distill.student import check_decoder_layers, spread_layers
+from ..errors import UserInputError
+from ..report.record import RunRecord
+from ..speech.dataset import SYNTH_NAME, load_transcription_dataset
+from ..speech.normalize import normalize, word_error_rate
+from . import steps
+from .arguments import DataArguments, ModelArguments, SpeechArguments
+from .report import ReportArguments, hub_settings_of, publish
+
+logger = logging.getLogger(__name__)
+
+TEXT_DEFAULT_DATASET = "rotten-tomatoes"
+INTERMEDIATE_TERMS = ("hidden_weight", "attention_weight", "relation_weight")
+
+
+def speech_teacher(model_args: ModelArguments) -> bool:
+    """True if the teacher is an encoder-decoder speech model (then the run is sequence-to-sequence)."""
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(model_args.teacher_model))
+    except Exception:  # not a local model nor a reachable Hub id: the text path reports it
+        return False
+    return is_speech_seq2seq(config)
+
+
+# ---- checks before anything slow ------------------------------------------------------------------------------------
+
+def resolve_terms(args) -> None:
+    """Sequence-to-sequence distillation uses the decoder logits and the labels only. Terms the script switches on for
+    text classifiers by default (hidden states, relations) go off; a term the user set is an error."""
+    defaulted = set(getattr(args, "_mode_defaults", ()))
+    if getattr(args, "intermediate_fraction", 0) > 0:
+        raise UserInputError(f"--intermediate_fraction {args.intermediate_fraction}: staged distillation needs "
+                             "intermediate terms, which sequence-to-sequence distillation does not use; set it to 0")
+    for name in INTERMEDIATE_TERMS:
+        value = getattr(args, name, 0.0) or 0.0
+        if value > 0 and name not in defaulted:
+            raise UserInputError(f"--{name} {value}: sequence-to-sequence distillation (a Whisper teacher) uses the "
+                                 "decoder's logits (temperature KL) and the labels (cross-entropy) only; set it to 0")
+        setattr(args, name, 0.0)
+
+
+def check_speech_settings(model_args: ModelArguments, data_args: DataArguments, speech: SpeechArguments) -> None:
+    """The settings that only need configs: decoder layers in range, no encoder-block options."""
+    if model_args.student_layers:
+        raise UserInputError(f"--student_layers {model_args.student_layers}: a Whisper student keeps the teacher's "
+                             "whole encoder; choose its decoder layers with --student_decoder_layers (e.g. '0,3')")
+    source = model_args.student_model or model_args.teacher_model
+    config = AutoConfig.from_pretrained(resolve_model_path(source))
+    if not is_speech_seq2seq(config):
+        raise UserInputError(f"--student_model {model_args.student_model!r} is a {config.model_type} model; a Whisper "
+                             "teacher distils into a Whisper student")
+    total = num_decoder_layers(config)
+    layers = speech.decoder_layer_list()
+    if layers is not None:
+        try:
+            check_decoder_layers(layers, total)
+        except UserInputError as e:
+            raise UserInputError(f"--student_decoder_layers {speech.student_decoder_layers}: {e}") from None
+    elif not model_args.student_model:
+        spread_layers(total, min(speech.student_num_decoder_layers, total))
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+
+def load_speech_data(data_args: DataArguments, speech: SpeechArguments):
+    """The speech dataset (audio + text), limited as asked. The text classifiers' default dataset means the
+    synthesized speech set here."""
+    name = data_args.dataset
+    if name == TEXT_DEFAULT_DATASET and not os.path.exists(name):
+        logger.info("Whisper teacher: --dataset defaults to %r (synthesized speech)", SYNTH_NAME)
+        name = SYNTH_NAME
+    dataset = load_transcription_dataset(
+        name, speech.audio_column, data_args.text_column, seed=data_args.split_seed, resample=speech.resample_audio,
+        synth_settings={"num_voices": speech.synth_num_voices, "per_voice": speech.synth_per_voice},
+    )
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
+              "test": data_args.max_eval_samples}
+    for split, limit in limits.items():
+        if limit is not None and split in dataset:
+            dataset[split] = dataset[split].select(range(min(limit, len(dataset[split]))))
+    return dataset, name
+
+
+def add_targets(dataset, tokenizer, max_target_positions: int, prompt_length: int):
+    """`labels` = each transcript's target tokens (Whisper: leading space, text, end-of-text). Rows whose prompt and
+    targets exceed the decoder's positions are dropped, with a warning."""
+    limit = max_target_positions - prompt_length + 1
+    out = dataset.map(lambda row: {"labels": transcript_ids(tokenizer, row["text"])}, desc="Transcript tokens")
+    for split in out:
+        lengths = [len(x) for x in out[split]["labels"]]
+        keep = [i for i, n in enumerate(lengths) if n <= limit]
+        if len(keep) < len(lengths):
+            if not keep:
+                raise UserInputError(f"split {split!r}: every transcript is longer than the decoder's "
+                                     f"{max_target_positions} positions")
+            logger.warning("Dropped %d of %d rows of split %r: transcripts longer than %d tokens", len(lengths) -
+                           len(keep), len(lengths), split, limit)
+            out[split] = out[split].select(keep)
+    return out
+
+
+# ---- models -------------------------------------------------------------------------------------------------------
+
+def _load(path: str, what: str):
+    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+
+    model = AutoModelForSpeechSeq2Seq.from_pretrained(path)
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except Exception as e:
+        raise UserInputError(f"{what} {path}: no processor (feature extractor + tokenizer) could be loaded from it: "
+                             f"{type(e).__name__}: {e}") from e
+    if not hasattr(processor, "feature_extractor") or not hasattr(processor, "tokenizer"):
+        raise UserInputError(f"{what} {path}: expected a speech processor with a feature extractor and a tokenizer, "
+                             f"found {type(processor).__name__}")
+    return model, processor
+
+
+def load_speech_teacher(model_args: ModelArguments):
+    path = resolve_model_path(model_args.teacher_model)
+    teacher, processor = _load(path, "teacher")
+    return teacher, processor, path
+
+
+def build_speech_student(model_args: ModelArguments, speech: SpeechArguments, teacher, teacher_processor):
+    """The teacher's encoder (frozen unless --no_freeze_encoder) and the chosen decoder layers; or a given student
+    checkpoint (cut to --student_decoder_layers if given)."""
+    layers = speech.decoder_layer_list()
+    if model_args.student_model:
+        student, processor = _load(resolve_model_path(model_args.student_model), "student")
+        if layers is not None:
+            return init_seq2seq_student(student, layers, freeze_encoder=speech.freeze_encoder), processor
+        if speech.freeze_encoder:
+            student.get_encoder().requires_grad_(False)
+        return student, processor
+    count = min(speech.student_num_decoder_layers, num_decoder_layers(teacher))
+    student = init_seq2seq_student(teacher, layers, count, freeze_encoder=speech.freeze_encoder)
+    return student, teacher_processor
+
+
+def same_encoder(a, b) -> bool:
+    """True if two models' encoders hold the same weights (then one encoder output serves both)."""
+    sa, sb = a.get_encoder().state_dict(), b.get_encoder().state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ---- evaluation by generation -------------------------------------------------------------------------------------
+
+def wer_metrics(tokenizer):
+    """`compute_metrics` for generated token ids: corpus WER and CER after `speech.normalize` (numbers as digits,
+    punctuation and case dropped); references are the labels' text."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def compute(eval_pred) -> dict:
+        preds, labels = np.asarray(eval_pred.predictions), np.asarray(eval_pred.label_ids)
+        hyps = tokenizer.batch_decode(np.where(preds < 0, pad, preds), skip_special_tokens=True)
+        refs = tokenizer.batch_decode(np.where(labels < 0, pad, labels), skip_special_tokens=True)
+        rates = word_error_rate(refs, hyps, normalizer=normalize)
+        return {"wer": rates["wer"], "cer": rates["cer"]}
+
+    return compute
+
+
+def generation_kwargs(speech: SpeechArguments) -> dict:
+    return {"max_new_tokens": speech.generation_max_new_tokens, "num_beams": 1, "do_sample": False}
+
+
+@torch.inference_mode()
+def transcribe(model, processor, audios, batch_size: int = 16, max_new_tokens: int = 128) -> list[str]:
+    """Greedy transcripts of 16 kHz float arrays."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(audios), batch_size):
+        chunk = [np.asarray(a, dtype=np.float32) for a in audios[start : start + batch_size]]
+        features = processor.feature_extractor(chunk, sampling_rate=16000, return_tensors="pt").input_features
+        ids = model.generate(features.to(device), max_new_tokens=max_new_tokens, num_beams=1, do_sample=False)
+        out.extend(processor.tokenizer.batch_decode(ids, skip_special_tokens=True))
+    return out
+
+
+def transcription_metrics(model, processor, split, max_new_tokens: int, batch_size: int = 16) -> dict:
+    hyps = transcribe(model, processor, split["audio"], batch_size, max_new_tokens)
+    rates = word_error_rate(split["text"], hyps, normalizer=normalize)
+    return {"wer": rates["wer"], "cer": rates["cer"], "num_utterances": rates["num_utterances"],
+            "num_ref_words": rates["num_ref_words"]}
+
+
+def measure_per_clip(model_dirs: dict[str, str], split, clips: int, threads: int, rounds: int,
+                     max_new_tokens: int) -> dict:
+    """Each saved model (reloaded from disk) transcribes `clips` clips one at a time, greedily, on the CPU with
+    `threads` threads, interleaved over `rounds` rounds (teacher, student, teacher, ...): the median time per clip
+    (features + encoder + decoding) of each round, then the median of rounds; WER/CER of those clips."""
+    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+
+    rows = split.select(range(min(clips, len(split))))
+    audios, refs = rows["audio"], rows["text"]
+    models = {role: (AutoModelForSpeechSeq2Seq.from_pretrained(d).eval(), AutoProcessor.from_pretrained(d))
+              for role, d in model_dirs.items()}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    per_round: dict[str, list[float]] = {r: [] for r in models}
+    texts: dict[str, list[str]] = {}
+    try:
+        for role, (model, processor) in models.items():  # warm-up
+            transcribe(model, processor, audios[:1], 1, max_new_tokens)
+        for _ in range(rounds):
+            for role, (model, processor) in models.items():
+                times, hyps = [], []
+                for audio in audios:
+                    t0 = time.perf_counter()
+                    hyps.extend(transcribe(model, processor, [audio], 1, max_new_tokens))
+                    times.append(time.perf_counter() - t0)
+                per_round[role].append(statistics.median(times) * 1000)
+                texts[role] = hyps
+    finally:
+        torch.set_num_threads(previous)
+    out = {"split": "test", "clips": len(audios), "threads": threads, "rounds": rounds,
+           "protocol": "one clip at a time, greedy decoding, features + encoder + decoder, median per round, median "
+                       "of rounds"}
+    for role in models:
+        rates = word_error_rate(refs, texts[role], normalizer=normalize)
+        out[role] = {"median_ms_per_clip": statistics.median(per_round[role]), "rounds_ms": per_round[role],
+                     "wer": rates["wer"], "cer": rates["cer"],
+                     "parameters": sum(p.numel() for p in models[role][0].parameters())}
+    if "teacher" in out and "student" in out:
+        out["speedup"] = out["teacher"]["median_ms_per_clip"] / out["student"]["median_ms_per_clip"]
+    return out
+
+
+# ---- the run ------------------------------------------------------------------------------------------------------
+
+def run_speech_distillation(
+    model_args: ModelArguments, data_args: DataArguments, args, speech: SpeechArguments | None = None, callbacks=(),
+    task: str = "distill", methods=(), report: ReportArguments | None = None, push=None,
+) -> RunRecord:
+    """Distil a Whisper teacher into a student with fewer decoder layers; returns the run record (also written to
+    `<output_dir>/<task>_summary.json`). Called by `run_distillation` when the teacher is Whisper."""
+    speech = speech or SpeechArguments()
+    run_dir = steps.use_run_layout(args)
+    _ = args.device
+    state = PartialState()
+    steps.check_processes(state)
+    set_seed(args.seed)
+
+    # Everything that can be wrong with the input is checked before any training.
+    if methods:
+        raise UserInputError(f"{', '.join(m.name for m in methods)} with a Whisper teacher: sequence-to-sequence "
+                             "distillation does not compose with other methods yet")
+    resolve_terms(args)
+    cfg = args.distillation_config()
+    check_speech_settings(model_args, data_args, speech)
+    dataset, dataset_name = load_speech_data(data_args, speech)
+    resume = steps.resolve_resume(args)
+    hub = hub_settings_of(args, push, output_dir=run_dir)
+
+    teacher, teacher_processor, teacher_path = load_speech_teacher(model_args)
+    student, processor = build_speech_student(model_args, speech, teacher, teacher_processor)
+    # The one check of teacher and student for this kind of run (same vocabulary and tokenizer, a trained teacher).
+    kd = DistillationLoss(cfg, student.config, teacher, teacher_tokenizer=teacher_processor.tokenizer,
+                          student_tokenizer=processor.tokenizer)
+    tokenizer = processor.tokenizer
+    prompt = decoder_prompt_ids(tokenizer)
+    data = add_targets(dataset, tokenizer, student.config.max_target_positions, len(prompt))
+    collator = SpeechSeq2SeqDistillationCollator(
+        processor.feature_extractor, prompt, tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+        else tokenizer.eos_token_id, audio_column="audio", sampling_rate=processor.feature_extractor.sampling_rate,
+    )
+
+    shared = speech.freeze_encoder and same_encoder(student, teacher)
+    store_encoder = bool(data_args.cache_teacher and shared)
+    if speech.freeze_encoder and not shared:
+        logger.info("The student's encoder differs from the teacher's: encoder outputs are not cached; both encoders "
+                    "run at every step")
+    cache_meta, cache_dir = None, data_args.teacher_cache_dir or os.path.join(run_dir, steps.TEACHER_CACHE_DIR)
+    if store_encoder or speech.pseudo_labels:
+        pseudo = ({"prompt_ids": prompt, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": collator.pad_token_id,
+                   **generation_kwargs(speech)} if speech.pseudo_labels else None)
+        teacher.to(args.device)
+        with args.main_process_first(desc="encoder output cache"):
+            data["train"], cache_meta = load_or_compute_encoder_cache(
+                cache_dir, teacher_path, data["train"], lambda: teacher,
+                lambda rows: collator.input_features(rows["audio"]), batch_size=data_args.teacher_batch_size,
+                store_encoder=store_encoder, pseudo_labels=pseudo,
+            )
+    trainer = DistillationTrainer(
+        model=student,
+        args=args,
+        distillation_loss=kd,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"] if args.eval_strategy != "no" else None,
+        data_collator=collator,
+        processing_class=processor,
+        compute_metrics=wer_metrics(tokenizer),
+        callbacks=list(callbacks),
+        generation_kwargs=generation_kwargs(speech),
+    )
+    training = steps.train(trainer, resume)
+    metrics = steps.evaluate(trainer, data)
+    model_dir = steps.save_model(trainer, processor, run_dir)
+
+    record = RunRecord(task=task)
+    if state.is_main_process:
+        record.add_settings(model=model_args, data=data_args, speech=speech, training=args)
+        record.methods["distillation"] = {
+            **cfg.to_dict(),
+            "mode": "sequence-to-sequence",
+            "loss": "alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE, per target token",
+            "teacher": teacher_path,
+            "decoder_layers": getattr(trainer.model.config, "hfcompress_student_decoder_layers", None),
+            "encoder": "frozen" if speech.freeze_encoder else "trained",
+            "encoder_outputs": "cached" if store_encoder else "online",
+            "targets": "teacher pseudo-labels (greedy)" if speech.pseudo_labels else "transcripts",
+            "teacher_cache": {k: v for k, v in (cache_meta or {}).items()} or None,
+        }
+        record.data = {"dataset": dataset_name, "splits": {s: len(d) for s, d in data.items()},
+                       "audio_column": speech.audio_column, "text_column": data_args.text_column}
+        record.models["student"] = {"path": model_dir, "source": model_args.student_model or "the teacher's encoder "
+                                    "and decoder layers", **steps.measure_model(trainer.model),
+                                    "decoder_layers": trainer.model.config.decoder_layers}
+        record.models["teacher"] = {"path": teacher_path, "argument": model_args.teacher_model,
+                                    **steps.measure_model(teacher), "decoder_layers": teacher.config.decoder_layers}
+        record.training = {**training, "num_processes": state.num_processes}
+        record.metrics["student"] = metrics
+        if data_args.evaluate_teacher:
+            record.metrics["teacher"] = {"test": transcription_metrics(
+                teacher, teacher_processor, data["test"], speech.generation_max_new_tokens,
+                args.per_device_eval_batch_size)}
+        record.artifacts = {"model": model_dir, "checkpoints": args.output_dir,
+                            "teacher_cache": cache_dir if cache_meta else None}
+        if report is not None and report.measure:
+            record.metrics["per_clip"] = measure_per_clip(
+                {"teacher": teacher_path, "student": model_dir}, data["test"], speech.measure_clips,
+                report.latency_threads, report.latency_rounds, speech.generation_max_new_tokens)
+            m = record.metrics["per_clip"]
+            logger.info("Per clip (%d test clips, %d threads): teacher %.0f ms WER %.3f, student %.0f ms WER %.3f "
+                        "(%.2fx faster)", m["clips"], m["threads"], m["teacher"]["median_ms_per_clip"],
+                        m["teacher"]["wer"], m["student"]["median_ms_per_clip"], m["student"]["wer"], m["speedup"])
+            logger.info("No model card for a speech model yet (cards describe text classifiers); the measurement is "
+                        "in the run record")
+        record.save(os.path.join(run_dir, f"{task}_summary.json"))
+        publish(record, model_dir, run_dir, hub)
+        record.save(os.path.join(run_dir, f"{task}_summary.json"))
+        logger.info("Student test WER %s (teacher %s); model in %s", metrics.get("test", {}).get("test_wer"),
+                    record.metrics.get("teacher", {}).get("test", {}).get("wer"), model_dir)
+    state.wait_for_everyone()
+    record.trainer = trainer
+    return record

@@ -148,6 +148,10 @@ def resolve_model_path(name_or_path: str) -> str:
     canon = canonical_name(name_or_path)
     if canon is not None and ASSETS[canon].kind == "model":
         return str(asset_path(canon))
+    if name_or_path.count("/") > 1 or name_or_path.startswith((".", "/", "~")):  # a path, not a Hub id
+        from .errors import UserInputError
+
+        raise UserInputError(f"model {name_or_path!r}: no such folder (a Hub id is 'name' or 'namespace/name')")
     return name_or_path
 
 

@@ -108,6 +108,11 @@ class DistillationLoss(nn.Module):
             token ids (`teacher_input_ids`); without them the configs are compared (vocab size, pad/bos/eos ids).
 
     The teacher is frozen and put in eval mode here.
+
+    Encoder-decoder models (Whisper teacher and student): the logits are `[batch, target tokens, vocabulary]` and an
+    item is a target token (label other than -100), so the loss is ``alpha * T^2 * KL + (1 - alpha) * CE`` summed
+    over target tokens and divided by the target tokens of the whole batch. Both must share the vocabulary and, when
+    the tokenizers are given, the tokenizer (else a `UserInputError`); the intermediate terms are refused.
     """
 
     def __init__(

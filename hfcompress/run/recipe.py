@@ -249,7 +249,11 @@ def check_recipe(recipe: Recipe, output_dir: str) -> None:
                                  f"{', '.join(sorted(HUB_KEYS))})")
     base = recipe.base_model
     canon = canonical_name(base)
-    if not (os.path.isdir(resolve_model_path(base)) or (base.count("/") == 1 and not os.path.exists(base))):
+    try:
+        found = os.path.isdir(resolve_model_path(base)) or (base.count("/") == 1 and not os.path.exists(base))
+    except UserInputError:  # a path that does not exist
+        found = False
+    if not found:
         hint = (f"the offline asset {canon!r} is not installed: run `hfcompress assets install`"
                 if canon and canon in ASSETS else "not an installed asset name, an existing folder or a Hub id")
         raise UserInputError(f"{recipe.where('base_model')}: base model {base!r} not found ({hint})")

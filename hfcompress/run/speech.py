@@ -29,7 +29,7 @@ from ..distill import (
     init_seq2seq_student,
     load_or_compute_encoder_cache,
 )
-from ..distill.student import check_decoder_layers, spread_layers
+from ..distill.student import check_decoder_layers
 from ..errors import UserInputError
 from ..report.record import RunRecord
 from ..speech.dataset import SYNTH_NAME, load_transcription_dataset
@@ -70,7 +70,7 @@ def resolve_terms(args) -> None:
         setattr(args, name, 0.0)
 
 
-def check_speech_settings(model_args: ModelArguments, data_args: DataArguments, speech: SpeechArguments) -> None:
+def check_speech_settings(model_args: ModelArguments, speech: SpeechArguments) -> None:
     """The settings that only need configs: decoder layers in range, no encoder-block options."""
     if model_args.student_layers:
         raise UserInputError(f"--student_layers {model_args.student_layers}: a Whisper student keeps the teacher's "
@@ -87,8 +87,6 @@ def check_speech_settings(model_args: ModelArguments, data_args: DataArguments, 
             check_decoder_layers(layers, total)
         except UserInputError as e:
             raise UserInputError(f"--student_decoder_layers {speech.student_decoder_layers}: {e}") from None
-    elif not model_args.student_model:
-        spread_layers(total, min(speech.student_num_decoder_layers, total))
 
 
 # ---- data ---------------------------------------------------------------------------------------------------------
@@ -218,7 +216,7 @@ def transcription_metrics(model, processor, split, max_new_tokens: int, batch_si
 
 
 def measure_per_clip(model_dirs: dict[str, str], split, clips: int, threads: int, rounds: int,
-                     max_new_tokens: int) -> dict:
+                     max_new_tokens: int, name: str = "test") -> dict:
     """Each saved model (reloaded from disk) transcribes `clips` clips one at a time, greedily, on the CPU with
     `threads` threads, interleaved over `rounds` rounds (teacher, student, teacher, ...): the median time per clip
     (features + encoder + decoding) of each round, then the median of rounds; WER/CER of those clips."""
@@ -246,14 +244,15 @@ def measure_per_clip(model_dirs: dict[str, str], split, clips: int, threads: int
                 texts[role] = hyps
     finally:
         torch.set_num_threads(previous)
-    out = {"split": "test", "clips": len(audios), "threads": threads, "rounds": rounds,
+    out = {"split": name, "clips": len(audios), "threads": threads, "rounds": rounds,
            "protocol": "one clip at a time, greedy decoding, features + encoder + decoder, median per round, median "
                        "of rounds"}
     for role in models:
         rates = word_error_rate(refs, texts[role], normalizer=normalize)
         out[role] = {"median_ms_per_clip": statistics.median(per_round[role]), "rounds_ms": per_round[role],
                      "wer": rates["wer"], "cer": rates["cer"],
-                     "parameters": sum(p.numel() for p in models[role][0].parameters())}
+                     "parameters": sum(p.numel() for p in models[role][0].parameters()), "transcripts": texts[role]}
+    out["references"] = list(refs)
     if "teacher" in out and "student" in out:
         out["speedup"] = out["teacher"]["median_ms_per_clip"] / out["student"]["median_ms_per_clip"]
     return out
@@ -280,7 +279,7 @@ def run_speech_distillation(
                              "distillation does not compose with other methods yet")
     resolve_terms(args)
     cfg = args.distillation_config()
-    check_speech_settings(model_args, data_args, speech)
+    check_speech_settings(model_args, speech)
     dataset, dataset_name = load_speech_data(data_args, speech)
     resume = steps.resolve_resume(args)
     hub = hub_settings_of(args, push, output_dir=run_dir)
@@ -311,7 +310,8 @@ def run_speech_distillation(
         with args.main_process_first(desc="encoder output cache"):
             data["train"], cache_meta = load_or_compute_encoder_cache(
                 cache_dir, teacher_path, data["train"], lambda: teacher,
-                lambda rows: collator.input_features(rows["audio"]), batch_size=data_args.teacher_batch_size,
+                # at most 16 clips at once: a 30 s window is 1,500 encoder frames per clip
+                lambda rows: collator.input_features(rows["audio"]), batch_size=min(data_args.teacher_batch_size, 16),
                 store_encoder=store_encoder, pseudo_labels=pseudo,
             )
     trainer = DistillationTrainer(
@@ -321,7 +321,9 @@ def run_speech_distillation(
         train_dataset=data["train"],
         eval_dataset=data["validation"] if args.eval_strategy != "no" else None,
         data_collator=collator,
-        processing_class=processor,
+        # Not the processor: the Trainer would "align" the model's bos_token_id with the tokenizer's (<|endoftext|>,
+        # where Whisper's config has <|startoftranscript|>). The model folder gets the whole processor (save_model).
+        processing_class=processor.feature_extractor,
         compute_metrics=wer_metrics(tokenizer),
         callbacks=list(callbacks),
         generation_kwargs=generation_kwargs(speech),

@@ -1,0 +1,425 @@
+"""Sequence-to-sequence distillation of a Whisper teacher (the distil-whisper recipe) through DistillationLoss,
+DistillationTrainer and scripts/distill.py, on a tiny random Whisper (d_model 64, 2 encoder and 4 decoder layers; the
+tiny byte-level tokenizer of tests/test_whisper_convert.py, written as a real Whisper folder by the CT2 converter)
+and a few clips of synthetic audio. Tolerances: float32 sums in another order (1e-5 relative); cached encoder outputs
+are float16 (2e-3 relative)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
+
+from hfcompress.arch.speech import decoder_prompt_ids, transcript_ids
+from hfcompress.cli import run_script
+from hfcompress.distill import (
+    DistillationArguments,
+    DistillationConfig,
+    DistillationLoss,
+    DistillationTrainer,
+    SpeechSeq2SeqDistillationCollator,
+    compute_encoder_outputs,
+    init_seq2seq_student,
+)
+from hfcompress.distill.loss import CACHED_ENCODER, TeacherOutputs
+from hfcompress.distill.student import spread_layers
+from hfcompress.errors import UserInputError
+from hfcompress.speech.whisper_ct2 import convert_whisper_ct2
+from test_whisper_convert import N_TIMESTAMPS, hf_to_ct2, tiny_tokenizer, write_ct2_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "scripts", "distill.py")
+TEXTS = ["the cat", "a dog", "the the", "hat", "tea set", "eat", "the heat", "a hen", "ten", "the end"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A tiny random Whisper (4 decoder layers) as a model + processor + generation-config folder."""
+    root = tmp_path_factory.mktemp("whisper_teacher")
+    tok = tiny_tokenizer()
+    torch.manual_seed(0)
+    eot, sot = tok.token_to_id("<|endoftext|>"), tok.token_to_id("<|startoftranscript|>")
+    cfg = WhisperConfig(
+        vocab_size=tok.get_vocab_size() + N_TIMESTAMPS, num_mel_bins=80, d_model=64, encoder_layers=2,
+        decoder_layers=4, encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=128,
+        decoder_ffn_dim=128, max_source_positions=1500, max_target_positions=48, pad_token_id=eot,
+        bos_token_id=sot, eos_token_id=eot, decoder_start_token_id=sot, suppress_tokens=[], begin_suppress_tokens=[],
+    )
+    model = WhisperForConditionalGeneration(cfg).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn_like(p) * 0.1 + (1.0 if name.endswith("layer_norm.weight") else 0.0))
+    ct2 = write_ct2_folder(root / "ct2", tok, hf_to_ct2(model))
+    out = convert_whisper_ct2(ct2, root / "teacher")
+    # Random weights favour the 1,501 timestamp tokens, which send `generate` into its long-form segment loop: keep
+    # them out, as a trained English model does after <|notimestamps|>.
+    converted = WhisperForConditionalGeneration.from_pretrained(out)
+    first = WhisperProcessor.from_pretrained(out).tokenizer.convert_tokens_to_ids("<|0.00|>")
+    converted.generation_config.suppress_tokens = sorted({*converted.generation_config.suppress_tokens,
+                                                          *range(first, cfg.vocab_size)})
+    converted.save_pretrained(out)
+    return out
+
+
+def clip(i: int, rate: int = 16000, seconds: float = 0.4) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    rng = np.random.default_rng(i)
+    return (0.3 * np.sin(2 * np.pi * (200 + 60 * i) * t) + 0.05 * rng.standard_normal(len(t))).astype(np.float32)
+
+
+def load(teacher_dir):
+    return WhisperForConditionalGeneration.from_pretrained(teacher_dir), WhisperProcessor.from_pretrained(teacher_dir)
+
+
+def collator_for(processor):
+    tok = processor.tokenizer
+    return SpeechSeq2SeqDistillationCollator(processor.feature_extractor, decoder_prompt_ids(tok), tok.pad_token_id)
+
+
+def rows(processor, n=8):
+    tok = processor.tokenizer
+    return Dataset.from_dict({"audio": [clip(i) for i in range(n)],
+                              "labels": [transcript_ids(tok, TEXTS[i % len(TEXTS)]) for i in range(n)]})
+
+
+# ------------------------------------------------------------------------------------------------------- student
+
+
+def test_student_keeps_the_encoder_and_the_chosen_decoder_layers(teacher_dir):
+    teacher, processor = load(teacher_dir)
+    assert spread_layers(4, 2) == [0, 3] and spread_layers(4, 3) == [0, 2, 3] and spread_layers(32, 2) == [0, 31]
+    student = init_seq2seq_student(teacher, [0, 3])
+    assert student.config.decoder_layers == 2 and teacher.config.decoder_layers == 4
+    assert student.config.hfcompress_student_decoder_layers == [0, 3]
+    t_dec, s_dec = teacher.model.decoder.layers, student.model.decoder.layers
+    for s_idx, t_idx in ((0, 0), (1, 3)):
+        for (name, a), (_, b) in zip(s_dec[s_idx].state_dict().items(), t_dec[t_idx].state_dict().items()):
+            assert torch.equal(a, b), name
+        assert s_dec[s_idx].self_attn.layer_idx == s_idx and s_dec[s_idx].encoder_attn.layer_idx == s_idx
+    t_enc, s_enc = teacher.get_encoder().state_dict(), student.get_encoder().state_dict()
+    assert t_enc.keys() == s_enc.keys() and all(torch.equal(t_enc[k], s_enc[k]) for k in t_enc)
+    assert not any(p.requires_grad for p in student.get_encoder().parameters())
+    assert all(p.requires_grad for p in student.model.decoder.parameters())
+    # the student generates (the key/value cache follows the renumbered layers) from the teacher's prompt
+    features = processor.feature_extractor([clip(0)], sampling_rate=16000, return_tensors="pt").input_features
+    with torch.inference_mode():
+        out = student.eval().generate(features, max_new_tokens=4, return_dict_in_generate=True)
+    assert out.sequences[0, :2].tolist() == decoder_prompt_ids(processor.tokenizer)
+    with pytest.raises(UserInputError, match=r"decoder layers \[4\] out of range: .* layers 0\.\.3"):
+        init_seq2seq_student(teacher, [0, 4])
+    assert init_seq2seq_student(teacher, num_decoder_layers=1, freeze_encoder=False).config.decoder_layers == 1
+
+
+# ---------------------------------------------------------------------------------------------------------- loss
+
+
+def test_collator_targets_and_loss_equal_their_definition(teacher_dir):
+    teacher, processor = load(teacher_dir)
+    student = init_seq2seq_student(teacher, [0, 3])
+    tok = processor.tokenizer
+    data = rows(processor, 3)
+    batch = collator_for(processor)([data[i] for i in range(3)])
+    prompt = decoder_prompt_ids(tok)
+    targets = data["labels"]
+    # decoder inputs: the prompt, then the targets shifted right; labels: -100 under the prompt and the padding
+    for i, t in enumerate(targets):
+        assert batch["decoder_input_ids"][i, : len(prompt) + len(t) - 1].tolist() == prompt + t[:-1]
+        row = batch["labels"][i].tolist()
+        assert row[: len(prompt) - 1] == [-100] * (len(prompt) - 1)
+        assert row[len(prompt) - 1 : len(prompt) - 1 + len(t)] == t and set(row[len(prompt) - 1 + len(t):]) <= {-100}
+    assert len({len(t) for t in targets}) > 1  # padding is exercised
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        s_logits = student(**batch).logits
+        t_logits = teacher(**batch).logits
+    cfg = DistillationConfig(alpha=0.3, temperature=2.0)
+    kd = DistillationLoss(cfg, student.config, teacher)
+    got, parts = kd(type("Out", (), {"logits": s_logits})(), labels, teacher_outputs=TeacherOutputs(logits=t_logits),
+                    return_parts=True)
+    # by hand: a Python loop over the labelled target tokens
+    kl_sum = ce_sum = 0.0
+    n = 0
+    T = cfg.temperature
+    for b in range(labels.shape[0]):
+        for j in range(labels.shape[1]):
+            y = int(labels[b, j])
+            if y == -100:
+                continue
+            n += 1
+            ps = torch.log_softmax(s_logits[b, j].double() / T, -1)
+            pt = torch.log_softmax(t_logits[b, j].double() / T, -1)
+            kl_sum += T * T * float((pt.exp() * (pt - ps)).sum())
+            ce_sum += -float(torch.log_softmax(s_logits[b, j].double(), -1)[y])
+    want = (cfg.alpha * kl_sum + (1 - cfg.alpha) * ce_sum) / n
+    assert n == sum(len(t) for t in targets)
+    assert abs(float(got) - want) <= 1e-5 * abs(want)
+    assert abs(float(parts["loss_kd"]) - kl_sum / n) <= 1e-5 * kl_sum / n
+    # what happens under masked positions does not count
+    noisy = s_logits.clone()
+    noisy[labels.eq(-100)] = torch.randn_like(noisy[labels.eq(-100)]) * 10
+    assert float(kd(type("Out", (), {"logits": noisy})(), labels, teacher_outputs=TeacherOutputs(logits=t_logits))) \
+        == pytest.approx(float(got), rel=1e-6)
+    # hidden-state terms, and a student with another vocabulary, are refused
+    with pytest.raises(ValueError, match="decoder's logits"):
+        DistillationLoss(DistillationConfig(hidden_weight=1.0), student.config, teacher)
+    other = WhisperConfig(**{**student.config.to_dict(), "vocab_size": student.config.vocab_size + 1})
+    with pytest.raises(ValueError, match="one vocabulary"):
+        DistillationLoss(cfg, other, teacher)
+
+
+class GradCapture(TrainerCallback):
+    def __init__(self):
+        self.grads, self.losses = None, []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.grads is None:
+            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            self.losses.append(logs["loss"])
+
+
+def _trainer(teacher_dir, tmp_path, bs, ga, train=None, **kw):
+    teacher, processor = load(teacher_dir)
+    student = init_seq2seq_student(teacher, [0, 3])
+    args = DistillationArguments(
+        output_dir=str(tmp_path / f"run-{bs}-{ga}"), per_device_train_batch_size=bs, gradient_accumulation_steps=ga,
+        max_steps=1, max_grad_norm=0.0, report_to="none", save_strategy="no", logging_steps=1, seed=5,
+        temperature=2.0, alpha=0.6, use_cpu=True, learning_rate=1e-3, **kw,
+    )
+    return DistillationTrainer(model=student, args=args, teacher_model=teacher,
+                               train_dataset=train if train is not None else rows(processor, 8),
+                               data_collator=collator_for(processor))
+
+
+def test_gradient_accumulation_4x2_equals_1x8(teacher_dir, tmp_path):
+    caps = []
+    for bs, ga in ((2, 4), (8, 1)):
+        trainer = _trainer(teacher_dir, tmp_path, bs, ga)
+        cap = GradCapture()
+        trainer.add_callback(cap)
+        trainer.train()
+        caps.append(cap)
+    a, b = caps[0].grads, caps[1].grads
+    assert a.keys() == b.keys() and len(a) > 10
+    assert not any(".encoder." in n for n in a)  # frozen encoder: no gradient
+    for name in a:
+        scale = b[name].abs().max().item()
+        assert (a[name] - b[name]).abs().max().item() <= 1e-5 * scale + 1e-7, name
+    assert caps[0].losses[0] == pytest.approx(caps[1].losses[0], rel=1e-5)
+
+
+def test_cached_encoder_outputs_give_the_online_loss(teacher_dir, tmp_path):
+    trainer = _trainer(teacher_dir, tmp_path, 4, 1)
+    collator = trainer.data_collator
+    data = rows(WhisperProcessor.from_pretrained(teacher_dir), 4)
+    teacher = trainer.teacher_model
+    cached = compute_encoder_outputs(teacher, data, lambda r: collator.input_features(r["audio"]), batch_size=3)
+    assert cached[0][CACHED_ENCODER] is not None and len(cached) == 4
+    online_batch = collator([data[i] for i in range(4)])
+    cached_batch = collator([cached[i] for i in range(4)])
+    assert "input_features" not in cached_batch and cached_batch["encoder_outputs"][0].shape == (4, 1500, 64)
+    calls = []
+    hooks = [m.get_encoder().register_forward_hook(lambda *a: calls.append(1)) for m in (trainer.model, teacher)]
+    model = trainer.model.train()
+    items = online_batch["labels"].ne(-100).sum()
+    online = trainer.compute_loss(model, dict(online_batch), num_items_in_batch=items)
+    n_online = len(calls)
+    cached_loss = trainer.compute_loss(model, dict(cached_batch), num_items_in_batch=items)
+    for h in hooks:
+        h.remove()
+    assert n_online == 2 and len(calls) == 2  # online: both encoders ran; cached: neither
+    assert float(cached_loss.detach()) == pytest.approx(float(online.detach()), rel=2e-3)
+    # pseudo-labels: the teacher's greedy tokens after the prompt, up to its end-of-text
+    tok = WhisperProcessor.from_pretrained(teacher_dir).tokenizer
+    prompt = decoder_prompt_ids(tok)
+    pseudo = compute_encoder_outputs(teacher, data.select(range(2)), lambda r: collator.input_features(r["audio"]),
+                                     store_encoder=False, pseudo_labels={"prompt_ids": prompt, "max_new_tokens": 5,
+                                     "eos_token_id": tok.eos_token_id, "do_sample": False})
+    with torch.inference_mode():
+        gen = teacher.generate(collator.input_features(data[:1]["audio"]), max_new_tokens=5, do_sample=False,
+                               return_dict_in_generate=True).sequences[0].tolist()
+    assert gen[: len(prompt)] == prompt
+    want = gen[len(prompt):]
+    want = want[: want.index(tok.eos_token_id)] if tok.eos_token_id in want else want
+    assert pseudo[0]["labels"] == want + [tok.eos_token_id] and CACHED_ENCODER not in pseudo.column_names
+
+
+# -------------------------------------------------------------------------------------------------------- script
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("distill_script_seq2seq", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _write_data(root, rate_of=lambda i: 16000, text_header="text"):
+    import soundfile as sf
+
+    os.makedirs(root / "clips", exist_ok=True)
+    for split, ids in (("train", range(8)), ("validation", range(8, 10)), ("test", range(10, 13))):
+        lines = [f"audio,{text_header}"]
+        for i in ids:
+            rate = rate_of(i)
+            sf.write(str(root / "clips" / f"{i}.wav"), clip(i, rate), rate, subtype="PCM_16")
+            lines.append(f"clips/{i}.wav,{TEXTS[i % len(TEXTS)]}")
+        (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
+    return str(root)
+
+
+FAST = ["--max_steps", "2", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
+        "--eval_strategy", "no", "--save_strategy", "no", "--logging_steps", "1", "--use_cpu", "--report_to", "none",
+        "--latency_rounds", "1", "--no_measure_memory", "--measure_clips", "2", "--generation_max_new_tokens", "5",
+        "--dataloader_num_workers", "0", "--seed", "3"]
+
+
+def test_script_end_to_end_and_reload_in_a_fresh_process(teacher_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("HFCOMPRESS_HOME", str(tmp_path / "home"))
+    data = _write_data(tmp_path / "data", rate_of=lambda i: 8000 if i == 1 else 16000)  # one clip is resampled
+    out = tmp_path / "out"
+    record = _script().main(["--teacher_model", teacher_dir, "--dataset", data, "--student_decoder_layers", "0,3",
+                             "--output_dir", str(out), *FAST])
+    summary = json.loads((out / "distill_summary.json").read_text())
+    kd = summary["methods"]["distillation"]
+    assert kd["mode"] == "sequence-to-sequence" and kd["decoder_layers"] == [0, 3]
+    assert kd["encoder_outputs"] == "cached" and kd["hidden_weight"] == 0.0 and kd["relation_weight"] == 0.0
+    assert summary["data"]["splits"] == {"train": 8, "validation": 2, "test": 3}
+    assert summary["training"]["steps"] == 2
+    for split in ("validation", "test"):
+        assert 0 <= summary["metrics"]["student"][split][f"{split}_wer"]
+        assert "cer" in summary["metrics"]["teacher"]["test"] or split != "test"
+    per_clip = summary["metrics"]["per_clip"]
+    assert per_clip["clips"] == 2 and per_clip["student"]["median_ms_per_clip"] > 0 and per_clip["speedup"] > 0
+    assert summary["models"]["student"]["decoder_layers"] == 2 and summary["models"]["teacher"]["decoder_layers"] == 4
+    assert (out / "teacher_cache" / "teacher_cache.json").exists()
+    model_dir = out / "model"
+    assert json.loads((model_dir / "config.json").read_text())["decoder_layers"] == 2
+    assert (model_dir / "processor_config.json").exists() and (model_dir / "tokenizer.json").exists()
+    teacher_cfg = json.loads((Path(teacher_dir) / "config.json").read_text())
+    saved_cfg = json.loads((model_dir / "config.json").read_text())
+    assert {k: saved_cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")} == \
+        {k: teacher_cfg[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")}
+    gen_cfg = json.loads((model_dir / "generation_config.json").read_text())
+    assert gen_cfg["decoder_start_token_id"] == teacher_cfg["decoder_start_token_id"]
+
+    model = record.trainer.model.eval()
+    processor = WhisperProcessor.from_pretrained(model_dir)
+    features = processor.feature_extractor([clip(11)], sampling_rate=16000, return_tensors="pt").input_features
+    with torch.inference_mode():
+        here = model.generate(features, max_new_tokens=6, do_sample=False)[0].tolist()
+    code = (
+        "import sys, json, torch, numpy as np\n"
+        "sys.path.insert(0, sys.argv[2])\n"
+        "from test_distill_seq2seq import clip\n"
+        "from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor\n"
+        "torch.set_num_threads(1)\n"
+        "m = AutoModelForSpeechSeq2Seq.from_pretrained(sys.argv[1]).eval()\n"
+        "p = AutoProcessor.from_pretrained(sys.argv[1])\n"
+        "f = p.feature_extractor([clip(11)], sampling_rate=16000, return_tensors='pt').input_features\n"
+        "with torch.inference_mode():\n"
+        "    print(json.dumps(m.generate(f, max_new_tokens=6, do_sample=False)[0].tolist()))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(model_dir), os.path.dirname(__file__)], capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+                                                          PYTHONPATH=ROOT))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == here
+
+
+def test_speech_data_from_a_file_and_a_saved_dataset(tmp_path, caplog):
+    import logging
+
+    from datasets import DatasetDict
+
+    from hfcompress.speech.dataset import load_transcription_dataset
+
+    root = tmp_path / "one"
+    _write_data(root)
+    (root / "validation.csv").unlink()
+    (root / "test.csv").unlink()
+    with open(root / "train.csv", "a") as fh:
+        fh.write("clips/0.wav,\n")  # an empty transcript: dropped with a warning
+    with caplog.at_level(logging.WARNING):
+        dsd = load_transcription_dataset(str(root / "train.csv"))
+    assert "Dropped 1 of 9 rows of split 'train'" in caplog.text
+    assert {s: len(d) for s, d in dsd.items()} == {"train": 6, "validation": 1, "test": 1}  # carved, seeded
+    assert dsd["train"].column_names == ["audio", "text"] and len(dsd["train"][0]["audio"]) == 6400
+
+    DatasetDict(train=Dataset.from_dict({"speech": [clip(i, 8000) for i in range(3)], "sampling_rate": [8000] * 3,
+                                         "words": TEXTS[:3]})).save_to_disk(str(tmp_path / "saved"))
+    dsd = load_transcription_dataset(str(tmp_path / "saved"), "speech", "words", validation_size=0.3, test_size=0.3)
+    assert {s: len(d) for s, d in dsd.items()} == {"train": 1, "validation": 1, "test": 1}
+    assert len(dsd["validation"][0]["audio"]) == 6400  # resampled from 8 kHz
+    with pytest.raises(UserInputError, match=r"row 0: audio is sampled at 8000 Hz but 16000 Hz is expected"):
+        load_transcription_dataset(str(tmp_path / "saved"), "speech", "words", resample=False)
+    with pytest.raises(UserInputError, match=r"audio column 'audio' not found in split 'train'.*\['speech', "):
+        load_transcription_dataset(str(tmp_path / "saved"), "audio", "words")
+
+
+def test_speech_options_are_documented():
+    from dataclasses import fields
+
+    from hfcompress.run.arguments import SpeechArguments
+    from hfcompress.run.scripts import script
+
+    assert SpeechArguments in script("distill").groups
+    for f in fields(SpeechArguments):
+        assert f.metadata.get("help"), f.name
+
+
+def _other_tokenizer_student(teacher_dir, root):
+    """A copy of the teacher whose tokenizer maps text to other ids (one token more)."""
+    import shutil
+
+    path = root / "student_other_tok"
+    shutil.copytree(teacher_dir, path)
+    processor = WhisperProcessor.from_pretrained(path)
+    processor.tokenizer.add_tokens(["zzz"])
+    processor.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("case, message", [
+    ("rate", r"8000 Hz but 16000 Hz is expected"),
+    ("text_column", r"transcript column 'transcript' not found in split '\w+' \(file .*\); columns are \['audio', 'text'\]"),
+    ("layers", r"--student_decoder_layers 0,7: decoder layers \[7\] out of range: the teacher's decoder has layers "
+               r"0\.\.3"),
+    ("tokenizer", r"student tokenizer: it maps text to other token ids than the teacher's"),
+])
+def test_bad_input_is_one_error_before_training(teacher_dir, tmp_path, monkeypatch, capsys, case, message):
+    monkeypatch.setenv("HFCOMPRESS_HOME", str(tmp_path / "home"))
+    data = _write_data(tmp_path / "data", rate_of=lambda i: 8000 if (case == "rate" and i == 2) else 16000)
+    flags = {"rate": ["--no_resample_audio"], "text_column": ["--text_column", "transcript"],
+             "layers": ["--student_decoder_layers", "0,7"],
+             "tokenizer": ["--student_model", _other_tokenizer_student(teacher_dir, tmp_path)]}[case]
+    out = tmp_path / "out"
+    argv = ["--teacher_model", teacher_dir, "--dataset", data, "--output_dir", str(out), *FAST, *flags]
+    with pytest.raises(SystemExit) as exit_:
+        run_script(_script().main, argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    import re
+
+    assert re.search(message, err), err
+    assert err.count("error:") == 1
+    assert not (out / "checkpoints").exists() and not (out / "teacher_cache").exists()  # nothing trained or cached

@@ -461,6 +461,10 @@ def load_dynamic_int8(directory: str, model_class=None) -> nn.Module:
         model_class = getattr(transformers, archs[0])
     # a structurally pruned model (hfcompress_structure in its config) is built at its pruned shape
     model = _skeleton(shaped_class(config, model_class), config).eval()
+    if os.path.exists(os.path.join(directory, "generation_config.json")) and hasattr(model, "generation_config"):
+        from transformers import GenerationConfig  # e.g. Whisper's prompt, timestamp and alignment settings
+
+        model.generation_config = GenerationConfig.from_pretrained(directory)
     state = load_file(weights)
     kinds = {n: "linear" for n in meta.get("modules", [])} | {n: "embedding" for n in meta.get("embeddings", [])}
     # float parameters first, into the fp32 skeleton (torch's quantized modules refuse a partial state dict);

@@ -380,3 +380,20 @@ def test_structured_stacks_prunes_only_the_chosen_stack():
         StructuredPruner(make(), PruningConfig(granularity="structured", structured_stacks="decodr"))
     with pytest.raises(UserInputError, match="applies to granularity 'structured' only"):
         PruningConfig(structured_stacks="decoder")
+
+
+def test_int8_whisper_reloads_with_its_own_generation_config(built, tmp_path):
+    """(Found by the speech benchmark.) A torch-int8 Whisper is rebuilt from its config.json: its generation settings
+    (prompt, timestamp token, alignment heads) must come from its own generation_config.json, not from defaults."""
+    from transformers import GenerationConfig
+
+    from hfcompress.loading import load_model
+
+    path = tmp_path / "int8"
+    shutil.copytree(built["tmp"] / "whisper" / "int8", path)
+    saved = GenerationConfig.from_pretrained(path)
+    saved.no_timestamps_token_id, saved.alignment_heads = 7, [[0, 1]]  # settings no config.json implies
+    saved._from_model_config = False  # as in a real Whisper checkpoint
+    saved.save_pretrained(path)
+    got = load_model(str(path)).generation_config
+    assert got.no_timestamps_token_id == 7 and got.alignment_heads == [[0, 1]]

@@ -29,14 +29,7 @@ def init_student_from_teacher(teacher: nn.Module, layers: list[int] | None = Non
             raise ValueError(f"num_layers must be in 1..{total}, got {num_layers}")
         step = total / num_layers
         layers = [int(round((i + 1) * step)) - 1 for i in range(num_layers)]
-    layers = list(layers)
-    if not layers:
-        raise ValueError("layers must name at least one block")
-    bad = [i for i in layers if not 0 <= i < total]
-    if bad:
-        raise ValueError(f"layers {bad} out of range: the teacher has blocks 0..{total - 1}")
-    if len(set(layers)) != len(layers):
-        raise ValueError(f"layers {layers} repeat a block")
+    layers = check_layer_indices(layers, total, "layers", "block", "the teacher has blocks")
     student = copy.deepcopy(teacher)
     kept = adapter.layers(student)
     new = nn.ModuleList([kept[i] for i in layers])
@@ -61,17 +54,24 @@ def spread_layers(total: int, count: int) -> list[int]:
     return sorted({int(round(i * (total - 1) / (count - 1))) for i in range(count)})
 
 
-def check_decoder_layers(layers: list[int], total: int) -> list[int]:
-    """`layers` checked against a decoder of `total` layers: in range, no repeats, at least one."""
+def check_layer_indices(layers, total: int, label: str, unit: str, owner: str) -> list[int]:
+    """`layers` (indices kept in a student) checked against a stack of `total`: at least one, each in range, no
+    repeats; one `UserInputError` naming `label` otherwise (e.g. "layers [7] out of range: the teacher has blocks
+    0..5")."""
     layers = [int(i) for i in layers]
     if not layers:
-        raise UserInputError("decoder layers: expected at least one layer index")
+        raise UserInputError(f"{label} must name at least one {unit}")
     bad = [i for i in layers if not 0 <= i < total]
     if bad:
-        raise UserInputError(f"decoder layers {bad} out of range: the teacher's decoder has layers 0..{total - 1}")
+        raise UserInputError(f"{label} {bad} out of range: {owner} 0..{total - 1}")
     if len(set(layers)) != len(layers):
-        raise UserInputError(f"decoder layers {layers} repeat a layer")
+        raise UserInputError(f"{label} {layers} repeat a {unit}")
     return layers
+
+
+def check_decoder_layers(layers: list[int], total: int) -> list[int]:
+    """`layers` checked against a decoder of `total` layers: in range, no repeats, at least one."""
+    return check_layer_indices(layers, total, "decoder layers", "layer", "the teacher's decoder has layers")
 
 
 def init_seq2seq_student(teacher: nn.Module, decoder_layers: list[int] | None = None,

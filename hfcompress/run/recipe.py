@@ -59,7 +59,7 @@ STATE_FILE = "recipe_state.json"
 SUMMARY = "recipe_summary.json"
 # options the recipe sets for every stage: a stage giving one is an error
 MANAGED = {"output_dir", "seed", "resume_from_checkpoint", *(f.name for f in dataclasses.fields(DataArguments))}
-TRAINING_WITHOUT_REPORT_CARD = {"measure_memory": False}  # each stage's own card: no fresh-process memory probe
+STAGE_REPORT = {"measure_memory": False}  # a training stage's own measurement: no fresh-process memory probe
 
 
 @dataclass
@@ -227,14 +227,15 @@ def stage_values(recipe: Recipe, stage: Stage, base_dir: str | None, previous_mo
         if stage.method == "lora":
             values.setdefault("lora_r", 8)
         values.update({k: v for k, v in recipe.measure.items() if k != "measure"})
-        values.update(TRAINING_WITHOUT_REPORT_CARD)
+        values.update(STAGE_REPORT)
         if resume:
             values["resume_from_checkpoint"] = resume
     return values
 
 
-def check_recipe(recipe: Recipe, output_dir: str) -> None:
-    """Everything that can be wrong with a recipe, before any work; one error naming the recipe line."""
+def check_recipe(recipe: Recipe, output_dir: str):
+    """Everything that can be wrong with a recipe, before any work; one error naming the recipe line. Returns the
+    recipe's Hub settings (`hub.HubSettings`, None when nothing is to be pushed)."""
     for key in recipe.data:
         if key not in {f.name for f in dataclasses.fields(DataArguments)}:
             raise UserInputError(f"{recipe.where('data', key)}: unknown data option {key!r} (the Data options of the "
@@ -272,10 +273,8 @@ def check_recipe(recipe: Recipe, output_dir: str) -> None:
             raise UserInputError(f"recipe {recipe.path} line {stage.line}: stage {stage.name!r} ({stage.method}) comes "
                                  "after quantize: a quantized model is not trained or compressed further; quantize "
                                  "is the last stage")
-        values = stage_values(recipe, stage, None, None if stage.index == 0 else "previous", output_dir)
-        values.pop("student_model", None) if stage.index else None
-        if stage.method == "quantize":
-            values["model"] = recipe.base_model
+        # the stage's options as its script parses them; where its model comes from is only known at run time
+        values = stage_values(recipe, stage, None, None, output_dir)
         parsed = _parse_groups(script(stage.script_name).groups, values, where)
         missing = [p for p in _requirements(stage, parsed) if importlib.util.find_spec(p) is None]
         if missing:
@@ -309,7 +308,7 @@ def check_recipe(recipe: Recipe, output_dir: str) -> None:
             if lora.lora_quantization not in (None, "none"):
                 raise UserInputError(f"recipe {recipe.path} line {stage.line}: QLoRA needs a base the family's own "
                                      f"classes can build; the previous stage leaves a {shape} model")
-    hub_settings_of(_hub_namespace(recipe.hub), output_dir=output_dir)
+    return hub_settings_of(_hub_namespace(recipe.hub), output_dir=output_dir)
 
 
 def _hub_namespace(values: dict):
@@ -357,7 +356,7 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
     recipe = load_recipe(recipe_path)
     recipe.hub.update({k: v for k, v in (hub_overrides or {}).items() if v not in (None, False)})
     output_dir = output_dir or os.path.join("out", recipe.name)
-    check_recipe(recipe, output_dir)
+    hub = check_recipe(recipe, output_dir)
     state = PartialState()
     os.makedirs(os.path.join(output_dir, STAGES_DIR), exist_ok=True)
     state_path = os.path.join(output_dir, STATE_FILE)
@@ -439,30 +438,28 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
             record.methods[name] = m
     report = ReportArguments(**{k: v for k, v in recipe.measure.items()})
     variants = {s["name"]: s["model"] for s in stage_records[:-1]}
+
+    def add_stages(record, comparison):  # what each stage did and measured, for the record and the card
+        for s in stage_records:
+            measured = comparison["variants"].get(s["name"]) or comparison["model"]
+            record.stages.append({
+                "name": s["name"], "method": s["method"], "recipe_line": s["line"], "output_dir": s["dir"],
+                "model": s["model"], "run_record": s["summary"], "args": s["args"],
+                "measured": {"accuracy": measured["metrics"].get("accuracy"), "size_mb": measured["size_mb"],
+                             "latency_ms": measured["latency_ms"], "parameters": measured["parameters"],
+                             "size_ratio": measured.get("size_ratio", comparison["size_ratio"]),
+                             "speedup": measured["speedup"] if s is not stage_records[-1] else comparison["speedup"]},
+                "training": s["record"].get("training"),
+                "methods": s["record"].get("methods") or {},
+            })
+
     comparison = measure_and_card(
         record, model_dir, base_dir, recipe.base_model, dataset, data_args, report, run_name=recipe.name,
-        variants=variants,
+        variants=variants, before_card=add_stages,
     )
-    for s in stage_records:
-        measured = comparison["variants"].get(s["name"]) or comparison["model"]
-        record.stages.append({
-            "name": s["name"], "method": s["method"], "recipe_line": s["line"], "output_dir": s["dir"],
-            "model": s["model"], "run_record": s["summary"], "args": s["args"],
-            "measured": {"accuracy": measured["metrics"].get("accuracy"), "size_mb": measured["size_mb"],
-                         "latency_ms": measured["latency_ms"], "parameters": measured["parameters"],
-                         "size_ratio": measured.get("size_ratio", comparison["size_ratio"]),
-                         "speedup": measured["speedup"] if s is not stage_records[-1] else comparison["speedup"]},
-            "training": s["record"].get("training"),
-            "methods": s["record"].get("methods") or {},
-        })
     record.artifacts.update({"model": model_dir, "stages": os.path.join(output_dir, STAGES_DIR), "base": base_dir})
-    # The recipe's card: written again now that the stages are in the record.
-    from ..report.card import write_card
-
-    record.artifacts["card"] = write_card(record.to_dict(), model_dir, model_name=recipe.name)
     summary = os.path.join(output_dir, SUMMARY)
     record.save(summary)
-    hub = hub_settings_of(_hub_namespace(recipe.hub), output_dir=output_dir)
     publish(record, model_dir, output_dir, hub)
     record.save(summary)
     c = comparison

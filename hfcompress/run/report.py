@@ -88,13 +88,17 @@ def compare_on_eval_split(model_dir: str, base_dir: str, base_source: str | None
 
 def measure_and_card(record, model_dir: str, base_dir: str, base_source: str | None, dataset, data_args,
                      report: ReportArguments, run_name: str | None = None, log_history=None,
-                     variants: dict[str, str] | None = None, base_model: str | None = None) -> dict:
+                     variants: dict[str, str] | None = None, base_model: str | None = None,
+                     before_card=None) -> dict:
     """Compare `model_dir` with `base_dir` on the test split (validation if there is none), store the comparison in
     `record`, draw the plots beside the model and write its card. `variants` (name -> model folder: a recipe's
-    earlier stages) are measured in the same session and drawn on the plot. Returns the comparison."""
+    earlier stages) are measured in the same session and drawn on the plot; `before_card(record, comparison)` lets
+    the caller add what the card should also say (a recipe's stages). Returns the comparison."""
     comparison = compare_on_eval_split(model_dir, base_dir, base_source, dataset, data_args, report, variants)
     split = comparison["split"]
     record.comparison = comparison
+    if before_card is not None:
+        before_card(record, comparison)
     points = [
         {"name": os.path.basename(os.path.normpath(base_source or base_dir)),
          "accuracy": comparison["base"]["metrics"].get("accuracy"), "size_mb": comparison["base"]["size_mb"],

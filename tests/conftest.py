@@ -96,6 +96,19 @@ def dataset():
     return make_dataset()
 
 
+def load_script(name: str):
+    """`scripts/<name>.py` as a module (registered in sys.modules, so its dataclasses resolve), to call its `main` in
+    this process or read its argument groups."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(f"{name}_script", os.path.join(ROOT, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 def save_tiny_assets(root, teacher_kind="bert", teacher_offset=0):
     """Write a tiny teacher (with a trained-looking task head), its tokenizer and a JSON dataset to `root`.
     Returns (teacher_dir, data_file)."""

@@ -6,7 +6,6 @@ are float16 (2e-3 relative)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -19,6 +18,7 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
+from conftest import load_script
 from hfcompress.arch.speech import decoder_prompt_ids, transcript_ids
 from hfcompress.cli import run_script
 from hfcompress.distill import (
@@ -267,10 +267,7 @@ def test_cached_encoder_outputs_give_the_online_loss(teacher_dir, tmp_path):
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("distill_script_seq2seq", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_script("distill")
 
 
 def _write_data(root, rate_of=lambda i: 16000, text_header="text"):

@@ -68,12 +68,9 @@ def test_help_documents_every_option():
         assert flag in out, flag
     assert out.index("--target_sparsity") < out.index("--learning_rate"), "the method's options come before Trainer's"
     # Every one of the script's own options carries help text.
-    from importlib import util
+    from conftest import load_script
 
-    spec = util.spec_from_file_location("prune_script", SCRIPT)
-    mod = util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+    mod = load_script("prune")
     from dataclasses import fields
 
     from hfcompress.prune import PruningConfig

@@ -2,7 +2,6 @@
 (and vocabulary trimming, low rank) writes a model that `load_model` reloads with the accuracy the run recorded, the
 summary holds measured sizes, latencies and ratios, and bad input is one clear error before any work."""
 
-import importlib.util
 import json
 import os
 
@@ -10,17 +9,14 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import ROOT, save_tiny_assets
+from conftest import load_script, save_tiny_assets
 from hfcompress.errors import UserInputError
 from hfcompress.loading import checkpoint_format, load_model
 from hfcompress.report.measure import checkpoint_size_mb, evaluate_classifier
 
 
 def _main():
-    spec = importlib.util.spec_from_file_location("quantize_script", os.path.join(ROOT, "scripts", "quantize.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("quantize").main
 
 
 @pytest.fixture(scope="module")

@@ -9,17 +9,14 @@ import os
 import pytest
 import yaml
 
-from conftest import ROOT, save_tiny_assets, write_reviews_csv
+from conftest import ROOT, load_script, save_tiny_assets, write_reviews_csv
 from hfcompress.errors import UserInputError
 from hfcompress.loading import checkpoint_format, load_model
 from hfcompress.report.measure import evaluate_classifier
 
 
 def _main():
-    spec = importlib.util.spec_from_file_location("compress_script", os.path.join(ROOT, "scripts", "compress.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("compress").main
 
 
 @pytest.fixture(scope="module")

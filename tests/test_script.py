@@ -58,12 +58,9 @@ def test_help_documents_every_option():
                  "--hidden_weight", "--attention_weight", "--layer_map", "--config", "--output_dir"):
         assert flag in out, flag
     # Every one of the script's own options carries help text.
-    from importlib import util
+    from conftest import load_script
 
-    spec = util.spec_from_file_location("distill_script", SCRIPT)
-    mod = util.module_from_spec(spec)
-    sys.modules[spec.name] = mod
-    spec.loader.exec_module(mod)
+    mod = load_script("distill")
     from dataclasses import fields
 
     from hfcompress.distill.config import DistillationConfig

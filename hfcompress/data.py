@@ -442,6 +442,42 @@ def _prepare_splits(
     return _check_ids(out, src, kinds, label_column)
 
 
+def encode_labels(
+    splits: dict[str, Dataset], sources: dict[str, str], label_column: str, seed: int = 42,
+    validation_size: float = 0.1, test_size: float = 0.1,
+) -> DatasetDict:
+    """The label rules of `load_text_classification` for splits whose inputs are not text (audio): the label column
+    checked and encoded (class names -> a sorted `ClassLabel`, integer ids kept), rows without a label dropped with
+    one warning per split, and a missing validation/test split carved out of train (stratified, seeded)."""
+    kinds: dict[str, str] = {}
+    out = dict(splits)
+    for split, ds in out.items():
+        if label_column not in ds.column_names:
+            raise UserInputError(
+                f"label column {label_column!r} not found in split {split!r}; columns are {ds.column_names} (in "
+                f"{sources[split]}); expected --label_column to name one of them"
+            )
+        kind = _label_kind(ds.features[label_column])
+        if kind is None:
+            raise UserInputError(
+                f"label column {label_column!r} of split {split!r} ({sources[split]}) holds "
+                f"{_dtype(ds.features[label_column])} values; expected class names (strings) or integer class ids"
+            )
+        kinds[split] = kind
+        missing = _missing_mask(ds, label_column, kind)
+        if missing.all():
+            raise UserInputError(f"split {split!r} ({sources[split]}) has no labelled rows in column {label_column!r}")
+        if missing.any():
+            logger.warning("Dropped %d of %d rows of split %r (%s) with a missing label in column %r",
+                           int(missing.sum()), len(ds), split, sources[split], label_column)
+            out[split] = ds.select(np.flatnonzero(~missing))
+    if kinds["train"] in ("text", "classlabel", "bool"):
+        encoded = _encode_names(out, sources, kinds, label_column)
+    else:
+        encoded = _check_ids(out, sources, kinds, label_column)
+    return _ensure_splits(encoded, label_column, seed, validation_size, test_size)
+
+
 def _names_of(ds: Dataset, column: str, kind: str) -> list[str]:
     """A label column as class names (stripped strings; a ClassLabel's ids through its names)."""
     if kind == "classlabel":

@@ -2,7 +2,8 @@
 
 Their attentions share one layout, ``q_proj/k_proj/v_proj/out_proj`` with ``num_heads`` and ``head_dim``; Whisper
 reshapes keys and values with ``num_heads`` (slicing the projections alone is not enough), wav2vec2 and HuBERT with
-``-1``. Distillation of these families is not wired yet; structured pruning is.
+``-1``. All three distil (Whisper speech-to-text by its decoder, audio classifiers and CTC models by their logits
+and hidden states), prune with physical removal and quantize through the text models' mechanisms.
 """
 
 from .base import ArchAdapter, AttentionLayout, StackLayout, register_adapter
@@ -118,3 +119,54 @@ def transcript_ids(tokenizer, text: str) -> list[int]:
     """The target tokens of one transcript: Whisper writes text after the prompt with a leading space (`` Hello``,
     token ``ĠHello``), then ``<|endoftext|>``."""
     return [*tokenizer(" " + " ".join(str(text).split()), add_special_tokens=False).input_ids, tokenizer.eos_token_id]
+
+
+# ---- audio encoders as classifiers ------------------------------------------------------------------------------------
+
+SPEECH_MODEL_TYPES = ("whisper", "wav2vec2", "hubert")
+
+
+def is_speech_model(model_or_config) -> bool:
+    """True for the speech families hfcompress knows (Whisper, wav2vec2, HuBERT), whatever their head."""
+    config = getattr(model_or_config, "config", model_or_config)
+    return getattr(config, "model_type", None) in SPEECH_MODEL_TYPES
+
+
+def audio_window_seconds(model_or_config) -> float | None:
+    """The fixed audio window a model hears (Whisper: ``max_source_positions`` encoder positions, two mel frames of
+    10 ms each: 1500 -> 30 s), or None for models that read clips of any length (wav2vec2, HuBERT)."""
+    config = getattr(model_or_config, "config", model_or_config)
+    if getattr(config, "model_type", None) != "whisper":
+        return None
+    return config.max_source_positions * 2 / 100
+
+
+def fit_audio_window(model, feature_extractor, seconds: float):
+    """Shorten a Whisper encoder's fixed window to `seconds` (whole seconds, at most the current window), in place:
+    the first ``seconds * 50`` rows of its position table are kept, ``max_source_positions`` follows, and a feature
+    extractor with ``chunk_length = seconds`` is returned (it pads or cuts every clip to that window). The encoder's
+    cost falls with the window (attention quadratically): a keyword classifier needs 2 s, not 30. Saved and reloaded
+    like any checkpoint (the config carries the new size). Other models are returned unchanged."""
+    import torch.nn as nn
+
+    current = audio_window_seconds(model)
+    if current is None or seconds >= current:
+        return feature_extractor
+    if seconds != int(seconds) or seconds < 1:
+        from ..errors import UserInputError
+
+        raise UserInputError(f"audio window {seconds:g} s: expected a whole number of seconds from 1 to {current:g}")
+    positions = int(seconds) * 50
+    encoder = model.get_encoder() if hasattr(model, "get_encoder") else model.encoder
+    old = encoder.embed_positions
+    new = nn.Embedding(positions, old.embedding_dim)
+    new.weight.data.copy_(old.weight.data[:positions])
+    new.weight.requires_grad_(old.weight.requires_grad)
+    encoder.embed_positions = new
+    model.config.max_source_positions = positions
+    encoder.max_source_positions = positions
+    if hasattr(encoder, "config"):
+        encoder.config.max_source_positions = positions
+    fe = feature_extractor
+    return type(fe)(feature_size=fe.feature_size, sampling_rate=fe.sampling_rate, hop_length=fe.hop_length,
+                    chunk_length=int(seconds), n_fft=fe.n_fft, padding_value=fe.padding_value)

@@ -1,5 +1,5 @@
 """Knowledge distillation: logits, hidden states and attention maps; encoder-decoder speech models (Whisper) by
-their decoder logits."""
+their decoder logits; CTC models (wav2vec2, HuBERT) by their frame logits; audio classifiers as text classifiers."""
 
 from .arguments import DistillationArguments
 from .cache import (
@@ -10,9 +10,14 @@ from .cache import (
 )
 from .callback import DistillationCallback
 from .checks import check_teacher_head, teacher_needs_own_inputs, untrained_parameters
-from .collator import DistillationDataCollator, SpeechSeq2SeqDistillationCollator
+from .collator import (
+    AudioDistillationCollator,
+    CTCDistillationCollator,
+    DistillationDataCollator,
+    SpeechSeq2SeqDistillationCollator,
+)
 from .config import DistillationConfig, parse_layer_map, uniform_layer_map
-from .loss import DistillationLoss, TeacherOutputs, check_label_compatibility
+from .loss import DistillationLoss, TeacherOutputs, check_label_compatibility, is_ctc
 from .student import init_seq2seq_student, init_student_from_teacher
 from .trainer import DistillationTrainer
 
@@ -20,6 +25,8 @@ __all__ = [
     "DistillationArguments",
     "DistillationCallback",
     "DistillationConfig",
+    "AudioDistillationCollator",
+    "CTCDistillationCollator",
     "DistillationDataCollator",
     "DistillationLoss",
     "DistillationTrainer",
@@ -30,6 +37,7 @@ __all__ = [
     "compute_encoder_outputs",
     "compute_teacher_outputs",
     "init_seq2seq_student",
+    "is_ctc",
     "init_student_from_teacher",
     "load_or_compute_encoder_cache",
     "load_or_compute_teacher_cache",

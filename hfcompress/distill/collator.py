@@ -55,6 +55,37 @@ class DistillationDataCollator:
         return batch
 
 
+@dataclass
+class AudioDistillationCollator:
+    """Batches for audio classifiers (Whisper encoder, wav2vec2, HuBERT): each row's raw 16 kHz samples (column
+    ``audio``, a list of floats) become the feature extractor's model inputs in the collator — log-mel
+    ``input_features`` over the model's fixed window for Whisper, ``input_values`` padded to the longest clip (and an
+    ``attention_mask`` where the extractor makes one) for wav2vec2/HuBERT — so no feature matrices are stored in the
+    dataset; integer ``labels`` become a tensor. The student and the teacher read the same inputs."""
+
+    feature_extractor: object
+    sampling_rate: int = 16000
+    dataset_columns = ("audio",)  # kept by the Trainer although no model takes it: the collator reads it
+
+    def model_inputs(self, audios) -> dict:
+        fe = self.feature_extractor
+        clips = [np.asarray(a, dtype=np.float32) for a in audios]
+        kwargs = {"sampling_rate": self.sampling_rate, "return_tensors": "pt"}
+        if "input_values" in getattr(fe, "model_input_names", ()):
+            kwargs["padding"] = True
+            kwargs["return_attention_mask"] = bool(getattr(fe, "return_attention_mask", False))
+        return dict(fe(clips, **kwargs))
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.model_inputs([f["audio"] for f in features])
+        key = "labels" if "labels" in features[0] else "label" if "label" in features[0] else None
+        if key is not None:
+            batch["labels"] = torch.as_tensor([int(f[key]) for f in features], dtype=torch.long)
+        if CACHED_LOGITS in features[0]:
+            batch[CACHED_LOGITS] = torch.as_tensor([f[CACHED_LOGITS] for f in features], dtype=torch.float32)
+        return batch
+
+
 def _pad_stack(rows: list[np.ndarray], length: int) -> torch.Tensor:
     """Rows `[L, T_i, D]` -> one zero-padded float16 tensor `[B, L, length, D]`."""
     first = rows[0]
@@ -115,4 +146,63 @@ class SpeechSeq2SeqDistillationCollator:
             batch["input_features"] = self.input_features([f[self.audio_column] for f in features])
         if features and "labels" in features[0]:
             batch["decoder_input_ids"], batch["labels"] = self.decoder_tensors([f["labels"] for f in features])
+        return batch
+
+
+@dataclass
+class CTCDistillationCollator:
+    """Batches for distilling a CTC speech model (wav2vec2 / HuBERT ``...ForCTC``), from rows of raw audio and
+    character ids.
+
+    * Inputs: `input_values` computed from each row's `audio_column` (float samples at `sampling_rate`, or a
+      ``{"array", "sampling_rate"}`` dict as the `datasets` Audio feature gives) by `feature_extractor`
+      (`Wav2Vec2FeatureExtractor`: normalised, zero-padded to the longest clip of the batch), with the
+      `attention_mask` when the extractor makes one (``return_attention_mask``; models with group-normalised
+      feature encoders read padded audio without one). Student and teacher read the same inputs.
+    * Targets: a row's `labels` (its transcript's character ids, from the CTC tokenizer) padded with -100. They are
+      not aligned with the frames: `DistillationLoss` counts the characters as items and the frames through the
+      `attention_mask`.
+    """
+
+    feature_extractor: object
+    audio_column: str = "audio"
+    sampling_rate: int = 16000
+
+    @property
+    def dataset_columns(self) -> tuple[str, ...]:
+        """The dataset columns this collator reads (a Trainer must not drop them as unused)."""
+        return (self.audio_column, "labels")
+
+    def _samples(self, audio, row: int) -> np.ndarray:
+        if isinstance(audio, dict):
+            rate = audio.get("sampling_rate", self.sampling_rate)
+            if rate != self.sampling_rate:
+                from ..errors import UserInputError
+
+                raise UserInputError(f"row {row}: audio is sampled at {rate} Hz but {self.sampling_rate} Hz is expected")
+            audio = audio["array"]
+        return np.asarray(audio, dtype=np.float32)
+
+    def model_inputs(self, audios) -> dict:
+        """`input_values` (and `attention_mask` where the feature extractor makes one) of a batch of clips."""
+        clips = [self._samples(a, i) for i, a in enumerate(audios)]
+        out = self.feature_extractor(clips, sampling_rate=self.sampling_rate, padding="longest", return_tensors="pt")
+        batch = {"input_values": out["input_values"]}
+        if out.get("attention_mask") is not None:
+            batch["attention_mask"] = out["attention_mask"]
+        return batch
+
+    @staticmethod
+    def pad_labels(targets: list) -> torch.Tensor:
+        """Character-id lists -> `[B, longest]`, -100 after each row's end."""
+        labels = torch.full((len(targets), max(1, max(len(t) for t in targets))), -100, dtype=torch.long)
+        for i, t in enumerate(targets):
+            if len(t):
+                labels[i, : len(t)] = torch.as_tensor([int(x) for x in t], dtype=torch.long)
+        return labels
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.model_inputs([f[self.audio_column] for f in features])
+        if features and "labels" in features[0]:
+            batch["labels"] = self.pad_labels([f["labels"] for f in features])
         return batch

@@ -24,6 +24,7 @@ from .checks import check_teacher_head, teacher_needs_own_inputs
 from .config import DistillationConfig, LayerMap, resolve_layer_map
 from .losses import (
     attention_kl_per_example,
+    ctc_loss_sum,
     hard_label_loss_sum,
     hidden_state_loss_per_example,
     item_mask,
@@ -59,13 +60,55 @@ def _default_label_names(config) -> bool:
 
 
 def is_seq2seq(config) -> bool:
-    """An encoder-decoder model (Whisper): its logits are `[batch, target tokens, vocabulary]`."""
+    """An encoder-decoder model (Whisper): its logits are `[batch, target tokens, vocabulary]`. A classifier on the
+    encoder alone (`WhisperForAudioClassification`, whose config is still an encoder-decoder's) is not."""
+    archs = getattr(config, "architectures", None) or []
+    if any(a.endswith(("ForAudioClassification", "ForSequenceClassification")) for a in archs):
+        return False
     return bool(getattr(config, "is_encoder_decoder", False))
 
 
-def check_label_compatibility(student_config, teacher_config) -> None:
+def is_ctc(model_or_config) -> bool:
+    """A CTC speech model (wav2vec2 / HuBERT ``...ForCTC``): its logits are `[batch, frames, vocabulary]` and its labels
+    character ids not aligned with the frames. Told by a model's class, or by a config's ``architectures`` (which
+    `save_pretrained` writes, so a loaded model's config knows; a config built in memory does not)."""
+    if isinstance(model_or_config, nn.Module):
+        return type(model_or_config).__name__.endswith("ForCTC")
+    return any(str(a).endswith("ForCTC") for a in getattr(model_or_config, "architectures", None) or ())
+
+
+def feat_extract_output_lengths(config, sample_lengths: torch.Tensor) -> torch.Tensor:
+    """Frames a CTC model's convolutional feature encoder makes of `sample_lengths` audio samples: the model class's
+    own `_get_feat_extract_output_lengths` (it reads only the config), found from the config's class."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CTC_MAPPING
+
+    try:
+        cls = MODEL_FOR_CTC_MAPPING[type(config)]
+    except KeyError:
+        raise UserInputError(
+            f"CTC distillation: {type(config).__name__} (model_type {getattr(config, 'model_type', None)!r}) has no "
+            "CTC model class in transformers, so its frame count cannot be derived from the attention mask"
+        ) from None
+    proxy = type("_ConfigOnly", (), {"config": config})()
+    return cls._get_feat_extract_output_lengths(proxy, sample_lengths)
+
+
+def check_label_compatibility(student_config, teacher_config, ctc: bool | None = None) -> None:
     """Teacher and student must predict the same classes, in the same order (encoder-decoder models: the same
-    vocabulary, whose next-token distributions are compared)."""
+    vocabulary, whose next-token distributions are compared; CTC models (`ctc`, by default told from the configs'
+    ``architectures``): the same characters and the same blank, whose per-frame distributions are compared)."""
+    if ctc is None:
+        ctc = is_ctc(student_config) or is_ctc(teacher_config)
+    if ctc:
+        for key, what in (("vocab_size", "characters"), ("pad_token_id", "blank id")):
+            s, t = getattr(student_config, key, None), getattr(teacher_config, key, None)
+            if s != t:
+                raise UserInputError(
+                    f"student vocabulary: {key} is {s} but the teacher's is {t}; CTC distillation compares the two "
+                    f"models' per-frame distributions over one vocabulary, so the student must use the teacher's "
+                    f"{what} (use the teacher's tokenizer, e.g. a student made by init_student_from_teacher)"
+                )
+        return
     if is_seq2seq(student_config) or is_seq2seq(teacher_config):
         if is_seq2seq(student_config) != is_seq2seq(teacher_config):
             raise ValueError(
@@ -113,6 +156,23 @@ class DistillationLoss(nn.Module):
     item is a target token (label other than -100), so the loss is ``alpha * T^2 * KL + (1 - alpha) * CE`` summed
     over target tokens and divided by the target tokens of the whole batch. Both must share the vocabulary and, when
     the tokenizers are given, the tokenizer (else a `UserInputError`); the intermediate terms are refused.
+
+    CTC models (wav2vec2 / HuBERT ``...ForCTC`` teacher and student, see `is_ctc`): the logits are `[batch, frames,
+    vocabulary]` and the labels character ids `[batch, characters]` (-100 on padding), not aligned with the frames.
+    The real frames of each example come from the batch's sample-level `attention_mask` through the model's
+    convolutional output lengths (all frames without one). The KD term is ``T^2 * KL(teacher || student)`` summed over
+    real frames; the task term is the student's CTC loss (`torch.nn.functional.ctc_loss`, blank = `pad_token_id`,
+    the config's `ctc_zero_infinity`) summed over examples; evaluation without a teacher gives the CTC loss alone.
+    Normalisation: an item is a *label character*, the count the Trainer already makes (labels other than -100) over
+    the whole accumulated, all-process batch as `num_items_in_batch`; both sums are divided by it. That is the only
+    count known for the whole accumulated batch before its first micro-batch runs (a frame count would need every
+    micro-batch's audio first), so the loss and its gradients are those of one large batch, exactly. The CTC term is
+    thus the per-character CTC loss of the whole batch (`ctc_loss_reduction` 'mean' and 'sum' give the same result:
+    a per-batch mean of per-example means is not exact under accumulation); the KD term is the per-frame KL times the
+    batch's frames per character (a constant of the data, about 3 for speech at 50 frames a second), which `alpha`
+    balances. The intermediate terms compare hidden states (attention maps, relations) over the real frames, each
+    example weighted by its characters. The student must use the teacher's vocabulary and blank (else a
+    `UserInputError`).
     """
 
     def __init__(
@@ -141,7 +201,9 @@ class DistillationLoss(nn.Module):
         self.student_config = student_config
         self.teacher_config = teacher_config
         self.cached_hidden_layers = list(cached_hidden_layers or [])
-        check_label_compatibility(student_config, teacher_config)
+        # CTC (wav2vec2 / HuBERT ...ForCTC): told by the teacher model's class, or by either config's architectures.
+        self.ctc = (teacher is not None and is_ctc(teacher)) or is_ctc(teacher_config) or is_ctc(student_config)
+        check_label_compatibility(student_config, teacher_config, ctc=self.ctc)
         self.seq2seq = is_seq2seq(teacher_config)
         if self.seq2seq and self.config.uses_intermediate:
             raise ValueError(
@@ -179,10 +241,25 @@ class DistillationLoss(nn.Module):
                 "distillation compares the two decoders' next-token distributions token by token, so the student "
                 "must use the teacher's tokenizer (vocabulary and special tokens)"
             )
+        if self.ctc:
+            self._check_ctc()
         self.drop_unused_inputs = False
         self._init_relations_and_stages(cached_relation_layers)
 
     # ---- configuration -------------------------------------------------------------------------------------
+    def _check_ctc(self) -> None:
+        """CTC: one vocabulary (the tokenizers, when given, map characters to the same ids) and a CTC loss reduction
+        this class can normalise (see the class docstring)."""
+        if self.teacher_needs_own_inputs:
+            raise UserInputError(
+                "student tokenizer: it maps characters to other ids than the teacher's; CTC distillation compares the "
+                "two models' per-frame distributions over one vocabulary, so the student must use the teacher's "
+                "tokenizer (the same characters at the same ids, the same blank)"
+            )
+        reduction = getattr(self.student_config, "ctc_loss_reduction", "sum")
+        if reduction not in ("sum", "mean"):
+            raise UserInputError(f"student config: ctc_loss_reduction={reduction!r}; expected 'sum' or 'mean'")
+
     def _resolve_layer_map(self) -> LayerMap:
         if not (self.config.uses_hidden or self.config.uses_attention):
             return []
@@ -298,7 +375,19 @@ class DistillationLoss(nn.Module):
 
     def prepare_student(self, student: nn.Module) -> None:
         """Switch the student to eager attention if attention maps are distilled (sdpa returns none), and hook its
-        query/key/value projections if relations are distilled (recorded only in armed training forwards)."""
+        query/key/value projections if relations are distilled (recorded only in armed training forwards). A CTC
+        teacher needs a CTC student (and a CTC student, whose config did not say so, a CTC teacher)."""
+        if is_ctc(student) != self.ctc:
+            if self.ctc:
+                raise UserInputError(
+                    f"student: {type(student).__name__} is not a CTC model but the teacher is; CTC distillation "
+                    "compares per-frame character distributions, so the student must be a ...ForCTC model too"
+                )
+            raise UserInputError(
+                f"student: {type(student).__name__} is a CTC model but the teacher "
+                f"({type(self.teacher).__name__ if self.teacher is not None else 'given by its config'}) is not "
+                "known as one; pass a ...ForCTC teacher (or a teacher_config whose architectures name one)"
+            )
         if self.config.uses_attention:
             _use_eager_attention(student)
         if self.config.uses_relation:
@@ -369,9 +458,44 @@ class DistillationLoss(nn.Module):
         return out
 
     # ---- the loss ------------------------------------------------------------------------------------------
-    def task_loss(self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None) -> torch.Tensor:
+    def task_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch=None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The student's own loss (cross-entropy; CTC for a CTC model, whose real frames `attention_mask` gives), summed
+        over items and divided by `num_items_in_batch` (default: this batch's labelled items)."""
         mask = item_mask(logits, labels)
-        return hard_label_loss_sum(logits, labels, mask) / self._denominator(mask, num_items_in_batch, logits)
+        if self.ctc:
+            total = self.ctc_task_loss_sum(logits, labels, self.ctc_frames(logits, attention_mask)[0])
+        else:
+            total = hard_label_loss_sum(logits, labels, mask)
+        return total / self._denominator(mask, num_items_in_batch, logits)
+
+    def ctc_frames(
+        self, logits: torch.Tensor, attention_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """CTC models: `(frames [B], mask [B, F])` of the real (not padded) frames of logits `[B, F, V]`, from the
+        batch's sample-level `attention_mask` through the convolutional feature encoder's output lengths; every frame
+        when there is no attention mask (a model that reads zero-padded audio without one), and `attention_mask`
+        itself when it is already per frame."""
+        batch, frames = logits.shape[:2]
+        if attention_mask is None:
+            lengths = torch.full((batch,), frames, dtype=torch.long, device=logits.device)
+        elif attention_mask.shape[-1] == frames:
+            lengths = attention_mask.to(logits.device).sum(-1)
+        else:
+            lengths = feat_extract_output_lengths(self.student_config, attention_mask.to(logits.device).sum(-1))
+        lengths = lengths.to(torch.long).clamp(0, frames)
+        return lengths, torch.arange(frames, device=logits.device)[None, :] < lengths[:, None]
+
+    def ctc_task_loss_sum(
+        self, logits: torch.Tensor, labels: torch.Tensor, frame_lengths: torch.Tensor
+    ) -> torch.Tensor:
+        """The student's CTC loss summed over examples, with its config's blank (`pad_token_id`) and
+        `ctc_zero_infinity` (the model's own loss is a per-batch mean, wrong under gradient accumulation)."""
+        sc = self.student_config
+        return ctc_loss_sum(logits, labels, frame_lengths, blank=int(sc.pad_token_id),
+                            zero_infinity=bool(getattr(sc, "ctc_zero_infinity", False)))
 
     @staticmethod
     def _denominator(mask, num_items_in_batch, ref: torch.Tensor) -> torch.Tensor:
@@ -407,13 +531,21 @@ class DistillationLoss(nn.Module):
             captured = self._student_capture.pop()
             self._student_capture.enabled = False
         logits = student_outputs.logits if hasattr(student_outputs, "logits") else student_outputs["logits"]
+        task_part = "loss_ctc" if self.ctc else "loss_ce"
         if teacher_outputs is None:  # evaluation (or no teacher seen): the student's task loss
             if labels is None:
                 raise ValueError("DistillationLoss got neither teacher outputs nor labels")
-            loss = self.task_loss(logits, labels, num_items_in_batch)
-            return (loss, {"loss_ce": loss.detach()}) if return_parts else loss
+            loss = self.task_loss(logits, labels, num_items_in_batch, attention_mask)
+            return (loss, {task_part: loss.detach()}) if return_parts else loss
         cfg = self.config
         mask = item_mask(logits, labels)
+        kd_mask = mask
+        if self.ctc:
+            # Items are label characters (what the Trainer counts); the per-frame terms are summed over real frames.
+            frame_lengths, kd_mask = self.ctc_frames(logits, attention_mask)
+            attention_mask = kd_mask  # the intermediate terms compare frames too
+            if labels is None:
+                mask = kd_mask
         denom = self._denominator(mask, num_items_in_batch, logits)
         # Per-example weight = its number of items, so per-example terms (hidden, attention) are normalised like
         # the per-item ones and stay exact under accumulation and across processes.
@@ -422,10 +554,15 @@ class DistillationLoss(nn.Module):
         total = logits.new_zeros((), dtype=torch.float32)
         pred, inter = self._stage_terms()
         if pred and labels is not None and cfg.alpha < 1:
-            parts["loss_ce"] = hard_label_loss_sum(logits, labels, mask)
-            total = total + (1 - cfg.alpha) * parts["loss_ce"]
+            if self.ctc:
+                parts[task_part] = self.ctc_task_loss_sum(logits, labels, frame_lengths)
+            else:
+                parts[task_part] = hard_label_loss_sum(logits, labels, mask)
+            total = total + (1 - cfg.alpha) * parts[task_part]
         if pred and cfg.alpha > 0 and cfg.logit_weight > 0:
-            parts["loss_kd"] = logit_kd_loss_sum(logits, teacher_outputs.logits.to(logits.device), mask, cfg.temperature)
+            parts["loss_kd"] = logit_kd_loss_sum(
+                logits, teacher_outputs.logits.to(logits.device), kd_mask, cfg.temperature
+            )
             total = total + cfg.logit_weight * cfg.alpha * parts["loss_kd"]
         if inter and cfg.uses_intermediate:
             if attention_mask is None:
@@ -542,7 +679,8 @@ class DistillationLoss(nn.Module):
             if not module.training:
                 for k in [k for k in kwargs if k.startswith(TEACHER_PREFIX)]:
                     kwargs.pop(k)
-                self._stash = None
+                # No teacher outputs (the task loss follows); a CTC loss still needs the batch's real frames.
+                self._stash = (None, kwargs.get("attention_mask")) if self.ctc else None
                 return args, kwargs
             self.check_teacher_inputs(kwargs)
             teacher_out = self.teacher_outputs(kwargs)

@@ -3,7 +3,8 @@
 Each returns a *sum over items* (never a mean): the caller divides by the number of labelled items of the whole
 accumulated, all-process batch (`num_items_in_batch`), which is what makes gradient accumulation and multi-process
 training give the same gradients as one large batch. An "item" is a labelled position: one per example for
-sequence classification, one per label token for token-level tasks.
+sequence classification, one per label token for token-level tasks, one per label character for CTC (whose per-frame
+terms are summed over real frames and divided by the same count: see `DistillationLoss`).
 """
 
 from __future__ import annotations
@@ -132,3 +133,20 @@ def qkv_relation_kl_per_example(
     mask = token_mask.repeat(3, 1) if token_mask.dim() == 2 else token_mask
     per = relation_kl_per_example(torch.cat(list(student_qkv)), torch.cat(list(teacher_qkv)), mask, num_heads)
     return per.view(3, b).sum(0)
+
+
+def ctc_loss_sum(
+    logits: torch.Tensor, labels: torch.Tensor, frame_lengths: torch.Tensor, blank: int, zero_infinity: bool = False
+) -> torch.Tensor:
+    """CTC loss of frame logits `[B, F, V]` against character targets `labels` `[B, U]` (not aligned with the frames;
+    -100, and the blank, mark padding), summed over examples: each example's negative log-likelihood of its whole
+    transcript, not divided by its length. `frame_lengths` `[B]`: the real frames of each example. Computed in float32
+    (as the models' own loss does), without cuDNN (whose CTC kernel takes other argument layouts)."""
+    labels = labels.to(logits.device)
+    keep = labels.ne(-100) & labels.ne(blank)
+    log_probs = F.log_softmax(logits.float(), dim=-1).transpose(0, 1)  # [F, B, V]
+    with torch.backends.cudnn.flags(enabled=False):
+        return F.ctc_loss(
+            log_probs, labels.masked_select(keep), frame_lengths.to(device=logits.device, dtype=torch.long),
+            keep.sum(-1), blank=blank, reduction="sum", zero_infinity=zero_infinity,
+        )

@@ -126,10 +126,24 @@ class ScriptTrainingDefaults:
 
 @dataclass
 class SpeechArguments:
-    """Options of sequence-to-sequence speech distillation (a Whisper teacher): the mode is chosen from the teacher's
-    config, and these options are read only then."""
+    """Options of speech runs: transcription (a Whisper teacher, sequence-to-sequence) and audio classification (a
+    Whisper, wav2vec2 or HuBERT teacher on labelled audio). The mode is chosen from the teacher and the data, and these
+    options are read only then."""
 
-    _argument_group_name = "Speech (sequence-to-sequence, chosen when the teacher is Whisper)"
+    _argument_group_name = "Speech (chosen when the teacher is Whisper, wav2vec2 or HuBERT)"
+
+    speech_task: str = field(
+        default="auto",
+        metadata={"help": "'transcription' (Whisper, sequence-to-sequence), 'audio-classification' (labels from "
+                  "--label_column, e.g. keywords), or 'auto': audio classification for the keyword set "
+                  "('--dataset speech-keywords', the default then) or an audio-classifier teacher, transcription for "
+                  "a Whisper teacher otherwise."},
+    )
+    audio_window_seconds: float = field(
+        default=0,
+        metadata={"help": "Audio classification with a Whisper encoder: the window it hears, in whole seconds (its "
+                  "position table is cut to it; cost falls with it). 0: the longest clip of the data, rounded up."},
+    )
 
     audio_column: str = field(
         default="audio",
@@ -182,6 +196,11 @@ class SpeechArguments:
     def __post_init__(self):
         from ..errors import UserInputError
 
+        if self.speech_task not in ("auto", "transcription", "audio-classification"):
+            raise UserInputError(f"--speech_task {self.speech_task!r}: expected 'auto', 'transcription' or "
+                                 "'audio-classification'")
+        if self.audio_window_seconds < 0:
+            raise UserInputError(f"--audio_window_seconds must be 0 (automatic) or more, got {self.audio_window_seconds}")
         for name in ("student_num_decoder_layers", "generation_max_new_tokens", "synth_num_voices",
                      "synth_per_voice", "measure_clips"):
             if getattr(self, name) < 1:

@@ -44,10 +44,15 @@ def run_distillation(
     pushed to the Hub if `args` asks (`--push_to_hub`), or written as a dry run if `push` (`hub.PushArguments`) does; without it (benchmarks), none of that.
 
     A Whisper teacher makes it a sequence-to-sequence run (`run/speech.py`, options in `speech`, a `SpeechArguments`):
-    same trainer and loss, on the decoder's logits, evaluated by generation (WER).
+    same trainer and loss, on the decoder's logits, evaluated by generation (WER). A speech teacher on labelled audio
+    (the keyword set, or `--speech_task audio-classification`) makes it an audio-classification run (`run/audio.py`).
     """
+    from .audio import audio_classification_run, run_audio_classification
     from .speech import run_speech_distillation, speech_teacher
 
+    if audio_classification_run(model_args, data_args, speech):
+        return run_audio_classification(model_args, data_args, args, speech, callbacks=callbacks, task=task,
+                                        methods=methods, report=report, push=push)
     if speech_teacher(model_args):
         return run_speech_distillation(model_args, data_args, args, speech, callbacks=callbacks, task=task,
                                        methods=methods, report=report, push=push)

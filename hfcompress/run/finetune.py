@@ -70,7 +70,7 @@ class FinetuneConfig:
             raise ValueError(f"truncation_side must be 'right' or 'left', got {self.truncation_side!r}")
 
 
-def has_task_head(model_name_or_path: str) -> bool:
+def has_task_head(model_name_or_path: str, auto_class=None) -> bool:
     """True if the checkpoint carries trained sequence-classification weights (none are newly initialised).
 
     The head is judged as saved, with its own label count: a head for other labels is still a head, and is
@@ -82,7 +82,7 @@ def has_task_head(model_name_or_path: str) -> bool:
     level = transformers.logging.get_verbosity()
     transformers.logging.set_verbosity_error()  # a probe: the loading report is printed when the model is really used
     try:
-        _, info = AutoModelForSequenceClassification.from_pretrained(path, output_loading_info=True)
+        _, info = (auto_class or AutoModelForSequenceClassification).from_pretrained(path, output_loading_info=True)
     finally:
         transformers.logging.set_verbosity(level)
     return not info["missing_keys"]
@@ -128,14 +128,9 @@ def finetune_classifier(
     # A model passed in is cacheable when it says how it was built (a student cut from `path`'s blocks).
     layers = getattr(model.config, "hfcompress_student_layers", None) if model is not None else None
     key = _cache_key(path, dataset, cfg, text_column, label_column, layers) if model is None or layers else None
-    summary_path = os.path.join(output_dir, FINETUNE_SUMMARY)
-    if key and os.path.exists(summary_path):
-        with open(summary_path) as fh:
-            summary = json.load(fh)
-        if summary.get("cache_key") == key:
-            logger.info("Reusing the fine-tuned %s cached in %s (key %s)", model_name_or_path, output_dir, key)
-            summary["reused"] = True
-            return summary
+    cached = cached_finetune(output_dir, key, model_name_or_path)
+    if cached is not None:
+        return cached
     logger.info("Fine-tuning %s for %s epochs (result cached in %s)", model_name_or_path, cfg.num_train_epochs, output_dir)
     names = label_names(dataset, label_column)
     n = num_labels(dataset, label_column)
@@ -147,6 +142,30 @@ def finetune_classifier(
     tokenized = tokenize(dataset, tokenizer, text_column, cfg.max_length, truncation_side=cfg.truncation_side)
     if label_column != "labels":
         tokenized = tokenized.rename_column(label_column, "labels")
+    return train_and_save(model, tokenizer, tokenized, DataCollatorWithPadding(tokenizer), cfg, output_dir,
+                          {"model": model_name_or_path, "cache_key": key}, report_split, callbacks)
+
+
+def cached_finetune(output_dir: str, key: str | None, name: str) -> dict | None:
+    """The summary of a fine-tune already in `output_dir` under the same `key` (marked ``reused``), else None."""
+    summary_path = os.path.join(output_dir, FINETUNE_SUMMARY)
+    if not key or not os.path.exists(summary_path):
+        return None
+    with open(summary_path) as fh:
+        summary = json.load(fh)
+    if summary.get("cache_key") != key:
+        return None
+    logger.info("Reusing the fine-tuned %s cached in %s (key %s)", name, output_dir, key)
+    summary["reused"] = True
+    return summary
+
+
+def train_and_save(model, processing_class, data: DatasetDict, collator, cfg: FinetuneConfig, output_dir: str,
+                   summary: dict, report_split: str = "validation", callbacks: list | None = None,
+                   keep_columns: bool = False) -> dict:
+    """Train `model` on ``data["train"]`` with a plain `Trainer` (labels in ``labels``), evaluate on `report_split`,
+    save it with `processing_class` into `output_dir` and write `finetune_summary.json` (`summary` plus what the run
+    measured). `keep_columns`: pass every column to `collator` (one that featurizes raw audio itself)."""
     args = TrainingArguments(
         output_dir=os.path.join(output_dir, "trainer"),
         num_train_epochs=cfg.num_train_epochs,
@@ -167,14 +186,15 @@ def finetune_classifier(
         bf16=cfg.bf16,
         # transformers accepts bf16 without a GPU only when told the run is on the CPU.
         use_cpu=cfg.bf16 and not torch.cuda.is_available(),
+        remove_unused_columns=not keep_columns,
     )
     trainer = Trainer(
         model=model,
         args=args,
-        train_dataset=tokenized["train"],
-        eval_dataset=tokenized[report_split] if report_split in tokenized else None,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer,
+        train_dataset=data["train"],
+        eval_dataset=data[report_split] if report_split in data else None,
+        data_collator=collator,
+        processing_class=processing_class,
         compute_metrics=compute_classification_metrics,
         callbacks=callbacks,
     )
@@ -182,8 +202,7 @@ def finetune_classifier(
     metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
     trainer.save_model(output_dir)
     summary = {
-        "model": model_name_or_path,
-        "cache_key": key,
+        **summary,
         "config": asdict(cfg),
         "train_runtime_s": train_out.metrics.get("train_runtime"),
         "train_loss": train_out.training_loss,
@@ -191,7 +210,7 @@ def finetune_classifier(
         "reused": False,
     }
     if trainer.is_world_process_zero():
-        with open(summary_path, "w") as fh:
+        with open(os.path.join(output_dir, FINETUNE_SUMMARY), "w") as fh:
             json.dump(summary, fh, indent=2)
     del trainer
     if torch.cuda.is_available():

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 class RunMethod:
     name: str = "method"
+    # The transformers auto class of the run's models (the run sets it: audio classifiers are not sequence
+    # classifiers); None = the text classifiers' AutoModelForSequenceClassification.
+    auto_class = None
 
     def callback(self):
         """The `TrainerCallback` added to the run's trainer (or None)."""

@@ -74,7 +74,7 @@ class PruningMethod(RunMethod):
         source = model_args.student_model or model_args.teacher_model
         cfg = AutoConfig.from_pretrained(resolve_model_path(source))
         with torch.device("meta"):
-            probe = AutoModelForSequenceClassification.from_config(cfg)
+            probe = (self.auto_class or AutoModelForSequenceClassification).from_config(cfg)
         if self.config.structured:
             # heads/neurons per block, targets that leave a block (or the model) empty, a parameter budget that
             # cannot be met; a latency budget is measured on the real weights at train begin
@@ -128,8 +128,8 @@ class PruningMethod(RunMethod):
         }
 
 
-def run_pruning(model_args, data_args, args, task: str = "prune", report=None, push=None):
+def run_pruning(model_args, data_args, args, task: str = "prune", report=None, push=None, speech=None):
     """Prune (and distil) as `scripts/prune.py` does; returns the `RunRecord` (written to
-    `<output_dir>/prune_summary.json`)."""
+    `<output_dir>/prune_summary.json`). `speech` (`SpeechArguments`): the audio options of an audio classifier."""
     return run_distillation(model_args, data_args, args, methods=[PruningMethod(args.pruning_config())], task=task,
-                            report=report, push=push)
+                            report=report, push=push, speech=speech)

@@ -92,10 +92,10 @@ def _distill(model_args, data_args, args, lora_args, report, push, speech):
                             speech=speech)
 
 
-def _prune(model_args, data_args, args, report, push):
+def _prune(model_args, data_args, args, report, push, speech=None):
     from .prune import run_pruning
 
-    return run_pruning(model_args, data_args, args, report=report, push=push)
+    return run_pruning(model_args, data_args, args, report=report, push=push, speech=speech)
 
 
 def _lowrank(model_args, data_args, args, report, push):
@@ -137,7 +137,7 @@ def script(name: str) -> Script:
                              PushArguments, SpeechArguments), _distill, True)
     if name == "prune":
         return Script(name, (PruneModelArguments, DataArguments, PruneScriptArguments, ReportArguments,
-                             PushArguments), _prune, True)
+                             PushArguments, SpeechArguments), _prune, True)
     if name == "lowrank":
         return Script(name, (LowRankModelArguments, DataArguments, LowRankScriptArguments, ReportArguments,
                              PushArguments), _lowrank, True)

@@ -1,0 +1,343 @@
+"""Audio classification (keyword spotting, ...) through the text classifiers' run: the mode `run_distillation` (and
+so `scripts/distill.py` and `scripts/prune.py`) chooses for a speech teacher on labelled audio. Same trainer, loss,
+student initialisation and compression methods (pruning with physical removal) as for text; what differs is here:
+audio data, the feature extractor in place of the tokenizer (raw samples become features in the collator), and a
+teacher with an audio-classification head, fine-tuned once (cached) from a checkpoint that has none.
+
+    teacher = WhisperForAudioClassification on tiny.en's encoder (or a wav2vec2/HuBERT classifier), fine-tuned
+    student = blocks of the teacher's encoder (--student_layers / --student_num_layers), or --student_model
+    loss    = the text classifiers' loss: alpha * T^2 * KL on logits + (1 - alpha) * CE [+ hidden states]
+
+A Whisper encoder hears a fixed window (30 s, padded). Keywords last a second or two, so the classifier is given a
+shorter window (`--audio_window_seconds`, by default the longest clip of the data rounded up to whole seconds): the
+first rows of the encoder's position table are kept (`arch.speech.fit_audio_window`), and the encoder's cost falls
+with the window (attention quadratically).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+
+import numpy as np
+import torch
+from accelerate import PartialState
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification, set_seed
+
+from ..arch import get_adapter
+from ..arch.speech import audio_window_seconds, fit_audio_window, is_speech_model, is_speech_seq2seq
+from ..assets import resolve_model_path
+from ..data import label_names, num_labels
+from ..distill import AudioDistillationCollator, DistillationTrainer, init_student_from_teacher
+from ..distill.student import check_layer_indices
+from ..errors import UserInputError
+from ..metrics import compute_classification_metrics
+from ..report.measure import count_parameters
+from ..report.record import RunRecord
+from ..speech.dataset import KEYWORDS_NAME, load_audio_classification_dataset
+from ..speech.synth import TARGET_RATE
+from . import steps
+from .arguments import DataArguments, ModelArguments, SpeechArguments
+from .data import check_teacher_labels
+from .finetune import FinetuneConfig, _cache_key, cached_finetune, has_task_head, train_and_save
+from .report import hub_settings_of, publish
+
+logger = logging.getLogger(__name__)
+
+TEXT_DEFAULT_DATASET = "rotten-tomatoes"
+_CLASSIFIER_SUFFIXES = ("ForAudioClassification", "ForSequenceClassification")
+
+
+def _config(name: str):
+    try:
+        return AutoConfig.from_pretrained(resolve_model_path(name))
+    except Exception:  # not a local model nor a reachable Hub id: the text path reports it
+        return None
+
+
+def is_audio_classifier(config) -> bool:
+    return any(a.endswith(_CLASSIFIER_SUFFIXES) for a in (getattr(config, "architectures", None) or []))
+
+
+def audio_classification_run(model_args: ModelArguments, data_args: DataArguments,
+                             speech: SpeechArguments | None) -> bool:
+    """True if this run classifies audio: a speech teacher (Whisper, wav2vec2, HuBERT) and ``--speech_task
+    audio-classification``, or (``auto``) the keyword set as data or an audio classifier as teacher."""
+    task = getattr(speech, "speech_task", "auto") if speech is not None else "auto"
+    config = _config(model_args.teacher_model)
+    if config is None or not is_speech_model(config):
+        if task == "audio-classification":
+            raise UserInputError(f"--speech_task audio-classification needs a speech teacher (Whisper, wav2vec2, "
+                                 f"HuBERT); --teacher_model {model_args.teacher_model!r} is not one")
+        return False
+    if task != "auto":
+        return task == "audio-classification"
+    keywords = data_args.dataset.strip().lower() == KEYWORDS_NAME and not os.path.exists(data_args.dataset)
+    return keywords or is_audio_classifier(config) or not is_speech_seq2seq(config)
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+
+def load_audio_data(data_args: DataArguments, speech: SpeechArguments):
+    """The labelled audio (``audio``, ``label``), limited as asked. The text classifiers' default dataset means the
+    synthesized keyword set here."""
+    name = data_args.dataset
+    if name == TEXT_DEFAULT_DATASET and not os.path.exists(name):
+        logger.info("Audio classification: --dataset defaults to %r (synthesized keywords)", KEYWORDS_NAME)
+        name = KEYWORDS_NAME
+    dataset = load_audio_classification_dataset(
+        name, speech.audio_column, data_args.label_column, seed=data_args.split_seed, resample=speech.resample_audio,
+        synth_settings={"num_voices": speech.synth_num_voices, "per_voice": speech.synth_per_voice},
+    )
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
+              "test": data_args.max_eval_samples}
+    for split, limit in limits.items():
+        if limit is not None and split in dataset:
+            dataset[split] = dataset[split].select(range(min(limit, len(dataset[split]))))
+    return dataset, name
+
+
+def longest_clip_seconds(dataset) -> float:
+    import pyarrow.compute as pc
+
+    longest = 0
+    for split in dataset.values():
+        lengths = pc.list_value_length(split.data.column("audio")).to_numpy(zero_copy_only=False)
+        longest = max(longest, int(lengths.max()) if len(lengths) else 0)
+    return longest / TARGET_RATE
+
+
+def window_for(config, dataset, speech: SpeechArguments) -> float | None:
+    """The audio window of a Whisper classifier: `--audio_window_seconds`, else the longest clip rounded up to whole
+    seconds (at most the model's window). None for models without a fixed window."""
+    full = audio_window_seconds(config)
+    if full is None:
+        return None
+    asked = speech.audio_window_seconds
+    if asked:
+        if asked > full or asked != int(asked):
+            raise UserInputError(f"--audio_window_seconds {asked:g}: expected whole seconds from 1 to {full:g} (the "
+                                 "window this Whisper hears)")
+        return float(asked)
+    longest = longest_clip_seconds(dataset)
+    window = float(min(full, max(1, math.ceil(longest))))
+    logger.info("Audio window %g s (longest clip %.2f s; the model hears %g s)", window, longest, full)
+    return window
+
+
+# ---- models -------------------------------------------------------------------------------------------------------
+
+def _label_kwargs(dataset) -> dict:
+    names = label_names(dataset, "label")
+    n = num_labels(dataset, "label")
+    extra = {"id2label": dict(enumerate(names)), "label2id": {v: i for i, v in enumerate(names)}} if names else {}
+    return {"num_labels": n, **extra}
+
+
+def finetune_audio_classifier(model_name_or_path: str, dataset, output_dir: str, cfg: FinetuneConfig,
+                              window: float | None) -> dict:
+    """An audio classifier on `model_name_or_path`'s encoder (a new head; Whisper cut to `window` seconds), fine-tuned
+    on ``dataset["train"]`` with a plain `Trainer` and saved with its feature extractor; cached like a text teacher."""
+    path = resolve_model_path(model_name_or_path)
+    key = _cache_key(path, dataset, cfg, f"audio@{window}", "label")
+    cached = cached_finetune(output_dir, key, model_name_or_path)
+    if cached is not None:
+        return cached
+    logger.info("Fine-tuning an audio classifier on %s for %s epochs (cached in %s)", model_name_or_path,
+                cfg.num_train_epochs, output_dir)
+    set_seed(cfg.seed)
+    model = AutoModelForAudioClassification.from_pretrained(path, **_label_kwargs(dataset))
+    fe = AutoFeatureExtractor.from_pretrained(path)
+    if window is not None:
+        fe = fit_audio_window(model, fe, window)
+    collator = AudioDistillationCollator(fe, sampling_rate=fe.sampling_rate)
+    return train_and_save(model, fe, dataset.rename_column("label", "labels"), collator, cfg, output_dir,
+                          {"model": model_name_or_path, "cache_key": key, "audio_window_s": window},
+                          keep_columns=True)
+
+
+def load_audio_teacher(model_args: ModelArguments, data_args: DataArguments, speech: SpeechArguments, dataset, args,
+                       state):
+    """A teacher with a trained audio-classification head (fine-tuned once and cached when it has none), its feature
+    extractor and path. Checks its labels against the data."""
+    path = resolve_model_path(model_args.teacher_model)
+    config = AutoConfig.from_pretrained(path)
+    if not (is_audio_classifier(config) and has_task_head(path, AutoModelForAudioClassification)):
+        if not model_args.finetune_teacher:
+            raise UserInputError(f"teacher {model_args.teacher_model!r} has no trained audio-classification head and "
+                                 "teacher fine-tuning is disabled; pass a fine-tuned classifier or --finetune_teacher")
+        window = window_for(config, dataset, speech)
+        cfg = FinetuneConfig(num_train_epochs=model_args.teacher_finetune_epochs,
+                             learning_rate=model_args.teacher_learning_rate, seed=args.seed,
+                             per_device_train_batch_size=args.per_device_train_batch_size,
+                             per_device_eval_batch_size=args.per_device_eval_batch_size,
+                             bf16=bool(getattr(args, "bf16", False)))
+        base = steps.default_teacher_dir(model_args, data_args)
+        path = base if model_args.teacher_dir else f"{base}-{window:g}s" if window else base
+        with args.main_process_first(desc="teacher fine-tune"):
+            finetune_audio_classifier(model_args.teacher_model, dataset, path, cfg, window)
+        state.wait_for_everyone()
+    teacher = AutoModelForAudioClassification.from_pretrained(path)
+    check_teacher_labels(teacher.config, dataset, "label")
+    return teacher, AutoFeatureExtractor.from_pretrained(path), path
+
+
+def build_audio_student(model_args: ModelArguments, dataset, teacher, teacher_fe):
+    """The student: `--student_model` (its own head if it has one for these classes), cut to `--student_layers` if
+    given; or, without it, blocks of the teacher's encoder (`--student_layers` / `--student_num_layers`, 0 = all)."""
+    if model_args.student_model:
+        path = resolve_model_path(model_args.student_model)
+        student = AutoModelForAudioClassification.from_pretrained(path, **_label_kwargs(dataset))
+        fe = AutoFeatureExtractor.from_pretrained(path)
+        window = audio_window_seconds(teacher)
+        if window is not None:
+            fe = fit_audio_window(student, fe, window)
+        if audio_window_seconds(student) != window:
+            raise UserInputError(f"--student_model {model_args.student_model!r} hears "
+                                 f"{audio_window_seconds(student)} s windows, the teacher {window} s")
+        if model_args.student_layers:
+            student = init_student_from_teacher(student, layers=model_args.student_layer_list())
+        return student, fe
+    layers = model_args.student_layer_list()
+    if not layers and not model_args.student_num_layers:
+        layers = list(range(get_adapter(teacher).num_layers(teacher.config)))
+    return init_student_from_teacher(teacher, layers=layers, num_layers=model_args.student_num_layers), teacher_fe
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def classify(model, feature_extractor, audios, batch_size: int = 16) -> np.ndarray:
+    """Predicted class ids of raw 16 kHz clips."""
+    model.eval()
+    collate = AudioDistillationCollator(feature_extractor, sampling_rate=feature_extractor.sampling_rate)
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(audios), batch_size):
+        batch = {k: v.to(device) for k, v in collate.model_inputs(audios[start:start + batch_size]).items()}
+        out.append(model(**batch).logits.argmax(-1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0, dtype=np.int64)
+
+
+def audio_accuracy(model, feature_extractor, split, batch_size: int = 16) -> dict:
+    predictions = classify(model, feature_extractor, split["audio"], batch_size)
+    labels = np.asarray(split["label"])
+    return {"accuracy": float((predictions == labels).mean()), "rows": int(len(labels))}
+
+
+# ---- the run ------------------------------------------------------------------------------------------------------
+
+def resolve_audio_terms(args) -> None:
+    """Audio classifiers distil logits and hidden states (frames align when the student is cut from the teacher);
+    the text default of attention relations goes off, a value the user set stays."""
+    if "relation_weight" in set(getattr(args, "_mode_defaults", ())):
+        args.relation_weight = 0.0
+
+
+def run_audio_classification(
+    model_args: ModelArguments, data_args: DataArguments, args, speech: SpeechArguments | None = None, callbacks=(),
+    task: str = "distill", methods=(), report=None, push=None,
+) -> RunRecord:
+    """Distil (and prune, with `methods`) an audio classifier; returns the run record (also written to
+    `<output_dir>/<task>_summary.json`). Called by `run_distillation` for a speech teacher on labelled audio."""
+    speech = speech or SpeechArguments()
+    run_dir = steps.use_run_layout(args)
+    _ = args.device
+    state = PartialState()
+    steps.check_processes(state)
+    set_seed(args.seed)
+
+    # Everything that can be wrong with the input is checked before any training.
+    resolve_audio_terms(args)
+    cfg = args.distillation_config()
+    dataset, dataset_name = load_audio_data(data_args, speech)
+    resume = steps.resolve_resume(args)
+    hub = hub_settings_of(args, push, output_dir=run_dir)
+    from .distill import check_distillation_layers
+
+    check_distillation_layers(cfg, model_args)
+    if model_args.student_layers and not model_args.student_model:
+        check_layer_indices(model_args.student_layer_list(), steps.teacher_depth(model_args), "--student_layers",
+                            "block", "the teacher's encoder has blocks")
+    for method in methods:
+        method.auto_class = AutoModelForAudioClassification
+        method.check(model_args, data_args, args, len(dataset["train"]))
+        if resume:
+            method.check_resume(resume)
+    if data_args.cache_teacher:
+        logger.info("Audio classification: the teacher runs alongside the student (its outputs are not cached)")
+
+    teacher, fe, teacher_path = load_audio_teacher(model_args, data_args, speech, dataset, args, state)
+    student, fe = build_audio_student(model_args, dataset, teacher, fe)
+    for method in methods:
+        method.check_model(student)
+    for method in methods:
+        student = method.prepare_model(student, run_dir, fe)
+
+    data = dataset.rename_column("label", "labels")
+    trainer = DistillationTrainer(
+        model=student,
+        args=args,
+        train_dataset=data["train"],
+        eval_dataset=data["validation"] if args.eval_strategy != "no" else None,
+        data_collator=AudioDistillationCollator(fe, sampling_rate=fe.sampling_rate),
+        processing_class=fe,
+        compute_metrics=compute_classification_metrics,
+        callbacks=[*callbacks, *(c for c in (m.callback() for m in methods) if c is not None)],
+        teacher_model=teacher,
+    )
+    training = steps.train(trainer, resume)
+    metrics = steps.evaluate(trainer, data)
+    saved = {}
+    for method in methods:
+        saved.update(method.save(trainer, fe, run_dir) or {})
+    model_dir = saved.get("model") or steps.save_model(trainer, fe, run_dir)
+
+    record = RunRecord(task=task)
+    if state.is_main_process:
+        method_dir = os.path.join(run_dir, "distillation")
+        resolved = {**cfg.to_dict(), "layer_map_resolved": trainer.distillation_loss.layer_map}
+        os.makedirs(method_dir, exist_ok=True)
+        trainer.distillation_loss.save_projections(method_dir)
+        with open(os.path.join(method_dir, "distillation_config.json"), "w") as fh:
+            json.dump(resolved, fh, indent=2)
+        record.add_settings(model=model_args, data=data_args, training=args, speech=speech)
+        record.methods["distillation"] = {**resolved, "teacher": teacher_path, "teacher_outputs": "online"}
+        record.data = {
+            "dataset": dataset_name,
+            "task": "audio-classification",
+            "splits": {s: len(d) for s, d in dataset.items()},
+            "label_names": trainer.model.config.id2label,
+            "audio_window_s": audio_window_seconds(trainer.model),
+        }
+        record.models["student"] = {
+            "path": model_dir,
+            "source": model_args.student_model or f"blocks {getattr(student.config, 'hfcompress_student_layers', None)} "
+                                                   f"of the teacher's encoder",
+            **steps.measure_model(trainer.model),
+            "nonzero_parameters": count_parameters(trainer.model, nonzero=True),
+        }
+        record.models["teacher"] = {"path": teacher_path, "argument": model_args.teacher_model,
+                                    **steps.measure_model(teacher)}
+        record.training = {**training, "num_processes": state.num_processes}
+        record.metrics["student"] = metrics
+        if data_args.evaluate_teacher:
+            record.metrics["teacher"] = {"test": audio_accuracy(teacher, fe, dataset["test"],
+                                                                args.per_device_eval_batch_size)}
+        record.artifacts = {"model": model_dir, "checkpoints": args.output_dir, "distillation": method_dir, **saved}
+        for method in methods:
+            record.methods[method.name] = method.record()
+        if report is not None and report.measure:
+            logger.info("Audio classifiers are measured by scripts/benchmark_speech.py (accuracy, latency per clip, "
+                        "size); the run records the test accuracy and sizes, no model card yet")
+        record.save(os.path.join(run_dir, f"{task}_summary.json"))
+        publish(record, model_dir, run_dir, hub)
+        record.save(os.path.join(run_dir, f"{task}_summary.json"))
+        logger.info("Student test accuracy %.4f (teacher %s); model in %s",
+                    metrics.get("test", {}).get("test_accuracy", float("nan")),
+                    record.metrics.get("teacher", {}).get("test", {}).get("accuracy"), model_dir)
+    state.wait_for_everyone()
+    record.trainer = trainer
+    return record

@@ -120,6 +120,10 @@ class SpeechBenchmarkArguments:
     threads: int = field(default=2, metadata={"help": "torch CPU threads, the same for every model."})
     rounds: int = field(default=3, metadata={"help": "Timed passes over the interleaved clips."})
     measure_only: bool = field(default=False, metadata={"help": "Do not build: measure cached variants."})
+    card_only: bool = field(default=False, metadata={"help": "Measure nothing: write the model card of the chosen "
+                            "variant from the existing result JSON (--output)."})
+    card_dir: str = field(default="model_cards", metadata={"help": "Where the card folder whisper-tiny-en-<variant> "
+                          "goes (README.md inside)."})
 
 
 # ---------------------------------------------------------------------------------------------------------- data
@@ -281,6 +285,9 @@ def measure(args, paths: dict[str, str], synth_test, real) -> dict:
 def main(argv=None):
     (args,) = parse_args((SpeechBenchmarkArguments,), argv, description=__doc__.split("\n\n")[0])
     setup_logging()
+    if args.card_only:
+        write_card(args)
+        return
     import transformers
     from transformers import AutoProcessor
 
@@ -400,6 +407,27 @@ def main(argv=None):
     with open(md, "w") as fh:
         fh.write(markdown(result))
     logger.info("Wrote %s and %s", args.output, md)
+    write_card(args, result)
+
+
+def write_card(args, result: dict | None = None) -> str | None:
+    """The model card of the chosen variant (`choose_speech_variant`: the fastest meeting the floor, else the one at
+    least 1.5x faster whose worse WER increase is smallest), from `result` or the JSON at ``--output``, written to
+    ``<card_dir>/<model>-<variant>/README.md``; every number read from the result. None when it has no variants."""
+    from hfcompress.report.card import choose_speech_variant, docstring_entry, write_speech_card
+
+    if result is None:
+        if not os.path.exists(args.output):
+            raise SystemExit(f"{args.output} does not exist: run the benchmark first (without --card_only)")
+        with open(args.output) as fh:
+            result = json.load(fh)
+    name = choose_speech_variant(result)
+    if name is None:
+        logger.warning("%s has no variants: no model card written", args.output)
+        return None
+    model_name = f"{os.path.basename(os.path.normpath(result.get('model', args.model)))}-{name}"
+    return write_speech_card(result, name, os.path.join(args.card_dir, model_name), model_name=model_name,
+                             description=docstring_entry(__doc__, name))
 
 
 def markdown(r: dict) -> str:

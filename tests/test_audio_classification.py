@@ -202,13 +202,64 @@ def test_bad_audio_input_fails_before_training(tmp_path):
     assert not any((tmp_path / f"o{i}" / "model").exists() for i in range(1, 5))
 
 
-def test_audio_classification_needs_a_speech_teacher(tmp_path):
+def test_audio_run_kind_and_a_speech_task_without_a_speech_teacher(tmp_path):
     from hfcompress.run.arguments import DataArguments, ModelArguments, SpeechArguments
-    from hfcompress.run.audio import audio_classification_run
+    from hfcompress.run.audio import audio_run_kind
 
+    whisper = str(tiny_whisper(tmp_path / "whisper"))
+    ctc = str(tiny_ctc(tmp_path / "ctc"))
+    cls = str(tiny_audio_classifier(tmp_path / "cls", "hubert"))
+
+    def kind(teacher, task="auto", dataset="rotten-tomatoes"):
+        return audio_run_kind(ModelArguments(teacher_model=teacher), DataArguments(dataset=dataset),
+                              SpeechArguments(speech_task=task))
+
+    assert kind(whisper) is None  # Whisper transcription: the sequence-to-sequence run
+    assert kind(whisper, dataset="speech-keywords") == kind(whisper, "audio-classification") == "classification"
+    assert kind(ctc) == kind(ctc, "transcription") == "ctc" and kind(cls) == "classification"
     with pytest.raises(UserInputError, match="needs a speech teacher"):
-        audio_classification_run(ModelArguments(teacher_model="minilm-l6"), DataArguments(),
-                                 SpeechArguments(speech_task="audio-classification"))
+        kind("minilm-l6", "audio-classification")
+
+
+def tiny_ctc(folder):
+    """A wav2vec2 CTC model with a character tokenizer (upper-case letters, as such vocabularies often are)."""
+    import transformers as tf
+
+    os.makedirs(folder, exist_ok=True)
+    vocab = {"<pad>": 0, "<unk>": 1, "|": 2, **{c: i + 3 for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ")}}
+    with open(os.path.join(folder, "vocab.json"), "w") as fh:
+        json.dump(vocab, fh)
+    tok = tf.Wav2Vec2CTCTokenizer(os.path.join(folder, "vocab.json"), unk_token="<unk>", pad_token="<pad>",
+                                  word_delimiter_token="|")
+    fe = tf.Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=RATE, return_attention_mask=True)
+    torch.manual_seed(0)
+    tf.Wav2Vec2ForCTC(tf.Wav2Vec2Config(**_W2V, vocab_size=len(vocab), pad_token_id=0, ctc_zero_infinity=True,
+                                        ctc_loss_reduction="mean")).save_pretrained(folder)
+    tf.Wav2Vec2Processor(feature_extractor=fe, tokenizer=tok).save_pretrained(folder)
+    return folder
+
+
+def test_ctc_model_distils_through_the_distill_script_from_a_csv_of_transcripts(tmp_path):
+    csv_path = write_clips(tmp_path / "data", n=24)
+    rows = list(csv.reader(open(csv_path)))
+    with open(csv_path, "w", newline="") as fh:  # transcripts instead of labels, lower-case as people write
+        w = csv.writer(fh)
+        w.writerow(["path", "sentence"])
+        w.writerows((p, "a low tone" if label == "low" else "a high tone") for p, label in rows[1:])
+    teacher = tiny_ctc(tmp_path / "ctc")
+    record = load_script("distill").main([
+        "--teacher_model", str(teacher), "--dataset", csv_path, "--audio_column", "path", "--text_column", "sentence",
+        "--student_layers", "1", "--per_device_train_batch_size", "4", "--max_steps", "3", "--save_strategy", "no",
+        "--eval_strategy", "no", "--no_measure", "--logging_steps", "1", "--output_dir", str(tmp_path / "run"),
+    ])
+    assert record.data["task"] == "ctc"
+    parts = [h for h in record.trainer.state.log_history if "loss_ctc" in h]
+    assert parts and all(np.isfinite(h["loss_ctc"]) and np.isfinite(h["loss_kd"]) for h in parts)
+    test = record.metrics["student"]["test"]
+    assert np.isfinite(test["test_wer"]) and record.metrics["teacher"]["test"]["rows"] == record.data["splits"]["test"]
+    model_dir = record.artifacts["model"]
+    assert json.load(open(os.path.join(model_dir, "config.json")))["num_hidden_layers"] == 1
+    assert os.path.isfile(os.path.join(model_dir, "vocab.json"))  # the processor travels with the student
 
 
 def test_fit_audio_window_keeps_outputs_on_the_window_and_reloads(tmp_path):

@@ -1,8 +1,10 @@
-"""Audio classification (keyword spotting, ...) through the text classifiers' run: the mode `run_distillation` (and
-so `scripts/distill.py` and `scripts/prune.py`) chooses for a speech teacher on labelled audio. Same trainer, loss,
-student initialisation and compression methods (pruning with physical removal) as for text; what differs is here:
-audio data, the feature extractor in place of the tokenizer (raw samples become features in the collator), and a
-teacher with an audio-classification head, fine-tuned once (cached) from a checkpoint that has none.
+"""Audio encoders through the text classifiers' run: audio classification (keyword spotting, ...) and CTC speech
+recognition (wav2vec2 / HuBERT ``...ForCTC``), the modes `run_distillation` (and so `scripts/distill.py` and
+`scripts/prune.py`) chooses for a speech teacher (`audio_run_kind`). Same trainer, loss, student initialisation and
+compression methods (pruning with physical removal) as for text; what differs is here: audio data, the feature
+extractor in place of the tokenizer (raw samples become features in the collator), for classification a teacher with
+an audio-classification head, fine-tuned once (cached) from a checkpoint that has none, and for CTC character
+targets from the teacher's tokenizer and evaluation by WER of greedy CTC decoding.
 
     teacher = WhisperForAudioClassification on tiny.en's encoder (or a wav2vec2/HuBERT classifier), fine-tuned
     student = blocks of the teacher's encoder (--student_layers / --student_num_layers), or --student_model
@@ -24,13 +26,19 @@ import os
 import numpy as np
 import torch
 from accelerate import PartialState
-from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification, set_seed
+from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification, AutoModelForCTC, set_seed
 
 from ..arch import get_adapter
 from ..arch.speech import audio_window_seconds, fit_audio_window, is_speech_model, is_speech_seq2seq
 from ..assets import resolve_model_path
 from ..data import label_names, num_labels
-from ..distill import AudioDistillationCollator, DistillationTrainer, init_student_from_teacher
+from ..distill import (
+    AudioDistillationCollator,
+    CTCDistillationCollator,
+    DistillationTrainer,
+    init_student_from_teacher,
+    is_ctc,
+)
 from ..distill.student import check_layer_indices
 from ..errors import UserInputError
 from ..metrics import compute_classification_metrics
@@ -61,21 +69,28 @@ def is_audio_classifier(config) -> bool:
     return any(a.endswith(_CLASSIFIER_SUFFIXES) for a in (getattr(config, "architectures", None) or []))
 
 
-def audio_classification_run(model_args: ModelArguments, data_args: DataArguments,
-                             speech: SpeechArguments | None) -> bool:
-    """True if this run classifies audio: a speech teacher (Whisper, wav2vec2, HuBERT) and ``--speech_task
-    audio-classification``, or (``auto``) the keyword set as data or an audio classifier as teacher."""
+def audio_run_kind(model_args: ModelArguments, data_args: DataArguments, speech: SpeechArguments | None) -> str | None:
+    """Which audio-encoder run this is: ``"classification"`` (a speech teacher with ``--speech_task
+    audio-classification``, or with ``auto`` the keyword set as data, an audio classifier or a headless encoder as
+    teacher), ``"ctc"`` (a ``...ForCTC`` teacher transcribing), or None (text, or Whisper transcription)."""
     task = getattr(speech, "speech_task", "auto") if speech is not None else "auto"
     config = _config(model_args.teacher_model)
     if config is None or not is_speech_model(config):
-        if task == "audio-classification":
-            raise UserInputError(f"--speech_task audio-classification needs a speech teacher (Whisper, wav2vec2, "
-                                 f"HuBERT); --teacher_model {model_args.teacher_model!r} is not one")
-        return False
-    if task != "auto":
-        return task == "audio-classification"
+        if task != "auto":
+            raise UserInputError(f"--speech_task {task} needs a speech teacher (Whisper, wav2vec2, HuBERT); "
+                                 f"--teacher_model {model_args.teacher_model!r} is not one")
+        return None
     keywords = data_args.dataset.strip().lower() == KEYWORDS_NAME and not os.path.exists(data_args.dataset)
-    return keywords or is_audio_classifier(config) or not is_speech_seq2seq(config)
+    if task == "audio-classification" or (task == "auto" and (keywords or is_audio_classifier(config))):
+        return "classification"
+    if is_ctc(config):
+        return "ctc"
+    if is_speech_seq2seq(config):
+        return None
+    if task == "transcription":
+        raise UserInputError(f"--speech_task transcription: --teacher_model {model_args.teacher_model!r} has no "
+                             "speech-recognition head (expected Whisper or a ...ForCTC wav2vec2/HuBERT model)")
+    return "classification"
 
 
 # ---- data ---------------------------------------------------------------------------------------------------------
@@ -184,9 +199,19 @@ def load_audio_teacher(model_args: ModelArguments, data_args: DataArguments, spe
     return teacher, AutoFeatureExtractor.from_pretrained(path), path
 
 
-def build_audio_student(model_args: ModelArguments, dataset, teacher, teacher_fe):
+def build_audio_student(model_args: ModelArguments, dataset, teacher, teacher_processor, auto_class=None):
     """The student: `--student_model` (its own head if it has one for these classes), cut to `--student_layers` if
-    given; or, without it, blocks of the teacher's encoder (`--student_layers` / `--student_num_layers`, 0 = all)."""
+    given; or, without it, blocks of the teacher's encoder (`--student_layers` / `--student_num_layers`, 0 = all).
+    Returns it with its processor (the teacher's when cut from it)."""
+    auto_class = auto_class or AutoModelForAudioClassification
+    if model_args.student_model and auto_class is AutoModelForCTC:
+        from transformers import AutoProcessor
+
+        path = resolve_model_path(model_args.student_model)
+        student, processor = AutoModelForCTC.from_pretrained(path), AutoProcessor.from_pretrained(path)
+        if model_args.student_layers:
+            student = init_student_from_teacher(student, layers=model_args.student_layer_list())
+        return student, processor
     if model_args.student_model:
         path = resolve_model_path(model_args.student_model)
         student = AutoModelForAudioClassification.from_pretrained(path, **_label_kwargs(dataset))
@@ -203,7 +228,8 @@ def build_audio_student(model_args: ModelArguments, dataset, teacher, teacher_fe
     layers = model_args.student_layer_list()
     if not layers and not model_args.student_num_layers:
         layers = list(range(get_adapter(teacher).num_layers(teacher.config)))
-    return init_student_from_teacher(teacher, layers=layers, num_layers=model_args.student_num_layers), teacher_fe
+    student = init_student_from_teacher(teacher, layers=layers, num_layers=model_args.student_num_layers)
+    return student, teacher_processor
 
 
 # ---- evaluation ---------------------------------------------------------------------------------------------------
@@ -227,6 +253,87 @@ def audio_accuracy(model, feature_extractor, split, batch_size: int = 16) -> dic
     return {"accuracy": float((predictions == labels).mean()), "rows": int(len(labels))}
 
 
+# ---- CTC (wav2vec2 / HuBERT speech recognition) ---------------------------------------------------------------------
+
+def load_ctc_teacher(model_args: ModelArguments):
+    """A ``...ForCTC`` teacher with a trained CTC head, its processor (feature extractor + character tokenizer)."""
+    from transformers import AutoProcessor
+
+    path = resolve_model_path(model_args.teacher_model)
+    if not has_task_head(path, AutoModelForCTC):
+        raise UserInputError(f"teacher {model_args.teacher_model!r} has no trained CTC head (lm_head); CTC "
+                             "distillation needs a teacher that transcribes")
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except Exception as e:
+        raise UserInputError(f"teacher {path}: no processor (feature extractor + CTC tokenizer) could be loaded: "
+                             f"{type(e).__name__}: {e}") from e
+    if not hasattr(processor, "tokenizer") or not hasattr(processor, "feature_extractor"):
+        raise UserInputError(f"teacher {path}: expected a processor with a feature extractor and a CTC tokenizer, "
+                             f"found {type(processor).__name__}")
+    return AutoModelForCTC.from_pretrained(path), processor, path
+
+
+def character_targets(dataset, tokenizer):
+    """``labels`` = each transcript's character ids, in the casing (as written, upper, lower) the tokenizer knows
+    best on the train split (character vocabularies are often upper-case only); rows with no known character are
+    dropped with a warning."""
+    unk = tokenizer.unk_token_id
+    sample = dataset["train"]["text"][:200]
+
+    def unknown(case):
+        ids = [i for t in sample for i in tokenizer(case(t)).input_ids]
+        return sum(i == unk for i in ids) / max(1, len(ids))
+
+    cases = {"as written": str, "upper": str.upper, "lower": str.lower}
+    name = min(cases, key=lambda c: unknown(cases[c]))
+    case = cases[name]
+    if unknown(case) > 0.05:
+        logger.warning("%.0f%% of the transcripts' characters are unknown to the teacher's tokenizer (casing: %s)",
+                       100 * unknown(case), name)
+    logger.info("CTC targets: transcripts %s", name)
+    out = dataset.map(lambda row: {"labels": tokenizer(case(row["text"])).input_ids}, desc="Character targets")
+    for split in out:
+        keep = [i for i, ids in enumerate(out[split]["labels"]) if any(x != unk for x in ids)]
+        if len(keep) < len(out[split]):
+            logger.warning("Dropped %d rows of split %r with no character the tokenizer knows",
+                           len(out[split]) - len(keep), split)
+            out[split] = out[split].select(keep)
+    return out
+
+
+def ctc_metrics(tokenizer):
+    """`compute_metrics` for CTC logits: greedy decoding (argmax per frame, repeats merged, blanks dropped), corpus
+    WER and CER after `speech.normalize` against the labels' text."""
+    from ..speech.normalize import normalize, word_error_rate
+
+    pad = tokenizer.pad_token_id
+
+    def compute(eval_pred) -> dict:
+        logits, labels = np.asarray(eval_pred.predictions), np.asarray(eval_pred.label_ids)
+        hyps = tokenizer.batch_decode(logits.argmax(-1))
+        refs = tokenizer.batch_decode(np.where(labels < 0, pad, labels), group_tokens=False)
+        rates = word_error_rate(refs, hyps, normalizer=normalize)
+        return {"wer": rates["wer"], "cer": rates["cer"]}
+
+    return compute
+
+
+@torch.no_grad()
+def ctc_wer(model, tokenizer, split, collator, batch_size: int = 16) -> dict:
+    """WER/CER of greedy CTC decoding of a split's ``audio`` against its ``text``."""
+    from ..speech.normalize import normalize, word_error_rate
+
+    model.eval()
+    device = next(model.parameters()).device
+    hyps = []
+    for start in range(0, len(split), batch_size):
+        batch = collator.model_inputs(split[start:start + batch_size]["audio"])
+        hyps += tokenizer.batch_decode(model(**{k: v.to(device) for k, v in batch.items()}).logits.argmax(-1).cpu())
+    rates = word_error_rate(list(split["text"]), hyps, normalizer=normalize)
+    return {"wer": rates["wer"], "cer": rates["cer"], "rows": len(split)}
+
+
 # ---- the run ------------------------------------------------------------------------------------------------------
 
 def resolve_audio_terms(args) -> None:
@@ -236,13 +343,16 @@ def resolve_audio_terms(args) -> None:
         args.relation_weight = 0.0
 
 
-def run_audio_classification(
+def run_audio_encoder(
     model_args: ModelArguments, data_args: DataArguments, args, speech: SpeechArguments | None = None, callbacks=(),
-    task: str = "distill", methods=(), report=None, push=None,
+    task: str = "distill", methods=(), report=None, push=None, kind: str = "classification",
 ) -> RunRecord:
-    """Distil (and prune, with `methods`) an audio classifier; returns the run record (also written to
-    `<output_dir>/<task>_summary.json`). Called by `run_distillation` for a speech teacher on labelled audio."""
+    """Distil (and prune, with `methods`) an audio classifier (`kind` ``"classification"``) or a CTC speech
+    recognizer (``"ctc"``); returns the run record (also written to `<output_dir>/<task>_summary.json`). Called by
+    `run_distillation` for a speech teacher, as `audio_run_kind` says."""
     speech = speech or SpeechArguments()
+    ctc = kind == "ctc"
+    auto_class = AutoModelForCTC if ctc else AutoModelForAudioClassification
     run_dir = steps.use_run_layout(args)
     _ = args.device
     state = PartialState()
@@ -252,7 +362,12 @@ def run_audio_classification(
     # Everything that can be wrong with the input is checked before any training.
     resolve_audio_terms(args)
     cfg = args.distillation_config()
-    dataset, dataset_name = load_audio_data(data_args, speech)
+    if ctc:
+        from .speech import load_speech_data
+
+        dataset, dataset_name = load_speech_data(data_args, speech)
+    else:
+        dataset, dataset_name = load_audio_data(data_args, speech)
     resume = steps.resolve_resume(args)
     hub = hub_settings_of(args, push, output_dir=run_dir)
     from .distill import check_distillation_layers
@@ -262,29 +377,40 @@ def run_audio_classification(
         check_layer_indices(model_args.student_layer_list(), steps.teacher_depth(model_args), "--student_layers",
                             "block", "the teacher's encoder has blocks")
     for method in methods:
-        method.auto_class = AutoModelForAudioClassification
+        method.auto_class = auto_class
         method.check(model_args, data_args, args, len(dataset["train"]))
         if resume:
             method.check_resume(resume)
     if data_args.cache_teacher:
         logger.info("Audio classification: the teacher runs alongside the student (its outputs are not cached)")
 
-    teacher, fe, teacher_path = load_audio_teacher(model_args, data_args, speech, dataset, args, state)
-    student, fe = build_audio_student(model_args, dataset, teacher, fe)
+    if ctc:
+        teacher, processor, teacher_path = load_ctc_teacher(model_args)
+        student, processor = build_audio_student(model_args, dataset, teacher, processor, auto_class)
+        fe = processor.feature_extractor
+        data = character_targets(dataset, processor.tokenizer)
+        collator = CTCDistillationCollator(fe, sampling_rate=fe.sampling_rate)
+        metrics_fn = ctc_metrics(processor.tokenizer)
+    else:
+        teacher, processor, teacher_path = load_audio_teacher(model_args, data_args, speech, dataset, args, state)
+        student, processor = build_audio_student(model_args, dataset, teacher, processor, auto_class)
+        fe = processor
+        data = dataset.rename_column("label", "labels")
+        collator = AudioDistillationCollator(fe, sampling_rate=fe.sampling_rate)
+        metrics_fn = compute_classification_metrics
     for method in methods:
         method.check_model(student)
     for method in methods:
-        student = method.prepare_model(student, run_dir, fe)
+        student = method.prepare_model(student, run_dir, processor)
 
-    data = dataset.rename_column("label", "labels")
     trainer = DistillationTrainer(
         model=student,
         args=args,
         train_dataset=data["train"],
         eval_dataset=data["validation"] if args.eval_strategy != "no" else None,
-        data_collator=AudioDistillationCollator(fe, sampling_rate=fe.sampling_rate),
-        processing_class=fe,
-        compute_metrics=compute_classification_metrics,
+        data_collator=collator,
+        processing_class=processor,
+        compute_metrics=metrics_fn,
         callbacks=[*callbacks, *(c for c in (m.callback() for m in methods) if c is not None)],
         teacher_model=teacher,
     )
@@ -292,8 +418,8 @@ def run_audio_classification(
     metrics = steps.evaluate(trainer, data)
     saved = {}
     for method in methods:
-        saved.update(method.save(trainer, fe, run_dir) or {})
-    model_dir = saved.get("model") or steps.save_model(trainer, fe, run_dir)
+        saved.update(method.save(trainer, processor, run_dir) or {})
+    model_dir = saved.get("model") or steps.save_model(trainer, processor, run_dir)
 
     record = RunRecord(task=task)
     if state.is_main_process:
@@ -307,9 +433,9 @@ def run_audio_classification(
         record.methods["distillation"] = {**resolved, "teacher": teacher_path, "teacher_outputs": "online"}
         record.data = {
             "dataset": dataset_name,
-            "task": "audio-classification",
+            "task": "ctc" if ctc else "audio-classification",
             "splits": {s: len(d) for s, d in dataset.items()},
-            "label_names": trainer.model.config.id2label,
+            "label_names": None if ctc else trainer.model.config.id2label,
             "audio_window_s": audio_window_seconds(trainer.model),
         }
         record.models["student"] = {
@@ -323,7 +449,10 @@ def run_audio_classification(
                                     **steps.measure_model(teacher)}
         record.training = {**training, "num_processes": state.num_processes}
         record.metrics["student"] = metrics
-        if data_args.evaluate_teacher:
+        if data_args.evaluate_teacher and ctc:
+            record.metrics["teacher"] = {"test": ctc_wer(teacher, processor.tokenizer, data["test"], collator,
+                                                         args.per_device_eval_batch_size)}
+        elif data_args.evaluate_teacher:
             record.metrics["teacher"] = {"test": audio_accuracy(teacher, fe, dataset["test"],
                                                                 args.per_device_eval_batch_size)}
         record.artifacts = {"model": model_dir, "checkpoints": args.output_dir, "distillation": method_dir, **saved}
@@ -335,9 +464,10 @@ def run_audio_classification(
         record.save(os.path.join(run_dir, f"{task}_summary.json"))
         publish(record, model_dir, run_dir, hub)
         record.save(os.path.join(run_dir, f"{task}_summary.json"))
-        logger.info("Student test accuracy %.4f (teacher %s); model in %s",
-                    metrics.get("test", {}).get("test_accuracy", float("nan")),
-                    record.metrics.get("teacher", {}).get("test", {}).get("accuracy"), model_dir)
+        key = "wer" if ctc else "accuracy"
+        logger.info("Student test %s %.4f (teacher %s); model in %s", key,
+                    metrics.get("test", {}).get(f"test_{key}", float("nan")),
+                    record.metrics.get("teacher", {}).get("test", {}).get(key), model_dir)
     state.wait_for_everyone()
     record.trainer = trainer
     return record

@@ -45,14 +45,16 @@ def run_distillation(
 
     A Whisper teacher makes it a sequence-to-sequence run (`run/speech.py`, options in `speech`, a `SpeechArguments`):
     same trainer and loss, on the decoder's logits, evaluated by generation (WER). A speech teacher on labelled audio
-    (the keyword set, or `--speech_task audio-classification`) makes it an audio-classification run (`run/audio.py`).
+    (the keyword set, or `--speech_task audio-classification`) makes it an audio-classification run, a wav2vec2/HuBERT
+    CTC teacher a CTC run (`run/audio.py`).
     """
-    from .audio import audio_classification_run, run_audio_classification
+    from .audio import audio_run_kind, run_audio_encoder
     from .speech import run_speech_distillation, speech_teacher
 
-    if audio_classification_run(model_args, data_args, speech):
-        return run_audio_classification(model_args, data_args, args, speech, callbacks=callbacks, task=task,
-                                        methods=methods, report=report, push=push)
+    kind = audio_run_kind(model_args, data_args, speech)
+    if kind is not None:
+        return run_audio_encoder(model_args, data_args, args, speech, callbacks=callbacks, task=task, methods=methods,
+                                 report=report, push=push, kind=kind)
     if speech_teacher(model_args):
         return run_speech_distillation(model_args, data_args, args, speech, callbacks=callbacks, task=task,
                                        methods=methods, report=report, push=push)

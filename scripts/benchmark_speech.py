@@ -25,9 +25,9 @@ settings: a rerun only measures) and measured from disk, loaded fresh by `hfcomp
 Test sets:
 
   wer_synth  the test split (voices never used in training) of the synthesized set the distillation run trained on
-             (`build_transcription_dataset(num_voices=16, per_voice=15, seed=0)`: espeak-ng/flite voices, speed
-             perturbation, noise at 10-30 dB SNR): the whole test split (3 voices x 15), or `synth_clips` clips
-             spread evenly over its voices
+             (`build_transcription_dataset(num_voices=40, per_voice=25, seed=0)`: espeak-ng/flite voices, speed
+             perturbation, noise at 10-30 dB SNR): the whole test split (8 voices x 25 = 200 clips), or `synth_clips`
+             clips spread evenly over its voices
   wer_real   every pocketsphinx-testdata recording (`load_pocketsphinx_set("all")`: 5 LibriVox sentences, 5
              playing-card clips, "go forward ten meters", one TIDIGITS string)
 
@@ -36,14 +36,20 @@ as digits). Decoding: greedy (``num_beams=1``, no sampling), ``max_new_tokens`` 
 the longest reference transcript in tokens), one clip at a time, each model's generation config read from its own
 folder. Latency: wall time of feature extraction (the processor's, from the model folder) + ``generate`` for one clip,
 on the CPU with `threads` torch threads, in this one process; every variant transcribes clip 1, then every variant
-clip 2, ... (the order of the variants rotates from clip to clip), `rounds` times over, after one warm-up clip per
-model. ``latency_s_per_clip`` = median over all test clips (synthesized and real) of the clip's median over rounds;
+clip 2, ... (the order of the variants rotates from clip to clip), after one warm-up clip per model: round 1 over
+every test clip (the transcripts and WER come from it), rounds 2..`rounds` over the timed clips only
+(`latency_synth_clips` synthesized clips spread over the test voices, and every real clip).
+``latency_s_per_clip`` = median over the timed clips of the clip's median over rounds;
 ``speedup`` = base latency / variant latency (the same run). ``size_mb``: every file of the saved folder (weights,
 config, generation config, processor/tokenizer). ``params``: `report.measure.parameter_counts` (int8 weights count
 as the weights they stand for).
 
 Floor (the speech issue): one compressed Whisper >= 1.5x faster with WER within +2 points of the base on both test
-sets. It is computed from the measurements below, never typed.
+sets. It is computed from the measurements below, never typed. Each WER change also gets a 95 percent interval from
+`bootstrap` paired resamples of the test clips: on a few hundred words one clip moves WER by a point or more.
+
+Keyword classification: `scripts/benchmark_keywords.py` writes benchmarks/results/speech_keywords.json; its rows are
+copied into speech.json under ``classification`` (accuracy, latency per clip, size, parameters).
 """
 
 from __future__ import annotations
@@ -102,15 +108,16 @@ DEFAULT_VARIANTS = ("int8_all", "int8_all_per_channel", "int8_fp32_proj_out", "i
 class SpeechBenchmarkArguments:
     model: str = field(default="whisper-tiny-en", metadata={"help": "The fp32 Whisper (an asset name or a folder)."})
     distilled_model: str = field(
-        default="/tmp/rc/out/model",
+        default="benchmarks/cache/speech/distill_dec2_v40x25/model",
         metadata={"help": "The distilled student (scripts/distill.py --teacher_model whisper-tiny-en "
                   "--student_decoder_layers 0,3 ...); its row is skipped with a note when the folder is missing."},
     )
     cache_dir: str = field(default="benchmarks/cache/speech", metadata={"help": "Where built variants are kept."})
     output: str = field(default="benchmarks/results/speech.json", metadata={"help": "Result JSON (speech.md beside)."})
     variants: str = field(default=",".join(DEFAULT_VARIANTS), metadata={"help": "Comma list of variants to build and measure."})
-    synth_num_voices: int = field(default=16, metadata={"help": "Voices of the synthesized set (split by voice)."})
-    synth_per_voice: int = field(default=15, metadata={"help": "Utterances per voice of the synthesized set."})
+    synth_num_voices: int = field(default=40, metadata={"help": "Voices of the synthesized set (split by voice: 8 of "
+                                  "40 are test voices)."})
+    synth_per_voice: int = field(default=25, metadata={"help": "Utterances per voice of the synthesized set."})
     synth_seed: int = field(default=0, metadata={"help": "Seed of the synthesized set."})
     synth_clips: int = field(default=0, metadata={"help": "Synthesized test clips measured, spread over the voices "
                                                   "(0: the whole test split)."})
@@ -118,7 +125,14 @@ class SpeechBenchmarkArguments:
     prune_clips: int = field(default=16, metadata={"help": "Synthesized train clips that score heads and neurons."})
     max_new_tokens: int = field(default=96, metadata={"help": "Greedy decoding limit, the same for every model."})
     threads: int = field(default=2, metadata={"help": "torch CPU threads, the same for every model."})
-    rounds: int = field(default=3, metadata={"help": "Timed passes over the interleaved clips."})
+    rounds: int = field(default=3, metadata={"help": "Timed passes over the interleaved latency clips."})
+    latency_synth_clips: int = field(default=24, metadata={"help": "Synthesized test clips (spread over the voices) "
+                                     "timed in every round, with every real clip; all clips are transcribed once."})
+    bootstrap: int = field(default=2000, metadata={"help": "Resamples of the test clips for the 95 percent interval "
+                           "of each WER change (paired: base and variant on the same clips)."})
+    keywords_result: str = field(default="benchmarks/results/speech_keywords.json",
+                                 metadata={"help": "The keyword-classification benchmark (scripts/benchmark_keywords"
+                                           ".py), copied in under 'classification' when it exists."})
     measure_only: bool = field(default=False, metadata={"help": "Do not build: measure cached variants."})
     card_only: bool = field(default=False, metadata={"help": "Measure nothing: write the model card of the chosen "
                             "variant from the existing result JSON (--output)."})
@@ -235,6 +249,24 @@ def transcribe_timed(model, processor, gen_config, audio, max_new_tokens: int) -
     return processor.tokenizer.batch_decode(ids, skip_special_tokens=True)[0], elapsed, int(ids.shape[1])
 
 
+def clip_errors(reference: str, hypothesis: str) -> tuple[float, int]:
+    """(word errors, reference words) of one clip, after the same normalizer as the corpus WER."""
+    r = word_error_rate([reference], [hypothesis], normalizer=normalize)
+    return r["wer"] * r["num_ref_words"], r["num_ref_words"]
+
+
+def wer_change_interval(base_errors, variant_errors, resamples: int, seed: int = 0) -> list[float]:
+    """95 percent interval (points) of the corpus WER change variant - base, by resampling the test clips with
+    replacement (paired: both models on the same resampled clips)."""
+    b = np.asarray([e for e, _ in base_errors], dtype=float)
+    v = np.asarray([e for e, _ in variant_errors], dtype=float)
+    words = np.asarray([n for _, n in base_errors], dtype=float)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(b), size=(resamples, len(b)))
+    deltas = 100 * (v[idx].sum(1) - b[idx].sum(1)) / np.maximum(words[idx].sum(1), 1)
+    return [float(np.percentile(deltas, 2.5)), float(np.percentile(deltas, 97.5))]
+
+
 def measure(args, paths: dict[str, str], synth_test, real) -> dict:
     from transformers import AutoProcessor, GenerationConfig
 
@@ -245,6 +277,9 @@ def measure(args, paths: dict[str, str], synth_test, real) -> dict:
         models[name] = (load_model(path), AutoProcessor.from_pretrained(path), gen)
     clips = [("synth", a, t) for a, t in zip(synth_test["audio"], synth_test["text"])]
     clips += [("real", a, t) for a, t in zip(real["audio"], real["text"])]
+    timed_synth = set(spread(synth_test.add_column("_i", list(range(len(synth_test)))),
+                             args.latency_synth_clips)["_i"]) if args.latency_synth_clips else set(range(len(synth_test)))
+    timed = sorted(timed_synth) + list(range(len(synth_test), len(clips)))
     names = list(models)
     for name in names:  # warm-up
         transcribe_timed(*models[name], clips[0][1], args.max_new_tokens)
@@ -254,7 +289,8 @@ def measure(args, paths: dict[str, str], synth_test, real) -> dict:
     unstable = {n: 0 for n in names}
     t_start = time.perf_counter()
     for r in range(args.rounds):
-        for i, (_, audio, _) in enumerate(clips):
+        for i in (range(len(clips)) if r == 0 else timed):  # round 1 transcribes every clip
+            audio = clips[i][1]
             k = (i + r) % len(names)
             for name in names[k:] + names[:k]:
                 text, seconds, n_tokens = transcribe_timed(*models[name], audio, args.max_new_tokens)
@@ -272,9 +308,11 @@ def measure(args, paths: dict[str, str], synth_test, real) -> dict:
             idx = [i for i, c in enumerate(clips) if c[0] == kind]
             rates = word_error_rate([clips[i][2] for i in idx], [hyps[name][i] for i in idx], normalizer=normalize)
             rows[kind] = {"wer": rates["wer"], "cer": rates["cer"], "ref_words": rates["num_ref_words"],
-                          "latency_s": statistics.median(per_clip[i] for i in idx),
-                          "transcripts": [hyps[name][i] for i in idx]}
-        out[name] = {"rows": rows, "latency_s_per_clip": statistics.median(per_clip), "per_clip_s": per_clip,
+                          "latency_s": statistics.median(per_clip[i] for i in idx if i in timed),
+                          "transcripts": [hyps[name][i] for i in idx],
+                          "clip_errors": [clip_errors(clips[i][2], hyps[name][i]) for i in idx]}
+        out[name] = {"rows": rows, "latency_s_per_clip": statistics.median(per_clip[i] for i in timed),
+                     "per_clip_s": {i: per_clip[i] for i in timed}, "timed_clips": len(timed),
                      "tokens_max": max(lengths[name]), "hit_max_new_tokens": sum(
                          n >= args.max_new_tokens for n in lengths[name]),
                      "transcripts_changed_between_rounds": unstable[name],
@@ -347,6 +385,10 @@ def main(argv=None):
         v = entry(name)
         v["wer_synth_delta_points"] = 100 * (v["wer_synth"] - base["wer_synth"])
         v["wer_real_delta_points"] = 100 * (v["wer_real"] - base["wer_real"])
+        for kind in ("synth", "real"):
+            v[f"wer_{kind}_delta_points_95ci"] = wer_change_interval(
+                measured["base"]["rows"][kind]["clip_errors"], measured[name]["rows"][kind]["clip_errors"],
+                args.bootstrap)
         v["meets_floor"] = bool(v["speedup"] >= 1.5 and v["wer_synth_delta_points"] <= 2.0
                                 and v["wer_real_delta_points"] <= 2.0)
         variants[name] = v
@@ -389,11 +431,14 @@ def main(argv=None):
         "transcripts": {n: {"synth": m["rows"]["synth"]["transcripts"], "real": m["rows"]["real"]["transcripts"]}
                         for n, m in measured.items()},
         "latency": {"threads": args.threads, "torch_threads": torch.get_num_threads(), "rounds": args.rounds,
-                    "clips": len(synth_test) + len(real), "decoding": "greedy, num_beams=1, one clip at a time",
+                    "clips": measured["base"]["timed_clips"], "clips_transcribed": len(synth_test) + len(real),
+                    "decoding": "greedy, num_beams=1, one clip at a time",
                     "max_new_tokens": args.max_new_tokens, "longest_reference_tokens": longest,
                     "timed": "feature extraction + generate",
-                    "statistic": "median over clips of the clip's median over rounds; variants interleaved clip by "
-                                 "clip, order rotating",
+                    "statistic": "median over the timed clips (latency_synth_clips synthesized ones spread over "
+                                 "the test voices, and every real one) of the clip's median over rounds; round 1 "
+                                 "also transcribes every other test clip (WER); variants interleaved clip by clip, "
+                                 "order rotating",
                     "load_average_before": load_before, "load_average_after": load_after,
                     "per_clip_s": {n: m["per_clip_s"] for n, m in measured.items()}},
         "notes": notes,
@@ -402,6 +447,14 @@ def main(argv=None):
         "command": "python scripts/benchmark_speech.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "environment": {**environment(), "gpu_used": False},
     }
+    if os.path.exists(args.keywords_result):
+        with open(args.keywords_result) as fh:
+            kw = json.load(fh)
+        result["classification"] = {"task": kw.get("task"), "base": kw["base"], "variants": kw["variants"],
+                                    "protocol": kw.get("protocol"), "source": args.keywords_result}
+    else:
+        notes.append(f"no keyword-classification rows: {args.keywords_result} does not exist (run "
+                     "scripts/benchmark_keywords.py)")
     write_json(args.output, result)
     md = os.path.join(os.path.dirname(args.output), "speech.md")
     with open(md, "w") as fh:
@@ -436,16 +489,24 @@ def markdown(r: dict) -> str:
            f"WER as a fraction. Synthesized test voices: {ts['synth']['clips']} clips, {ts['synth']['ref_words']} "
            f"words; real recordings ({ts['real']['set']}): {ts['real']['clips']} clips, {ts['real']['ref_words']} "
            f"words. Latency: feature extraction + greedy `generate` (max_new_tokens {lat['max_new_tokens']}), one clip "
-           f"at a time, {lat['threads']} torch threads, median over the {lat['clips']} clips, variants interleaved "
+           f"at a time, {lat['threads']} torch threads, median over {lat['clips']} timed clips, variants interleaved "
            f"clip by clip, {lat['rounds']} round(s); load average {lat['load_average_before'][0]:.1f} before, "
            f"{lat['load_average_after'][0]:.1f} after. Size = whole checkpoint folder.", "",
-           "| variant | WER synth | Δ pts | WER real | Δ pts | latency s/clip | speedup | size MB | params | floor |",
+           "Δ pts: change in WER points, with the 95% interval from resampling the test clips (paired).", "",
+           "| variant | WER synth | Δ pts [95% interval] | WER real | Δ pts [95% interval] | latency s/clip | speedup "
+           "| size MB | params | floor |",
            "|---|---|---|---|---|---|---|---|---|---|",
            f"| base | {b['wer_synth']:.3f} | | {b['wer_real']:.3f} | | {b['latency_s_per_clip']:.3f} | 1.00x | "
            f"{b['size_mb']:.1f} | {b['params']:,} | |"]
+
+    def ci(v, kind):
+        lo_hi = v.get(f"wer_{kind}_delta_points_95ci")
+        return f" [{lo_hi[0]:+.1f}, {lo_hi[1]:+.1f}]" if lo_hi else ""
+
     for name, v in r["variants"].items():
-        out.append(f"| {name} | {v['wer_synth']:.3f} | {v['wer_synth_delta_points']:+.1f} | {v['wer_real']:.3f} | "
-                   f"{v['wer_real_delta_points']:+.1f} | {v['latency_s_per_clip']:.3f} | {v['speedup']:.2f}x | "
+        out.append(f"| {name} | {v['wer_synth']:.3f} | {v['wer_synth_delta_points']:+.1f}{ci(v, 'synth')} | "
+                   f"{v['wer_real']:.3f} | {v['wer_real_delta_points']:+.1f}{ci(v, 'real')} | "
+                   f"{v['latency_s_per_clip']:.3f} | {v['speedup']:.2f}x | "
                    f"{v['size_mb']:.1f} | {v['params']:,} | {'met' if v['meets_floor'] else 'no'} |")
     f = r["floor"]
     out += ["", f"Floor ({f['rule']}): **{'met' if f['met'] else 'missed'}**"
@@ -456,6 +517,19 @@ def markdown(r: dict) -> str:
                        f"{c['wer_real_delta_points']:+.1f} pts")
     if r.get("best_combined"):
         out += ["", f"Best combined variant: {r['best_combined']}."]
+    c = r.get("classification")
+    if c:
+        p = c.get("protocol") or {}
+        out += ["", "## Keyword classification (WhisperForAudioClassification on tiny.en's encoder)", "",
+                f"From {c['source']} (scripts/benchmark_keywords.py): {p.get('classes')} spoken words, "
+                f"{p.get('test_clips')} test clips by {p.get('test_voices')} unseen voices, {p.get('audio_window_s')} "
+                f"s window; latency = features + forward of one clip, {p.get('threads')} threads.", "",
+                "| model | accuracy | Δ points | latency ms/clip | speedup | size MB | params |", "|---|---|---|---|---|---|---|"]
+        cb = c["base"]
+        for n, v in [("base", cb), *c["variants"].items()]:
+            d = "" if n == "base" else f"{100 * (v['accuracy'] - cb['accuracy']):+.1f}"
+            out.append(f"| {n} | {v['accuracy']:.4f} | {d} | {v['latency_ms_per_clip']:.2f} | {v['speedup']:.2f}x | "
+                       f"{v['size_mb']:.1f} | {v['params']:,} |")
     for note in r["notes"]:
         out += ["", f"Note: {note}"]
     return "\n".join(out) + "\n"

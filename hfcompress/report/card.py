@@ -302,13 +302,19 @@ def speech_meets_floor(result: dict, name: str) -> bool:
 
 
 def choose_speech_variant(result: dict) -> str | None:
-    """The variant a speech card is written for: the fastest one meeting the floor; if none does, among those at least
-    `SPEECH_FLOOR_SPEEDUP` x faster (all variants if none is), the one whose worse WER increase (the larger of the two
-    deltas) is smallest, the faster one on a tie. None when the result has no variants."""
+    """The variant a speech card is written for: the fastest one meeting the floor; if none does, the fastest one that
+    keeps WER within the floor's bound on both test sets and is faster than the base (a usable model, only not fast
+    enough); else, among those at least `SPEECH_FLOOR_SPEEDUP` x faster (all variants if none is), the one whose worse
+    WER increase (the larger of the two deltas) is smallest, the faster one on a tie. None when there are no
+    variants."""
     variants = result.get("variants") or {}
     meeting = [n for n in variants if speech_meets_floor(result, n)]
     if meeting:
         return max(meeting, key=lambda n: variants[n]["speedup"])
+    accurate = [n for n, v in variants.items()
+                if max(speech_wer_deltas(result, n)) <= SPEECH_FLOOR_WER_POINTS and v["speedup"] > 1]
+    if accurate:
+        return max(accurate, key=lambda n: variants[n]["speedup"])
     fast = [n for n, v in variants.items() if v["speedup"] >= SPEECH_FLOOR_SPEEDUP] or list(variants)
     if not fast:
         return None

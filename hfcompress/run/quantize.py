@@ -19,7 +19,6 @@ import tempfile
 from types import SimpleNamespace
 from dataclasses import dataclass, field
 
-import torch
 from transformers import AutoTokenizer
 
 from ..assets import resolve_model_path

@@ -102,12 +102,7 @@ def load_speech_data(data_args: DataArguments, speech: SpeechArguments):
         name, speech.audio_column, data_args.text_column, seed=data_args.split_seed, resample=speech.resample_audio,
         synth_settings={"num_voices": speech.synth_num_voices, "per_voice": speech.synth_per_voice},
     )
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
-              "test": data_args.max_eval_samples}
-    for split, limit in limits.items():
-        if limit is not None and split in dataset:
-            dataset[split] = dataset[split].select(range(min(limit, len(dataset[split]))))
-    return dataset, name
+    return steps.limit_splits(dataset, data_args), name
 
 
 def add_targets(dataset, tokenizer, max_target_positions: int, prompt_length: int):

@@ -43,7 +43,13 @@ def load_data(data_args: DataArguments) -> DatasetDict:
     dataset = load_text_classification(
         data_args.dataset, data_args.text_column, data_args.label_column, seed=data_args.split_seed
     )
-    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples, "test": data_args.max_eval_samples}
+    return limit_splits(dataset, data_args)
+
+
+def limit_splits(dataset, data_args: DataArguments):
+    """The first `--max_train_samples` rows of train and `--max_eval_samples` of validation and test (as asked)."""
+    limits = {"train": data_args.max_train_samples, "validation": data_args.max_eval_samples,
+              "test": data_args.max_eval_samples}
     for split, limit in limits.items():
         if limit is not None and split in dataset:
             dataset[split] = dataset[split].select(range(min(limit, len(dataset[split]))))

@@ -204,11 +204,11 @@ def main(argv=None):
     paths = {"base": teacher, **models}
 
     from hfcompress.run.arguments import DataArguments, SpeechArguments
-    from hfcompress.run.audio import load_audio_data
+    from hfcompress.run.speech import load_speech_data
 
-    dataset, _ = load_audio_data(DataArguments(dataset="speech-keywords"),
-                                 SpeechArguments(synth_num_voices=args.synth_num_voices,
-                                                 synth_per_voice=args.synth_per_voice))
+    dataset, _ = load_speech_data(DataArguments(dataset="speech-keywords"),
+                                  SpeechArguments(synth_num_voices=args.synth_num_voices,
+                                                  synth_per_voice=args.synth_per_voice), classification=True)
     from hfcompress.assets import hfcompress_home
     from hfcompress.speech.synth import build_keyword_dataset
 

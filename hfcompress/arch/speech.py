@@ -132,6 +132,14 @@ def is_speech_model(model_or_config) -> bool:
     return getattr(config, "model_type", None) in SPEECH_MODEL_TYPES
 
 
+def is_audio_classifier(config) -> bool:
+    """True if a config's ``architectures`` name a classifier over the encoder (``WhisperForAudioClassification``,
+    ``Wav2Vec2ForSequenceClassification``, ...): its logits are per clip, even where the config is an
+    encoder-decoder's (Whisper)."""
+    archs = getattr(config, "architectures", None) or []
+    return any(str(a).endswith(("ForAudioClassification", "ForSequenceClassification")) for a in archs)
+
+
 def audio_window_seconds(model_or_config) -> float | None:
     """The fixed audio window a model hears (Whisper: ``max_source_positions`` encoder positions, two mel frames of
     10 ms each: 1500 -> 30 s), or None for models that read clips of any length (wav2vec2, HuBERT)."""

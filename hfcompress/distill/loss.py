@@ -19,6 +19,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from ..arch import QKVCapture, get_adapter
+from ..arch.speech import is_audio_classifier
 from ..errors import UserInputError
 from .checks import check_teacher_head, teacher_needs_own_inputs
 from .config import DistillationConfig, LayerMap, resolve_layer_map
@@ -62,10 +63,7 @@ def _default_label_names(config) -> bool:
 def is_seq2seq(config) -> bool:
     """An encoder-decoder model (Whisper): its logits are `[batch, target tokens, vocabulary]`. A classifier on the
     encoder alone (`WhisperForAudioClassification`, whose config is still an encoder-decoder's) is not."""
-    archs = getattr(config, "architectures", None) or []
-    if any(a.endswith(("ForAudioClassification", "ForSequenceClassification")) for a in archs):
-        return False
-    return bool(getattr(config, "is_encoder_decoder", False))
+    return bool(getattr(config, "is_encoder_decoder", False)) and not is_audio_classifier(config)
 
 
 def is_ctc(model_or_config) -> bool:

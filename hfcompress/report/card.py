@@ -266,15 +266,20 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
     )
 
 
-def write_card(record: dict, model_dir: str, **kwargs) -> str:
-    """Render the card of `record` and write it to ``<model_dir>/README.md`` atomically; returns the path."""
-    card = build_card(record, model_dir, **kwargs)
-    path = os.path.join(model_dir, CARD)
+def save_card(card, folder: str, what: str = "model card") -> str:
+    """Write `card` to ``<folder>/README.md`` atomically (a temporary file renamed into place); returns the path."""
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, CARD)
     tmp = path + ".tmp"
     card.save(tmp)
     os.replace(tmp, path)
-    logger.info("Wrote the model card %s", path)
+    logger.info("Wrote the %s %s", what, path)
     return path
+
+
+def write_card(record: dict, model_dir: str, **kwargs) -> str:
+    """Render the card of `record` and write it to ``<model_dir>/README.md`` atomically; returns the path."""
+    return save_card(build_card(record, model_dir, **kwargs), model_dir)
 
 
 # ---------------------------------------------------------------------------------------------------------- speech
@@ -646,11 +651,4 @@ def build_speech_card(result: dict, name: str, model_name: str | None = None, de
 def write_speech_card(result: dict, name: str, card_dir: str, **kwargs) -> str:
     """Render the speech card of variant `name` and write it to ``<card_dir>/README.md`` atomically; returns the
     path."""
-    card = build_speech_card(result, name, **kwargs)
-    os.makedirs(card_dir, exist_ok=True)
-    path = os.path.join(card_dir, CARD)
-    tmp = path + ".tmp"
-    card.save(tmp)
-    os.replace(tmp, path)
-    logger.info("Wrote the speech model card %s", path)
-    return path
+    return save_card(build_speech_card(result, name, **kwargs), card_dir, "speech model card")

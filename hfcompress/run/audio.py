@@ -18,7 +18,6 @@ with the window (attention quadratically).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -29,7 +28,13 @@ from accelerate import PartialState
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification, AutoModelForCTC, set_seed
 
 from ..arch import get_adapter
-from ..arch.speech import audio_window_seconds, fit_audio_window, is_speech_model, is_speech_seq2seq
+from ..arch.speech import (
+    audio_window_seconds,
+    fit_audio_window,
+    is_audio_classifier,
+    is_speech_model,
+    is_speech_seq2seq,
+)
 from ..assets import resolve_model_path
 from ..data import label_names, num_labels
 from ..distill import (
@@ -44,7 +49,7 @@ from ..errors import UserInputError
 from ..metrics import compute_classification_metrics
 from ..report.measure import count_parameters
 from ..report.record import RunRecord
-from ..speech.dataset import KEYWORDS_NAME, load_audio_classification_dataset
+from ..speech.dataset import KEYWORDS_NAME
 from ..speech.synth import TARGET_RATE
 from . import steps
 from .arguments import DataArguments, ModelArguments, SpeechArguments
@@ -54,19 +59,12 @@ from .report import hub_settings_of, publish
 
 logger = logging.getLogger(__name__)
 
-TEXT_DEFAULT_DATASET = "rotten-tomatoes"
-_CLASSIFIER_SUFFIXES = ("ForAudioClassification", "ForSequenceClassification")
-
 
 def _config(name: str):
     try:
         return AutoConfig.from_pretrained(resolve_model_path(name))
     except Exception:  # not a local model nor a reachable Hub id: the text path reports it
         return None
-
-
-def is_audio_classifier(config) -> bool:
-    return any(a.endswith(_CLASSIFIER_SUFFIXES) for a in (getattr(config, "architectures", None) or []))
 
 
 def audio_run_kind(model_args: ModelArguments, data_args: DataArguments, speech: SpeechArguments | None) -> str | None:
@@ -94,20 +92,6 @@ def audio_run_kind(model_args: ModelArguments, data_args: DataArguments, speech:
 
 
 # ---- data ---------------------------------------------------------------------------------------------------------
-
-def load_audio_data(data_args: DataArguments, speech: SpeechArguments):
-    """The labelled audio (``audio``, ``label``), limited as asked. The text classifiers' default dataset means the
-    synthesized keyword set here."""
-    name = data_args.dataset
-    if name == TEXT_DEFAULT_DATASET and not os.path.exists(name):
-        logger.info("Audio classification: --dataset defaults to %r (synthesized keywords)", KEYWORDS_NAME)
-        name = KEYWORDS_NAME
-    dataset = load_audio_classification_dataset(
-        name, speech.audio_column, data_args.label_column, seed=data_args.split_seed, resample=speech.resample_audio,
-        synth_settings={"num_voices": speech.synth_num_voices, "per_voice": speech.synth_per_voice},
-    )
-    return steps.limit_splits(dataset, data_args), name
-
 
 def longest_clip_seconds(dataset) -> float:
     import pyarrow.compute as pc
@@ -281,11 +265,12 @@ def character_targets(dataset, tokenizer):
         return sum(i == unk for i in ids) / max(1, len(ids))
 
     cases = {"as written": str, "upper": str.upper, "lower": str.lower}
-    name = min(cases, key=lambda c: unknown(cases[c]))
+    unknown_of = {c: unknown(f) for c, f in cases.items()}
+    name = min(cases, key=unknown_of.get)
     case = cases[name]
-    if unknown(case) > 0.05:
+    if unknown_of[name] > 0.05:
         logger.warning("%.0f%% of the transcripts' characters are unknown to the teacher's tokenizer (casing: %s)",
-                       100 * unknown(case), name)
+                       100 * unknown_of[name], name)
     logger.info("CTC targets: transcripts %s", name)
     out = dataset.map(lambda row: {"labels": tokenizer(case(row["text"])).input_ids}, desc="Character targets")
     for split in out:
@@ -357,12 +342,9 @@ def run_audio_encoder(
     # Everything that can be wrong with the input is checked before any training.
     resolve_audio_terms(args)
     cfg = args.distillation_config()
-    if ctc:
-        from .speech import load_speech_data
+    from .speech import load_speech_data
 
-        dataset, dataset_name = load_speech_data(data_args, speech)
-    else:
-        dataset, dataset_name = load_audio_data(data_args, speech)
+    dataset, dataset_name = load_speech_data(data_args, speech, classification=not ctc)
     resume = steps.resolve_resume(args)
     hub = hub_settings_of(args, push, output_dir=run_dir)
     from .distill import check_distillation_layers
@@ -409,21 +391,11 @@ def run_audio_encoder(
         callbacks=[*callbacks, *(c for c in (m.callback() for m in methods) if c is not None)],
         teacher_model=teacher,
     )
-    training = steps.train(trainer, resume)
-    metrics = steps.evaluate(trainer, data)
-    saved = {}
-    for method in methods:
-        saved.update(method.save(trainer, processor, run_dir) or {})
-    model_dir = saved.get("model") or steps.save_model(trainer, processor, run_dir)
+    training, metrics, saved, model_dir = steps.train_and_save(trainer, data, methods, processor, run_dir, resume)
 
     record = RunRecord(task=task)
     if state.is_main_process:
-        method_dir = os.path.join(run_dir, "distillation")
-        resolved = {**cfg.to_dict(), "layer_map_resolved": trainer.distillation_loss.layer_map}
-        os.makedirs(method_dir, exist_ok=True)
-        trainer.distillation_loss.save_projections(method_dir)
-        with open(os.path.join(method_dir, "distillation_config.json"), "w") as fh:
-            json.dump(resolved, fh, indent=2)
+        method_dir, resolved = steps.save_distillation_config(trainer, cfg, run_dir)
         record.add_settings(model=model_args, data=data_args, training=args, speech=speech)
         record.methods["distillation"] = {**resolved, "teacher": teacher_path, "teacher_outputs": "online"}
         record.data = {

@@ -3,7 +3,6 @@ with their own callbacks (pruning, quantization) without copying it."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
@@ -114,21 +113,11 @@ def run_distillation(
         callbacks=[*callbacks, *(c for c in (m.callback() for m in methods) if c is not None)],
         **trainer_kwargs,
     )
-    training = steps.train(trainer, resume)
-    metrics = steps.evaluate(trainer, tokenized)
-    saved = {}
-    for method in methods:
-        saved.update(method.save(trainer, student_tok, run_dir) or {})
-    model_dir = saved.get("model") or steps.save_model(trainer, student_tok, run_dir)
+    training, metrics, saved, model_dir = steps.train_and_save(trainer, tokenized, methods, student_tok, run_dir, resume)
 
     record = RunRecord(task=task)
     if state.is_main_process:
-        method_dir = os.path.join(run_dir, "distillation")
-        trainer.distillation_loss.save_projections(method_dir)
-        resolved = {**cfg.to_dict(), "layer_map_resolved": trainer.distillation_loss.layer_map}
-        os.makedirs(method_dir, exist_ok=True)
-        with open(os.path.join(method_dir, "distillation_config.json"), "w") as fh:
-            json.dump(resolved, fh, indent=2)
+        method_dir, resolved = steps.save_distillation_config(trainer, cfg, run_dir)
         record.add_settings(model=model_args, data=data_args, training=args)
         record.methods["distillation"] = {
             **resolved,

@@ -32,7 +32,12 @@ from ..distill import (
 from ..distill.student import check_decoder_layers
 from ..errors import UserInputError
 from ..report.record import RunRecord
-from ..speech.dataset import SYNTH_NAME, load_transcription_dataset
+from ..speech.dataset import (
+    KEYWORDS_NAME,
+    SYNTH_NAME,
+    load_audio_classification_dataset,
+    load_transcription_dataset,
+)
 from ..speech.normalize import normalize, word_error_rate
 from . import steps
 from .arguments import DataArguments, ModelArguments, SpeechArguments
@@ -91,15 +96,20 @@ def check_speech_settings(model_args: ModelArguments, speech: SpeechArguments) -
 
 # ---- data ---------------------------------------------------------------------------------------------------------
 
-def load_speech_data(data_args: DataArguments, speech: SpeechArguments):
-    """The speech dataset (audio + text), limited as asked. The text classifiers' default dataset means the
-    synthesized speech set here."""
+def load_speech_data(data_args: DataArguments, speech: SpeechArguments, classification: bool = False):
+    """The speech dataset, limited as asked: audio + transcript (``text``), or with `classification` audio + class
+    (``label``, from `--label_column`). The text classifiers' default dataset means the synthesized speech set here
+    (``speech-synth``; ``speech-keywords`` for classification)."""
+    if classification:
+        default, load, target = KEYWORDS_NAME, load_audio_classification_dataset, data_args.label_column
+    else:
+        default, load, target = SYNTH_NAME, load_transcription_dataset, data_args.text_column
     name = data_args.dataset
     if name == TEXT_DEFAULT_DATASET and not os.path.exists(name):
-        logger.info("Whisper teacher: --dataset defaults to %r (synthesized speech)", SYNTH_NAME)
-        name = SYNTH_NAME
-    dataset = load_transcription_dataset(
-        name, speech.audio_column, data_args.text_column, seed=data_args.split_seed, resample=speech.resample_audio,
+        logger.info("Speech teacher: --dataset defaults to %r (synthesized)", default)
+        name = default
+    dataset = load(
+        name, speech.audio_column, target, seed=data_args.split_seed, resample=speech.resample_audio,
         synth_settings={"num_voices": speech.synth_num_voices, "per_voice": speech.synth_per_voice},
     )
     return steps.limit_splits(dataset, data_args), name

@@ -13,6 +13,7 @@ Output layout of a run in `output_dir`::
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -204,6 +205,29 @@ def evaluate_on_texts(model, tokenizer, dataset: DatasetDict, data_args: DataArg
         model, tokenizer, dataset[split][data_args.text_column], dataset[split][data_args.label_column],
         max_length=data_args.max_length, desc=f"{split} ({type(model).__name__})",
     )
+
+
+def train_and_save(trainer, data: DatasetDict, methods, processor, run_dir: str, resume: str | None):
+    """Train, evaluate on validation and test, let each method save its own format, else save the usual checkpoint
+    (`save_model`). Returns `(training, metrics, saved artifacts, model_dir)`."""
+    training = train(trainer, resume)
+    metrics = evaluate(trainer, data)
+    saved = {}
+    for method in methods:
+        saved.update(method.save(trainer, processor, run_dir) or {})
+    return training, metrics, saved, saved.get("model") or save_model(trainer, processor, run_dir)
+
+
+def save_distillation_config(trainer, cfg, run_dir: str) -> tuple[str, dict]:
+    """`<run_dir>/distillation/`: the learned projections and the resolved config (with the layer map used).
+    Returns the folder and the resolved config."""
+    method_dir = os.path.join(run_dir, "distillation")
+    resolved = {**cfg.to_dict(), "layer_map_resolved": trainer.distillation_loss.layer_map}
+    os.makedirs(method_dir, exist_ok=True)
+    trainer.distillation_loss.save_projections(method_dir)
+    with open(os.path.join(method_dir, "distillation_config.json"), "w") as fh:
+        json.dump(resolved, fh, indent=2)
+    return method_dir, resolved
 
 
 def save_model(trainer, tokenizer, run_dir: str) -> str:

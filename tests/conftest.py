@@ -14,6 +14,7 @@ from transformers import (
     BertConfig,
     MPNetConfig,
     PreTrainedTokenizerFast,
+    TrainerCallback,
 )
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -94,6 +95,27 @@ def tokenizer():
 @pytest.fixture
 def dataset():
     return make_dataset()
+
+
+class GradCapture(TrainerCallback):
+    """Copies every gradient (the model's, and `extra_module`'s, e.g. distillation projections) just before the first
+    optimizer step; keeps every log (`logs`) and the logged training losses (`losses`)."""
+
+    def __init__(self, extra_module=None):
+        self.grads, self.extra, self.losses, self.logs = None, extra_module, [], []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        if self.grads is None:
+            named = list(model.named_parameters())
+            if self.extra is not None:
+                named += [(f"kd.{n}", p) for n, p in self.extra.named_parameters()]
+            self.grads = {n: p.grad.detach().clone() for n, p in named if p.grad is not None}
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            self.logs.append(dict(logs))
+            if "loss" in logs:
+                self.losses.append(logs["loss"])
 
 
 def load_script(name: str):

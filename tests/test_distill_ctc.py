@@ -28,7 +28,6 @@ from transformers import (
     HubertConfig,
     HubertForCTC,
     Trainer,
-    TrainerCallback,
     TrainingArguments,
     Wav2Vec2Config,
     Wav2Vec2CTCTokenizer,
@@ -37,6 +36,7 @@ from transformers import (
     Wav2Vec2ForSequenceClassification,
 )
 
+from conftest import GradCapture
 from hfcompress.distill import (
     DistillationArguments,
     DistillationCallback,
@@ -132,20 +132,6 @@ def collator_for(kind: str) -> CTCDistillationCollator:
     return CTCDistillationCollator(fe)
 
 
-class Capture(TrainerCallback):
-    """Every gradient just before the first optimizer step, and the logs."""
-
-    def __init__(self):
-        self.grads, self.logs = None, []
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self.grads is None:
-            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs:
-            self.logs.append(dict(logs))
-
 
 def _trainer(kind, tokenizer, rows, tmp_path, bs=4, ga=1, max_steps=1, **kw):
     teacher = teacher_for(kind, tokenizer)
@@ -222,7 +208,7 @@ def test_training_logs_finite_kd_and_ctc_parts(kind, tokenizer, train_rows, tmp_
     extra = {"hidden_weight": 1.0, "layer_map": "1:2,2:4"} if kind == "hubert" else {}
     trainer = _trainer(kind, tokenizer, train_rows, tmp_path, bs=4, max_steps=3, **extra)
     assert trainer.distillation_loss.ctc
-    cap = Capture()
+    cap = GradCapture()
     trainer.add_callback(cap)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
@@ -245,7 +231,7 @@ def test_gradient_accumulation_2x2_equals_1x4(tokenizer, train_rows, tmp_path):
     for bs, ga in ((2, 2), (4, 1)):
         trainer = _trainer("wav2vec2", tokenizer, train_rows, tmp_path, bs=bs, ga=ga, hidden_weight=0.5,
                            layer_map="1:2,2:4")
-        cap = Capture()
+        cap = GradCapture()
         trainer.add_callback(cap)
         trainer.train()
         caps.append(cap)
@@ -267,7 +253,7 @@ def test_gradient_accumulation_2x2_equals_1x4(tokenizer, train_rows, tmp_path):
     args = TrainingArguments(output_dir=str(tmp_path / "plain"), per_device_train_batch_size=2,
                              gradient_accumulation_steps=2, max_steps=1, max_grad_norm=0.0, report_to="none",
                              save_strategy="no", seed=5, use_cpu=True, learning_rate=1e-3, dataloader_num_workers=0)
-    cap = Capture()
+    cap = GradCapture()
     plain = Trainer(model=student, args=args, train_dataset=train_rows, data_collator=collator_for("wav2vec2"),
                     compute_loss_func=kd, callbacks=[DistillationCallback(kd), cap])
     plain.train()

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 from datasets import Dataset
-from transformers import TrainerCallback, WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
+from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
-from conftest import load_script
+from conftest import GradCapture, load_script
 from hfcompress.arch.speech import decoder_prompt_ids, transcript_ids
 from hfcompress.cli import run_script
 from hfcompress.distill import (
@@ -183,18 +183,6 @@ def test_collator_targets_and_loss_equal_their_definition(teacher_dir):
     with pytest.raises(ValueError, match="one vocabulary"):
         DistillationLoss(cfg, other, teacher)
 
-
-class GradCapture(TrainerCallback):
-    def __init__(self):
-        self.grads, self.losses = None, []
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self.grads is None:
-            self.grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.losses.append(logs["loss"])
 
 
 def _trainer(teacher_dir, tmp_path, bs, ga, train=None, **kw):

@@ -4,30 +4,12 @@ batchings, which changes summation order only)."""
 
 import pytest
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 
-from conftest import make_dataset, make_tokenizer, tiny_bert, tiny_mpnet
+from conftest import GradCapture, make_dataset, make_tokenizer, tiny_bert, tiny_mpnet
 from hfcompress import DistillationArguments, DistillationCallback, DistillationConfig, DistillationDataCollator
 from hfcompress import DistillationLoss, DistillationTrainer
 from hfcompress.data import tokenize
-
-
-class GradCapture(TrainerCallback):
-    """Copies every gradient (student and distillation projections) just before the first optimizer step."""
-
-    def __init__(self, extra_module=None):
-        self.grads, self.extra, self.losses = None, extra_module, []
-
-    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
-        if self.grads is None:
-            named = list(model.named_parameters())
-            if self.extra is not None:
-                named += [(f"kd.{n}", p) for n, p in self.extra.named_parameters()]
-            self.grads = {n: p.grad.detach().clone() for n, p in named if p.grad is not None}
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
-            self.losses.append(logs["loss"])
 
 
 def assert_same_grads(a: dict, b: dict):

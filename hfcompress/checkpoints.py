@@ -22,3 +22,18 @@ def resume_checkpoint_dirs(args, state) -> list[str]:
     names one, then the checkpoint of the restored step in `output_dir`."""
     explicit = args.resume_from_checkpoint if isinstance(args.resume_from_checkpoint, str) else None
     return [c for c in (explicit, step_checkpoint_dir(args, state)) if c]
+
+
+# `Trainer.save_model` also pickles the whole `TrainingArguments` (`training_args.bin`): a pickle has no place in a
+# folder a user publishes (the Hub flags pickles, and this project writes safetensors only).
+TRAINING_ARGS_PICKLE = "training_args.bin"
+
+
+def save_trainer_model(trainer, path: str) -> str:
+    """`trainer.save_model(path)` without the pickled training arguments: weights (safetensors) and config only.
+    Returns `path`."""
+    trainer.save_model(path)
+    pickle = os.path.join(path, TRAINING_ARGS_PICKLE)
+    if trainer.is_world_process_zero() and os.path.exists(pickle):
+        os.remove(pickle)
+    return path

@@ -13,6 +13,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from .errors import UserInputError
+from .tokens import take_tokens
 
 
 def load_config_file(path: str) -> dict:
@@ -57,6 +58,9 @@ def parse_args(dataclass_types, argv: list[str] | None = None, description: str 
     parsed = [p for p in parsed if not isinstance(p, argparse.Namespace)]  # the extra `config` entry
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    # Hub tokens leave the arguments now: the Trainer pickles its arguments into every checkpoint, and runs record
+    # theirs; the push reads the token from memory (`tokens.held_token`).
+    take_tokens(*parsed)
     return tuple(parsed)
 
 

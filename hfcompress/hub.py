@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 
 from .errors import UserInputError
+from .tokens import held_token
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,7 @@ def hub_settings(args) -> HubSettings | None:
     return HubSettings(
         repo_id=getattr(args, "hub_model_id", None),
         private=getattr(args, "hub_private_repo", None),
-        token=getattr(args, "hub_token", None),
+        token=getattr(args, "hub_token", None) or held_token("hub_token"),
         revision=getattr(args, "hub_revision", None),
         dry_run=dry_run,
     )
@@ -164,7 +165,8 @@ def upload_plan(model_dir: str) -> list[str]:
     folders (any sub-folder holding a push_plan.json) and a top-level push_plan.json (so that pushing a reviewed
     dry-run folder uploads exactly what its plan lists).
 
-    Raises `UserInputError` when the folder is missing or has no config.json.
+    Raises `UserInputError` when the folder is missing, has no config.json, or holds a pickle (`is_pickle`: a
+    Trainer's training_args.bin, a torch.save file), which is refused rather than left out silently.
     """
     if not os.path.isdir(model_dir):
         raise UserInputError(f"model folder {model_dir!r} does not exist (or is not a folder); expected the output "
@@ -184,7 +186,40 @@ def upload_plan(model_dir: str) -> list[str]:
             if name == PLAN_NAME and root == model_dir:
                 continue
             files.append(os.path.relpath(path, model_dir).replace(os.sep, "/"))
+    pickles = [rel for rel in files if is_pickle(os.path.join(model_dir, *rel.split("/")))]
+    if pickles:
+        raise UserInputError(
+            f"model folder {model_dir!r} holds pickle files ({', '.join(pickles)}); nothing was uploaded. A pickle runs "
+            "code when loaded and the Hub flags it, and a Trainer's training_args.bin holds every training argument "
+            "(a --hub_token included): remove them, or save the model with save_pretrained (safetensors) and push "
+            "that folder")
     return sorted(files)
+
+
+_PICKLE_SUFFIXES = (".pkl", ".pickle", ".pt", ".pth", ".ckpt", ".joblib")
+
+
+def is_pickle(path: str) -> bool:
+    """A Python pickle, or a `torch.save` file (a zip archive holding one): by content, whatever the name, and by the
+    usual pickle suffixes. CTranslate2's `model.bin`, ONNX files and safetensors are not pickles."""
+    if path.lower().endswith(_PICKLE_SUFFIXES):
+        return True
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError:
+        return False
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:  # pickle protocol 2..5
+        return True
+    if head == b"PK\x03\x04":
+        import zipfile
+
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return any(name.endswith(".pkl") for name in archive.namelist())
+        except zipfile.BadZipFile:
+            return False
+    return False
 
 
 def _sha256(path: str) -> str:

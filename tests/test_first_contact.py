@@ -44,6 +44,41 @@ def test_public_names_import_without_the_bitsandbytes_kernels_message():
     assert "kernels" not in r.stderr and "gemm_4bit" not in r.stderr, r.stderr
 
 
+def test_bitsandbytes_imported_after_hfcompress_asks_the_hub_for_no_kernel():
+    # On an AVX512-BF16 CPU, `import bitsandbytes` calls kernels.get_kernel("kernels-community/...") (a Hub request
+    # and a download of native code); after `import hfcompress` it must not. The CPU feature is faked (bitsandbytes
+    # asks its native library, through ctypes), so the test means the same on every CPU; get_kernel is a stand-in
+    # that counts calls. HFCOMPRESS_BNB_HUB_KERNELS=1 lets bitsandbytes ask, as it does without hfcompress.
+    pytest.importorskip("bitsandbytes")
+    pytest.importorskip("kernels")
+    code = "\n".join([
+        "import ctypes, sys",
+        "_getattr = ctypes.CDLL.__getattr__",
+        "ctypes.CDLL.__getattr__ = lambda self, name: (lambda: True) if name == 'has_avx512bf16_cpu' "
+        "else _getattr(self, name)",
+        "import kernels",
+        "calls = []",
+        "def get_kernel(repo_id, *a, **k):",
+        "    calls.append(repo_id)",
+        "    raise RuntimeError('no Hub in this test')",
+        "kernels.get_kernel = get_kernel",
+        "if sys.argv[1] == 'hfcompress':",
+        "    import hfcompress",
+        "import bitsandbytes",
+        "from bitsandbytes.functional import has_avx512bf16",
+        "assert has_avx512bf16()",
+        "print(len(calls))",
+    ])
+    without = _run([sys.executable, "-c", code, "bare"])
+    assert without.returncode == 0, without.stderr
+    assert without.stdout.split() == ["1"], "the fake did not make bitsandbytes ask: the test shows nothing"
+    r = _run([sys.executable, "-c", code, "hfcompress"])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0"] and r.stderr == "", (r.stdout, r.stderr)
+    opted_in = _run([sys.executable, "-c", code, "hfcompress"], {"HFCOMPRESS_BNB_HUB_KERNELS": "1"})
+    assert opted_in.returncode == 0 and opted_in.stdout.split() == ["1"], opted_in.stderr
+
+
 # ---- 2. the hfcompress command -------------------------------------------------------------------------------------
 def _cli():
     exe = shutil.which("hfcompress", path=os.path.dirname(sys.executable))

@@ -7,9 +7,10 @@ import dataclasses
 import json
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass, field
+
+from ..tokens import command_line, redact
 
 
 def _jsonable(obj):
@@ -74,7 +75,7 @@ class RunRecord:
     """
 
     task: str
-    command: str = field(default_factory=lambda: " ".join([os.path.basename(sys.argv[0]), *sys.argv[1:]]))
+    command: str = field(default_factory=command_line)  # secrets (--hub_token) redacted
     settings: dict = field(default_factory=dict)
     methods: dict = field(default_factory=dict)
     data: dict = field(default_factory=dict)
@@ -92,7 +93,7 @@ class RunRecord:
             self.settings[name] = _jsonable(value)
 
     def to_dict(self) -> dict:
-        return _jsonable({f.name: getattr(self, f.name) for f in dataclasses.fields(self)})
+        return redact(_jsonable({f.name: getattr(self, f.name) for f in dataclasses.fields(self)}))
 
     def save(self, path: str) -> None:
         """Write the record as JSON, atomically (a crash never leaves half a file)."""

@@ -28,6 +28,7 @@ from transformers import (
 
 from ..assets import resolve_model_path
 from ..data import content_fingerprint, label_names, num_labels, tokenize
+from ..checkpoints import save_trainer_model
 from ..errors import UserInputError
 from ..metrics import compute_classification_metrics
 
@@ -200,7 +201,7 @@ def train_and_save(model, processing_class, data: DatasetDict, collator, cfg: Fi
     )
     train_out = trainer.train()
     metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
-    trainer.save_model(output_dir)
+    save_trainer_model(trainer, output_dir)
     summary = {
         **summary,
         "config": asdict(cfg),

@@ -43,6 +43,7 @@ from transformers import HfArgumentParser
 from ..assets import ASSETS, canonical_name, resolve_model_path
 from ..errors import UserInputError
 from ..report.record import RunRecord
+from ..tokens import redact_text, take_from_mapping
 from . import steps
 from .arguments import DataArguments
 from .report import ReportArguments, hub_settings_of, measure_and_card, publish
@@ -176,8 +177,9 @@ def load_recipe(path: str) -> Recipe:
         stages.append(Stage(i, name, method, dict(args), lines.get(("stages", i)), arg_lines))
     return Recipe(path=path, name=str(data.get("name") or os.path.splitext(os.path.basename(path))[0]),
                   base_model=str(data["base_model"]), seed=int(data.get("seed", 42)), data=dict(data.get("data") or {}),
-                  stages=stages, measure=dict(data.get("measure") or {}), hub=dict(data.get("hub") or {}),
-                  lines=lines, description=data.get("description"), text=text)
+                  stages=stages, measure=dict(data.get("measure") or {}),
+                  hub=take_from_mapping(dict(data.get("hub") or {})),  # a token in the file stays in memory only
+                  lines=lines, description=data.get("description"), text=redact_text(text))
 
 
 def _parse_groups(types, values: dict, where) -> tuple:
@@ -354,7 +356,7 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
     from transformers.trainer_utils import get_last_checkpoint
 
     recipe = load_recipe(recipe_path)
-    recipe.hub.update({k: v for k, v in (hub_overrides or {}).items() if v not in (None, False)})
+    recipe.hub.update(take_from_mapping({k: v for k, v in (hub_overrides or {}).items() if v not in (None, False)}))
     output_dir = output_dir or os.path.join("out", recipe.name)
     hub = check_recipe(recipe, output_dir)
     state = PartialState()

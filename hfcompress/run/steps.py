@@ -25,7 +25,9 @@ from ..arch import get_adapter
 from ..assets import hfcompress_home, resolve_model_path
 from ..data import label_names, load_text_classification, num_labels
 from ..distill.student import init_student_from_teacher
+from ..checkpoints import save_trainer_model
 from ..errors import UserInputError
+from ..files import write_text_atomic
 from ..prune.structured_io import is_structured_checkpoint, load_structured
 from ..report import count_parameters, evaluate_classifier, model_size_mb
 from .arguments import DataArguments, ModelArguments
@@ -36,6 +38,7 @@ logger = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
+TRAINING_ARGS_JSON = "training_args.json"  # the training arguments of a run, as JSON (never a pickle, never a token)
 TEACHER_CACHE_DIR = "teacher_cache"
 
 
@@ -215,6 +218,8 @@ def train_and_save(trainer, data: DatasetDict, methods, processor, run_dir: str,
     saved = {}
     for method in methods:
         saved.update(method.save(trainer, processor, run_dir) or {})
+    if trainer.is_world_process_zero():  # readable, and without the token (which never reached the arguments)
+        write_text_atomic(os.path.join(run_dir, TRAINING_ARGS_JSON), trainer.args.to_json_string())
     return training, metrics, saved, saved.get("model") or save_model(trainer, processor, run_dir)
 
 
@@ -231,9 +236,8 @@ def save_distillation_config(trainer, cfg, run_dir: str) -> tuple[str, dict]:
 
 
 def save_model(trainer, tokenizer, run_dir: str) -> str:
-    """Save the trained model and its tokenizer alone in `<run_dir>/model` (what a user publishes)."""
-    path = os.path.join(run_dir, MODEL_DIR)
-    trainer.save_model(path)
+    """Save the trained model and its tokenizer alone in `<run_dir>/model` (what a user publishes: no pickle)."""
+    path = save_trainer_model(trainer, os.path.join(run_dir, MODEL_DIR))
     if trainer.is_world_process_zero() and tokenizer is not None:
         tokenizer.save_pretrained(path)
     return path

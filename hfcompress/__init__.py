@@ -42,6 +42,7 @@ _LAZY = {
     "save_dense": ".prune",
     "save_sparse": ".prune",
     "RunRecord": ".report.record",
+    "FaithfulResumeCallback": ".checkpoints",
     "LoraArguments": ".lora",
     "apply_lora": ".lora",
     "load_lora": ".lora",

@@ -93,8 +93,9 @@ def test_one_and_two_processes_agree(tiny, tmp_path):
         assert ckpts == ["checkpoint-4"]
         # The publishable model stands alone: no checkpoint, cache or run file beside it; its card and plot do.
         assert sorted(p.name for p in (out / "model").iterdir()) == sorted(
-            ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "training_args.bin",
+            ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
              "README.md", "compression.png"])
+        assert (out / "training_args.json").exists()  # the run's arguments, readable, beside (not in) the model
     # Measured once, by the main process, against the teacher; the card shows those numbers.
     for s in (s1, s2):
         c = s["comparison"]

@@ -45,6 +45,7 @@ from ..distill import (
     is_ctc,
 )
 from ..distill.student import check_layer_indices
+from ..checkpoints import with_faithful_resume
 from ..errors import UserInputError
 from ..metrics import compute_classification_metrics
 from ..report.measure import count_parameters
@@ -388,7 +389,7 @@ def run_audio_encoder(
         data_collator=collator,
         processing_class=processor,
         compute_metrics=metrics_fn,
-        callbacks=[*callbacks, *(c for c in (m.callback() for m in methods) if c is not None)],
+        callbacks=with_faithful_resume([*callbacks, *(c for c in (m.callback() for m in methods) if c is not None)]),
         teacher_model=teacher,
     )
     training, metrics, saved, model_dir = steps.train_and_save(trainer, data, methods, processor, run_dir, resume)

@@ -9,6 +9,7 @@ import os
 from accelerate import PartialState
 from transformers import set_seed
 
+from ..checkpoints import with_faithful_resume
 from ..distill import DistillationDataCollator, DistillationLoss, DistillationTrainer
 from ..distill.config import resolve_layer_map
 from ..metrics import compute_classification_metrics
@@ -110,7 +111,7 @@ def run_distillation(
         data_collator=collator,
         processing_class=student_tok,
         compute_metrics=compute_classification_metrics,
-        callbacks=[*callbacks, *(c for c in (m.callback() for m in methods) if c is not None)],
+        callbacks=with_faithful_resume([*callbacks, *(c for c in (m.callback() for m in methods) if c is not None)]),
         **trainer_kwargs,
     )
     training, metrics, saved, model_dir = steps.train_and_save(trainer, tokenized, methods, student_tok, run_dir, resume)

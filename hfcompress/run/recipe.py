@@ -41,6 +41,7 @@ import yaml
 from transformers import HfArgumentParser
 
 from ..assets import ASSETS, canonical_name, resolve_model_path
+from ..checkpoints import latest_complete_checkpoint
 from ..errors import UserInputError
 from ..report.record import RunRecord
 from ..tokens import redact_text, take_from_mapping
@@ -353,7 +354,6 @@ def _copy_folder(src: str, dst: str) -> None:
 def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: dict | None = None) -> RunRecord:
     """Run a recipe end to end (see the module docstring); returns its `RunRecord` (``recipe_summary.json``)."""
     from accelerate import PartialState
-    from transformers.trainer_utils import get_last_checkpoint
 
     recipe = load_recipe(recipe_path)
     recipe.hub.update(take_from_mapping({k: v for k, v in (hub_overrides or {}).items() if v not in (None, False)}))
@@ -391,11 +391,11 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
         else:
             resume = None
             checkpoints = os.path.join(stage_dir, steps.CHECKPOINT_DIR)
-            if stage.method != "quantize" and os.path.isdir(checkpoints) and get_last_checkpoint(checkpoints):
+            if stage.method != "quantize" and os.path.isdir(checkpoints) and latest_complete_checkpoint(checkpoints):
                 if done and done.get("fingerprint") != key:
                     raise UserInputError(f"recipe {recipe.path} line {stage.line}: stage {stage.name!r} was "
                                          f"interrupted in {stage_dir} with other settings; use a new --output_dir")
-                resume = get_last_checkpoint(checkpoints)
+                resume = latest_complete_checkpoint(checkpoints)
                 logger.info("Stage %s: resuming from %s", stage.name, resume)
             progress["stages"][stage.name] = {"status": "running", "fingerprint": key, "dir": stage_dir}
             if state.is_main_process:

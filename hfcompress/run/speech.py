@@ -22,6 +22,7 @@ from transformers import AutoConfig, set_seed
 
 from ..arch.speech import decoder_prompt_ids, is_speech_seq2seq, num_decoder_layers, transcript_ids
 from ..assets import resolve_model_path
+from ..checkpoints import with_faithful_resume
 from ..distill import (
     DistillationLoss,
     DistillationTrainer,
@@ -330,7 +331,7 @@ def run_speech_distillation(
         # where Whisper's config has <|startoftranscript|>). The model folder gets the whole processor (save_model).
         processing_class=processor.feature_extractor,
         compute_metrics=wer_metrics(tokenizer),
-        callbacks=list(callbacks),
+        callbacks=with_faithful_resume(callbacks),
         generation_kwargs=generation_kwargs(speech),
     )
     training = steps.train(trainer, resume)

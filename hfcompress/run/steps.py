@@ -19,13 +19,12 @@ import os
 
 from datasets import DatasetDict
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-from transformers.trainer_utils import get_last_checkpoint
 
 from ..arch import get_adapter
 from ..assets import hfcompress_home, resolve_model_path
 from ..data import label_names, load_text_classification, num_labels
 from ..distill.student import init_student_from_teacher
-from ..checkpoints import save_trainer_model
+from ..checkpoints import MANIFEST_NAME, checkpoint_is_complete, latest_complete_checkpoint, save_trainer_model
 from ..errors import UserInputError
 from ..files import write_text_atomic
 from ..prune.structured_io import is_structured_checkpoint, load_structured
@@ -87,12 +86,21 @@ def resolve_resume(args) -> str | None:
     """`--resume_from_checkpoint latest|true|PATH` as a checkpoint folder (or None), checked before training."""
     resume = args.resume_from_checkpoint
     if isinstance(resume, str) and resume.lower() in ("true", "latest"):
-        found = get_last_checkpoint(args.output_dir) if os.path.isdir(args.output_dir) else None
+        found = latest_complete_checkpoint(args.output_dir)
         if found is None:
             raise UserInputError(f"--resume_from_checkpoint {resume}: no checkpoint in {args.output_dir}")
         return found
     if resume and not os.path.isdir(resume):
         raise UserInputError(f"--resume_from_checkpoint {resume!r} is not a checkpoint folder")
+    if resume:
+        complete, why = checkpoint_is_complete(resume)
+        parent = os.path.dirname(os.path.abspath(resume))
+        with_manifests = any(os.path.isfile(os.path.join(parent, n, MANIFEST_NAME)) for n in os.listdir(parent))
+        if not complete and (with_manifests or not os.path.isfile(os.path.join(resume, "trainer_state.json"))):
+            latest = latest_complete_checkpoint(parent)
+            hint = f"resume from {latest} (the latest complete one) or" if latest else "start a new run, or"
+            raise UserInputError(f"--resume_from_checkpoint {resume!r} is incomplete ({why}): the run was stopped while "
+                                 f"writing it; {hint} pass --resume_from_checkpoint latest")
     return resume or None
 
 

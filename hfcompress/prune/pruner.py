@@ -186,14 +186,17 @@ class Pruner(ScheduledPruner):
         produced: the clipping coefficient (and, under fp16, one over the loss scale). Measured on the pruned
         layers, where ``W.grad = c * dL/dW' * M``: ``c = ||W.grad * W|| / ||dL/dW' * W * M||``. 1 when no weight
         has a gradient (a loop calling this before backward, or frozen weights)."""
-        num, den = 0.0, 0.0
+        nums, dens = [], []
         for name, g in grads.items():
             w = self.targets[name].weight
             if w.grad is None:
                 continue
             m = self.states[name].mask.to(g.device)
-            num += float((w.grad.detach().float() * w.detach().float()).to(g.device).square().sum())
-            den += float((g * m).square().sum())
+            nums.append((w.grad.detach().float() * w.detach().float()).to(g.device).square().sum())
+            dens.append((g * m).square().sum())
+        if not nums:
+            return 1.0
+        num, den = (float(torch.stack([t.to(nums[0].device) for t in ts]).sum()) for ts in (nums, dens))  # one sync
         if den == 0.0:
             return 1.0 if math.isfinite(num) else float("nan")
         c = math.sqrt(num / den)

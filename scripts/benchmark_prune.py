@@ -12,7 +12,7 @@ Rows, on Rotten Tomatoes (stratified 10,202 / 1,275 / 1,275 split, seed 42), acc
                  row), with logit KD from the dense model of the same seed (cached outputs, alpha 0.9, T 2): the
                  setting of Sanh et al. 2020 (movement scores need the large gradients of task learning; from an
                  already fine-tuned model they are mostly noise and early pruning by them is close to random);
-  soft_movement  the same with learned scores + sparsity regulariser + learned threshold;
+  soft_movement  the same scores + the sparsity regulariser, kept while sigmoid(S) > tau (tau scheduled);
   magnitude      gradual magnitude pruning, same schedule, same KD.
 Every pruned row runs through `hfcompress.run.prune.run_pruning` (the steps of scripts/prune.py) under bf16
 autocast on this CPU, and is measured from its saved compact checkpoint reloaded from disk (`load_sparse`).

@@ -12,8 +12,9 @@ attention heads, FFN neurons and blocks cut out of the model (--granularity stru
 Default: Rotten Tomatoes; the model pruned is a full copy of the teacher (MiniLM-L6 fine-tuned on it, done once and
 cached); gradual magnitude pruning of the encoder's q/k/v, attention-output and feed-forward weights to 90%
 sparsity (warm-up 10% of the steps, cubic ramp to 70%, then held) with logit distillation from the teacher's cached
-outputs. `--method movement` / `soft_movement` (Sanh et al. 2020) need far longer runs than this default: in the
-2-epoch benchmark both collapse (benchmarks/results/prune.json). Teacher, cache and distillation options are those of scripts/distill.py.
+outputs. `--method movement` / `soft_movement` (Sanh et al. 2020; scores trained by AdamW as in their code) need
+longer runs than this default (the paper: ~10 epochs); the 2-epoch benchmark rows in benchmarks/results/prune.json
+predate the Adam rule and collapsed. Teacher, cache and distillation options are those of scripts/distill.py.
 
 Writes <output_dir>/model (compact sparse checkpoint: load with hfcompress.load_sparse), <output_dir>/model_dense
 (plain transformers checkpoint with explicit zeros), checkpoints with the pruning state (resume with

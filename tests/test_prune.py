@@ -66,7 +66,8 @@ def test_default_targets_are_encoder_projections_only():
 
 
 def test_movement_score_is_minus_grad_times_weight_straight_through():
-    """One backward: the score gets -dL/dW' * W for every entry, pruned ones included (so they can come back)."""
+    """One backward: the score's gradient is dL/dW' * W for every entry, pruned ones included (so they can come
+    back), and the score takes AdamW's first step on it: -lr * g / (|g| + eps)."""
     torch.manual_seed(0)
     model = tiny_bert(num_layers=1)
     pruner = Pruner(model, PruningConfig(method="movement", target_sparsity=0.5))
@@ -76,6 +77,7 @@ def test_movement_score_is_minus_grad_times_weight_straight_through():
     tok = make_tokenizer()
     batch = tok(["good movie", "bad plot very dull"], padding=True, return_tensors="pt")
     model(**batch, labels=torch.tensor([1, 0])).loss.backward()
+    grad = pruner.states[name].grad_times_weight.clone()
     pruner.before_optimizer_step()
     score = pruner.scores[name]
     # Reference without hooks: the same model with the masked weight as a plain parameter; its gradient is dL/dW'.
@@ -84,9 +86,11 @@ def test_movement_score_is_minus_grad_times_weight_straight_through():
     lin2 = dict(model2.named_modules())[name]
     lin2.weight = torch.nn.Parameter(lin2.weight.detach() * mask)
     model2(**batch, labels=torch.tensor([1, 0])).loss.backward()
-    expected = -(lin2.weight.grad * layer.weight.detach())
-    assert torch.allclose(score, expected, atol=1e-7, rtol=1e-5)
-    assert score[~mask].abs().sum() > 0, "pruned weights still get a score (straight-through)"
+    expected = lin2.weight.grad * layer.weight.detach()
+    assert torch.allclose(grad, expected, atol=1e-12, rtol=1e-5)
+    assert grad[~mask].abs().sum() > 0, "pruned weights still get a score gradient (straight-through)"
+    lr = pruner.config.score_learning_rate
+    assert torch.allclose(score, -lr * grad / (grad.abs() + 1e-8), rtol=1e-5, atol=1e-9)
     assert torch.all(layer.weight.grad[~mask] == 0), "pruned weights get no weight gradient"
 
 
@@ -116,12 +120,14 @@ def _distill_prune(bs, ga, tmp_path):
 
 
 def test_accumulated_microbatches_give_the_scores_and_masks_of_one_batch(tmp_path):
-    """Movement pruning inside DistillationTrainer (one run, both methods): 4 x 8 accumulated == 1 x 32."""
+    """Movement pruning inside DistillationTrainer (one run, both methods): 4 x 8 accumulated == 1 x 32.
+    (Scores to 1e-4 of their scale: Adam divides each step by |g|, so where |g| is near its epsilon the float
+    rounding of the two summation orders shows more than in the gradients themselves.)"""
     one, acc = _distill_prune(32, 1, tmp_path), _distill_prune(8, 4, tmp_path)
     assert all(s.abs().max() > 0 for s in one.scores.values()), "movement scores must have moved"
     for n in one.scores:
         scale = one.scores[n].abs().max().item()
-        assert (acc.scores[n] - one.scores[n]).abs().max().item() <= 1e-5 * scale + 1e-9, n
+        assert (acc.scores[n] - one.scores[n]).abs().max().item() <= 1e-4 * scale + 1e-9, n
         assert torch.equal(acc.masks[n], one.masks[n]), n
 
 
@@ -164,21 +170,6 @@ def test_plain_trainer_three_lines_logs_folds_and_saves_compact(tmp_path):
     model.eval()
     with torch.no_grad():
         assert torch.equal(back(**x).logits, model(**x).logits)
-
-
-@pytest.mark.parametrize("scope", ["local", "global"])
-def test_soft_movement_ends_exactly_at_target(tmp_path, scope):
-    tok, train = _train_data()
-    cb = PruningCallback(method="soft_movement", target_sparsity=0.6, scope=scope, pruning_start=0.1, pruning_end=0.5)
-    args = TrainingArguments(output_dir=str(tmp_path / scope), per_device_train_batch_size=8, max_steps=16,
-                             logging_steps=4, report_to="none", use_cpu=True, save_strategy="no")
-    trainer = Trainer(model=tiny_bert(seed=1), args=args, train_dataset=train,
-                      data_collator=DataCollatorWithPadding(tok), callbacks=[cb])
-    trainer.train()
-    assert cb.summary["reached_sparsity"] == pytest.approx(0.6, abs=0.002)
-    assert any("pruning_threshold" in h for h in trainer.state.log_history)
-    if scope == "local":
-        assert all(v == pytest.approx(0.6, abs=0.01) for v in cb.summary["layer_sparsity"].values())
 
 
 def test_schedule_beyond_training_is_an_error_before_the_first_step(tmp_path):

@@ -331,7 +331,7 @@ def test_two_processes_prune_like_one(tiny, tmp_path):
     assert s2["training"]["loss_mean_of_logged_steps"] == pytest.approx(s1["training"]["loss_mean_of_logged_steps"], rel=1e-3)
     w1 = load_file(one / "model_dense" / "model.safetensors")
     w2 = load_file(two / "model_dense" / "model.safetensors")
-    # The movement scores (-dL/dW' * W) of the two ranks are all-reduced every step, so both runs rank the same
+    # The movement scores' gradients (dL/dW' * W) of the two ranks are all-reduced every step, so both runs rank the same
     # weights; only the order of float additions differs. A mask could then differ only where two scores at the cut
     # are within rounding of each other: measured here, 0 of the 32,768 pruned entries differ and the weights agree to
     # 4e-9, so the patterns must be identical. (Without the all-reduce, rank 0 would rank the weights by the scores of

@@ -22,13 +22,25 @@ from .structured import StructuredPruner, make_pruner
 logger = logging.getLogger(__name__)
 
 
+def lr_ratio(optimizer, initial: float) -> float:
+    """The optimizer's learning rate for the coming step over its initial one (1 without an optimizer): the factor
+    the Trainer's schedule (warm-up, decay) applies, which the movement scores follow."""
+    if optimizer is None or not getattr(optimizer, "param_groups", None):
+        return 1.0
+    group = optimizer.param_groups[0]
+    base = group.get("initial_lr", initial)
+    return float(group["lr"]) / float(base) if base else 1.0
+
+
 class PruningCallback(TrainerCallback):
     """Drives a `Pruner` from the training loop.
 
     * `on_init_end`: the targeted layers get masks (so the pruning is in place before any forward);
     * `on_train_begin`: the schedule from the run's `max_steps` (bad settings are an error before the first step);
       on a resume, the pruning state of the checkpoint (refused if its configuration differs);
-    * before every optimizer step: movement scores from that step's gradients (all processes averaged);
+    * before every optimizer step (after clipping): an AdamW step on the movement scores from that step's gradients
+      (all processes averaged), at `score_learning_rate` times the ratio of the optimizer's current learning rate to
+      its initial one (the scores follow the Trainer's schedule) with the Trainer's betas and epsilon;
     * after every optimizer step: masks for the new scheduled sparsity;
     * on every log: `sparsity_target` and `sparsity` (reached) join the Trainer's logs, so they reach TensorBoard,
       W&B and `state.log_history` like the loss;
@@ -76,6 +88,10 @@ class PruningCallback(TrainerCallback):
         if state.max_steps <= 0:
             raise UserInputError("pruning needs a known number of training steps (set num_train_epochs or max_steps)")
         schedule = pruner.set_total_steps(state.max_steps)
+        if isinstance(pruner, Pruner):
+            pruner.adam_betas = (args.adam_beta1, args.adam_beta2)
+            pruner.adam_eps = args.adam_epsilon
+            pruner.loss_scaled = bool(args.fp16)
         if state.global_step > 0:
             candidates = resume_checkpoint_dirs(args, state)
             for c in candidates:
@@ -95,8 +111,11 @@ class PruningCallback(TrainerCallback):
             logger.info("Pruning schedule: warm-up to step %d, cubic ramp to sparsity %.3f at step %d, held to step %d",
                         schedule.start, schedule.final, schedule.end, state.max_steps)
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
-        self.pruner.before_optimizer_step()
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        if isinstance(self.pruner, Pruner):
+            self.pruner.before_optimizer_step(lr_scale=lr_ratio(optimizer, args.learning_rate))
+        else:
+            self.pruner.before_optimizer_step()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.pruner.step(state.global_step)

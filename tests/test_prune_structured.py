@@ -320,11 +320,11 @@ def test_parameter_budget_is_met_by_the_smallest_fraction():
 
 
 def test_latency_budget_is_measured(monkeypatch):
-    """The budget search times cut copies of the model with `report.measure.measure_latency` and keeps the smallest
-    fraction that reaches the target. Timing on a shared 2-core machine is noise, so the clock here is a cost model
+    """The budget search times cut copies of the model with `measure_latency` and keeps the smallest
+    fraction that reaches the target (`costs.measure_latency`). Timing on a shared 2-core machine is noise, so the clock here is a cost model
     (milliseconds = the copy's parameters / 1000, which the cut really lowers): the search itself is what is tested;
     real speed-ups are measured by scripts/benchmark_structured.py."""
-    import hfcompress.report.measure as measure
+    import hfcompress.costs as measure
     from hfcompress.report.measure import count_parameters
 
     timed = []

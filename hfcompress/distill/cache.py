@@ -27,7 +27,7 @@ import torch
 from datasets import Dataset, Sequence, Value, load_from_disk
 from tqdm.auto import tqdm
 
-from ..data import content_fingerprint
+from ..fingerprint import content_fingerprint
 from .loss import CACHED_ENCODER, CACHED_HIDDEN, CACHED_KEYS, CACHED_LOGITS, CACHED_QKV, TEACHER_PREFIX
 
 logger = logging.getLogger(__name__)

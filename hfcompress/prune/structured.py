@@ -196,7 +196,7 @@ class StructuredPruner(ScheduledPruner):
                                      f"per block leaves {measure(hi):,} parameters")
             ok = lambda f: measure(f) <= goal  # noqa: E731
         else:
-            from ..report.measure import measure_latency
+            from ..costs import measure_latency
 
             if getattr(self.model, "main_input_name", "input_ids") != "input_ids":
                 raise UserInputError(f"target_speedup measures latency on token ids; {type(self.model).__name__} takes "

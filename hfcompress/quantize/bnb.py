@@ -405,7 +405,7 @@ def _without_bnb_deserializers(model: nn.Module):
 
 def quantized_size_mb(directory: str) -> float:
     """Size of the safetensors weights of a saved checkpoint folder, in MB (10^6 bytes)."""
-    from ..report.measure import folder_size_mb
+    from ..costs import folder_size_mb
 
     return folder_size_mb(directory)
 

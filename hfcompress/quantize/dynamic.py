@@ -522,6 +522,6 @@ def load_dynamic_int8(directory: str, model_class=None) -> nn.Module:
 
 def dynamic_int8_size_mb(directory: str) -> float:
     """Size of the weights of a `save_dynamic_int8` folder, in MB (10^6 bytes)."""
-    from ..report.measure import folder_size_mb
+    from ..costs import folder_size_mb
 
     return folder_size_mb(directory)

@@ -632,7 +632,7 @@ class OnnxModelForSequenceClassification:
 def measure_onnx_latency(model: OnnxModelForSequenceClassification, **kwargs) -> dict:
     """`report.measure.measure_latency` (which takes this model as it is: batch 32 x 128 random ids by default,
     median of `runs` after `warmup`, the same keys) with ``threads`` the session's intra-op threads, not torch's."""
-    from ..report.measure import measure_latency
+    from ..costs import measure_latency
 
     result = measure_latency(model, **kwargs)
     result["threads"] = model.num_threads

@@ -19,6 +19,7 @@ import logging
 import os
 
 from ..errors import UserInputError
+from ..registry import get_format, get_method
 from .plot import SCHEDULE_PNG, TRADEOFF_PNG
 
 logger = logging.getLogger(__name__)
@@ -27,35 +28,19 @@ TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.
                         "model_cards", "template.md")
 CARD = "README.md"
 
-# checkpoint format -> (Python that loads it, what it needs)
-LOADING = {
-    "onnx": ("from hfcompress.quantize import OnnxModelForSequenceClassification\n"
-             "model = OnnxModelForSequenceClassification.from_pretrained(PATH)",
-             "Needs hfcompress and onnxruntime (the model is an ONNX Runtime graph; `model(**inputs).logits` "
-             "and `transformers.pipeline(\"text-classification\", model=model, tokenizer=tokenizer)` work)."),
-    "torch_int8": ("from hfcompress.quantize import load_dynamic_int8\nmodel = load_dynamic_int8(PATH)",
-                   "Needs hfcompress (PyTorch dynamic int8 weights stored as int8 tensors and scales)."),
-    "bnb": ("from transformers import AutoModelForSequenceClassification\n"
-            "model = AutoModelForSequenceClassification.from_pretrained(PATH)",
-            "Needs bitsandbytes (the quantization_config in config.json is read by transformers)."),
-    "lowrank": ("from transformers import AutoModelForSequenceClassification\n"
-                "model = AutoModelForSequenceClassification.from_pretrained(PATH, trust_remote_code=True)",
-                "The factorized layers are built by the modeling code saved beside the weights (or hfcompress's "
-                "`load_lowrank(PATH)` without remote code)."),
-    "structured": ("from transformers import AutoModelForSequenceClassification\n"
-                   "model = AutoModelForSequenceClassification.from_pretrained(PATH, trust_remote_code=True)",
-                   "The pruned shapes are built by the modeling code saved beside the weights (or hfcompress's "
-                   "`load_structured(PATH)` without remote code)."),
-    "sparse": ("from hfcompress.prune import load_sparse\nmodel = load_sparse(PATH)",
-               "Needs hfcompress (compact sparse weights: values and positions of the non-zero entries)."),
-    "transformers": ("from transformers import AutoModelForSequenceClassification\n"
-                     "model = AutoModelForSequenceClassification.from_pretrained(PATH)",
-                     "A plain transformers checkpoint."),
-}
+# a plain transformers checkpoint; every other format's loading code is its registration's (`hfcompress.registry`)
+PLAIN_LOADING = ("from transformers import AutoModelForSequenceClassification\n"
+                 "model = AutoModelForSequenceClassification.from_pretrained(PATH)",
+                 "A plain transformers checkpoint.")
 
-QUANT_TAGS = {"onnx_int8": ["onnx", "int8"], "onnx_fp32": ["onnx"], "torch_int8": ["int8"], "bnb_8bit": ["8-bit"],
-              "bnb_4bit": ["4-bit"]}
-TRAINING_METHODS = ("distillation", "pruning", "lora", "lowrank_training")
+
+def loading_code(fmt: str) -> tuple[str, str]:
+    """(Python that loads a checkpoint of format `fmt`, what it needs), from the format's registration."""
+    spec = get_format(fmt)
+    return (spec.loading_code, spec.loading_note) if spec is not None else PLAIN_LOADING
+
+
+
 
 
 DATASET_IDS = {"rotten-tomatoes": "cornell-movie-review-data/rotten_tomatoes"}
@@ -147,41 +132,11 @@ def describe_methods(methods: dict) -> tuple[list[str], list[str]]:
 
 
 def describe_method(name: str, m: dict) -> tuple[str, list[str]]:
-    """One line of the card's "How it was made" for a method as the run record holds it, and its tags."""
-    if name == "distillation":
-        teacher = m.get("teacher")
-        extra = _settings(m, ("hidden_weight", "attention_weight", "relation_weight", "intermediate_fraction"))
-        return (f"knowledge distillation from `{teacher}` (temperature {m.get('temperature')}, alpha {m.get('alpha')}"
-                f"{', ' + extra if extra else ''})", ["distillation"])
-    if name == "pruning":
-        if m.get("granularity") == "structured":
-            return (f"structured pruning ({m.get('method')} scores, {m.get('scope')} ranking): attention heads kept "
-                    f"per layer {m.get('heads_per_layer')} ({m.get('heads_after')} of {m.get('heads_before')}), FFN "
-                    f"neurons kept per layer {m.get('ffn_per_layer')} ({m.get('neurons_after')} of "
-                    f"{m.get('neurons_before')}), removed blocks {m.get('removed_blocks')}; parameters "
-                    f"{_num(m.get('parameters_before'))} -> {_num(m.get('parameters_after'))}, physically removed",
-                    ["pruned", "structured-pruning"])
-        return (f"{m.get('method')} pruning ({m.get('scope', 'local')}) to sparsity "
-                f"{_num(m.get('reached_sparsity'), 3)} of the targeted weights", ["pruned", "sparse"])
-    if name == "lowrank":
-        return (f"low-rank SVD factorization ({_settings(m, ('rank', 'energy', 'parameter_budget'))})",
-                ["low-rank"])
-    if name == "lora":
-        quant = m.get("lora_quantization") not in (None, "none")
-        return (f"{'QLoRA' if quant else 'LoRA'} ({_settings(m, ('lora_r', 'lora_alpha', 'lora_target_modules', 'lora_quantization'))}"
-                f"; {m.get('trainable_parameters')} of {m.get('parameters')} parameters trained, the task head in "
-                "full)" + (", merged into the weights" if m.get("lora_merge", True) else ", as an adapter"),
-                ["lora"])
-    if name == "vocab_trim":
-        return (f"vocabulary trimmed to the training split's tokens: {m.get('kept_vocab_size')} of "
-                f"{m.get('original_vocab_size')} kept", ["vocabulary-trimmed"])
-    if name == "quantization":
-        q = m.get("quantization", "none")
-        prefix = {"onnx_int8": "onnx_", "torch_int8": "torch_", "bnb_4bit": "bnb_"}.get(q)
-        keys = [k for k in m if prefix and k.startswith(prefix)] + ["skip_modules"]
-        extra = _settings(m, keys)
-        return f"quantization: `{q}`" + (f" ({extra})" if extra else ""), (["quantized", *QUANT_TAGS.get(q, [])]
-                                                                             if q != "none" else [])
+    """One line of the card's "How it was made" for a method as the run record holds it, and its tags: the
+    method's registered `describe` (`hfcompress.registry`)."""
+    method = get_method(name)
+    if method is not None and method.describe is not None:
+        return method.describe(m)
     if m.get("description"):  # a line a user gave (`hfcompress card --method TEXT`)
         return str(m["description"]), []
     return f"{name}", [name]
@@ -213,7 +168,7 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
         recipe_text = record.get("settings", {}).get("recipe", {}).get("text")
         if recipe_text:
             lines.append("\nThe recipe:\n\n```yaml\n" + recipe_text.strip() + "\n```")
-    trained = any(k in methods for k in TRAINING_METHODS)
+    trained = any(getattr(get_method(k), "fine_tunes", False) for k in methods)
     quantized = methods.get("quantization", {}).get("quantization", "none") != "none" if isinstance(
         methods.get("quantization"), dict) else False
     relation = None
@@ -226,7 +181,7 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
                for k in ("accuracy", "f1") if k in model["metrics"]]
     fmt = model.get("format", "transformers")
     card_data = ModelCardData(
-        library_name="onnx" if fmt == "onnx" else "transformers",
+        library_name=get_format(fmt).library_name if get_format(fmt) else "transformers",
         pipeline_tag="text-classification", tags=tags, metrics=[r.metric_type for r in results],
         base_model=base_id, base_model_relation=relation, model_name=name, eval_results=results,
         datasets=[dataset_id(dataset)] if dataset_id(dataset) else None,
@@ -234,7 +189,7 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
     plots = [f"![{alt}]({png})" for png, alt in ((TRADEOFF_PNG, "accuracy against size and latency"),
                                                  (SCHEDULE_PNG, "sparsity schedule"))
              if os.path.exists(os.path.join(model_dir, png))]
-    code, note = LOADING.get(fmt, LOADING["transformers"])
+    code, note = loading_code(fmt)
     env = record.get("environment", {})
     proto = comparison.get("protocol", {})
     rows = comparison.get("rows")

@@ -348,9 +348,8 @@ def run_audio_encoder(
     dataset, dataset_name = load_speech_data(data_args, speech, classification=not ctc)
     resume = steps.resolve_resume(args)
     hub = hub_settings_of(args, push, output_dir=run_dir)
-    from .distill import check_distillation_layers
 
-    check_distillation_layers(cfg, model_args)
+    steps.check_distillation_layers(cfg, model_args)
     if model_args.student_layers and not model_args.student_model:
         check_layer_indices(model_args.student_layer_list(), steps.teacher_depth(model_args), "--student_layers",
                             "block", "the teacher's encoder has blocks")

@@ -11,7 +11,6 @@ from transformers import set_seed
 
 from ..checkpoints import with_faithful_resume
 from ..distill import DistillationDataCollator, DistillationLoss, DistillationTrainer
-from ..distill.config import resolve_layer_map
 from ..metrics import compute_classification_metrics
 from ..report.measure import count_parameters
 from ..report.record import RunRecord
@@ -22,12 +21,6 @@ from .report import ReportArguments, hub_settings_of, measure_and_card, publish
 
 logger = logging.getLogger(__name__)
 
-
-
-def check_distillation_layers(cfg, model_args: ModelArguments) -> None:
-    """Layer maps against both depths, before a teacher fine-tune can start."""
-    if cfg.uses_hidden or cfg.uses_attention:
-        resolve_layer_map(cfg.pairs, steps.student_depth(model_args), steps.teacher_depth(model_args))
 
 
 def run_distillation(
@@ -69,7 +62,7 @@ def run_distillation(
     dataset = steps.load_data(data_args)
     resume = steps.resolve_resume(args)
     hub = hub_settings_of(args, push, output_dir=run_dir)
-    check_distillation_layers(cfg, model_args)
+    steps.check_distillation_layers(cfg, model_args)
     for method in methods:
         method.check(model_args, data_args, args, len(dataset["train"]))
         if resume:

@@ -27,7 +27,8 @@ from transformers import (
 )
 
 from ..assets import resolve_model_path
-from ..data import content_fingerprint, label_names, num_labels, tokenize
+from ..data import label_names, num_labels, tokenize
+from ..fingerprint import content_fingerprint
 from ..checkpoints import save_trainer_model
 from ..errors import UserInputError
 from ..metrics import compute_classification_metrics

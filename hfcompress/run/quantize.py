@@ -249,3 +249,15 @@ def run_quantization(model_args: QuantizeModelArguments, data_args: DataArgument
                 s["accuracy_reference"], s["accuracy_delta_points"], c["model"]["size_mb"], s["size_ratio"],
                 s["speedup"], report.latency_threads, model_dir)
     return record
+
+
+def follows(shape: str, args) -> str:
+    """Recipe order rule of the ``quantize`` stage (`hfcompress.registry`): `check_plan` on what the previous stages
+    leave; a quantized model comes out."""
+    from ..registry import StageOrderError
+
+    try:
+        check_plan(shape, args.get(QuantizationConfig), args.get(CompressArguments))
+    except UserInputError as exc:
+        raise StageOrderError(str(exc)) from None
+    return "quantized"

@@ -43,6 +43,7 @@ from transformers import HfArgumentParser
 from ..assets import ASSETS, canonical_name, resolve_model_path
 from ..checkpoints import latest_complete_checkpoint
 from ..errors import UserInputError
+from ..registry import PLAIN, StageArgs, StageOrderError, methods, stage_method, stage_names
 from ..report.record import RunRecord
 from ..tokens import redact_text, take_from_mapping
 from . import steps
@@ -54,7 +55,6 @@ logger = logging.getLogger(__name__)
 
 TOP_KEYS = {"name", "description", "base_model", "seed", "data", "stages", "measure", "hub"}
 STAGE_KEYS = {"name", "method", "args"}
-METHODS = ("distill", "prune", "lowrank", "lora", "quantize")
 HUB_KEYS = {"push_to_hub", "hub_model_id", "hub_private_repo", "hub_token", "hub_revision", "push_dry_run"}
 STAGES_DIR = "stages"
 STATE_FILE = "recipe_state.json"
@@ -74,8 +74,13 @@ class Stage:
     arg_lines: dict
 
     @property
+    def spec(self):
+        """The registered method this stage carries out (`hfcompress.registry`)."""
+        return stage_method(self.method)
+
+    @property
     def script_name(self) -> str:
-        return "distill" if self.method == "lora" else self.method
+        return self.spec.resolve_script().name
 
     @property
     def dir_name(self) -> str:
@@ -165,8 +170,8 @@ def load_recipe(path: str) -> Recipe:
             raise err(f"unknown stage key {bad[0]!r} (a stage has: method, args, name; the method's options go "
                       "under args)", "stages", i, bad[0])
         method = raw.get("method")
-        if method not in METHODS:
-            raise err(f"stage method must be one of {', '.join(METHODS)}, got {method!r}", "stages", i, "method")
+        if method not in stage_names():
+            raise err(f"stage method must be one of {', '.join(stage_names())}, got {method!r}", "stages", i, "method")
         args = raw.get("args") or {}
         if not isinstance(args, dict):
             raise err("args must be a mapping of the method's options", "stages", i, "args")
@@ -199,37 +204,31 @@ def _parse_groups(types, values: dict, where) -> tuple:
 
 
 def _requirements(stage: Stage, parsed) -> list[str]:
-    """The Python packages a stage needs beyond the core ones."""
-    need = []
-    if stage.method == "lora" or any(getattr(p, "lora_r", None) for p in parsed):
-        need.append("peft")
-    for p in parsed:
-        q = getattr(p, "quantization", None)
-        if isinstance(q, str) and q.startswith("onnx"):
-            need += ["onnx", "onnxruntime"]
-        if isinstance(q, str) and q.startswith("bnb"):
-            need.append("bitsandbytes")
-        if getattr(p, "lora_quantization", None) not in (None, "none"):
-            need.append("bitsandbytes")
-    return need
+    """The Python packages a stage needs beyond the core ones: what every registered method asks for these options
+    (LoRA options in a distill stage need peft as in a lora stage)."""
+    args = StageArgs(tuple(parsed))
+    return [p for m in methods() for p in m.required_packages(args)]
 
 
 def stage_values(recipe: Recipe, stage: Stage, base_dir: str | None, previous_model: str | None, stage_dir: str,
                  resume: str | None = None) -> dict:
-    """The options a stage runs with: the recipe's data and seed, its own args, and where its input comes from."""
+    """The options a stage runs with: the recipe's data and seed, its own args, and where its input comes from (a
+    training stage: the base as teacher, the previous stage's model as student; any other stage: the previous
+    stage's model as `model`; a method's `stage_inputs` adds its own)."""
     values = {**recipe.data, "seed": recipe.seed, "output_dir": stage_dir, **stage.args}
-    if stage.method == "quantize":
-        values.setdefault("model", previous_model or base_dir or recipe.base_model)
-        values.update({k: v for k, v in recipe.measure.items() if k != "measure"})
-    else:
-        values.setdefault("teacher_model", base_dir or recipe.base_model)
+    spec = stage.spec
+    base = base_dir or recipe.base_model
+    if spec.trains:
+        values.setdefault("teacher_model", base)
         if previous_model and "student_model" not in stage.args:
             values["student_model"] = previous_model
-            if stage.method != "distill" or "student_layers" not in stage.args:
+            if "student_layers" not in stage.args:
                 values.setdefault("student_num_layers", 0)
-        if stage.method == "lora":
-            values.setdefault("lora_r", 8)
-        values.update({k: v for k, v in recipe.measure.items() if k != "measure"})
+    else:  # a post-training stage works on the previous stage's model
+        values.setdefault("model", previous_model or base)
+    spec.set_stage_inputs(values, base, previous_model)
+    values.update({k: v for k, v in recipe.measure.items() if k != "measure"})
+    if spec.trains:
         values.update(STAGE_REPORT)
         if resume:
             values["resume_from_checkpoint"] = resume
@@ -264,7 +263,7 @@ def check_recipe(recipe: Recipe, output_dir: str):
 
     if not importlib.util.find_spec("matplotlib"):
         raise UserInputError(f"{recipe.where()}: the recipe's plot needs matplotlib, which is not installed")
-    shape = "transformers"  # what the previous stage leaves: transformers | structured | lowrank | sparse | quantized
+    shape, previous = PLAIN, None  # what the previous stages leave (see `registry.Method.follows`)
     for stage in recipe.stages:
         where = lambda key, s=stage: (f"recipe {recipe.path} line {s.arg_lines.get(key) or s.line}"  # noqa: E731
                                       f" (stage {s.name!r})")
@@ -272,10 +271,10 @@ def check_recipe(recipe: Recipe, output_dir: str):
         if managed:
             raise UserInputError(f"{where(managed[0])}: {managed[0]!r} is set by the recipe for every stage (data: "
                                  "under data:, seed: at the top, output_dir: --output_dir), not by a stage")
-        if shape == "quantized":
+        if previous is not None and previous.spec.final:
             raise UserInputError(f"recipe {recipe.path} line {stage.line}: stage {stage.name!r} ({stage.method}) comes "
-                                 "after quantize: a quantized model is not trained or compressed further; quantize "
-                                 "is the last stage")
+                                 f"after {previous.method}: {previous.method} is the last stage of a recipe (its model "
+                                 "is not trained or compressed further)")
         # the stage's options as its script parses them; where its model comes from is only known at run time
         values = stage_values(recipe, stage, None, None, output_dir)
         parsed = _parse_groups(script(stage.script_name).groups, values, where)
@@ -283,34 +282,11 @@ def check_recipe(recipe: Recipe, output_dir: str):
         if missing:
             raise UserInputError(f"recipe {recipe.path} line {stage.line}: stage {stage.name!r} needs "
                                  f"{', '.join(sorted(set(missing)))}, which is not installed")
-        if stage.method == "quantize":
-            from .quantize import check_plan
-
-            quant, run = parsed[2], parsed[3]
-            try:
-                check_plan(shape, quant, run)
-            except UserInputError as exc:
-                raise UserInputError(f"recipe {recipe.path} line {stage.line}: stage {stage.name!r}: {exc}") from None
-            shape = "quantized"
-        elif stage.method == "prune":
-            granularity = parsed[2].granularity
-            if shape == "lowrank":
-                raise UserInputError(f"recipe {recipe.path} line {stage.line}: stage {stage.name!r} prunes a low-rank "
-                                     "model: prune first, then factorize (lowrank after prune works)")
-            if shape == "sparse" and granularity == "structured":
-                raise UserInputError(f"recipe {recipe.path} line {stage.line}: structured pruning after unstructured "
-                                     "pruning would refill the zeros: prune structurally first")
-            shape = "structured" if granularity == "structured" else "sparse"
-        elif stage.method == "lowrank":
-            if shape == "sparse":
-                raise UserInputError(f"recipe {recipe.path} line {stage.line}: low rank after unstructured pruning "
-                                     "would refill the zeros: factorize first or prune structurally")
-            shape = "lowrank"
-        elif stage.method == "lora" and shape in ("structured", "lowrank"):
-            lora = parsed[3]
-            if lora.lora_quantization not in (None, "none"):
-                raise UserInputError(f"recipe {recipe.path} line {stage.line}: QLoRA needs a base the family's own "
-                                     f"classes can build; the previous stage leaves a {shape} model")
+        try:
+            shape = stage.spec.next_shape(shape, StageArgs(tuple(parsed)))
+        except (StageOrderError, UserInputError) as exc:
+            raise UserInputError(f"recipe {recipe.path} line {stage.line}: stage {stage.name!r}: {exc}") from None
+        previous = stage
     return hub_settings_of(_hub_namespace(recipe.hub), output_dir=output_dir)
 
 

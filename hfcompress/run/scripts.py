@@ -129,21 +129,39 @@ def _quantize_groups() -> tuple:
             PushArguments)
 
 
+def distill_script() -> Script:
+    # SpeechArguments last (the speech run reads it by type, like every group)
+    return Script("distill", (ModelArguments, DataArguments, DistillScriptArguments, LoraArguments, ReportArguments,
+                              PushArguments, SpeechArguments), _distill, True)
+
+
+def prune_script() -> Script:
+    return Script("prune", (PruneModelArguments, DataArguments, PruneScriptArguments, ReportArguments, PushArguments,
+                            SpeechArguments), _prune, True)
+
+
+def lowrank_script() -> Script:
+    return Script("lowrank", (LowRankModelArguments, DataArguments, LowRankScriptArguments, ReportArguments,
+                              PushArguments), _lowrank, True)
+
+
+def quantize_script() -> Script:
+    return Script("quantize", _quantize_groups(), _quantize, False)
+
+
 def script(name: str) -> Script:
-    """The script called `name` (distill, prune, lowrank, quantize)."""
-    if name == "distill":
-        # SpeechArguments last: a recipe reads the groups before it by position.
-        return Script(name, (ModelArguments, DataArguments, DistillScriptArguments, LoraArguments, ReportArguments,
-                             PushArguments, SpeechArguments), _distill, True)
-    if name == "prune":
-        return Script(name, (PruneModelArguments, DataArguments, PruneScriptArguments, ReportArguments,
-                             PushArguments, SpeechArguments), _prune, True)
-    if name == "lowrank":
-        return Script(name, (LowRankModelArguments, DataArguments, LowRankScriptArguments, ReportArguments,
-                             PushArguments), _lowrank, True)
-    if name == "quantize":
-        return Script(name, _quantize_groups(), _quantize, False)
-    raise KeyError(name)
+    """The script called `name` (distill, prune, lowrank, quantize, or a registered method's command): the script
+    of the method whose stage it is (`hfcompress.registry`)."""
+    from ..registry import stage_method
+
+    method = stage_method(name)
+    if method is None or method.script is None:
+        raise KeyError(name)
+    return method.resolve_script()
 
 
-SCRIPT_NAMES = ("distill", "prune", "lowrank", "quantize")
+def script_names() -> list[str]:
+    """The commands: every registered stage whose script carries its own name (``lora`` runs ``distill``)."""
+    from ..registry import methods
+
+    return [m.stage for m in methods() if m.stage and m.resolve_script().name == m.stage]

@@ -104,6 +104,14 @@ def resolve_resume(args) -> str | None:
     return resume or None
 
 
+def check_distillation_layers(cfg, model_args: ModelArguments) -> None:
+    """Layer maps against both depths, before a teacher fine-tune can start."""
+    from ..distill.config import resolve_layer_map
+
+    if cfg.uses_hidden or cfg.uses_attention:
+        resolve_layer_map(cfg.pairs, student_depth(model_args), teacher_depth(model_args))
+
+
 def _depth(name_or_path: str) -> int:
     cfg = AutoConfig.from_pretrained(resolve_model_path(name_or_path))
     return get_adapter(cfg).num_layers(cfg)

@@ -621,7 +621,7 @@ def trim_vocabulary(model: nn.Module, tokenizer, texts: list[str], config: Vocab
     config; the trimmed pair saves and reloads with plain transformers (`save_pretrained`, `from_pretrained`).
     `eval_texts`: held-out texts on which `vocab_coverage` is reported (``report.coverage``).
     """
-    from ..report.measure import count_parameters
+    from ..costs import count_parameters
 
     config = config or VocabTrimConfig()
     if not isinstance(config, VocabTrimConfig):

@@ -1,28 +1,46 @@
 """Writing files so that a crash or a kill never leaves half a file under the real name: write a temporary file
-beside it, then rename (`os.replace` is atomic on one file system). Imports nothing of the package (ground floor)."""
+beside it, then rename (`os.replace` is atomic on one file system). One helper for every file the package writes
+whole (records, cards, plots, JSON results, converted weights). Imports nothing of the package (ground floor)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 
 
-def write_text_atomic(path: str, text: str) -> str:
-    """Write `text` to `path` atomically (the folder is created). Returns `path`."""
+@contextlib.contextmanager
+def atomic_path(path: str, suffix: str = ".tmp"):
+    """Yield a temporary path beside `path` (same folder, created if needed) to write to; on success it is renamed to
+    `path`, on an error removed. `suffix` keeps an extension a writer needs (``".png"`` for matplotlib)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=suffix, dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def write_text_atomic(path: str, text: str) -> str:
+    """Write `text` to `path` atomically. Returns `path`."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return path
+
+
+def write_bytes_atomic(path: str, data: bytes) -> str:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
     return path
 
 

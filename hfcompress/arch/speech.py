@@ -6,6 +6,8 @@ reshapes keys and values with ``num_heads`` (slicing the projections alone is no
 and hidden states), prune with physical removal and quantize through the text models' mechanisms.
 """
 
+import torch.nn as nn
+
 from .base import ArchAdapter, AttentionLayout, StackLayout, register_adapter
 
 
@@ -138,6 +140,21 @@ def is_audio_classifier(config) -> bool:
     encoder-decoder's (Whisper)."""
     archs = getattr(config, "architectures", None) or []
     return any(str(a).endswith(("ForAudioClassification", "ForSequenceClassification")) for a in archs)
+
+
+def is_seq2seq(config) -> bool:
+    """An encoder-decoder model (Whisper): its logits are `[batch, target tokens, vocabulary]`. A classifier on the
+    encoder alone (`WhisperForAudioClassification`, whose config is still an encoder-decoder's) is not."""
+    return bool(getattr(config, "is_encoder_decoder", False)) and not is_audio_classifier(config)
+
+
+def is_ctc(model_or_config) -> bool:
+    """A CTC speech model (wav2vec2 / HuBERT ``...ForCTC``): its logits are `[batch, frames, vocabulary]` and its labels
+    character ids not aligned with the frames. Told by a model's class, or by a config's ``architectures`` (which
+    `save_pretrained` writes, so a loaded model's config knows; a config built in memory does not)."""
+    if isinstance(model_or_config, nn.Module):
+        return type(model_or_config).__name__.endswith("ForCTC")
+    return any(str(a).endswith("ForCTC") for a in getattr(model_or_config, "architectures", None) or ())
 
 
 def audio_window_seconds(model_or_config) -> float | None:

@@ -19,7 +19,7 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from ..arch import QKVCapture, get_adapter
-from ..arch.speech import is_audio_classifier
+from ..arch.speech import is_ctc, is_seq2seq  # noqa: F401  (is_ctc: re-exported by distill)
 from ..errors import UserInputError
 from .checks import check_teacher_head, teacher_needs_own_inputs
 from .config import DistillationConfig, LayerMap, resolve_layer_map
@@ -58,21 +58,6 @@ class TeacherOutputs:
 def _default_label_names(config) -> bool:
     names = list(getattr(config, "id2label", {}).values())
     return all(str(n).startswith("LABEL_") for n in names)
-
-
-def is_seq2seq(config) -> bool:
-    """An encoder-decoder model (Whisper): its logits are `[batch, target tokens, vocabulary]`. A classifier on the
-    encoder alone (`WhisperForAudioClassification`, whose config is still an encoder-decoder's) is not."""
-    return bool(getattr(config, "is_encoder_decoder", False)) and not is_audio_classifier(config)
-
-
-def is_ctc(model_or_config) -> bool:
-    """A CTC speech model (wav2vec2 / HuBERT ``...ForCTC``): its logits are `[batch, frames, vocabulary]` and its labels
-    character ids not aligned with the frames. Told by a model's class, or by a config's ``architectures`` (which
-    `save_pretrained` writes, so a loaded model's config knows; a config built in memory does not)."""
-    if isinstance(model_or_config, nn.Module):
-        return type(model_or_config).__name__.endswith("ForCTC")
-    return any(str(a).endswith("ForCTC") for a in getattr(model_or_config, "architectures", None) or ())
 
 
 def feat_extract_output_lengths(config, sample_lengths: torch.Tensor) -> torch.Tensor:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import statistics
+
+from ..files import write_json_atomic
 
 
 def cache_key(obj) -> str:
@@ -21,11 +22,7 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def write_json(path: str, result: dict) -> None:
     """Write through a temporary file, so an interrupted run never leaves half a result file."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    tmp = path + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(result, fh, indent=2, default=str)
-    os.replace(tmp, path)
+    write_json_atomic(path, result)
 
 
 def training_kwargs(output_dir: str, seed: int, epochs: float, learning_rate: float, batch_size: int, bf16: bool,

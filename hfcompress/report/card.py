@@ -19,6 +19,7 @@ import logging
 import os
 
 from ..errors import UserInputError
+from ..files import atomic_path
 from ..registry import get_format, get_method
 from .plot import SCHEDULE_PNG, TRADEOFF_PNG
 
@@ -223,11 +224,9 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
 
 def save_card(card, folder: str, what: str = "model card") -> str:
     """Write `card` to ``<folder>/README.md`` atomically (a temporary file renamed into place); returns the path."""
-    os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, CARD)
-    tmp = path + ".tmp"
-    card.save(tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        card.save(tmp)
     logger.info("Wrote the %s %s", what, path)
     return path
 

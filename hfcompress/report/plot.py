@@ -4,7 +4,8 @@ size and their latency (the base marked), and a pruning run's sparsity schedule.
 from __future__ import annotations
 
 import logging
-import os
+
+from ..files import atomic_path
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +23,8 @@ def _pyplot():
 
 
 def _save(fig, path: str) -> str:
-    tmp = f"{path}.tmp.png"
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     logger.info("Wrote the plot %s", path)
     return path
 

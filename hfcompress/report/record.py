@@ -10,6 +10,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 
+from ..files import write_json_atomic
 from ..tokens import command_line, redact
 
 
@@ -97,11 +98,7 @@ class RunRecord:
 
     def save(self, path: str) -> None:
         """Write the record as JSON, atomically (a crash never leaves half a file)."""
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as fh:
-            json.dump(self.to_dict(), fh, indent=2)
-        os.replace(tmp, path)
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str) -> "RunRecord":

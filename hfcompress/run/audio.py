@@ -32,6 +32,7 @@ from ..arch.speech import (
     audio_window_seconds,
     fit_audio_window,
     is_audio_classifier,
+    is_ctc,
     is_speech_model,
     is_speech_seq2seq,
 )
@@ -42,7 +43,6 @@ from ..distill import (
     CTCDistillationCollator,
     DistillationTrainer,
     init_student_from_teacher,
-    is_ctc,
 )
 from ..distill.student import check_layer_indices
 from ..checkpoints import with_faithful_resume
@@ -55,7 +55,7 @@ from ..speech.synth import TARGET_RATE
 from . import steps
 from .arguments import DataArguments, ModelArguments, SpeechArguments
 from .data import check_teacher_labels
-from .finetune import FinetuneConfig, _cache_key, cached_finetune, has_task_head, train_and_save
+from .finetune import FinetuneConfig, _cache_key, cached_finetune, finetune_and_save, has_task_head
 from .report import hub_settings_of, publish
 
 logger = logging.getLogger(__name__)
@@ -148,7 +148,7 @@ def finetune_audio_classifier(model_name_or_path: str, dataset, output_dir: str,
     if window is not None:
         fe = fit_audio_window(model, fe, window)
     collator = AudioDistillationCollator(fe, sampling_rate=fe.sampling_rate)
-    return train_and_save(model, fe, dataset.rename_column("label", "labels"), collator, cfg, output_dir,
+    return finetune_and_save(model, fe, dataset.rename_column("label", "labels"), collator, cfg, output_dir,
                           {"model": model_name_or_path, "cache_key": key, "audio_window_s": window},
                           keep_columns=True)
 

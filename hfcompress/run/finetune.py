@@ -144,7 +144,7 @@ def finetune_classifier(
     tokenized = tokenize(dataset, tokenizer, text_column, cfg.max_length, truncation_side=cfg.truncation_side)
     if label_column != "labels":
         tokenized = tokenized.rename_column(label_column, "labels")
-    return train_and_save(model, tokenizer, tokenized, DataCollatorWithPadding(tokenizer), cfg, output_dir,
+    return finetune_and_save(model, tokenizer, tokenized, DataCollatorWithPadding(tokenizer), cfg, output_dir,
                           {"model": model_name_or_path, "cache_key": key}, report_split, callbacks)
 
 
@@ -162,7 +162,7 @@ def cached_finetune(output_dir: str, key: str | None, name: str) -> dict | None:
     return summary
 
 
-def train_and_save(model, processing_class, data: DatasetDict, collator, cfg: FinetuneConfig, output_dir: str,
+def finetune_and_save(model, processing_class, data: DatasetDict, collator, cfg: FinetuneConfig, output_dir: str,
                    summary: dict, report_split: str = "validation", callbacks: list | None = None,
                    keep_columns: bool = False) -> dict:
     """Train `model` on ``data["train"]`` with a plain `Trainer` (labels in ``labels``), evaluate on `report_split`,

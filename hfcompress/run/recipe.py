@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import yaml
 from transformers import HfArgumentParser
 
+from ..files import write_json_atomic
 from ..assets import ASSETS, canonical_name, resolve_model_path
 from ..checkpoints import latest_complete_checkpoint
 from ..errors import UserInputError
@@ -310,10 +311,7 @@ def _read_json(path: str) -> dict | None:
 
 
 def _write_json(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as fh:
-        json.dump(data, fh, indent=2, default=str)
-    os.replace(tmp, path)
+    write_json_atomic(path, data)
 
 
 def _copy_folder(src: str, dst: str) -> None:

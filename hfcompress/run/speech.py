@@ -328,7 +328,7 @@ def run_speech_distillation(
         eval_dataset=data["validation"] if args.eval_strategy != "no" else None,
         data_collator=collator,
         # Not the processor: the Trainer would "align" the model's bos_token_id with the tokenizer's (<|endoftext|>,
-        # where Whisper's config has <|startoftranscript|>). The model folder gets the whole processor (save_model).
+        # where Whisper's config has <|startoftranscript|>). The model folder gets the whole processor (save_trained_model).
         processing_class=processor.feature_extractor,
         compute_metrics=wer_metrics(tokenizer),
         callbacks=with_faithful_resume(callbacks),
@@ -336,7 +336,7 @@ def run_speech_distillation(
     )
     training = steps.train(trainer, resume)
     metrics = steps.evaluate(trainer, data)
-    model_dir = steps.save_model(trainer, processor, run_dir)
+    model_dir = steps.save_trained_model(trainer, processor, run_dir)
 
     record = RunRecord(task=task)
     if state.is_main_process:

@@ -228,7 +228,7 @@ def evaluate_on_texts(model, tokenizer, dataset: DatasetDict, data_args: DataArg
 
 def train_and_save(trainer, data: DatasetDict, methods, processor, run_dir: str, resume: str | None):
     """Train, evaluate on validation and test, let each method save its own format, else save the usual checkpoint
-    (`save_model`). Returns `(training, metrics, saved artifacts, model_dir)`."""
+    (`save_trained_model`). Returns `(training, metrics, saved artifacts, model_dir)`."""
     training = train(trainer, resume)
     metrics = evaluate(trainer, data)
     saved = {}
@@ -236,7 +236,7 @@ def train_and_save(trainer, data: DatasetDict, methods, processor, run_dir: str,
         saved.update(method.save(trainer, processor, run_dir) or {})
     if trainer.is_world_process_zero():  # readable, and without the token (which never reached the arguments)
         write_text_atomic(os.path.join(run_dir, TRAINING_ARGS_JSON), trainer.args.to_json_string())
-    return training, metrics, saved, saved.get("model") or save_model(trainer, processor, run_dir)
+    return training, metrics, saved, saved.get("model") or save_trained_model(trainer, processor, run_dir)
 
 
 def save_distillation_config(trainer, cfg, run_dir: str) -> tuple[str, dict]:
@@ -251,7 +251,7 @@ def save_distillation_config(trainer, cfg, run_dir: str) -> tuple[str, dict]:
     return method_dir, resolved
 
 
-def save_model(trainer, tokenizer, run_dir: str) -> str:
+def save_trained_model(trainer, tokenizer, run_dir: str) -> str:
     """Save the trained model and its tokenizer alone in `<run_dir>/model` (what a user publishes: no pickle)."""
     path = save_trainer_model(trainer, os.path.join(run_dir, MODEL_DIR))
     if trainer.is_world_process_zero() and tokenizer is not None:

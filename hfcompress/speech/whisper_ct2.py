@@ -31,6 +31,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import UserInputError
+from ..files import write_bytes_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -216,12 +217,7 @@ def write_ct2_model(path: str | os.PathLike, variables: dict[str, np.ndarray], a
     for alias, target in aliases.items():
         string(alias)
         string(target)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(bytes(out))
-    os.replace(tmp, path)
-    return str(path)
+    return write_bytes_atomic(str(path), bytes(out))
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -56,6 +56,9 @@ RUNS = {
     "prune_unstructured_kd": lambda a: [*_script("prune"), "--teacher_model", a["teacher"], "--dataset", a["data"],
                                         "--target_sparsity", "0.5", "--alpha", "0.5", "--pruning_start", "0",
                                         "--pruning_end", "0.9"],
+    "prune_movement_kd": lambda a: [*_script("prune"), "--teacher_model", a["teacher"], "--dataset", a["data"],
+                                    "--method", "movement", "--target_sparsity", "0.5", "--alpha", "0.5",
+                                    "--pruning_start", "0", "--pruning_end", "0.9"],  # Adam-trained scores resume too
     "prune_structured_kd": lambda a: [*_script("prune"), "--teacher_model", a["teacher"], "--dataset", a["data"],
                                       "--granularity", "structured", "--target_sparsity", "0.5", "--alpha", "0.5",
                                       "--pruning_start", "0", "--pruning_end", "0.9", "--mask_update_every", "1"],
@@ -130,6 +133,7 @@ def _assert_same_result(full, resumed):
     ("distill_projections", "save:10", "checkpoint-5"),    # killed while checkpoint-10 was written: it is skipped
     ("prune_unstructured_kd", "step:12", "checkpoint-10"),  # resumed on an epoch boundary (evaluation came after)
     ("prune_structured_kd", "save:10", "checkpoint-5"),
+    ("prune_movement_kd", "step:8", "checkpoint-5"),
     ("lora", "step:8", "checkpoint-5"),                     # resumed inside an epoch
     ("lowrank", "step:12", "checkpoint-10"),
 ])

@@ -137,3 +137,50 @@ def test_without_the_registration_the_stage_is_unknown(assets, tmp_path):
     with pytest.raises(UserInputError, match="stage method must be one of"):
         load_script("compress").main(["--recipe", _recipe(tmp_path, assets, [{"name": "round", "method": "round"}]),
                                       "--output_dir", str(tmp_path / "out")])
+
+
+def test_a_task_adapter_of_ones_own_runs_through_the_skeleton(assets, tmp_path, monkeypatch):
+    """A user's task adapter (here: text classification whose texts are lower-cased before tokenization, chosen for
+    data files named *.lower.csv) is picked by `task_for` before the built-in text task and run by the one skeleton:
+    its hooks decide the data, the rest (checks, trainer, record, saving) is the skeleton's."""
+    import shutil
+
+    from hfcompress.run.distill import TextClassification
+    from hfcompress.run.skeleton import register_task, task_for, unregister_task
+
+    class LowerCasedText(TextClassification):
+        name = "lower-cased-text"
+        priority = 5
+        seen = []
+
+        def select(self, model_args, data_args, speech):
+            return self if str(data_args.dataset).endswith(".lower.csv") else None
+
+        def load_data(self, run):
+            dataset, name = super().load_data(run)
+            dataset = dataset.map(lambda row: {run.data_args.text_column: row[run.data_args.text_column].lower()})
+            self.seen.extend(dataset["train"][run.data_args.text_column][:3])
+            return dataset, name
+
+        def data_entry(self, run, trainer):
+            return {**super().data_entry(run, trainer), "lower_cased": True}
+
+    teacher, data = assets
+    lower = tmp_path / "reviews.lower.csv"
+    shutil.copy(data, lower)
+    adapter = register_task(LowerCasedText())
+    try:
+        from hfcompress.run.arguments import DataArguments, ModelArguments
+
+        assert task_for(ModelArguments(teacher_model=teacher), DataArguments(dataset=str(lower)), None) is adapter
+        assert type(task_for(ModelArguments(teacher_model=teacher), DataArguments(dataset=data), None)).__name__ \
+            == "TextClassification"
+        out = tmp_path / "out"
+        record = load_script("distill").main([
+            "--teacher_model", teacher, "--dataset", str(lower), "--student_layers", "0,2", "--max_steps", "2",
+            "--eval_strategy", "no", "--save_strategy", "no", "--no_measure", "--output_dir", str(out)])
+    finally:
+        unregister_task(adapter)
+    assert record.data["lower_cased"] is True and adapter.seen and all(t == t.lower() for t in adapter.seen)
+    assert json.loads((out / "distill_summary.json").read_text())["data"]["lower_cased"] is True
+    assert (out / "model" / "model.safetensors").exists()

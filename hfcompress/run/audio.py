@@ -24,7 +24,6 @@ import os
 
 import numpy as np
 import torch
-from accelerate import PartialState
 from transformers import AutoConfig, AutoFeatureExtractor, AutoModelForAudioClassification, AutoModelForCTC, set_seed
 
 from ..arch import get_adapter
@@ -41,22 +40,18 @@ from ..data import label_names, num_labels
 from ..distill import (
     AudioDistillationCollator,
     CTCDistillationCollator,
-    DistillationTrainer,
     init_student_from_teacher,
 )
 from ..distill.student import check_layer_indices
-from ..checkpoints import with_faithful_resume
 from ..errors import UserInputError
 from ..metrics import compute_classification_metrics
-from ..report.measure import count_parameters
-from ..report.record import RunRecord
 from ..speech.dataset import KEYWORDS_NAME
 from ..speech.synth import TARGET_RATE
 from . import steps
 from .arguments import DataArguments, ModelArguments, SpeechArguments
 from .data import check_teacher_labels
 from .finetune import FinetuneConfig, _cache_key, cached_finetune, finetune_and_save, has_task_head
-from .report import hub_settings_of, publish
+from .skeleton import Run, TaskAdapter, register_task
 
 logger = logging.getLogger(__name__)
 
@@ -324,117 +319,108 @@ def resolve_audio_terms(args) -> None:
         args.relation_weight = 0.0
 
 
-def run_audio_encoder(
-    model_args: ModelArguments, data_args: DataArguments, args, speech: SpeechArguments | None = None, callbacks=(),
-    task: str = "distill", methods=(), report=None, push=None, kind: str = "classification",
-) -> RunRecord:
-    """Distil (and prune, with `methods`) an audio classifier (`kind` ``"classification"``) or a CTC speech
-    recognizer (``"ctc"``); returns the run record (also written to `<output_dir>/<task>_summary.json`). Called by
-    `run_distillation` for a speech teacher, as `audio_run_kind` says."""
-    speech = speech or SpeechArguments()
-    ctc = kind == "ctc"
-    auto_class = AutoModelForCTC if ctc else AutoModelForAudioClassification
-    run_dir = steps.use_run_layout(args)
-    _ = args.device
-    state = PartialState()
-    steps.check_processes(state)
-    set_seed(args.seed)
+class AudioEncoderTask(TaskAdapter):
+    """Audio classification (``kind="classification"``) or CTC speech recognition (``"ctc"``) with a speech encoder
+    (Whisper's encoder, wav2vec2, HuBERT): the student is cut from the teacher's encoder blocks and distilled on
+    logits and hidden states, with the teacher running alongside (its outputs are not cached)."""
 
-    # Everything that can be wrong with the input is checked before any training.
-    resolve_audio_terms(args)
-    cfg = args.distillation_config()
-    from .speech import load_speech_data
+    priority = 10
 
-    dataset, dataset_name = load_speech_data(data_args, speech, classification=not ctc)
-    resume = steps.resolve_resume(args)
-    hub = hub_settings_of(args, push, output_dir=run_dir)
+    def __init__(self, kind: str | None = None):
+        self.kind = kind
+        self.name = {"ctc": "ctc", "classification": "audio-classification"}.get(kind, "audio")
 
-    steps.check_distillation_layers(cfg, model_args)
-    if model_args.student_layers and not model_args.student_model:
-        check_layer_indices(model_args.student_layer_list(), steps.teacher_depth(model_args), "--student_layers",
-                            "block", "the teacher's encoder has blocks")
-    for method in methods:
-        method.auto_class = auto_class
-        method.check(model_args, data_args, args, len(dataset["train"]))
-        if resume:
-            method.check_resume(resume)
-    if data_args.cache_teacher:
-        logger.info("Audio classification: the teacher runs alongside the student (its outputs are not cached)")
+    @property
+    def ctc(self) -> bool:
+        return self.kind == "ctc"
 
-    if ctc:
-        teacher, processor, teacher_path = load_ctc_teacher(model_args)
-        student, processor = build_audio_student(model_args, dataset, teacher, processor, auto_class)
-        fe = processor.feature_extractor
-        data = character_targets(dataset, processor.tokenizer)
-        collator = CTCDistillationCollator(fe, sampling_rate=fe.sampling_rate)
-        metrics_fn = ctc_metrics(processor.tokenizer)
-    else:
-        teacher, processor, teacher_path = load_audio_teacher(model_args, data_args, speech, dataset, args, state)
-        student, processor = build_audio_student(model_args, dataset, teacher, processor, auto_class)
-        fe = processor
-        data = dataset.rename_column("label", "labels")
-        collator = AudioDistillationCollator(fe, sampling_rate=fe.sampling_rate)
-        metrics_fn = compute_classification_metrics
-    for method in methods:
-        method.check_model(student)
-    for method in methods:
-        student = method.prepare_model(student, run_dir, processor)
+    @property
+    def metric(self) -> str:
+        return "wer" if self.ctc else "accuracy"
 
-    trainer = DistillationTrainer(
-        model=student,
-        args=args,
-        train_dataset=data["train"],
-        eval_dataset=data["validation"] if args.eval_strategy != "no" else None,
-        data_collator=collator,
-        processing_class=processor,
-        compute_metrics=metrics_fn,
-        callbacks=with_faithful_resume([*callbacks, *(c for c in (m.callback() for m in methods) if c is not None)]),
-        teacher_model=teacher,
-    )
-    training, metrics, saved, model_dir = steps.train_and_save(trainer, data, methods, processor, run_dir, resume)
+    @property
+    def pipeline_tag(self) -> str:
+        return "automatic-speech-recognition" if self.ctc else "audio-classification"
 
-    record = RunRecord(task=task)
-    if state.is_main_process:
-        method_dir, resolved = steps.save_distillation_config(trainer, cfg, run_dir)
-        record.add_settings(model=model_args, data=data_args, training=args, speech=speech)
-        record.methods["distillation"] = {**resolved, "teacher": teacher_path, "teacher_outputs": "online"}
-        record.data = {
-            "dataset": dataset_name,
-            "task": "ctc" if ctc else "audio-classification",
-            "splits": {s: len(d) for s, d in dataset.items()},
-            "label_names": None if ctc else trainer.model.config.id2label,
+    @property
+    def auto_class(self):
+        return AutoModelForCTC if self.ctc else AutoModelForAudioClassification
+
+    def select(self, model_args, data_args, speech):
+        kind = audio_run_kind(model_args, data_args, speech)
+        return None if kind is None else AudioEncoderTask(kind)
+
+    def check_settings(self, run: Run) -> None:
+        run.speech = run.speech or SpeechArguments()
+        resolve_audio_terms(run.args)
+
+    def load_data(self, run: Run):
+        from .speech import load_speech_data
+
+        return load_speech_data(run.data_args, run.speech, classification=not self.ctc)
+
+    def check_layers(self, run: Run) -> None:
+        super().check_layers(run)
+        model_args = run.model_args
+        if model_args.student_layers and not model_args.student_model:
+            check_layer_indices(model_args.student_layer_list(), steps.teacher_depth(model_args), "--student_layers",
+                                "block", "the teacher's encoder has blocks")
+
+    def before_teacher(self, run: Run) -> None:
+        if run.data_args.cache_teacher:
+            logger.info("Audio classification: the teacher runs alongside the student (its outputs are not cached)")
+
+    def load_teacher(self, run: Run):
+        if self.ctc:
+            return load_ctc_teacher(run.model_args)
+        return load_audio_teacher(run.model_args, run.data_args, run.speech, run.dataset, run.args, run.state)
+
+    def build_student(self, run: Run):
+        return build_audio_student(run.model_args, run.dataset, run.teacher, run.teacher_processor, self.auto_class)
+
+    def prepare(self, run: Run) -> None:
+        if self.ctc:
+            fe = run.processor.feature_extractor
+            run.data = character_targets(run.dataset, run.processor.tokenizer)
+            run.collator = CTCDistillationCollator(fe, sampling_rate=fe.sampling_rate)
+        else:
+            fe = run.processor
+            run.data = run.dataset.rename_column("label", "labels")
+            run.collator = AudioDistillationCollator(fe, sampling_rate=fe.sampling_rate)
+        run.extras["feature_extractor"] = fe
+        run.trainer_kwargs = {"teacher_model": run.teacher}
+
+    def compute_metrics(self, run: Run):
+        return ctc_metrics(run.processor.tokenizer) if self.ctc else compute_classification_metrics
+
+    def settings(self, run: Run) -> dict:
+        return {"speech": run.speech}
+
+    def data_entry(self, run: Run, trainer) -> dict:
+        return {
+            "dataset": run.dataset_name,
+            "task": "ctc" if self.ctc else "audio-classification",
+            "splits": {s: len(d) for s, d in run.dataset.items()},
+            "label_names": None if self.ctc else trainer.model.config.id2label,
             "audio_window_s": audio_window_seconds(trainer.model),
         }
-        record.models["student"] = {
-            "path": model_dir,
-            "source": model_args.student_model or f"blocks {getattr(student.config, 'hfcompress_student_layers', None)} "
-                                                   f"of the teacher's encoder",
-            **steps.measure_model(trainer.model),
-            "nonzero_parameters": count_parameters(trainer.model, nonzero=True),
-        }
-        record.models["teacher"] = {"path": teacher_path, "argument": model_args.teacher_model,
-                                    **steps.measure_model(teacher)}
-        record.training = {**training, "num_processes": state.num_processes}
-        record.metrics["student"] = metrics
-        if data_args.evaluate_teacher and ctc:
-            record.metrics["teacher"] = {"test": ctc_wer(teacher, processor.tokenizer, data["test"], collator,
-                                                         args.per_device_eval_batch_size)}
-        elif data_args.evaluate_teacher:
-            record.metrics["teacher"] = {"test": audio_accuracy(teacher, fe, dataset["test"],
-                                                                args.per_device_eval_batch_size)}
-        record.artifacts = {"model": model_dir, "checkpoints": args.output_dir, "distillation": method_dir, **saved}
-        for method in methods:
-            record.methods[method.name] = method.record()
-        if report is not None and report.measure:
-            logger.info("Audio classifiers are measured by scripts/benchmark_speech.py (accuracy, latency per clip, "
-                        "size); the run records the test accuracy and sizes, no model card yet")
-        record.save(os.path.join(run_dir, f"{task}_summary.json"))
-        publish(record, model_dir, run_dir, hub)
-        record.save(os.path.join(run_dir, f"{task}_summary.json"))
-        key = "wer" if ctc else "accuracy"
-        logger.info("Student test %s %.4f (teacher %s); model in %s", key,
-                    metrics.get("test", {}).get(f"test_{key}", float("nan")),
-                    record.metrics.get("teacher", {}).get("test", {}).get(key), model_dir)
-    state.wait_for_everyone()
-    record.trainer = trainer
-    return record
+
+    def student_entry(self, run: Run, trainer) -> dict:
+        entry = super().student_entry(run, trainer)
+        if not run.model_args.student_model:
+            entry["source"] = (f"blocks {getattr(run.student.config, 'hfcompress_student_layers', None)} of the "
+                               "teacher's encoder")
+        return entry
+
+    def teacher_metrics(self, run: Run) -> dict:
+        batch = run.args.per_device_eval_batch_size
+        if self.ctc:
+            return ctc_wer(run.teacher, run.processor.tokenizer, run.data["test"], run.collator, batch)
+        return audio_accuracy(run.teacher, run.extras["feature_extractor"], run.dataset["test"], batch)
+
+    def measure(self, run: Run, record, trainer, model_dir: str, report) -> None:
+        logger.info("Audio classifiers are measured by scripts/benchmark_speech.py (accuracy, latency per clip, "
+                    "size); the run records the test accuracy and sizes, no model card yet")
+
+
+register_task(AudioEncoderTask())

@@ -17,22 +17,18 @@ import time
 
 import numpy as np
 import torch
-from accelerate import PartialState
-from transformers import AutoConfig, set_seed
+from transformers import AutoConfig
 
 from ..arch.speech import decoder_prompt_ids, is_speech_seq2seq, num_decoder_layers, transcript_ids
 from ..assets import resolve_model_path
-from ..checkpoints import with_faithful_resume
 from ..distill import (
     DistillationLoss,
-    DistillationTrainer,
     SpeechSeq2SeqDistillationCollator,
     init_seq2seq_student,
     load_or_compute_encoder_cache,
 )
 from ..distill.student import check_decoder_layers
 from ..errors import UserInputError
-from ..report.record import RunRecord
 from ..speech.dataset import (
     KEYWORDS_NAME,
     SYNTH_NAME,
@@ -42,7 +38,7 @@ from ..speech.dataset import (
 from ..speech.normalize import normalize, word_error_rate
 from . import steps
 from .arguments import DataArguments, ModelArguments, SpeechArguments
-from .report import ReportArguments, hub_settings_of, publish
+from .skeleton import Run, TaskAdapter, register_task
 
 logger = logging.getLogger(__name__)
 
@@ -266,122 +262,129 @@ def measure_per_clip(model_dirs: dict[str, str], split, clips: int, threads: int
 
 # ---- the run ------------------------------------------------------------------------------------------------------
 
-def run_speech_distillation(
-    model_args: ModelArguments, data_args: DataArguments, args, speech: SpeechArguments | None = None, callbacks=(),
-    task: str = "distill", methods=(), report: ReportArguments | None = None, push=None,
-) -> RunRecord:
-    """Distil a Whisper teacher into a student with fewer decoder layers; returns the run record (also written to
-    `<output_dir>/<task>_summary.json`). Called by `run_distillation` when the teacher is Whisper."""
-    speech = speech or SpeechArguments()
-    run_dir = steps.use_run_layout(args)
-    _ = args.device
-    state = PartialState()
-    steps.check_processes(state)
-    set_seed(args.seed)
+class SpeechSeq2SeqTask(TaskAdapter):
+    """Whisper transcription (distil-whisper): the student keeps the teacher's encoder (frozen by default, its outputs
+    cached) and chosen decoder layers; the loss is on the decoder's logits per target token; evaluation by greedy
+    generation (WER). Does not compose with other methods yet."""
 
-    # Everything that can be wrong with the input is checked before any training.
-    if methods:
-        raise UserInputError(f"{', '.join(m.name for m in methods)} with a Whisper teacher: sequence-to-sequence "
-                             "distillation does not compose with other methods yet")
-    resolve_terms(args)
-    cfg = args.distillation_config()
-    check_speech_settings(model_args, speech)
-    dataset, dataset_name = load_speech_data(data_args, speech)
-    resume = steps.resolve_resume(args)
-    hub = hub_settings_of(args, push, output_dir=run_dir)
+    name = "speech-seq2seq"
+    priority = 20
+    pipeline_tag = "automatic-speech-recognition"
+    metric = "wer"
 
-    teacher, teacher_processor, teacher_path = load_speech_teacher(model_args)
-    student, processor = build_speech_student(model_args, speech, teacher, teacher_processor)
-    # The one check of teacher and student for this kind of run (same vocabulary and tokenizer, a trained teacher).
-    kd = DistillationLoss(cfg, student.config, teacher, teacher_tokenizer=teacher_processor.tokenizer,
-                          student_tokenizer=processor.tokenizer)
-    tokenizer = processor.tokenizer
-    prompt = decoder_prompt_ids(tokenizer)
-    data = add_targets(dataset, tokenizer, student.config.max_target_positions, len(prompt))
-    collator = SpeechSeq2SeqDistillationCollator(
-        processor.feature_extractor, prompt, tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-        else tokenizer.eos_token_id, audio_column="audio", sampling_rate=processor.feature_extractor.sampling_rate,
-    )
+    def select(self, model_args, data_args, speech):
+        return self if speech_teacher(model_args) else None
 
-    shared = speech.freeze_encoder and same_encoder(student, teacher)
-    store_encoder = bool(data_args.cache_teacher and shared)
-    if speech.freeze_encoder and not shared:
-        logger.info("The student's encoder differs from the teacher's: encoder outputs are not cached; both encoders "
-                    "run at every step")
-    cache_meta, cache_dir = None, data_args.teacher_cache_dir or os.path.join(run_dir, steps.TEACHER_CACHE_DIR)
-    if store_encoder or speech.pseudo_labels:
-        pseudo = ({"prompt_ids": prompt, "eos_token_id": tokenizer.eos_token_id, "pad_token_id": collator.pad_token_id,
-                   **generation_kwargs(speech)} if speech.pseudo_labels else None)
-        teacher.to(args.device)
-        with args.main_process_first(desc="encoder output cache"):
-            data["train"], cache_meta = load_or_compute_encoder_cache(
-                cache_dir, teacher_path, data["train"], lambda: teacher,
-                # at most 16 clips at once: a 30 s window is 1,500 encoder frames per clip
-                lambda rows: collator.input_features(rows["audio"]), batch_size=min(data_args.teacher_batch_size, 16),
-                store_encoder=store_encoder, pseudo_labels=pseudo,
-            )
-    trainer = DistillationTrainer(
-        model=student,
-        args=args,
-        distillation_loss=kd,
-        train_dataset=data["train"],
-        eval_dataset=data["validation"] if args.eval_strategy != "no" else None,
-        data_collator=collator,
+    def check_settings(self, run: Run) -> None:
+        run.speech = run.speech or SpeechArguments()
+        if run.methods:
+            raise UserInputError(f"{', '.join(m.name for m in run.methods)} with a Whisper teacher: sequence-to-sequence "
+                                 "distillation does not compose with other methods yet")
+        resolve_terms(run.args)
+
+    def check_inputs(self, run: Run) -> None:
+        check_speech_settings(run.model_args, run.speech)
+
+    def load_data(self, run: Run):
+        return load_speech_data(run.data_args, run.speech)
+
+    def check_layers(self, run: Run) -> None:
+        """The decoder layers are checked when the student is built (`build_speech_student`)."""
+
+    def load_teacher(self, run: Run):
+        return load_speech_teacher(run.model_args)
+
+    def build_student(self, run: Run):
+        return build_speech_student(run.model_args, run.speech, run.teacher, run.teacher_processor)
+
+    def prepare(self, run: Run) -> None:
+        speech, data_args, args, teacher, processor = run.speech, run.data_args, run.args, run.teacher, run.processor
+        # The one check of teacher and student for this kind of run (same vocabulary and tokenizer, a trained teacher).
+        kd = DistillationLoss(run.cfg, run.student.config, teacher, teacher_tokenizer=run.teacher_processor.tokenizer,
+                              student_tokenizer=processor.tokenizer)
+        tokenizer = processor.tokenizer
+        prompt = decoder_prompt_ids(tokenizer)
+        data = add_targets(run.dataset, tokenizer, run.student.config.max_target_positions, len(prompt))
+        collator = SpeechSeq2SeqDistillationCollator(
+            processor.feature_extractor, prompt, tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+            else tokenizer.eos_token_id, audio_column="audio", sampling_rate=processor.feature_extractor.sampling_rate,
+        )
+        shared = speech.freeze_encoder and same_encoder(run.student, teacher)
+        store_encoder = bool(data_args.cache_teacher and shared)
+        if speech.freeze_encoder and not shared:
+            logger.info("The student's encoder differs from the teacher's: encoder outputs are not cached; both "
+                        "encoders run at every step")
+        cache_meta, cache_dir = None, data_args.teacher_cache_dir or os.path.join(run.run_dir, steps.TEACHER_CACHE_DIR)
+        if store_encoder or speech.pseudo_labels:
+            pseudo = ({"prompt_ids": prompt, "eos_token_id": tokenizer.eos_token_id,
+                       "pad_token_id": collator.pad_token_id, **generation_kwargs(speech)}
+                      if speech.pseudo_labels else None)
+            teacher.to(args.device)
+            with args.main_process_first(desc="encoder output cache"):
+                data["train"], cache_meta = load_or_compute_encoder_cache(
+                    cache_dir, run.teacher_path, data["train"], lambda: teacher,
+                    # at most 16 clips at once: a 30 s window is 1,500 encoder frames per clip
+                    lambda rows: collator.input_features(rows["audio"]),
+                    batch_size=min(data_args.teacher_batch_size, 16), store_encoder=store_encoder,
+                    pseudo_labels=pseudo,
+                )
+        run.data, run.collator = data, collator
+        run.extras.update(store_encoder=store_encoder, cache_meta=cache_meta, cache_dir=cache_dir)
+        run.trainer_kwargs = {"distillation_loss": kd, "generation_kwargs": generation_kwargs(speech)}
+
+    def processing_class(self, run: Run):
         # Not the processor: the Trainer would "align" the model's bos_token_id with the tokenizer's (<|endoftext|>,
-        # where Whisper's config has <|startoftranscript|>). The model folder gets the whole processor (save_trained_model).
-        processing_class=processor.feature_extractor,
-        compute_metrics=wer_metrics(tokenizer),
-        callbacks=with_faithful_resume(callbacks),
-        generation_kwargs=generation_kwargs(speech),
-    )
-    training = steps.train(trainer, resume)
-    metrics = steps.evaluate(trainer, data)
-    model_dir = steps.save_trained_model(trainer, processor, run_dir)
+        # where Whisper's config has <|startoftranscript|>). The model folder gets the whole processor.
+        return run.processor.feature_extractor
 
-    record = RunRecord(task=task)
-    if state.is_main_process:
-        record.add_settings(model=model_args, data=data_args, speech=speech, training=args)
-        record.methods["distillation"] = {
-            **cfg.to_dict(),
+    def compute_metrics(self, run: Run):
+        return wer_metrics(run.processor.tokenizer)
+
+    def settings(self, run: Run) -> dict:
+        return {"speech": run.speech}
+
+    def distillation_entry(self, run: Run, trainer) -> dict:
+        speech = run.speech
+        return {
+            **run.cfg.to_dict(),
             "mode": "sequence-to-sequence",
             "loss": "alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE, per target token",
-            "teacher": teacher_path,
+            "teacher": run.teacher_path,
             "decoder_layers": getattr(trainer.model.config, "hfcompress_student_decoder_layers", None),
             "encoder": "frozen" if speech.freeze_encoder else "trained",
-            "encoder_outputs": "cached" if store_encoder else "online",
+            "encoder_outputs": "cached" if run.extras["store_encoder"] else "online",
             "targets": "teacher pseudo-labels (greedy)" if speech.pseudo_labels else "transcripts",
-            "teacher_cache": {k: v for k, v in (cache_meta or {}).items()} or None,
+            "teacher_cache": {k: v for k, v in (run.extras["cache_meta"] or {}).items()} or None,
         }
-        record.data = {"dataset": dataset_name, "splits": {s: len(d) for s, d in data.items()},
-                       "audio_column": speech.audio_column, "text_column": data_args.text_column}
-        record.models["student"] = {"path": model_dir, "source": model_args.student_model or "the teacher's encoder "
-                                    "and decoder layers", **steps.measure_model(trainer.model),
-                                    "decoder_layers": trainer.model.config.decoder_layers}
-        record.models["teacher"] = {"path": teacher_path, "argument": model_args.teacher_model,
-                                    **steps.measure_model(teacher), "decoder_layers": teacher.config.decoder_layers}
-        record.training = {**training, "num_processes": state.num_processes}
-        record.metrics["student"] = metrics
-        if data_args.evaluate_teacher:
-            record.metrics["teacher"] = {"test": transcription_metrics(
-                teacher, teacher_processor, data["test"], speech.generation_max_new_tokens,
-                args.per_device_eval_batch_size)}
-        record.artifacts = {"model": model_dir, "checkpoints": args.output_dir,
-                            "teacher_cache": cache_dir if cache_meta else None}
-        if report is not None and report.measure:
-            record.metrics["per_clip"] = measure_per_clip(
-                {"teacher": teacher_path, "student": model_dir}, data["test"], speech.measure_clips,
-                report.latency_threads, report.latency_rounds, speech.generation_max_new_tokens)
-            m = record.metrics["per_clip"]
-            logger.info("Per clip (%d test clips, %d threads): teacher %.0f ms WER %.3f, student %.0f ms WER %.3f "
-                        "(%.2fx faster)", m["clips"], m["threads"], m["teacher"]["median_ms_per_clip"],
-                        m["teacher"]["wer"], m["student"]["median_ms_per_clip"], m["student"]["wer"], m["speedup"])
-            logger.info("No model card for a speech model yet (cards describe text classifiers); the measurement is "
-                        "in the run record")
-        record.save(os.path.join(run_dir, f"{task}_summary.json"))
-        publish(record, model_dir, run_dir, hub)
-        record.save(os.path.join(run_dir, f"{task}_summary.json"))
-        logger.info("Student test WER %s (teacher %s); model in %s", metrics.get("test", {}).get("test_wer"),
-                    record.metrics.get("teacher", {}).get("test", {}).get("wer"), model_dir)
-    state.wait_for_everyone()
-    record.trainer = trainer
-    return record
+
+    def data_entry(self, run: Run, trainer) -> dict:
+        return {"dataset": run.dataset_name, "splits": {s: len(d) for s, d in run.data.items()},
+                "audio_column": run.speech.audio_column, "text_column": run.data_args.text_column}
+
+    def student_entry(self, run: Run, trainer) -> dict:
+        return {"source": run.model_args.student_model or "the teacher's encoder and decoder layers",
+                **steps.measure_model(trainer.model), "decoder_layers": trainer.model.config.decoder_layers}
+
+    def teacher_entry(self, run: Run) -> dict:
+        return {**steps.measure_model(run.teacher), "decoder_layers": run.teacher.config.decoder_layers}
+
+    def teacher_metrics(self, run: Run) -> dict:
+        return transcription_metrics(run.teacher, run.teacher_processor, run.data["test"],
+                                     run.speech.generation_max_new_tokens, run.args.per_device_eval_batch_size)
+
+    def artifacts(self, run: Run) -> dict:
+        return {"teacher_cache": run.extras["cache_dir"] if run.extras["cache_meta"] else None}
+
+    def measure(self, run: Run, record, trainer, model_dir: str, report) -> None:
+        record.metrics["per_clip"] = measure_per_clip(
+            {"teacher": run.teacher_path, "student": model_dir}, run.data["test"], run.speech.measure_clips,
+            report.latency_threads, report.latency_rounds, run.speech.generation_max_new_tokens)
+        m = record.metrics["per_clip"]
+        logger.info("Per clip (%d test clips, %d threads): teacher %.0f ms WER %.3f, student %.0f ms WER %.3f "
+                    "(%.2fx faster)", m["clips"], m["threads"], m["teacher"]["median_ms_per_clip"],
+                    m["teacher"]["wer"], m["student"]["median_ms_per_clip"], m["student"]["wer"], m["speedup"])
+        logger.info("No model card for a speech model yet (cards describe text classifiers); the measurement is "
+                    "in the run record")
+
+
+register_task(SpeechSeq2SeqTask())

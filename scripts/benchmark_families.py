@@ -16,8 +16,9 @@ measured.** Rows per family:
               trust_remote_code load is checked to give the same logits);
   pruned+onnx-int8  that model exported to ONNX (opset 17) and quantized with ONNX Runtime dynamic int8.
 Latency: every checkpoint reloaded from disk (hfcompress.loading.load_model), one forward of a batch of 32 x 128
-random token ids, 2 threads (torch and ONNX Runtime), median of `runs` after `warmup` passes, the three models
-interleaved in `rounds` rounds in this process; speedup = median over rounds of the round's dense / row ratio.
+random token ids, 2 threads (torch and ONNX Runtime), under torch.inference_mode, `warmup` untimed passes per model, then `rounds` rounds of one
+timed forward of each model in turn (interleaved pass by pass: on a shared box the load moves within seconds);
+speedup = median over rounds of the round's dense / row ratio (and, beside it, fastest dense / fastest row).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ from hfcompress.quantize import export_onnx, quantize_onnx  # noqa: E402
 from hfcompress.quantize.onnx import onnx_size_mb  # noqa: E402
 from hfcompress.report import count_parameters  # noqa: E402
 from hfcompress.report.bench import write_json  # noqa: E402
-from hfcompress.report.measure import folder_size_mb, saved_models_latency  # noqa: E402
+from hfcompress.loading import load_model  # noqa: E402
+from hfcompress.report.measure import folder_size_mb, interleaved_latency, measure_latency  # noqa: E402
 from hfcompress.report.record import environment  # noqa: E402
 
 logger = logging.getLogger("hfcompress.benchmark")
@@ -77,9 +79,9 @@ class FamiliesBenchmarkArguments:
     output: str = field(default="benchmarks/results/families.json", metadata={"help": "Result JSON (the `families` key is replaced)."})
     markdown: str = field(default="benchmarks/results/families.md", metadata={"help": "Markdown table."})
     threads: int = field(default=2, metadata={"help": "torch and ONNX Runtime threads."})
-    rounds: int = field(default=3, metadata={"help": "Interleaved latency rounds."})
-    runs: int = field(default=3, metadata={"help": "Timed forwards per model and round (median)."})
-    warmup: int = field(default=1, metadata={"help": "Untimed forwards per model and round."})
+    rounds: int = field(default=9, metadata={"help": "Interleaved latency rounds (one timed forward of each model per round)."})
+    runs: int = field(default=1, metadata={"help": "Timed forwards per model and round (median)."})
+    warmup: int = field(default=1, metadata={"help": "Untimed forwards per model before the rounds."})
     floor: float = field(default=1.8, metadata={"help": "Speedup the pruned model must reach over dense (reported)."})
 
 
@@ -119,7 +121,12 @@ def run_family(name: str, args: FamiliesBenchmarkArguments) -> dict:
     del model
     paths = {"dense": os.path.join(root, "dense"), "pruned": os.path.join(root, "pruned"), "pruned+onnx-int8": int8}
     logger.info("%s: measuring %s", name, ", ".join(paths))
-    lat = saved_models_latency(paths, threads=args.threads, rounds=args.rounds, runs=args.runs, warmup=args.warmup)
+    models = {row: load_model(path, num_threads=args.threads) for row, path in paths.items()}
+    with torch.inference_mode():  # no autograd graph, as in serving
+        for m in models.values():  # untimed passes first, then single passes interleaved round by round
+            measure_latency(m, runs=1, warmup=args.warmup)
+        lat = interleaved_latency(models, args.rounds, runs=args.runs, warmup=0)
+    del models
     sizes = {"dense": folder_size_mb(paths["dense"]), "pruned": folder_size_mb(paths["pruned"]),
              "pruned+onnx-int8": onnx_size_mb(int8)}
     params = {"dense": dense_params, "pruned": summary["parameters_after"], "pruned+onnx-int8": summary["parameters_after"]}
@@ -128,7 +135,8 @@ def run_family(name: str, args: FamiliesBenchmarkArguments) -> dict:
         rows.append({"model": name, "row": row, "parameters": params[row], "size_mb": round(sizes[row], 1),
                      "latency_ms": round(l["median_ms"], 1), "rounds_ms": [round(x, 1) for x in l["rounds_ms"]],
                      "speedup": round(l["speedup"], 3), "speedup_rounds": [round(x, 3) for x in l["speedup_rounds"]],
-                     "batch": [l["batch_size"], l["seq_len"]], "threads": l["threads"]})
+                     "speedup_of_fastest": round(min(lat["dense"]["rounds_ms"]) / min(l["rounds_ms"]), 3),
+                     "batch": [l["batch_size"], l["seq_len"]], "threads": args.threads})
     shutil.rmtree(root, ignore_errors=True)
     return {"model": name, "config": CONFIGS[name], "fraction": args.fraction,
             "heads_per_layer": summary["heads_per_layer"], "ffn_per_layer": summary["ffn_per_layer"],
@@ -136,29 +144,35 @@ def run_family(name: str, args: FamiliesBenchmarkArguments) -> dict:
             "floor": {"speedup": args.floor, "met": rows[1]["speedup"] >= args.floor}}
 
 
-def markdown(result: dict) -> str:
+def markdown(families: list[dict]) -> str:
+    protocols = list(dict.fromkeys(f"{f['measured']['environment_line']}. {f['measured']['protocol']}"
+                                   for f in families if "measured" in f))
     lines = [
         "# ModernBERT and DeBERTa-v3: structured pruning and ONNX int8 speed (random weights)",
         "",
-        "`python scripts/benchmark_families.py` (" + result["environment_line"] + "). Models built from the published "
-        "configurations of `answerdotai/ModernBERT-base` and `microsoft/deberta-v3-base` with **random weights** "
-        "(none install offline; speed does not depend on the values), 2-label sequence classifiers. **Accuracy is not "
-        "measured.** " + result["protocol"],
+        "`python scripts/benchmark_families.py`. Models built from the published configurations of "
+        "`answerdotai/ModernBERT-base` and `microsoft/deberta-v3-base` with **random weights** (none install offline; "
+        "speed does not depend on the values), 2-label sequence classifiers. **Accuracy is not measured.** "
+        + " ".join(protocols),
         "",
-        "| model | row | params | MB | ms (median of rounds) | per round ms | speedup vs dense (rounds) |",
-        "|---|---|---|---|---|---|---|",
+        "| model | row | params | MB | ms (median of rounds) | per round ms | speedup vs dense: median of rounds' ratios "
+        "(rounds) | fastest / fastest |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for fam in result["families"]:
+    for fam in families:
         for r in fam["rows"]:
             lines.append(f"| {r['model']} | {r['row']} | {r['parameters'] / 1e6:.1f}M | {r['size_mb']:.1f} | "
                          f"{r['latency_ms']:.0f} | {', '.join(f'{x:.0f}' for x in r['rounds_ms'])} | "
-                         f"**{r['speedup']:.2f}x** ({', '.join(f'{x:.2f}' for x in r['speedup_rounds'])}) |")
+                         f"**{r['speedup']:.2f}x** ({', '.join(f'{x:.2f}' for x in r['speedup_rounds'])}) | "
+                         f"{r['speedup_of_fastest']:.2f}x |")
     lines += ["", "Floor (half the heads and neurons removed >= "
-              f"{result['families'][0]['floor']['speedup']}x faster than dense): " + "; ".join(
+              f"{families[0]['floor']['speedup']}x faster than dense): " + "; ".join(
                   f"{f['model']} {'met' if f['floor']['met'] else 'NOT met'} ({f['rows'][1]['speedup']:.2f}x)"
-                  for f in result["families"]) + ". Pruned checkpoints reload identically (load_structured and "
-              "trust_remote_code): " + ", ".join(f"{f['model']} {f['reload_identical']}" for f in result["families"])
-              + ".", ""]
+                  for f in families) + ". Pruned checkpoints reload identically (load_structured and "
+              "trust_remote_code): " + ", ".join(f"{f['model']} {f['reload_identical']}" for f in families) + ".",
+              "", "Heads / FFN neurons kept per block: " + "; ".join(
+                  f"{f['model']} {sorted(set(f['heads_per_layer']))} heads, {sorted(set(f['ffn_per_layer']))} neurons"
+                  for f in families) + ".", ""]
     return "\n".join(lines)
 
 
@@ -171,27 +185,34 @@ def main(argv=None) -> dict:
     if unknown:
         raise SystemExit(f"unknown families {unknown}; known: {', '.join(CONFIGS)}")
     env = environment()
-    result = {
+    meta = {
         "arguments": asdict(args),
         "environment": env,
         "environment_line": f"{os.cpu_count()}-core CPU, torch {torch.__version__}, {args.threads} threads",
         "protocol": (f"Pruned: {args.fraction:g} of the heads and FFN neurons of every block removed (local scope). "
-                     f"Latency: checkpoints reloaded from disk, batch 32 x 128 random ids, {args.threads} threads, "
-                     f"median of {args.runs} after {args.warmup} warm-up pass(es), the three rows interleaved in "
-                     f"{args.rounds} rounds; speedup = median over rounds of the round's dense / row ratio."),
-        "families": [run_family(f, args) for f in families],
+                     f"Latency: checkpoints reloaded from disk (hfcompress.loading.load_model), batch 32 x 128 random "
+                     f"ids, {args.threads} threads (torch and ONNX Runtime), torch.inference_mode, {args.warmup} "
+                     "untimed pass(es) per "
+                     f"model, then {args.rounds} rounds of {args.runs} timed forward(s) of each model in turn "
+                     "(interleaved pass by pass: this 2-core box is shared, and its load moves within seconds); "
+                     "speedup = median over rounds of the round's dense / row ratio; also the fastest round of "
+                     "dense over the fastest round of the row."),
     }
     previous = {}
     if os.path.exists(args.output):
         with open(args.output) as fh:
             previous = json.load(fh)
-    previous.update({"families": result["families"], "families_meta": {k: v for k, v in result.items()
-                                                                        if k != "families"}})
+    # a run of some families replaces their entries and keeps the others (each entry says how it was measured)
+    merged = {f["model"]: f for f in previous.get("families", [])}
+    for name in families:
+        merged[name] = {**run_family(name, args), "measured": meta}
+    previous["families"] = [merged[n] for n in CONFIGS if n in merged]
     write_json(args.output, previous)
+    text = markdown(previous["families"])
     with open(args.markdown, "w") as fh:
-        fh.write(markdown(result))
-    print(markdown(result))
-    return result
+        fh.write(text)
+    print(text)
+    return previous
 
 
 if __name__ == "__main__":

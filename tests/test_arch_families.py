@@ -9,7 +9,8 @@ and DeBERTa (content and position heads; ``share_att_key`` True and False):
     it (hfcompress unimportable, through the saved modeling code);
   * hidden-state, attention-map and relation KD find the q/k/v (ModernBERT's split out of ``Wqkv``) and train them;
   * student initialisation from chosen layers keeps ModernBERT's layer pattern, and the student reloads as saved;
-  * ONNX export + int8 and PyTorch dynamic int8 of pruned models match PyTorch outputs;
+  * ONNX export + int8 and PyTorch dynamic int8 of pruned models match PyTorch outputs (the int8 one also reloads
+    identically at its pruned shape); a second pruning of a ModernBERT that lost block 0 keeps the first block's norm;
   * bad input: a ModernBERT left with only sliding-window blocks, DeBERTa settings the layout does not handle, an
     unsupported family.
 """
@@ -296,7 +297,14 @@ def test_modernbert_student_keeps_the_layer_pattern_and_reloads(tmp_path):
 
 @pytest.mark.parametrize("family", ["modernbert", "deberta-separate"])
 def test_onnx_int8_and_dynamic_int8_of_pruned_models_match_pytorch(family, tmp_path):
-    from hfcompress.quantize import OnnxModelForSequenceClassification, export_onnx, quantize_dynamic_int8, quantize_onnx
+    from hfcompress.quantize import (
+        OnnxModelForSequenceClassification,
+        export_onnx,
+        load_dynamic_int8,
+        quantize_dynamic_int8,
+        quantize_onnx,
+        save_dynamic_int8,
+    )
 
     model = FAMILIES[family]()
     pruner = StructuredPruner(model, _structured(scope="global"))
@@ -315,6 +323,8 @@ def test_onnx_int8_and_dynamic_int8_of_pruned_models_match_pytorch(family, tmp_p
         assert (got - ref).abs().max().item() <= tol * max(1.0, scale), (folder, (got - ref).abs().max())
     dyn = quantize_dynamic_int8(model)
     assert (_logits(dyn, ids, mask) - ref).abs().max().item() <= 0.1 * max(1.0, scale)
+    save_dynamic_int8(dyn, str(tmp_path / "dyn"))  # reloads at the pruned shape, with the same logits
+    assert torch.equal(_logits(load_dynamic_int8(str(tmp_path / "dyn")), ids, mask), _logits(dyn, ids, mask))
 
 
 def test_modernbert_removal_leaving_only_sliding_blocks_is_an_error():
@@ -351,3 +361,16 @@ def test_unsupported_family_lists_the_supported_ones():
                                                            num_attention_heads=4, intermediate_size=40))
     with pytest.raises(UnsupportedArchitectureError, match=r"'deberta'.*deberta-v2.*modernbert"):
         StructuredPruner(model, _structured())
+
+
+def test_modernbert_pruned_again_after_block_0_went_reloads(tmp_path):
+    """A second pruning of a ModernBERT whose block 0 an earlier one removed: its first block still has an attention
+    norm, which the new structure records too."""
+    model, pruner = _removed_block_model("modernbert")
+    pruner.fold()
+    again = StructuredPruner(model, _structured(scope="local", target_sparsity=0.3))
+    _train(model, again, steps=1)
+    again.fold()
+    assert model.config.hfcompress_structure["stacks"][0]["first_block"] == [["attn_norm", "mlp_norm"]]
+    save_structured(model, str(tmp_path / "m"))
+    assert torch.equal(_logits(load_structured(str(tmp_path / "m"))), _logits(model))

@@ -346,7 +346,7 @@ class StructuredPruner(ScheduledPruner):
         s, b = layer
         check = self.stacks[s].check_layers
         if check is not None:
-            check(self.model.config, [i for i in self._kept_blocks(s, self.removed | {layer})])
+            check(self.model.config, self._kept_blocks(s, self.removed | {layer}))
 
     def _apply_masks(self) -> None:
         for g in self.groups:
@@ -403,7 +403,10 @@ class StructuredPruner(ScheduledPruner):
                 blocks.append({"attentions": atts,
                                "ffn": {"up": stack.ffn[0], "down": stack.ffn[1], "size": int(masks[g.key].sum()),
                                        "up_chunks": stack.ffn_up_chunks}})
-            first = [list(pair) for pair in stack.first_block_only] if kept_blocks and kept_blocks[0] != 0 else []
+            # a first block that has a real module where the family builds nn.Identity in block 0 only (block 0
+            # removed, now or by an earlier pruning): recorded, so that a reload builds it
+            first = [list(pair) for pair in stack.first_block_only if kept_blocks and not isinstance(
+                get_submodule(self.blocks[(s, kept_blocks[0])], pair[0]), nn.Identity)]
             stacks.append({"layers": stack.layers_path, "num_layers_key": stack.num_layers_key,
                            "removed_layers": sorted(b for (si, b) in removed if si == s), "blocks": blocks,
                            "layer_types_key": stack.layer_types_key, "first_block": first})

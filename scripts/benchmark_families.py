@@ -122,11 +122,13 @@ def run_family(name: str, args: FamiliesBenchmarkArguments) -> dict:
     paths = {"dense": os.path.join(root, "dense"), "pruned": os.path.join(root, "pruned"), "pruned+onnx-int8": int8}
     logger.info("%s: measuring %s", name, ", ".join(paths))
     models = {row: load_model(path, num_threads=args.threads) for row, path in paths.items()}
+    load_before = os.getloadavg()[0]
     with torch.inference_mode():  # no autograd graph, as in serving
         for m in models.values():  # untimed passes first, then single passes interleaved round by round
             measure_latency(m, runs=1, warmup=args.warmup)
         lat = interleaved_latency(models, args.rounds, runs=args.runs, warmup=0)
     del models
+    load = [round(load_before, 2), round(os.getloadavg()[0], 2)]  # 1-minute load average (other users of the box)
     sizes = {"dense": folder_size_mb(paths["dense"]), "pruned": folder_size_mb(paths["pruned"]),
              "pruned+onnx-int8": onnx_size_mb(int8)}
     params = {"dense": dense_params, "pruned": summary["parameters_after"], "pruned+onnx-int8": summary["parameters_after"]}
@@ -140,7 +142,7 @@ def run_family(name: str, args: FamiliesBenchmarkArguments) -> dict:
     shutil.rmtree(root, ignore_errors=True)
     return {"model": name, "config": CONFIGS[name], "fraction": args.fraction,
             "heads_per_layer": summary["heads_per_layer"], "ffn_per_layer": summary["ffn_per_layer"],
-            "reload_identical": reload_equal, "rows": rows,
+            "reload_identical": reload_equal, "rows": rows, "load_average_before_after": load,
             "floor": {"speedup": args.floor, "met": rows[1]["speedup"] >= args.floor}}
 
 
@@ -170,6 +172,12 @@ def markdown(families: list[dict]) -> str:
                   f"{f['model']} {'met' if f['floor']['met'] else 'NOT met'} ({f['rows'][1]['speedup']:.2f}x)"
                   for f in families) + ". Pruned checkpoints reload identically (load_structured and "
               "trust_remote_code): " + ", ".join(f"{f['model']} {f['reload_identical']}" for f in families) + ".",
+              "", "Earlier runs of the same script (speedup of the pruned row; dense ms; 1-minute load average of this "
+              "2-core box before/after, other agents' jobs included): " + "; ".join(
+                  f"{f['model']} " + ", ".join(f"{e['speedups'].get('pruned')}x ({e['dense_ms']:.0f} ms; load "
+                                               f"{e.get('load_average_before_after')})" for e in f.get("earlier_runs", []))
+                  for f in families) + ". This run's load: " + "; ".join(
+                  f"{f['model']} {f.get('load_average_before_after')}" for f in families) + ".",
               "", "Heads / FFN neurons kept per block: " + "; ".join(
                   f"{f['model']} {sorted(set(f['heads_per_layer']))} heads, {sorted(set(f['ffn_per_layer']))} neurons"
                   for f in families) + ".", ""]
@@ -205,9 +213,16 @@ def main(argv=None) -> dict:
     # a run of some families replaces their entries and keeps the others (each entry says how it was measured)
     merged = {f["model"]: f for f in previous.get("families", [])}
     for name in families:
-        merged[name] = {**run_family(name, args), "measured": meta}
-    previous["families"] = [merged[n] for n in CONFIGS if n in merged]
-    write_json(args.output, previous)
+        entry = {**run_family(name, args), "measured": meta}
+        if name in merged:  # earlier runs stay on record: on a shared box the ratio moves from run to run
+            old = merged[name]
+            entry["earlier_runs"] = old.pop("earlier_runs", []) + [
+                {"speedups": {r["row"]: r["speedup"] for r in old["rows"]},
+                 "dense_ms": old["rows"][0]["latency_ms"], "load_average_before_after": old.get("load_average_before_after"),
+                 "protocol": (old.get("measured") or {}).get("protocol", "3 rounds of median-of-3 passes, no inference_mode")}]
+        merged[name] = entry
+        previous["families"] = [merged[n] for n in CONFIGS if n in merged]
+        write_json(args.output, previous)  # after each family: a later one cut short loses nothing
     text = markdown(previous["families"])
     with open(args.markdown, "w") as fh:
         fh.write(text)

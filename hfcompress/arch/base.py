@@ -144,8 +144,11 @@ class ArchAdapter:
         ModernBERT's first block has no attention norm), so a plain `save_pretrained` checkpoint reloads as it is."""
         stack = next((s for s in self.stacks or () if s.layers_path == self.layers_path), None)
         if stack is not None and (stack.layer_types_key or stack.first_block_only or stack.check_layers):
-            old = list(self.layers(model))
-            kept = [next(i for i, b in enumerate(old) if b is block) for block in layers]
+            position = {id(b): i for i, b in enumerate(self.layers(model))}
+            if any(id(block) not in position for block in layers):
+                raise ValueError(f"set_layers: {self.model_types[0]} keeps per-block config entries "
+                                 f"({stack.layer_types_key}); give it blocks of the model's own stack")
+            kept = [position[id(block)] for block in layers]
             if stack.check_layers is not None:
                 stack.check_layers(model.config, kept)
             if stack.layer_types_key:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch.nn as nn
 
@@ -21,12 +22,16 @@ class AttentionLayout:
     Attributes:
         module: the module holding the head count (e.g. ``attention.self``, ``self_attn``).
         q, k, v, o: the query/key/value projections (a head is `head_dim` consecutive output rows of each) and the
-            output projection (a head is `head_dim` consecutive input columns).
+            output projection (a head is `head_dim` consecutive input columns). q, k and v may name one fused
+            `nn.Linear` (ModernBERT's ``Wqkv``): its rows are then three equal chunks (queries, keys, values) and a
+            head is `head_dim` rows of each chunk.
         count_attrs: attributes of `module` that hold its number of heads (kept true after removal).
         width_attrs: attributes of `module` that hold ``heads * head_dim`` (BERT's ``all_head_size``).
         head_dim_attr: attribute of `module` holding the width of one head.
         position_bias: ``(argument name, position)`` of a per-head bias tensor the block passes to `module` (MPNet's
             relative position bias, computed once for all layers): sliced to the kept heads of each layer.
+        extra: further projections whose output rows are per head like q/k/v, cut with them where the block has
+            them (DeBERTa's ``pos_key_proj`` / ``pos_query_proj``, built only for some configurations).
     """
 
     module: str
@@ -38,6 +43,14 @@ class AttentionLayout:
     width_attrs: tuple[str, ...] = ()
     head_dim_attr: str = "attention_head_size"
     position_bias: tuple[str, int] | None = None
+    extra: tuple[str, ...] = ()
+
+    def producers(self, block: nn.Module | None = None) -> list[tuple[str, int]]:
+        """``(path, chunks)`` of every projection whose rows hold the heads: q/k/v (one path with 3 chunks when fused)
+        and, given `block`, the `extra` projections it has."""
+        own = [(self.q, 3)] if self.q == self.k == self.v else [(self.q, 1), (self.k, 1), (self.v, 1)]
+        extra = [(p, 1) for p in self.extra if block is not None and _has_path(block, p)]
+        return own + extra
 
 
 @dataclass(frozen=True)
@@ -49,12 +62,26 @@ class StackLayout:
         num_layers_key: config attribute holding the stack's number of blocks.
         attentions: the attentions of one block (Whisper's decoder: self- and cross-attention).
         ffn: the feed-forward up and down projections of one block (a neuron is a row of up, a column of down).
+        ffn_up_chunks: the up projection's rows are this many equal chunks and a neuron is one row of each (a gated
+            FFN: ModernBERT's ``Wi`` holds the input half then the gate half, 2).
+        layer_types_key: config attribute listing one entry per block (ModernBERT's ``layer_types``: global or
+            sliding-window attention); removing blocks keeps the entries of the kept ones, so each keeps its type.
+        first_block_only: ``(path, template)`` pairs: modules the family builds as `nn.Identity` in block 0 only
+            (ModernBERT's ``attn_norm``: the embeddings' norm precedes block 0), and a module of the same block with
+            the type and shape they have elsewhere (``mlp_norm``). When block 0 is removed by pruning, the new first
+            block keeps its real module and the structure spec records it, so a reload builds it there too.
+        check_layers: ``f(config, kept)``, called with the original indices of the blocks a removal keeps; raises a
+            `UserInputError` when the family cannot work with them (ModernBERT: no global-attention block left).
     """
 
     layers_path: str
     num_layers_key: str
     attentions: tuple[AttentionLayout, ...]
     ffn: tuple[str, str]
+    ffn_up_chunks: int = 1
+    layer_types_key: str | None = None
+    first_block_only: tuple[tuple[str, str], ...] = ()
+    check_layers: Callable | None = None
 
 
 BERT_ATTENTION = AttentionLayout(
@@ -78,6 +105,9 @@ class ArchAdapter:
         ffn_paths: dotted paths from one block to the feed-forward input (up) and output (down) projections.
         stacks: the head and neuron layout of every stack of blocks, for structured pruning (`StackLayout`); None
             for a family whose heads hfcompress cannot cut out.
+        check_model: ``f(model)``, called before structured pruning: a `UserInputError` for a configuration of the
+            family whose heads the layouts do not describe (DeBERTa: the ``share_att_key`` / ``pos_att_type``
+            settings it handles are listed there).
         alignment_heads: ``(stack layers_path, attention module)`` whose heads the generation config's
             ``alignment_heads`` (``[layer, head]`` pairs: Whisper's cross-attention heads for word timestamps) index;
             structured pruning renumbers the pairs of kept heads and drops the others.
@@ -98,6 +128,7 @@ class ArchAdapter:
     ffn_paths: tuple[str, str] | None = ("intermediate.dense", "output.dense")
     stacks: tuple[StackLayout, ...] | None = None
     alignment_heads: tuple[str, str] | None = None
+    check_model: Callable | None = None
 
     def layers(self, model: nn.Module) -> nn.ModuleList:
         module = get_submodule(model.base_model, self.layers_path)
@@ -106,6 +137,27 @@ class ArchAdapter:
         return module
 
     def set_layers(self, model: nn.Module, layers: nn.ModuleList) -> None:
+        """Make `layers` (blocks of `model`'s own stack, a subset in order: a student's) the stack. The config's layer
+        count follows, and a per-block config list (`StackLayout.layer_types_key`: ModernBERT's global/local pattern)
+        keeps the entries of the kept blocks, so each block keeps its attention type and a reload builds the same
+        pattern. A block that becomes first loses what the family builds only for block 0 (`first_block_only`:
+        ModernBERT's first block has no attention norm), so a plain `save_pretrained` checkpoint reloads as it is."""
+        stack = next((s for s in self.stacks or () if s.layers_path == self.layers_path), None)
+        if stack is not None and (stack.layer_types_key or stack.first_block_only or stack.check_layers):
+            position = {id(b): i for i, b in enumerate(self.layers(model))}
+            if any(id(block) not in position for block in layers):
+                raise ValueError(f"set_layers: {self.model_types[0]} keeps per-block config entries "
+                                 f"({stack.layer_types_key}); give it blocks of the model's own stack")
+            kept = [position[id(block)] for block in layers]
+            if stack.check_layers is not None:
+                stack.check_layers(model.config, kept)
+            if stack.layer_types_key:
+                types = list(getattr(model.config, stack.layer_types_key))
+                setattr(model.config, stack.layer_types_key, [types[i] for i in kept])
+            if kept and kept[0] != 0:
+                for path, _ in stack.first_block_only:
+                    head, _, last = path.rpartition(".")
+                    setattr(get_submodule(layers[0], head) if head else layers[0], last, nn.Identity())
         head, _, last = self.layers_path.rpartition(".")
         setattr(get_submodule(model.base_model, head) if head else model.base_model, last, layers)
         setattr(model.config, self.num_layers_key, len(layers))
@@ -128,13 +180,21 @@ class ArchAdapter:
             raise ValueError(f"block {block} out of range: the model has blocks 1..{len(layers)}")
         return tuple(get_submodule(layers[block - 1], path) for path in self.qkv_paths)
 
+    def qkv_chunks(self) -> tuple[tuple[int, int], ...]:
+        """``(chunk, chunks)`` of the query, key and value in the outputs of `qkv_modules`: ``(0, 1)`` each for
+        separate projections; ``(0, 3), (1, 3), (2, 3)`` when the three paths name one fused projection (ModernBERT's
+        ``Wqkv``, whose output holds queries, keys and values one after another)."""
+        if self.qkv_paths is not None and len(set(self.qkv_paths)) == 1:
+            return ((0, 3), (1, 3), (2, 3))
+        return ((0, 1), (0, 1), (0, 1))
+
     def block_linear_paths(self) -> tuple[str, ...]:
-        """Dotted paths, within one block, of the `nn.Linear`s pruning targets by default."""
+        """Dotted paths, within one block, of the `nn.Linear`s pruning targets by default (a fused q/k/v once)."""
         paths = [*(self.qkv_paths or ()), *([self.attention_output_path] if self.attention_output_path else []),
                  *(self.ffn_paths or ())]
         if not paths:
             raise NotImplementedError(f"no prunable projection paths known for model types {self.model_types}")
-        return tuple(paths)
+        return tuple(dict.fromkeys(paths))
 
     def prunable_linears(self, model: nn.Module) -> dict[str, nn.Linear]:
         """The encoder projections of every block, keyed by their name in `model.named_modules()`."""

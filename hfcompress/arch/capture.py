@@ -1,7 +1,8 @@
 """Recording the query/key/value projections of chosen blocks during a forward pass (forward hooks).
 
 Works with any attention implementation (eager, sdpa, flash): the hooks sit on the projection `nn.Linear`s, not on
-the attention kernel.
+the attention kernel. A fused projection (ModernBERT's ``Wqkv``) is hooked once and its output split into queries,
+keys and values (`ArchAdapter.qkv_chunks`); those are the projections' outputs, before any rotary embedding.
 """
 
 from __future__ import annotations
@@ -34,16 +35,21 @@ class QKVCapture:
         self.outputs: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self._partial: dict[int, list] = {}
         self._handles = []
+        chunks = adapter.qkv_chunks()
         for block in self.blocks:
+            hooked: dict[int, list] = {}
             for slot, module in enumerate(adapter.qkv_modules(model, block)):
-                self._handles.append(module.register_forward_hook(self._hook(block, slot)))
+                hooked.setdefault(id(module), [module, []])[1].append((slot, *chunks[slot]))
+            for module, slots in hooked.values():
+                self._handles.append(module.register_forward_hook(self._hook(block, slots)))
 
-    def _hook(self, block: int, slot: int):
+    def _hook(self, block: int, slots: list[tuple[int, int, int]]):
         def hook(module, args, output):
             if not self.enabled:
                 return
             parts = self._partial.setdefault(block, [None, None, None])
-            parts[slot] = output
+            for slot, chunk, chunks in slots:
+                parts[slot] = output if chunks == 1 else output.chunk(chunks, dim=-1)[chunk]
             if all(p is not None for p in parts):
                 self.outputs[block] = tuple(parts)
                 del self._partial[block]

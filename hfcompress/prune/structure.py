@@ -17,11 +17,24 @@ Spec (all paths relative to ``model.base_model``)::
                  "blocks": [{"attentions": [{"module": "attention.self", "q": ..., "k": ..., "v": ..., "o": ...,
                                              "count_attrs": ["num_attention_heads"], "width_attrs": ["all_head_size"],
                                              "head_dim_attr": "attention_head_size", "head_dim": 32,
-                                             "position_bias": null, "heads": [0, 3, 7]}],   # kept, original index
-                             "ffn": {"up": "intermediate.dense", "down": "output.dense", "size": 768}}]}]}
+                                             "position_bias": null, "heads": [0, 3, 7],     # kept, original index
+                                             "producers": [["attention.self.query", 1], ...]}],
+                             "ffn": {"up": "intermediate.dense", "down": "output.dense", "size": 768,
+                                     "up_chunks": 1}}],
+                 "layer_types_key": null, "first_block": []}]}
+
+``producers`` (optional; default q, k, v with one chunk each): every projection whose output rows hold the heads, as
+``[path, chunks]``: its rows are `chunks` equal parts and a head is ``head_dim`` rows of each (ModernBERT's fused
+``Wqkv``: ``[["attn.Wqkv", 3]]``; DeBERTa adds ``pos_key_proj`` / ``pos_query_proj`` where built). ``up_chunks``
+likewise for a neuron of a gated FFN (ModernBERT's ``Wi``: input half and gate half, 2). ``layer_types_key``: the
+config list with one entry per block, kept for the kept blocks (written by the pruner; the saved config already holds
+the kept entries). ``first_block``: ``[path, template]`` pairs for a first block that was not block 0: the family
+builds `nn.Identity` there in block 0 only, so the reload puts a copy of the block's `template` module in its place.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -58,6 +71,17 @@ def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     return new
 
 
+def member_rows(members, width: int, chunks: int, rows: int) -> torch.Tensor:
+    """Row indices of `members` (each `width` consecutive rows) in every one of `chunks` equal parts of `rows` rows."""
+    per_chunk = rows // chunks
+    return torch.tensor([c * per_chunk + int(m) * width + j for c in range(chunks) for m in members
+                         for j in range(width)], dtype=torch.long, device="cpu")
+
+
+def _producers(spec: dict) -> list[tuple[str, int]]:
+    return [(p, int(c)) for p, c in spec.get("producers") or [(spec["q"], 1), (spec["k"], 1), (spec["v"], 1)]]
+
+
 def _slice_position_bias(module: nn.Module, args: tuple, kwargs: dict):
     """Forward pre-hook: a per-head bias computed for all heads, cut to this attention's kept heads."""
     name, position = module._hfc_position_bias
@@ -71,13 +95,14 @@ def _slice_position_bias(module: nn.Module, args: tuple, kwargs: dict):
 
 
 def shrink_attention(block: nn.Module, spec: dict, heads: list[int]) -> None:
-    """Keep only `heads` (original indices, sorted) of one attention: q/k/v rows, output-projection columns, and the
-    attention module's head count / width attributes."""
+    """Keep only `heads` (original indices, sorted) of one attention: the rows of its q/k/v (and other per-head)
+    projections, output-projection columns, and the attention module's head count / width attributes."""
     module = _get(block, spec["module"])
     d = int(spec["head_dim"])
-    index = torch.tensor([h * d + j for h in heads for j in range(d)], dtype=torch.long)
-    for key in ("q", "k", "v"):
-        _set(block, spec[key], slice_linear(_get(block, spec[key]), index, 0))
+    for path, chunks in _producers(spec):
+        linear = _get(block, path)
+        _set(block, path, slice_linear(linear, member_rows(heads, d, chunks, linear.out_features), 0))
+    index = member_rows(heads, d, 1, _get(block, spec["o"]).in_features)
     _set(block, spec["o"], slice_linear(_get(block, spec["o"]), index, 1))
     for attr in spec["count_attrs"]:
         setattr(module, attr, len(heads))
@@ -91,15 +116,22 @@ def shrink_attention(block: nn.Module, spec: dict, heads: list[int]) -> None:
 
 
 def shrink_ffn(block: nn.Module, spec: dict, index: torch.Tensor) -> None:
-    """Keep only the feed-forward neurons in `index`: rows of the up projection, columns of the down projection."""
-    _set(block, spec["up"], slice_linear(_get(block, spec["up"]), index, 0))
+    """Keep only the feed-forward neurons in `index`: rows of the up projection (of each of its ``up_chunks`` parts),
+    columns of the down projection."""
+    up = _get(block, spec["up"])
+    _set(block, spec["up"], slice_linear(up, member_rows(index.tolist(), 1, int(spec.get("up_chunks", 1)),
+                                                         up.out_features), 0))
     _set(block, spec["down"], slice_linear(_get(block, spec["down"]), index, 1))
 
 
 def remove_layers(model: nn.Module, stack: dict, keep: list[int]) -> None:
     """Drop the blocks of one stack not in `keep` (original indices) and renumber the rest (their `layer_idx`, used
-    by caches, follows the new order); the config's layer count follows."""
+    by caches, follows the new order); the config's layer count follows, and so does its per-block list
+    (``layer_types_key``) where the stack has one."""
     layers = _get(model.base_model, stack["layers"])
+    if stack.get("layer_types_key"):
+        types = list(getattr(model.config, stack["layer_types_key"]))
+        setattr(model.config, stack["layer_types_key"], [types[i] for i in keep])
     kept = nn.ModuleList([layers[i] for i in keep])
     for new_index, block in enumerate(kept):
         for sub in block.modules():
@@ -124,13 +156,16 @@ def apply_structure(model: nn.Module, spec: dict, ffn_index: dict | None = None)
             raise ValueError(f"{STRUCTURE_KEY}: {stack['layers']} has {len(layers)} blocks but the spec describes "
                              f"{len(stack['blocks'])} (config {stack['num_layers_key']} = "
                              f"{getattr(model.config, stack['num_layers_key'], None)})")
+        for path, template in stack.get("first_block") or ():
+            if layers and isinstance(_get(layers[0], path), nn.Identity):
+                _set(layers[0], path, copy.deepcopy(_get(layers[0], template)))
         for b, (block, block_spec) in enumerate(zip(layers, stack["blocks"])):
             for att in block_spec["attentions"]:
                 shrink_attention(block, att, list(att["heads"]))
             ffn = block_spec["ffn"]
             index = (ffn_index or {}).get((s, b))
             if index is None:
-                index = torch.arange(int(ffn["size"]))
+                index = torch.arange(int(ffn["size"]), device="cpu")
             elif len(index) != int(ffn["size"]):
                 raise ValueError(f"stack {s} block {b}: {len(index)} neurons to keep but the spec says {ffn['size']}")
             shrink_ffn(block, ffn, index)

@@ -49,7 +49,7 @@ class _Group:
     block: int
     attention: int | None
     consumer: nn.Linear  # output projection / down projection: a group member is `width` of its input columns
-    producers: list[nn.Linear]  # q/k/v / up projection: a member is `width` of their output rows
+    producers: list[tuple[nn.Linear, int]]  # (q/k/v / up projection, chunks): a member is `width` rows of each chunk
     size: int
     width: int
     mask: torch.Tensor = None
@@ -67,7 +67,7 @@ class _Group:
 
     def cost(self) -> int:
         """Parameters removed with one member: its producer rows (and biases) and consumer columns."""
-        rows = sum(self.width * (p.in_features + (p.bias is not None)) for p in self.producers)
+        rows = sum(chunks * self.width * (p.in_features + (p.bias is not None)) for p, chunks in self.producers)
         return rows + self.width * self.consumer.out_features
 
 
@@ -104,6 +104,8 @@ class StructuredPruner(ScheduledPruner):
         self.model = unwrap_model(model)
         self.adapter = get_adapter(self.model)
         self.stacks = self.adapter.structure(getattr(self.model.config, "model_type", None), self.model)
+        if self.adapter.check_model is not None:
+            self.adapter.check_model(self.model)
         if config.stack_list:
             self.stacks = _chosen_stacks(self.stacks, config.stack_list, type(self.model).__name__)
         self.groups: list[_Group] = []
@@ -118,12 +120,12 @@ class StructuredPruner(ScheduledPruner):
                     module = get_submodule(block, att.module)
                     d = int(getattr(module, att.head_dim_attr))
                     o = get_submodule(block, att.o)
-                    self.groups.append(_Group("heads", s, b, a, o, [get_submodule(block, p) for p in (att.q, att.k, att.v)],
-                                              o.in_features // d, d))
+                    producers = [(get_submodule(block, p), chunks) for p, chunks in att.producers(block)]
+                    self.groups.append(_Group("heads", s, b, a, o, producers, o.in_features // d, d))
                 up, down = (get_submodule(block, p) for p in stack.ffn)
-                self.groups.append(_Group("neurons", s, b, None, down, [up], down.in_features, 1))
+                self.groups.append(_Group("neurons", s, b, None, down, [(up, stack.ffn_up_chunks)], down.in_features, 1))
         for g in self.groups:
-            if not isinstance(g.consumer, nn.Linear) or any(not isinstance(p, nn.Linear) for p in g.producers):
+            if not isinstance(g.consumer, nn.Linear) or any(not isinstance(p, nn.Linear) for p, _ in g.producers):
                 raise UserInputError(f"{type(self.model).__name__}: structured pruning needs nn.Linear projections "
                                      f"({g.key} has {type(g.consumer).__name__})")
         self.head_fraction, self.ffn_fraction = config.fractions()
@@ -278,10 +280,10 @@ class StructuredPruner(ScheduledPruner):
             return g.score
         with torch.no_grad():
             total = g.consumer.weight.detach().abs().float().reshape(g.consumer.out_features, g.size, g.width).sum((0, 2))
-            for p in g.producers:
-                w = p.weight.detach().abs().float().reshape(g.size, g.width, p.in_features).sum((1, 2))
+            for p, chunks in g.producers:
+                w = p.weight.detach().abs().float().reshape(chunks, g.size, g.width, p.in_features).sum((0, 2, 3))
                 if p.bias is not None:
-                    w = w + p.bias.detach().abs().float().reshape(g.size, g.width).sum(1)
+                    w = w + p.bias.detach().abs().float().reshape(chunks, g.size, g.width).sum((0, 2))
                 total = total + w
         return total.cpu()
 
@@ -329,6 +331,7 @@ class StructuredPruner(ScheduledPruner):
         if self.config.allow_layer_removal:
             for g in self.groups:
                 if g.layer not in self.removed and not bool(g.mask.any()):
+                    self._check_removal(g.layer)
                     self.removed.add(g.layer)
                     logger.info("Block %d of stack %d has no %s left: removed", g.block, g.stack, g.kind)
             for g in self.groups:
@@ -337,6 +340,13 @@ class StructuredPruner(ScheduledPruner):
             for key, block in self.blocks.items():
                 block._hfc_skip = key in self.removed
         self._apply_masks()
+
+    def _check_removal(self, layer: tuple[int, int]) -> None:
+        """The family's check (`StackLayout.check_layers`) of the blocks left once `layer` is removed too."""
+        s, b = layer
+        check = self.stacks[s].check_layers
+        if check is not None:
+            check(self.model.config, self._kept_blocks(s, self.removed | {layer}))
 
     def _apply_masks(self) -> None:
         for g in self.groups:
@@ -383,16 +393,23 @@ class StructuredPruner(ScheduledPruner):
                 atts = []
                 for a, att in enumerate(stack.attentions):
                     g = next(x for x in self.groups if x.kind == "heads" and x.layer == (s, b) and x.attention == a)
+                    producers = [[p, c] for p, c in att.producers(self.blocks[(s, b)])]
                     atts.append({"module": att.module, "q": att.q, "k": att.k, "v": att.v, "o": att.o,
                                  "count_attrs": list(att.count_attrs), "width_attrs": list(att.width_attrs),
                                  "head_dim_attr": att.head_dim_attr, "head_dim": g.width,
                                  "position_bias": list(att.position_bias) if att.position_bias else None,
-                                 "heads": masks[g.key].nonzero().flatten().tolist()})
+                                 "heads": masks[g.key].nonzero().flatten().tolist(), "producers": producers})
                 g = next(x for x in self.groups if x.kind == "neurons" and x.layer == (s, b))
                 blocks.append({"attentions": atts,
-                               "ffn": {"up": stack.ffn[0], "down": stack.ffn[1], "size": int(masks[g.key].sum())}})
+                               "ffn": {"up": stack.ffn[0], "down": stack.ffn[1], "size": int(masks[g.key].sum()),
+                                       "up_chunks": stack.ffn_up_chunks}})
+            # a first block that has a real module where the family builds nn.Identity in block 0 only (block 0
+            # removed, now or by an earlier pruning): recorded, so that a reload builds it
+            first = [list(pair) for pair in stack.first_block_only if kept_blocks and not isinstance(
+                get_submodule(self.blocks[(s, kept_blocks[0])], pair[0]), nn.Identity)]
             stacks.append({"layers": stack.layers_path, "num_layers_key": stack.num_layers_key,
-                           "removed_layers": sorted(b for (si, b) in removed if si == s), "blocks": blocks})
+                           "removed_layers": sorted(b for (si, b) in removed if si == s), "blocks": blocks,
+                           "layer_types_key": stack.layer_types_key, "first_block": first})
         return {"version": SPEC_VERSION, "stacks": stacks}
 
     def fold(self) -> dict:

@@ -4,14 +4,14 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 OUT    ?= out/distill
 
-.PHONY: venv assets distill test test-fast benchmark clean
+.PHONY: venv assets distill test test-fast test-gpu lint benchmark clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The local CPU wheel first: a plain `torch` requirement would pull a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[test]"
+	$(BIN)/pip install -q -e ".[all,test]"
 	touch $@
 
 venv: $(BIN)/.installed
@@ -27,6 +27,13 @@ test: assets
 
 test-fast: venv
 	$(BIN)/python -m pytest -q tests -m "not slow"
+
+# The CUDA paths (bf16/fp16 autocast, structured pruning, bitsandbytes, the teacher cache on cuda); skipped without a GPU.
+test-gpu: venv
+	$(BIN)/python -m pytest -q tests -m gpu -rs
+
+lint: venv
+	$(BIN)/ruff check hfcompress scripts tests benchmarks examples
 
 benchmark: assets
 	$(BIN)/python scripts/benchmark_distill.py

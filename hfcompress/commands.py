@@ -15,8 +15,13 @@ transformers) inside these functions, so that `hfcompress --help` and `hfcompres
 
         return run
 
+The run commands (`hfcompress distill | prune | lowrank | quantize | compress ...`) parse their options with one
+`HfArgumentParser` (flags and/or `--config FILE`), exactly as `scripts/<name>.py` do (both call
+`run.scripts.command_main`); under several processes:
+`accelerate launch -m hfcompress distill ...` (or `torchrun -m hfcompress distill ...`).
+
 Errors a user caused (`UserInputError`) end the command with their one-line message and exit status 2
-(`--debug` shows the traceback).
+(`--debug` shows the traceback; `--show_traceback` for the run commands).
 """
 
 from __future__ import annotations
@@ -158,13 +163,41 @@ def _push_cmd(parser: argparse.ArgumentParser) -> Runner:
     return run_push
 
 
+# The run commands: each a script of `hfcompress.run.scripts` (or the recipe runner), dispatched before argparse
+# (their options are an HfArgumentParser's, with --help of their own).
+RUN_COMMANDS = {
+    "distill": "distil a teacher into a smaller student (text, audio classification, CTC, Whisper)",
+    "prune": "prune while distilling: weights (magnitude, movement) or heads, neurons and blocks removed",
+    "lowrank": "factorize projections by SVD and train the factors back with distillation",
+    "quantize": "quantize a trained model (ONNX Runtime int8, PyTorch int8, bitsandbytes) and measure it",
+    "compress": "run a recipe: several methods composed in one command (a YAML file or a shipped recipe's name)",
+}
+
+
+def run_command(name: str, argv: list[str]) -> int:
+    """`hfcompress <name> ARGS`: the run command `name` on `argv` (a user error: one line, exit status 2)."""
+    from .cli import run_script
+
+    if name == "compress":
+        from .run.recipe import compress_main as main
+    else:
+        from .run.scripts import command_main
+
+        main = command_main(name)
+    run_script(main, argv)
+    return 0
+
+
 def build_parser(prog: str = "hfcompress") -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(prog=prog, description="Compression for the Hugging Face stack.")
     parser.add_argument("--version", action="version", version=f"hfcompress {__version__}")
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join(_SUBCOMMANDS) + "}", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="{" + ",".join([*RUN_COMMANDS, *_SUBCOMMANDS]) + "}",
+                                required=True)
+    for name, help_text in RUN_COMMANDS.items():  # listed for --help; `main` dispatches them before argparse
+        sub.add_parser(name, help=help_text, add_help=False)
     for name, (help_text, configure) in _SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text)
         p.set_defaults(_run=configure(p))
@@ -174,6 +207,9 @@ def build_parser(prog: str = "hfcompress") -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None, prog: str = "hfcompress") -> int:
     from .errors import UserInputError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in RUN_COMMANDS:
+        return run_command(argv[0], argv[1:])
     parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:

@@ -21,23 +21,8 @@ Writes <output_dir>/stages/<NN>-<stage>/ (each stage's run folder: model, checkp
 
 from __future__ import annotations
 
-from hfcompress.cli import parse_args, run_script, setup_logging
-from hfcompress.hub import HubArguments, PushArguments
-from hfcompress.run.recipe import RecipeArguments, run_recipe
-
-
-def main(argv=None):
-    args, hub, push = parse_args((RecipeArguments, HubArguments, PushArguments), argv, description=__doc__.split("\n\n")[0])
-    setup_logging()
-    if not args.recipe:
-        from hfcompress.errors import UserInputError
-
-        raise UserInputError("--recipe is required: a YAML file such as recipes/minilm-l6-prune-int8.yaml")
-    overrides = {k: getattr(hub, k) for k in ("push_to_hub", "hub_model_id", "hub_private_repo", "hub_token",
-                                              "hub_revision")}
-    overrides["push_dry_run"] = push.push_dry_run
-    return run_recipe(args.recipe, args.output_dir, overrides)
-
+from hfcompress.cli import run_script
+from hfcompress.run.recipe import compress_main as main  # the same as `hfcompress compress`
 
 if __name__ == "__main__":
     run_script(main)

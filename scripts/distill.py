@@ -27,17 +27,12 @@ DatasetDict. <output_dir>/model holds the student and its processor.
 
 from __future__ import annotations
 
-from hfcompress.cli import parse_args, run_script, setup_logging
-from hfcompress.run.scripts import DistillScriptArguments, script  # noqa: F401  (the argument groups, for readers)
+from hfcompress.cli import run_script
+from hfcompress.run.scripts import DistillScriptArguments  # noqa: F401  (the argument groups, for readers)
+from hfcompress.run.scripts import command_main, script
 
 SCRIPT = script("distill")
-
-
-def main(argv=None):
-    parsed = parse_args(SCRIPT.groups, argv, description=__doc__.split("\n\n")[0])
-    setup_logging(parsed[2])
-    return SCRIPT.run(*parsed)
-
+main = command_main("distill", description=__doc__.split("\n\n")[0])  # the same as `hfcompress distill`
 
 if __name__ == "__main__":
     run_script(main)

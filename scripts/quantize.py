@@ -21,17 +21,11 @@ downloads it, measured the same way) and <output_dir>/quantize_summary.json (set
 
 from __future__ import annotations
 
-from hfcompress.cli import parse_args, run_script, setup_logging
-from hfcompress.run.scripts import script
+from hfcompress.cli import run_script
+from hfcompress.run.scripts import command_main, script
 
 SCRIPT = script("quantize")
-
-
-def main(argv=None):
-    parsed = parse_args(SCRIPT.groups, argv, description=__doc__.split("\n\n")[0])
-    setup_logging()
-    return SCRIPT.run(*parsed)
-
+main = command_main("quantize", description=__doc__.split("\n\n")[0])  # the same as `hfcompress quantize`
 
 if __name__ == "__main__":
     run_script(main)

@@ -25,6 +25,7 @@ import torch.nn as nn
 
 from ..arch import get_adapter, task_head_names, unwrap_model
 from ..errors import UserInputError
+from ..extras import require_extra
 from .config import LoraArguments
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ def check_modules_to_save(model: nn.Module, names: list[str]) -> None:
 
 def lora_config(model: nn.Module, settings: LoraArguments):
     """The `peft.LoraConfig` for `model`, every name checked against the model first."""
+    require_extra("lora", "LoRA")
     from peft import LoraConfig, TaskType
 
     targets = settings.target_list or default_target_modules(model)
@@ -120,6 +122,7 @@ def apply_lora(model: nn.Module, settings: LoraArguments, base_dir: str | None =
     base, so it reloads and merges in a fresh process (for QLoRA: `model` is that base loaded in 8 or 4 bits).
     Without it the adapter names no base on disk.
     """
+    require_extra("lora", "LoRA")
     from peft import get_peft_model, prepare_model_for_kbit_training
 
     check_lora(model, settings)
@@ -148,6 +151,7 @@ def apply_lora(model: nn.Module, settings: LoraArguments, base_dir: str | None =
 def load_lora(adapter_dir: str, base=None, merge: bool = False, model_class=None, **kwargs):
     """The adapter in `adapter_dir` on its base: `base` (a model or a folder), by default the base the adapter names
     (``base_model_name_or_path`` in adapter_config.json). With `merge`, a plain transformers model."""
+    require_extra("lora", "LoRA")
     from peft import PeftConfig, PeftModel
     from transformers import AutoModelForSequenceClassification
 

@@ -49,6 +49,7 @@ import torch.nn as nn
 
 from ..arch.base import model_class_for, task_head_names, unwrap_model
 from ..errors import UserInputError
+from ..extras import require_extra
 from .dynamic import check_skip_patterns, describe_modules, existing_quantization, is_skipped, replace_weight_files
 
 logger = logging.getLogger(__name__)
@@ -60,11 +61,9 @@ _QUANT_KWARGS = ("quantization_config", "load_in_4bit", "load_in_8bit")
 
 
 def _import_bnb():
-    try:
-        import bitsandbytes as bnb
-    except ImportError as exc:
-        raise UserInputError("bitsandbytes quantization needs the bitsandbytes package: "
-                             "pip install bitsandbytes") from exc
+    require_extra("bnb", "bitsandbytes quantization")
+    import bitsandbytes as bnb
+
     return bnb
 
 

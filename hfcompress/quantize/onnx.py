@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import UserInputError
+from ..extras import require_extra
 
 logger = logging.getLogger(__name__)
 
@@ -149,6 +150,7 @@ def onnx_size_mb(directory: str, file_name: str = ONNX_FILE) -> float:
 
 
 def _graph_ops(path: str) -> set[str]:
+    require_extra("onnx", "ONNX export and ONNX Runtime")
     import onnx
 
     return {node.op_type for node in onnx.load(path, load_external_data=False).graph.node}
@@ -163,6 +165,7 @@ def _module_of(node_name: str) -> str:
 
 
 def _node_names(path: str) -> list[str]:
+    require_extra("onnx", "ONNX export and ONNX Runtime")
     import onnx
 
     return [node.name for node in onnx.load(path, load_external_data=False).graph.node]
@@ -257,6 +260,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _session(path: str, num_threads: int | None = None, provider: str = "CPUExecutionProvider"):
+    require_extra("onnx", "ONNX export and ONNX Runtime")
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -403,6 +407,7 @@ def quantize_onnx(
     config.json, the tokenizer and every other file of
     `source_dir` are copied beside the new model.onnx; a model that is already quantized is refused.
     """
+    require_extra("onnx", "ONNX export and ONNX Runtime")
     import onnxruntime
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -509,6 +514,7 @@ class OnnxModelForSequenceClassification:
         """Load `directory/file_name` (written by `export_onnx` or `quantize_onnx`) with its config.json.
         `num_threads` (ONNX Runtime intra-op threads) defaults to ``torch.get_num_threads()``, so an ONNX model and a
         PyTorch one compared in the same process use the same cores."""
+        require_extra("onnx", "ONNX export and ONNX Runtime")
         import onnxruntime as ort
         from transformers import AutoConfig
 
@@ -550,6 +556,7 @@ class OnnxModelForSequenceClassification:
     def parameter_counts(self) -> dict:
         """``parameters`` / ``nonzero_parameters`` of the graph's weight initializers (int8 or float), quantization
         scales and zero points left out: the same count as the PyTorch model it was exported from."""
+        require_extra("onnx", "ONNX export and ONNX Runtime")
         import onnx
         from onnx import numpy_helper
 

@@ -1,7 +1,7 @@
 """Model cards rendered from a run record (`RunRecord`), never typed: the metadata (``base_model``,
 ``base_model_relation``, tags, ``model-index`` results) and the before/after table come from the record's
 ``comparison``, which `hfcompress.report.measure.compare_checkpoints` measured in the run (the base and the result,
-both loaded from disk). The template is ``model_cards/template.md`` (a huggingface_hub Jinja template); the card is a
+both loaded from disk). The template is ``hfcompress/templates/model_card.md`` (a huggingface_hub Jinja template); the card is a
 `huggingface_hub.ModelCard`, written as ``README.md`` beside the model, with its plots (PNG) beside it.
 
 Every script writes one (distill, prune, lowrank, quantize, compress); ``hfcompress card`` writes one for a model
@@ -25,8 +25,8 @@ from .plot import SCHEDULE_PNG, TRADEOFF_PNG
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                        "model_cards", "template.md")
+# shipped inside the package (package data), so an installed wheel writes cards
+TEMPLATE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "templates", "model_card.md")
 CARD = "README.md"
 
 # a plain transformers checkpoint; every other format's loading code is its registration's (`hfcompress.registry`)

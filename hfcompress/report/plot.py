@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 
+from ..extras import require_extra
 from ..files import atomic_path
 
 logger = logging.getLogger(__name__)
@@ -14,6 +15,7 @@ SCHEDULE_PNG = "sparsity_schedule.png"
 
 
 def _pyplot():
+    require_extra("plots", "the plots beside a model card")
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display

@@ -126,7 +126,8 @@ def _line_map(node, path=(), out=None) -> dict:
 class RecipeArguments:
     _argument_group_name = "Recipe"
 
-    recipe: str = field(default=None, metadata={"help": "The recipe YAML file (required), e.g. recipes/minilm-l6-prune-int8.yaml."})
+    recipe: str = field(default=None, metadata={"help": "The recipe: a YAML file, or the name of one shipped with hfcompress "
+                        "(hfcompress/recipes/: minilm-l6-prune-int8, minilm-l6-distil3-prune-lora-int8), e.g. minilm-l6-prune-int8.yaml."})
     output_dir: str | None = field(
         default=None, metadata={"help": "Run folder (default: out/<recipe name>); run again with the same one to resume."}
     )
@@ -262,8 +263,6 @@ def check_recipe(recipe: Recipe, output_dir: str):
                 if canon and canon in ASSETS else "not an installed asset name, an existing folder or a Hub id")
         raise UserInputError(f"{recipe.where('base_model')}: base model {base!r} not found ({hint})")
 
-    if not importlib.util.find_spec("matplotlib"):
-        raise UserInputError(f"{recipe.where()}: the recipe's plot needs matplotlib, which is not installed")
     shape, previous = PLAIN, None  # what the previous stages leave (see `registry.Method.follows`)
     for stage in recipe.stages:
         where = lambda key, s=stage: (f"recipe {recipe.path} line {s.arg_lines.get(key) or s.line}"  # noqa: E731
@@ -444,3 +443,45 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
                 c["accuracy_delta_points"], c["size_ratio"], c["speedup"], model_dir)
     state.wait_for_everyone()
     return record
+
+
+RECIPES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "recipes")
+
+
+def shipped_recipes() -> list[str]:
+    """The names of the recipes shipped inside the package (`hfcompress/recipes/*.yaml`)."""
+    if not os.path.isdir(RECIPES_DIR):
+        return []
+    return sorted(f[:-5] for f in os.listdir(RECIPES_DIR) if f.endswith(".yaml"))
+
+
+def resolve_recipe(name_or_path: str) -> str:
+    """A recipe file: the path given, or the shipped recipe of that name (with or without ``.yaml``)."""
+    if os.path.isfile(name_or_path):
+        return name_or_path
+    name = os.path.basename(name_or_path)
+    name = name[:-5] if name.endswith(".yaml") else name
+    shipped = os.path.join(RECIPES_DIR, f"{name}.yaml")
+    if name in shipped_recipes() and not os.path.exists(name_or_path):
+        return shipped
+    raise UserInputError(f"--recipe {name_or_path!r}: no such file, and no shipped recipe of that name (shipped: "
+                         f"{', '.join(shipped_recipes())})")
+
+
+def compress_main(argv=None) -> RunRecord:
+    """`hfcompress compress` / `scripts/compress.py`: run a recipe (see the module docstring)."""
+    from ..cli import parse_args, setup_logging
+    from ..hub import HubArguments, PushArguments
+
+    args, hub, push = parse_args((RecipeArguments, HubArguments, PushArguments), argv,
+                                 description="Run a compression recipe: several methods composed in one command, "
+                                 "then measure the result against the base, write its model card and push it if "
+                                 "asked.")
+    setup_logging()
+    if not args.recipe:
+        raise UserInputError("--recipe is required: a YAML file, or the name of a shipped recipe such as "
+                             "minilm-l6-prune-int8")
+    overrides = {k: getattr(hub, k) for k in ("push_to_hub", "hub_model_id", "hub_private_repo", "hub_token",
+                                              "hub_revision")}
+    overrides["push_dry_run"] = push.push_dry_run
+    return run_recipe(resolve_recipe(args.recipe), args.output_dir, overrides)

@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass, field
 
 from ..errors import UserInputError
+from ..extras import has_extra
 from ..report.card import write_card
 from ..report.measure import MeasureConfig, compare_checkpoints
 from ..report.plot import SCHEDULE_PNG, TRADEOFF_PNG, schedule_plot, tradeoff_plot
@@ -108,12 +109,15 @@ def measure_and_card(record, model_dir: str, base_dir: str, base_source: str | N
         {"name": run_name or "this model", "accuracy": comparison["model"]["metrics"].get("accuracy"),
          "size_mb": comparison["model"]["size_mb"], "latency_ms": comparison["model"]["latency_ms"]},
     ]
-    record.artifacts["plot"] = tradeoff_plot(points, os.path.join(model_dir, TRADEOFF_PNG),
-                                             title=f"{run_name or 'model'} against its base ({split} split)")
-    if log_history:
-        path = schedule_plot(log_history, os.path.join(model_dir, SCHEDULE_PNG))
-        if path:
-            record.artifacts["schedule_plot"] = path
+    if has_extra("plots"):
+        record.artifacts["plot"] = tradeoff_plot(points, os.path.join(model_dir, TRADEOFF_PNG),
+                                                 title=f"{run_name or 'model'} against its base ({split} split)")
+        if log_history:
+            path = schedule_plot(log_history, os.path.join(model_dir, SCHEDULE_PNG))
+            if path:
+                record.artifacts["schedule_plot"] = path
+    else:
+        logger.info("No plots beside the card (matplotlib is not installed): pip install 'hfcompress[plots]'")
     record.artifacts["card"] = write_card(record.to_dict(), model_dir, model_name=run_name,
                                           base_model=base_model)
     c = comparison

@@ -118,6 +118,7 @@ class Script:
     groups: tuple
     run: Callable
     trains: bool  # runs a Trainer (all processes take part), or works on the main process only
+    description: str = ""  # the first line of the command's --help
 
 
 def _quantize_groups() -> tuple:
@@ -132,21 +133,29 @@ def _quantize_groups() -> tuple:
 def distill_script() -> Script:
     # SpeechArguments last (the speech run reads it by type, like every group)
     return Script("distill", (ModelArguments, DataArguments, DistillScriptArguments, LoraArguments, ReportArguments,
-                              PushArguments, SpeechArguments), _distill, True)
+                              PushArguments, SpeechArguments), _distill, True,
+                  "Distil a sequence classifier, or a Whisper speech recognizer, into a smaller student.")
 
 
 def prune_script() -> Script:
     return Script("prune", (PruneModelArguments, DataArguments, PruneScriptArguments, ReportArguments, PushArguments,
-                            SpeechArguments), _prune, True)
+                            SpeechArguments), _prune, True,
+                  "Prune a sequence classifier while it learns from a teacher: single weights (magnitude / movement), "
+                  "or whole attention heads, FFN neurons and blocks cut out of the model (--granularity structured).")
 
 
 def lowrank_script() -> Script:
     return Script("lowrank", (LowRankModelArguments, DataArguments, LowRankScriptArguments, ReportArguments,
-                              PushArguments), _lowrank, True)
+                              PushArguments), _lowrank, True,
+                  "Factorize a classifier's projections by truncated SVD and train the factors back with "
+                  "distillation from the unfactorized model.")
 
 
 def quantize_script() -> Script:
-    return Script("quantize", _quantize_groups(), _quantize, False)
+    return Script("quantize", _quantize_groups(), _quantize, False,
+                  "Quantize a trained classifier (after distillation, pruning, vocabulary trimming or low rank) and "
+                  "measure it against the model it came from: accuracy, size of the whole checkpoint, CPU latency, "
+                  "peak memory.")
 
 
 def script(name: str) -> Script:
@@ -165,3 +174,19 @@ def script_names() -> list[str]:
     from ..registry import methods
 
     return [m.stage for m in methods() if m.stage and m.resolve_script().name == m.stage]
+
+
+def command_main(name: str, description: str | None = None) -> Callable:
+    """`main(argv)` of the command `name`: one `HfArgumentParser` over the script's groups (flags and/or a YAML/JSON
+    `--config`), logging set up, then its run. What `hfcompress <name>` and `scripts/<name>.py` both call."""
+
+    def main(argv=None):
+        from ..cli import parse_args, setup_logging
+
+        entry = script(name)
+        parsed = parse_args(entry.groups, argv, description=description or entry.description)
+        setup_logging(next((g for g in parsed if hasattr(g, "get_process_log_level")), None))
+        return entry.run(*parsed)
+
+    main.__name__ = f"{name}_main"
+    return main

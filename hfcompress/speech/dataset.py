@@ -28,6 +28,7 @@ import os
 import numpy as np
 
 from ..errors import UserInputError
+from ..extras import require_extra
 from .synth import TARGET_RATE, read_audio, resample_or_error
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ def _read_entry(value, rate_column_value, base_dirs: list[str], where: str) -> t
             return np.asarray(value["array"], dtype=np.float32), int(value.get("sampling_rate") or rate_column_value
                                                                      or TARGET_RATE)
         if value.get("bytes"):
+            require_extra("speech", "reading audio files")
             import soundfile
 
             data, rate = soundfile.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)

@@ -56,6 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserInputError
+from ..extras import require_extra
 
 logger = logging.getLogger(__name__)
 
@@ -202,6 +203,7 @@ def read_audio(path: str | os.PathLike, raw_rate: int = TARGET_RATE) -> tuple[np
         data = np.frombuffer(path.read_bytes(), dtype="<i2")
         return (data.astype(np.float32) / 32768.0), raw_rate
     try:
+        require_extra("speech", "writing audio files")
         import soundfile  # type: ignore[import-not-found]
     except ImportError:
         soundfile = None

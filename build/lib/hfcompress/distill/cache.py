@@ -1,0 +1,282 @@
+"""Teacher-output caching: run the teacher once over a dataset and store its outputs in the rows.
+
+Each row carries its own teacher logits (and, if asked, selected hidden states and the query/key/value of the
+relation-distillation blocks, float16), so shuffling, batching and resuming keep them with their example. Because
+the teacher reads its own `teacher_input_ids`, a teacher with a different tokenizer works: each model tokenizes the
+raw text itself. The cache is saved with `save_to_disk` under a key of teacher + data + options + storage format; a
+run that finds the same key (a second run, a resumed one) loads it.
+
+Encoder-decoder teachers (Whisper) whose encoder the student shares, frozen: the encoder's output is what is cached
+(`compute_encoder_outputs`, float16 `[frames, D]` per row; a 30 s Whisper window is 1,500 frames), so neither model
+runs the encoder while training; the teacher's decoder still runs on the fly (its logits, `[tokens, vocabulary]` per
+row, would be larger than the encoder output). The same pass can replace the labels by the teacher's greedy
+transcripts (pseudo-labels).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import torch
+from datasets import Dataset, Sequence, Value, load_from_disk
+from tqdm.auto import tqdm
+
+from ..fingerprint import content_fingerprint
+from .loss import CACHED_ENCODER, CACHED_HIDDEN, CACHED_KEYS, CACHED_LOGITS, CACHED_QKV, TEACHER_PREFIX
+
+logger = logging.getLogger(__name__)
+
+CACHE_META = "teacher_cache.json"
+
+
+# Version of the stored layout, part of the cache key: 2 = hidden states and q/k/v as float16 bytes per row.
+CACHE_FORMAT = 2
+
+
+def cache_key(
+    teacher_name: str, dataset: Dataset, hidden_layers: list[int], input_prefix: str, relation_layers: list[int] | None = None
+) -> str:
+    blob = {"teacher": teacher_name, "data": content_fingerprint(dataset), "hidden": list(hidden_layers),
+            "prefix": input_prefix, "format": CACHE_FORMAT}
+    if relation_layers:
+        blob["relation_qkv"] = list(relation_layers)
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def encode_array(array) -> bytes:
+    """A float16 array as bytes: int32 ndim, int32 shape, then the float16 data (C order). Decoding it is one
+    `np.frombuffer`, where nested lists in an Arrow column take a Python object per number."""
+    a = np.ascontiguousarray(array, dtype=np.float16)
+    return np.asarray([a.ndim, *a.shape], dtype=np.int32).tobytes() + a.tobytes()
+
+
+def decode_array(value) -> np.ndarray:
+    """Inverse of `encode_array` (a read-only view of `value`). Nested lists (caches of older versions) are
+    converted with `np.asarray`."""
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        return np.asarray(value, dtype=np.float16)
+    ndim = int(np.frombuffer(value, dtype=np.int32, count=1)[0])
+    shape = np.frombuffer(value, dtype=np.int32, count=ndim, offset=4)
+    return np.frombuffer(value, dtype=np.float16, offset=4 * (ndim + 1)).reshape(shape)
+
+
+@torch.no_grad()
+def compute_teacher_outputs(
+    teacher: torch.nn.Module,
+    dataset: Dataset,
+    pad_fn,
+    input_prefix: str = "",
+    hidden_layers: list[int] | None = None,
+    batch_size: int = 64,
+    relation_layers: list[int] | None = None,
+) -> Dataset:
+    """Add `teacher_logits` (float32) to `dataset`; for `hidden_layers`, `teacher_hidden_states` (float16, unpadded
+    `[L, T_i, D]` per row); for `relation_layers` (1-based blocks), `teacher_relation_qkv` (float16, unpadded
+    `[3 * len(relation_layers), T_i, D]` per row: query, key, value of each block in turn). Both are stored as
+    `encode_array` bytes; `DistillationDataCollator` decodes and pads them.
+
+    `pad_fn(list_of_features) -> dict of tensors` pads the teacher's inputs, read from the columns
+    `{input_prefix}input_ids`, `{input_prefix}attention_mask` (and `token_type_ids` if present).
+    """
+    from ..arch import QKVCapture
+
+    hidden_layers = list(hidden_layers or [])
+    relation_layers = list(relation_layers or [])
+    teacher.eval()
+    device = next(teacher.parameters()).device
+    names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if f"{input_prefix}{n}" in dataset.column_names]
+    if "input_ids" not in names:
+        raise ValueError(f"dataset has no {input_prefix}input_ids column to run the teacher on: {dataset.column_names}")
+    columns: dict[str, list] = {CACHED_LOGITS: []}
+    if hidden_layers:
+        columns[CACHED_HIDDEN] = []
+    if relation_layers:
+        columns[CACHED_QKV] = []
+    capture = QKVCapture(teacher, relation_layers) if relation_layers else None
+    try:
+        for start in tqdm(range(0, len(dataset), batch_size), desc="Caching teacher outputs"):
+            rows = dataset[start : start + batch_size]
+            feats = [{n: rows[f"{input_prefix}{n}"][i] for n in names} for i in range(len(rows[f"{input_prefix}input_ids"]))]
+            batch = {k: v.to(device) for k, v in pad_fn(feats).items()}
+            res = teacher(**batch, output_hidden_states=bool(hidden_layers) or None)
+            columns[CACHED_LOGITS].extend(x.tolist() for x in res.logits.float().cpu().numpy())
+            lengths = batch["attention_mask"].sum(-1).tolist()
+            if hidden_layers:
+                stacked = torch.stack([res.hidden_states[j] for j in hidden_layers], 1).half().cpu().numpy()
+                columns[CACHED_HIDDEN].extend(encode_array(stacked[i, :, : lengths[i]]) for i in range(len(lengths)))
+            if capture is not None:
+                qkv = capture.pop()
+                stacked = torch.stack([x for b in relation_layers for x in qkv[b]], 1).half().cpu().numpy()
+                columns[CACHED_QKV].extend(encode_array(stacked[i, :, : lengths[i]]) for i in range(len(lengths)))
+    finally:
+        if capture is not None:
+            capture.remove()
+    out = dataset.add_column(CACHED_LOGITS, columns[CACHED_LOGITS], feature=Sequence(Value("float32")))
+    for name in (CACHED_HIDDEN, CACHED_QKV):
+        if name in columns:
+            out = out.add_column(name, columns[name], feature=Value("large_binary"))
+    return out
+
+
+def load_or_compute_teacher_cache(
+    cache_dir: str,
+    teacher_name: str,
+    dataset: Dataset,
+    teacher_loader,
+    pad_fn,
+    input_prefix: str = "",
+    hidden_layers: list[int] | None = None,
+    batch_size: int = 64,
+    relation_layers: list[int] | None = None,
+) -> tuple[Dataset, dict]:
+    """The cached dataset from `cache_dir` if its key matches, else compute it (loading the teacher lazily through
+    `teacher_loader()`), save it atomically and return it. Returns `(dataset, metadata)`; `metadata["hidden_layers"]`
+    and `metadata["relation_layers"]` say what the rows hold (pass them to `DistillationTrainer` as
+    `cached_hidden_layers` / `cached_relation_layers`)."""
+    hidden_layers = list(hidden_layers or [])
+    relation_layers = list(relation_layers or [])
+    key = cache_key(teacher_name, dataset, hidden_layers, input_prefix, relation_layers)
+
+    def compute():
+        teacher = teacher_loader()
+        cached = compute_teacher_outputs(teacher, dataset, pad_fn, input_prefix, hidden_layers, batch_size,
+                                         relation_layers)
+        meta = {"teacher": teacher_name, "hidden_layers": hidden_layers, "relation_layers": relation_layers,
+                "format": CACHE_FORMAT, "teacher_config": teacher.config.to_dict(), "num_rows": len(cached)}
+        return cached, meta
+
+    return _load_or_save(cache_dir, key, compute)
+
+
+def _load_or_save(cache_dir: str, key: str, compute) -> tuple[Dataset, dict]:
+    """The dataset saved in `cache_dir` under `key`, or `compute() -> (dataset, metadata)` saved there atomically (a
+    temporary folder renamed into place) and loaded back. `metadata["reused"]` says which."""
+    meta_path = os.path.join(cache_dir, CACHE_META)
+    if os.path.exists(meta_path):
+        with open(meta_path) as fh:
+            meta = json.load(fh)
+        if meta.get("key") == key:
+            logger.info("Loading teacher cache from %s (key %s)", cache_dir, key)
+            meta["reused"] = True
+            return load_from_disk(os.path.join(cache_dir, "data")), meta
+        logger.info("Teacher cache in %s has another key (%s != %s): recomputing", cache_dir, meta.get("key"), key)
+    cached, meta = compute()
+    meta = {"key": key, **meta}
+    os.makedirs(os.path.dirname(os.path.abspath(cache_dir)), exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(cache_dir)), prefix=".teacher-cache-")
+    try:
+        cached.save_to_disk(os.path.join(tmp, "data"))
+        with open(os.path.join(tmp, CACHE_META), "w") as fh:
+            json.dump(meta, fh, indent=2)
+        if os.path.exists(cache_dir):
+            shutil.rmtree(cache_dir)
+        os.replace(tmp, cache_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    meta["reused"] = False
+    return load_from_disk(os.path.join(cache_dir, "data")), meta
+
+
+# ---- encoder-decoder teachers (Whisper): the frozen encoder's output and the teacher's transcripts --------------
+
+ENCODER_CACHE_FORMAT = 1
+
+
+@torch.no_grad()
+def compute_encoder_outputs(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    features_fn,
+    batch_size: int = 16,
+    store_encoder: bool = True,
+    pseudo_labels: dict | None = None,
+) -> Dataset:
+    """One pass of an encoder-decoder `model` over `dataset`: its encoder runs once per row.
+
+    `features_fn(rows: dict of columns) -> input_features tensor` makes the encoder's input from a batch of rows.
+    With `store_encoder`, each row gets `encoder_last_hidden_state`, the encoder's last hidden state (`[frames, D]`,
+    float16 `encode_array` bytes; `SpeechSeq2SeqDistillationCollator` hands it to both models as `encoder_outputs`).
+    With `pseudo_labels` (``{"prompt_ids": [...], "eos_token_id": E, "pad_token_id": P, **generate keyword
+    arguments}``), the `labels` column is replaced by the model's own greedy transcript of the row, generated in the
+    same pass (one encoder run; distil-whisper's pseudo-labels): the generated tokens after the decoder prompt
+    (Whisper's `generate` returns them without it; a prompt it does return is cut), up to the first E or P, then E.
+    """
+    from datasets import Value
+
+    model.eval()
+    device = next(model.parameters()).device
+    encoder = model.get_encoder()
+    stored, labels = [], []
+    gen = dict(pseudo_labels or {})
+    prompt, eos = list(gen.pop("prompt_ids", [])), gen.pop("eos_token_id", None)
+    pad = gen.pop("pad_token_id", eos)
+    seen: list[torch.Tensor] = []
+    # Whisper's `generate` decodes wrongly from given `encoder_outputs` (transformers 5.x: it takes the long-form path
+    # and repeats tokens), so transcripts are generated from the features and the encoder's output is read on the way.
+    hook = encoder.register_forward_hook(lambda module, args, output: seen.append(output.last_hidden_state))
+    try:
+        for start in tqdm(range(0, len(dataset), batch_size), desc="Caching encoder outputs" if store_encoder
+                          else "Teacher transcripts"):
+            rows = dataset[start : start + batch_size]
+            features = features_fn(rows).to(device)
+            seen.clear()
+            if pseudo_labels is not None:
+                out = model.generate(features, **gen)
+                for seq in out.tolist():
+                    seq = seq[len(prompt):] if prompt and seq[: len(prompt)] == prompt else seq
+                    ends = [i for i, t in enumerate(seq) if t in (eos, pad)]
+                    labels.append(seq[: ends[0] if ends else len(seq)] + [eos])
+            else:
+                encoder(features)
+            if store_encoder:
+                hidden = seen[0]
+                if hidden.shape[0] != features.shape[0]:
+                    raise RuntimeError(f"encoder output of {hidden.shape[0]} rows for a batch of {features.shape[0]}")
+                stored.extend(encode_array(h) for h in hidden.half().cpu().numpy())
+    finally:
+        hook.remove()
+    out = dataset
+    if pseudo_labels is not None:
+        out = out.remove_columns("labels").add_column("labels", labels)
+    if store_encoder:
+        out = out.add_column(CACHED_ENCODER, stored, feature=Value("large_binary"))
+    return out
+
+
+def load_or_compute_encoder_cache(
+    cache_dir: str,
+    teacher_name: str,
+    dataset: Dataset,
+    teacher_loader,
+    features_fn,
+    batch_size: int = 16,
+    store_encoder: bool = True,
+    pseudo_labels: dict | None = None,
+) -> tuple[Dataset, dict]:
+    """`compute_encoder_outputs` of the teacher over `dataset`, saved in `cache_dir` and reused by a run with the same
+    teacher, rows and options (a second or resumed run), like `load_or_compute_teacher_cache`."""
+    blob = {"teacher": teacher_name, "data": content_fingerprint(dataset), "encoder": store_encoder,
+            "pseudo_labels": pseudo_labels, "format": ENCODER_CACHE_FORMAT}
+    key = hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def compute():
+        teacher = teacher_loader()
+        cached = compute_encoder_outputs(teacher, dataset, features_fn, batch_size, store_encoder, pseudo_labels)
+        return cached, {"teacher": teacher_name, "encoder_outputs": store_encoder,
+                        "pseudo_labels": pseudo_labels is not None, "format": ENCODER_CACHE_FORMAT,
+                        "num_rows": len(cached)}
+
+    return _load_or_save(cache_dir, key, compute)
+
+
+def drop_teacher_inputs(dataset: Dataset) -> Dataset:
+    """Once outputs are cached, the teacher's own token columns are dead weight."""
+    cols = [c for c in dataset.column_names if c.startswith(TEACHER_PREFIX) and c not in CACHED_KEYS]
+    return dataset.remove_columns(cols) if cols else dataset

@@ -1,0 +1,20 @@
+"""Local `evaluate` metric modules shipped with hfcompress: ``accuracy``, ``f1`` and ``wer`` (WER and CER).
+
+Each sub-folder holds ``<name>/<name>.py``, an `evaluate.Metric` subclass, so that
+``evaluate.load(metric_module_path(name))`` reads it from disk and never from the Hub (works with
+``HF_HUB_OFFLINE=1``). `hfcompress.metrics.load_metric` does that once per name. The sub-folders are packages (an
+empty ``__init__.py``) only so that setuptools ships their scripts in the wheel.
+"""
+
+from __future__ import annotations
+
+import os
+
+METRIC_MODULES = ("accuracy", "f1", "wer")
+
+
+def metric_module_path(name: str) -> str:
+    """The folder of the local metric module `name` (what `evaluate.load` takes)."""
+    if name not in METRIC_MODULES:
+        raise ValueError(f"no local metric module {name!r}; there are {list(METRIC_MODULES)}")
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), name)

@@ -1,0 +1,80 @@
+"""The data side of a run: tokenization for one or two tokenizers, the teacher-output cache, label checks."""
+
+from __future__ import annotations
+
+import logging
+
+from datasets import DatasetDict
+
+from ..data import label_names, tokenize
+from ..distill.cache import drop_teacher_inputs, load_or_compute_teacher_cache
+from ..distill.collator import DistillationDataCollator
+from ..distill.loss import TEACHER_PREFIX
+from ..errors import UserInputError
+
+logger = logging.getLogger(__name__)
+
+
+def tokenizers_align(a, b) -> bool:
+    """True if both tokenizers map text to the same ids (then one tokenization serves both models)."""
+    return a.get_vocab() == b.get_vocab() and type(a).__name__ == type(b).__name__
+
+
+def check_teacher_labels(teacher_config, dataset: DatasetDict, label_column: str) -> None:
+    names = label_names(dataset, label_column)
+    t_names = [teacher_config.id2label[i] for i in range(teacher_config.num_labels)]
+    if names is not None and len(names) != len(t_names):
+        raise UserInputError(f"teacher predicts {len(t_names)} labels {t_names} but the dataset has {len(names)}: {names}")
+    if names is not None and not all(str(n).startswith("LABEL_") for n in t_names) and t_names != names:
+        raise UserInputError(f"teacher label names {t_names} differ from the dataset's {names} (same order needed)")
+
+
+def tokenize_for_distillation(
+    dataset: DatasetDict, student_tokenizer, teacher_tokenizer, text_column: str, label_column: str, max_length: int,
+    truncation_side: str = "right",
+) -> tuple[DatasetDict, bool]:
+    """Tokenize with the student's tokenizer, and again into `teacher_*` columns if the teacher's differs.
+    Returns the dataset (raw text dropped) and whether teacher columns were added."""
+    out = tokenize(dataset, student_tokenizer, text_column, max_length, truncation_side=truncation_side)
+    separate = not tokenizers_align(student_tokenizer, teacher_tokenizer)
+    if separate:
+        logger.info("Teacher and student tokenizers differ: each tokenizes the raw text itself")
+        out = tokenize(out, teacher_tokenizer, text_column, max_length, prefix=TEACHER_PREFIX, truncation_side=truncation_side)
+    keep = {label_column, *student_tokenizer.model_input_names}
+    drop = [c for c in out["train"].column_names if c not in keep and not c.startswith(TEACHER_PREFIX)]
+    out = out.remove_columns(drop)
+    if label_column != "labels":
+        out = out.rename_column(label_column, "labels")
+    return out, separate
+
+
+def cache_teacher_on_train(
+    tokenized: DatasetDict,
+    teacher_name: str,
+    teacher_loader,
+    collator: DistillationDataCollator,
+    cache_dir: str,
+    hidden_layers: list[int] | None,
+    separate_tokenizer: bool,
+    batch_size: int,
+    main_process_first,
+    **cache_kwargs,
+) -> tuple[DatasetDict, dict]:
+    """Replace the train split by one that carries the teacher's outputs (loaded from `cache_dir` when present).
+    The main process computes; the others wait and load."""
+    prefix = TEACHER_PREFIX if separate_tokenizer else ""
+    with main_process_first(desc="teacher output cache"):
+        train, meta = load_or_compute_teacher_cache(
+            cache_dir,
+            teacher_name,
+            tokenized["train"],
+            teacher_loader,
+            collator.pad_teacher if separate_tokenizer else (lambda f: collator.tokenizer.pad(f, return_tensors="pt")),
+            input_prefix=prefix,
+            hidden_layers=hidden_layers,
+            batch_size=batch_size,
+            **cache_kwargs,
+        )
+    out = DatasetDict(dict(tokenized))
+    out["train"] = drop_teacher_inputs(train)
+    return out, meta

@@ -1,0 +1,41 @@
+"""How a compression method joins a run of the shared pipeline without copying it.
+
+A `RunMethod` brings a `TrainerCallback` (the mechanism, from the method's own folder) and the run-side duties the
+pipeline asks of every method at fixed points: check the input before anything slow starts, check a checkpoint
+before resuming, save what it produced, and describe itself in the run record.
+"""
+
+from __future__ import annotations
+
+
+class RunMethod:
+    name: str = "method"
+    # The transformers auto class of the run's models (the run sets it: audio classifiers are not sequence
+    # classifiers); None = the text classifiers' AutoModelForSequenceClassification.
+    auto_class = None
+
+    def callback(self):
+        """The `TrainerCallback` added to the run's trainer (or None)."""
+        return None
+
+    def check(self, model_args, data_args, args, train_rows: int) -> None:
+        """Raise `UserInputError` for bad settings; called before the teacher is loaded or fine-tuned."""
+
+    def check_model(self, model) -> None:
+        """Raise `UserInputError` if the built model cannot take the method; called before any training."""
+
+    def prepare_model(self, model, run_dir: str, tokenizer=None):
+        """Return the model the trainer trains (e.g. wrapped in a LoRA adapter); called after `check_model`, before
+        the trainer is built, so the optimizer sees the final parameters."""
+        return model
+
+    def check_resume(self, checkpoint: str) -> None:
+        """Raise `UserInputError` if `checkpoint` was written with incompatible settings."""
+
+    def save(self, trainer, tokenizer, run_dir: str) -> dict | None:
+        """Save the trained model if this method has its own format: return the artifacts written
+        (``{"model": path, ...}``), or None to let the pipeline save the usual checkpoint."""
+        return None
+
+    def record(self) -> dict:
+        return {}

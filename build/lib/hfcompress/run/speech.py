@@ -1,0 +1,390 @@
+"""Sequence-to-sequence speech distillation (the distil-whisper recipe): the run `run_distillation` chooses when the
+teacher is an encoder-decoder speech model (Whisper). Same trainer, loss and run steps as text distillation; what
+differs is here: speech data and targets, the student (the teacher's encoder, frozen by default, and a few of its
+decoder layers), the encoder-output cache, and evaluation by generation (WER/CER, not loss).
+
+    student = teacher's encoder + decoder layers --student_decoder_layers (e.g. 0,3 of tiny.en's 4)
+    loss    = alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE      per target token, / target tokens of the batch
+    targets = the transcripts (or, with --pseudo_labels, the teacher's greedy transcripts)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import time
+
+import numpy as np
+import torch
+from transformers import AutoConfig
+
+from ..arch.speech import decoder_prompt_ids, is_speech_seq2seq, num_decoder_layers, transcript_ids
+from ..assets import resolve_model_path
+from ..distill import (
+    DistillationLoss,
+    SpeechSeq2SeqDistillationCollator,
+    init_seq2seq_student,
+    load_or_compute_encoder_cache,
+)
+from ..distill.student import check_decoder_layers
+from ..errors import UserInputError
+from ..speech.dataset import (
+    KEYWORDS_NAME,
+    SYNTH_NAME,
+    load_audio_classification_dataset,
+    load_transcription_dataset,
+)
+from ..speech.normalize import normalize, word_error_rate
+from . import steps
+from .arguments import DataArguments, ModelArguments, SpeechArguments
+from .skeleton import Run, TaskAdapter, register_task
+
+logger = logging.getLogger(__name__)
+
+TEXT_DEFAULT_DATASET = "rotten-tomatoes"
+INTERMEDIATE_TERMS = ("hidden_weight", "attention_weight", "relation_weight")
+
+
+def speech_teacher(model_args: ModelArguments) -> bool:
+    """True if the teacher is an encoder-decoder speech model (then the run is sequence-to-sequence)."""
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(model_args.teacher_model))
+    except Exception:  # not a local model nor a reachable Hub id: the text path reports it
+        return False
+    return is_speech_seq2seq(config)
+
+
+# ---- checks before anything slow ------------------------------------------------------------------------------------
+
+def resolve_terms(args) -> None:
+    """Sequence-to-sequence distillation uses the decoder logits and the labels only. Terms the script switches on for
+    text classifiers by default (hidden states, relations) go off; a term the user set is an error."""
+    defaulted = set(getattr(args, "_mode_defaults", ()))
+    if getattr(args, "intermediate_fraction", 0) > 0:
+        raise UserInputError(f"--intermediate_fraction {args.intermediate_fraction}: staged distillation needs "
+                             "intermediate terms, which sequence-to-sequence distillation does not use; set it to 0")
+    for name in INTERMEDIATE_TERMS:
+        value = getattr(args, name, 0.0) or 0.0
+        if value > 0 and name not in defaulted:
+            raise UserInputError(f"--{name} {value}: sequence-to-sequence distillation (a Whisper teacher) uses the "
+                                 "decoder's logits (temperature KL) and the labels (cross-entropy) only; set it to 0")
+        setattr(args, name, 0.0)
+
+
+def check_speech_settings(model_args: ModelArguments, speech: SpeechArguments) -> None:
+    """The settings that only need configs: decoder layers in range, no encoder-block options."""
+    if model_args.student_layers:
+        raise UserInputError(f"--student_layers {model_args.student_layers}: a Whisper student keeps the teacher's "
+                             "whole encoder; choose its decoder layers with --student_decoder_layers (e.g. '0,3')")
+    source = model_args.student_model or model_args.teacher_model
+    config = AutoConfig.from_pretrained(resolve_model_path(source))
+    if not is_speech_seq2seq(config):
+        raise UserInputError(f"--student_model {model_args.student_model!r} is a {config.model_type} model; a Whisper "
+                             "teacher distils into a Whisper student")
+    total = num_decoder_layers(config)
+    layers = speech.decoder_layer_list()
+    if layers is not None:
+        try:
+            check_decoder_layers(layers, total)
+        except UserInputError as e:
+            raise UserInputError(f"--student_decoder_layers {speech.student_decoder_layers}: {e}") from None
+
+
+# ---- data ---------------------------------------------------------------------------------------------------------
+
+def load_speech_data(data_args: DataArguments, speech: SpeechArguments, classification: bool = False):
+    """The speech dataset, limited as asked: audio + transcript (``text``), or with `classification` audio + class
+    (``label``, from `--label_column`). The text classifiers' default dataset means the synthesized speech set here
+    (``speech-synth``; ``speech-keywords`` for classification)."""
+    if classification:
+        default, load, target = KEYWORDS_NAME, load_audio_classification_dataset, data_args.label_column
+    else:
+        default, load, target = SYNTH_NAME, load_transcription_dataset, data_args.text_column
+    name = data_args.dataset
+    if name == TEXT_DEFAULT_DATASET and not os.path.exists(name):
+        logger.info("Speech teacher: --dataset defaults to %r (synthesized)", default)
+        name = default
+    dataset = load(
+        name, speech.audio_column, target, seed=data_args.split_seed, resample=speech.resample_audio,
+        synth_settings={"num_voices": speech.synth_num_voices, "per_voice": speech.synth_per_voice},
+    )
+    return steps.limit_splits(dataset, data_args), name
+
+
+def add_targets(dataset, tokenizer, max_target_positions: int, prompt_length: int):
+    """`labels` = each transcript's target tokens (Whisper: leading space, text, end-of-text). Rows whose prompt and
+    targets exceed the decoder's positions are dropped, with a warning."""
+    limit = max_target_positions - prompt_length + 1
+    out = dataset.map(lambda row: {"labels": transcript_ids(tokenizer, row["text"])}, desc="Transcript tokens")
+    for split in out:
+        lengths = [len(x) for x in out[split]["labels"]]
+        keep = [i for i, n in enumerate(lengths) if n <= limit]
+        if len(keep) < len(lengths):
+            if not keep:
+                raise UserInputError(f"split {split!r}: every transcript is longer than the decoder's "
+                                     f"{max_target_positions} positions")
+            logger.warning("Dropped %d of %d rows of split %r: transcripts longer than %d tokens", len(lengths) -
+                           len(keep), len(lengths), split, limit)
+            out[split] = out[split].select(keep)
+    return out
+
+
+# ---- models -------------------------------------------------------------------------------------------------------
+
+def _load(path: str, what: str):
+    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+
+    model = AutoModelForSpeechSeq2Seq.from_pretrained(path)
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+    except Exception as e:
+        raise UserInputError(f"{what} {path}: no processor (feature extractor + tokenizer) could be loaded from it: "
+                             f"{type(e).__name__}: {e}") from e
+    if not hasattr(processor, "feature_extractor") or not hasattr(processor, "tokenizer"):
+        raise UserInputError(f"{what} {path}: expected a speech processor with a feature extractor and a tokenizer, "
+                             f"found {type(processor).__name__}")
+    return model, processor
+
+
+def load_speech_teacher(model_args: ModelArguments):
+    path = resolve_model_path(model_args.teacher_model)
+    teacher, processor = _load(path, "teacher")
+    return teacher, processor, path
+
+
+def build_speech_student(model_args: ModelArguments, speech: SpeechArguments, teacher, teacher_processor):
+    """The teacher's encoder (frozen unless --no_freeze_encoder) and the chosen decoder layers; or a given student
+    checkpoint (cut to --student_decoder_layers if given)."""
+    layers = speech.decoder_layer_list()
+    if model_args.student_model:
+        student, processor = _load(resolve_model_path(model_args.student_model), "student")
+        if layers is not None:
+            return init_seq2seq_student(student, layers, freeze_encoder=speech.freeze_encoder), processor
+        if speech.freeze_encoder:
+            student.get_encoder().requires_grad_(False)
+        return student, processor
+    count = min(speech.student_num_decoder_layers, num_decoder_layers(teacher))
+    student = init_seq2seq_student(teacher, layers, count, freeze_encoder=speech.freeze_encoder)
+    return student, teacher_processor
+
+
+def same_encoder(a, b) -> bool:
+    """True if two models' encoders hold the same weights (then one encoder output serves both)."""
+    sa, sb = a.get_encoder().state_dict(), b.get_encoder().state_dict()
+    return sa.keys() == sb.keys() and all(sa[k].shape == sb[k].shape and torch.equal(sa[k], sb[k]) for k in sa)
+
+
+# ---- evaluation by generation -------------------------------------------------------------------------------------
+
+def wer_metrics(tokenizer):
+    """`compute_metrics` for generated token ids: corpus WER and CER after `speech.normalize` (numbers as digits,
+    punctuation and case dropped); references are the labels' text."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def compute(eval_pred) -> dict:
+        preds, labels = np.asarray(eval_pred.predictions), np.asarray(eval_pred.label_ids)
+        hyps = tokenizer.batch_decode(np.where(preds < 0, pad, preds), skip_special_tokens=True)
+        refs = tokenizer.batch_decode(np.where(labels < 0, pad, labels), skip_special_tokens=True)
+        rates = word_error_rate(refs, hyps, normalizer=normalize)
+        return {"wer": rates["wer"], "cer": rates["cer"]}
+
+    return compute
+
+
+def generation_kwargs(speech: SpeechArguments) -> dict:
+    return {"max_new_tokens": speech.generation_max_new_tokens, "num_beams": 1, "do_sample": False}
+
+
+@torch.inference_mode()
+def transcribe(model, processor, audios, batch_size: int = 16, max_new_tokens: int = 128) -> list[str]:
+    """Greedy transcripts of 16 kHz float arrays."""
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(audios), batch_size):
+        chunk = [np.asarray(a, dtype=np.float32) for a in audios[start : start + batch_size]]
+        features = processor.feature_extractor(chunk, sampling_rate=16000, return_tensors="pt").input_features
+        ids = model.generate(features.to(device), max_new_tokens=max_new_tokens, num_beams=1, do_sample=False)
+        out.extend(processor.tokenizer.batch_decode(ids, skip_special_tokens=True))
+    return out
+
+
+def transcription_metrics(model, processor, split, max_new_tokens: int, batch_size: int = 16) -> dict:
+    hyps = transcribe(model, processor, split["audio"], batch_size, max_new_tokens)
+    rates = word_error_rate(split["text"], hyps, normalizer=normalize)
+    return {"wer": rates["wer"], "cer": rates["cer"], "num_utterances": rates["num_utterances"],
+            "num_ref_words": rates["num_ref_words"]}
+
+
+def measure_per_clip(model_dirs: dict[str, str], split, clips: int, threads: int, rounds: int,
+                     max_new_tokens: int, name: str = "test") -> dict:
+    """Each saved model (reloaded from disk) transcribes `clips` clips one at a time, greedily, on the CPU with
+    `threads` threads, interleaved over `rounds` rounds (teacher, student, teacher, ...): the median time per clip
+    (features + encoder + decoding) of each round, then the median of rounds; WER/CER of those clips."""
+    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+
+    rows = split.select(range(min(clips, len(split))))
+    audios, refs = rows["audio"], rows["text"]
+    models = {role: (AutoModelForSpeechSeq2Seq.from_pretrained(d).eval(), AutoProcessor.from_pretrained(d))
+              for role, d in model_dirs.items()}
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    per_round: dict[str, list[float]] = {r: [] for r in models}
+    texts: dict[str, list[str]] = {}
+    try:
+        for role, (model, processor) in models.items():  # warm-up
+            transcribe(model, processor, audios[:1], 1, max_new_tokens)
+        for _ in range(rounds):
+            for role, (model, processor) in models.items():
+                times, hyps = [], []
+                for audio in audios:
+                    t0 = time.perf_counter()
+                    hyps.extend(transcribe(model, processor, [audio], 1, max_new_tokens))
+                    times.append(time.perf_counter() - t0)
+                per_round[role].append(statistics.median(times) * 1000)
+                texts[role] = hyps
+    finally:
+        torch.set_num_threads(previous)
+    out = {"split": name, "clips": len(audios), "threads": threads, "rounds": rounds,
+           "protocol": "one clip at a time, greedy decoding, features + encoder + decoder, median per round, median "
+                       "of rounds"}
+    for role in models:
+        rates = word_error_rate(refs, texts[role], normalizer=normalize)
+        out[role] = {"median_ms_per_clip": statistics.median(per_round[role]), "rounds_ms": per_round[role],
+                     "wer": rates["wer"], "cer": rates["cer"],
+                     "parameters": sum(p.numel() for p in models[role][0].parameters()), "transcripts": texts[role]}
+    out["references"] = list(refs)
+    if "teacher" in out and "student" in out:
+        out["speedup"] = out["teacher"]["median_ms_per_clip"] / out["student"]["median_ms_per_clip"]
+    return out
+
+
+# ---- the run ------------------------------------------------------------------------------------------------------
+
+class SpeechSeq2SeqTask(TaskAdapter):
+    """Whisper transcription (distil-whisper): the student keeps the teacher's encoder (frozen by default, its outputs
+    cached) and chosen decoder layers; the loss is on the decoder's logits per target token; evaluation by greedy
+    generation (WER). Does not compose with other methods yet."""
+
+    name = "speech-seq2seq"
+    priority = 20
+    pipeline_tag = "automatic-speech-recognition"
+    metric = "wer"
+
+    def select(self, model_args, data_args, speech):
+        return self if speech_teacher(model_args) else None
+
+    def check_settings(self, run: Run) -> None:
+        run.speech = run.speech or SpeechArguments()
+        if run.methods:
+            raise UserInputError(f"{', '.join(m.name for m in run.methods)} with a Whisper teacher: sequence-to-sequence "
+                                 "distillation does not compose with other methods yet")
+        resolve_terms(run.args)
+
+    def check_inputs(self, run: Run) -> None:
+        check_speech_settings(run.model_args, run.speech)
+
+    def load_data(self, run: Run):
+        return load_speech_data(run.data_args, run.speech)
+
+    def check_layers(self, run: Run) -> None:
+        """The decoder layers are checked when the student is built (`build_speech_student`)."""
+
+    def load_teacher(self, run: Run):
+        return load_speech_teacher(run.model_args)
+
+    def build_student(self, run: Run):
+        return build_speech_student(run.model_args, run.speech, run.teacher, run.teacher_processor)
+
+    def prepare(self, run: Run) -> None:
+        speech, data_args, args, teacher, processor = run.speech, run.data_args, run.args, run.teacher, run.processor
+        # The one check of teacher and student for this kind of run (same vocabulary and tokenizer, a trained teacher).
+        kd = DistillationLoss(run.cfg, run.student.config, teacher, teacher_tokenizer=run.teacher_processor.tokenizer,
+                              student_tokenizer=processor.tokenizer)
+        tokenizer = processor.tokenizer
+        prompt = decoder_prompt_ids(tokenizer)
+        data = add_targets(run.dataset, tokenizer, run.student.config.max_target_positions, len(prompt))
+        collator = SpeechSeq2SeqDistillationCollator(
+            processor.feature_extractor, prompt, tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+            else tokenizer.eos_token_id, audio_column="audio", sampling_rate=processor.feature_extractor.sampling_rate,
+        )
+        shared = speech.freeze_encoder and same_encoder(run.student, teacher)
+        store_encoder = bool(data_args.cache_teacher and shared)
+        if speech.freeze_encoder and not shared:
+            logger.info("The student's encoder differs from the teacher's: encoder outputs are not cached; both "
+                        "encoders run at every step")
+        cache_meta, cache_dir = None, data_args.teacher_cache_dir or os.path.join(run.run_dir, steps.TEACHER_CACHE_DIR)
+        if store_encoder or speech.pseudo_labels:
+            pseudo = ({"prompt_ids": prompt, "eos_token_id": tokenizer.eos_token_id,
+                       "pad_token_id": collator.pad_token_id, **generation_kwargs(speech)}
+                      if speech.pseudo_labels else None)
+            teacher.to(args.device)
+            with args.main_process_first(desc="encoder output cache"):
+                data["train"], cache_meta = load_or_compute_encoder_cache(
+                    cache_dir, run.teacher_path, data["train"], lambda: teacher,
+                    # at most 16 clips at once: a 30 s window is 1,500 encoder frames per clip
+                    lambda rows: collator.input_features(rows["audio"]),
+                    batch_size=min(data_args.teacher_batch_size, 16), store_encoder=store_encoder,
+                    pseudo_labels=pseudo,
+                )
+        run.data, run.collator = data, collator
+        run.extras.update(store_encoder=store_encoder, cache_meta=cache_meta, cache_dir=cache_dir)
+        run.trainer_kwargs = {"distillation_loss": kd, "generation_kwargs": generation_kwargs(speech)}
+
+    def processing_class(self, run: Run):
+        # Not the processor: the Trainer would "align" the model's bos_token_id with the tokenizer's (<|endoftext|>,
+        # where Whisper's config has <|startoftranscript|>). The model folder gets the whole processor.
+        return run.processor.feature_extractor
+
+    def compute_metrics(self, run: Run):
+        return wer_metrics(run.processor.tokenizer)
+
+    def settings(self, run: Run) -> dict:
+        return {"speech": run.speech}
+
+    def distillation_entry(self, run: Run, trainer) -> dict:
+        speech = run.speech
+        return {
+            **run.cfg.to_dict(),
+            "mode": "sequence-to-sequence",
+            "loss": "alpha * T^2 * KL(teacher || student) + (1 - alpha) * CE, per target token",
+            "teacher": run.teacher_path,
+            "decoder_layers": getattr(trainer.model.config, "hfcompress_student_decoder_layers", None),
+            "encoder": "frozen" if speech.freeze_encoder else "trained",
+            "encoder_outputs": "cached" if run.extras["store_encoder"] else "online",
+            "targets": "teacher pseudo-labels (greedy)" if speech.pseudo_labels else "transcripts",
+            "teacher_cache": {k: v for k, v in (run.extras["cache_meta"] or {}).items()} or None,
+        }
+
+    def data_entry(self, run: Run, trainer) -> dict:
+        return {"dataset": run.dataset_name, "splits": {s: len(d) for s, d in run.data.items()},
+                "audio_column": run.speech.audio_column, "text_column": run.data_args.text_column}
+
+    def student_entry(self, run: Run, trainer) -> dict:
+        return {"source": run.model_args.student_model or "the teacher's encoder and decoder layers",
+                **steps.measure_model(trainer.model), "decoder_layers": trainer.model.config.decoder_layers}
+
+    def teacher_entry(self, run: Run) -> dict:
+        return {**steps.measure_model(run.teacher), "decoder_layers": run.teacher.config.decoder_layers}
+
+    def teacher_metrics(self, run: Run) -> dict:
+        return transcription_metrics(run.teacher, run.teacher_processor, run.data["test"],
+                                     run.speech.generation_max_new_tokens, run.args.per_device_eval_batch_size)
+
+    def artifacts(self, run: Run) -> dict:
+        return {"teacher_cache": run.extras["cache_dir"] if run.extras["cache_meta"] else None}
+
+    def measure(self, run: Run, record, trainer, model_dir: str, report) -> None:
+        record.metrics["per_clip"] = measure_per_clip(
+            {"teacher": run.teacher_path, "student": model_dir}, run.data["test"], run.speech.measure_clips,
+            report.latency_threads, report.latency_rounds, run.speech.generation_max_new_tokens)
+        m = record.metrics["per_clip"]
+        logger.info("Per clip (%d test clips, %d threads): teacher %.0f ms WER %.3f, student %.0f ms WER %.3f "
+                    "(%.2fx faster)", m["clips"], m["threads"], m["teacher"]["median_ms_per_clip"],
+                    m["teacher"]["wer"], m["student"]["median_ms_per_clip"], m["student"]["wer"], m["speedup"])
+        logger.info("No model card for a speech model yet (cards describe text classifiers); the measurement is "
+                    "in the run record")
+
+
+register_task(SpeechSeq2SeqTask())

@@ -94,10 +94,11 @@ def run_distillation(
             tokenized, teacher_path, lambda: teacher, collator,
             data_args.teacher_cache_dir or os.path.join(run_dir, steps.TEACHER_CACHE_DIR),
             probe.teacher_hidden_layers, separate, data_args.teacher_batch_size, args.main_process_first,
-            **probe.cache_request(),
+            teacher_config=teacher.config, cache_max_gb=data_args.cache_max_gb,
+            teacher_runs_online=probe.needs_online_teacher(), **probe.cache_request(),
         )
         trainer_kwargs = {
-            "teacher_model": teacher if probe.needs_online_teacher() else None,
+            "teacher_model": teacher if probe.needs_online_teacher(cache_meta) else None,
             "teacher_config": teacher.config,
             "cached_hidden_layers": cache_meta["hidden_layers"],
             "cached_relation_layers": cache_meta.get("relation_layers"),
@@ -122,7 +123,8 @@ def run_distillation(
         record.methods["distillation"] = {
             **resolved,
             "teacher": teacher_path,
-            "teacher_outputs": "cached" if data_args.cache_teacher else "online",
+            "teacher_outputs": ("online" if not data_args.cache_teacher else "cached" if not (cache_meta or {}).get(
+                "online_terms") else "logits cached, " + " and ".join(cache_meta["online_terms"]) + " online"),
             "teacher_cache": {k: v for k, v in (cache_meta or {}).items() if k != "teacher_config"} or None,
         }
         record.data = {

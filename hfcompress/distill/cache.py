@@ -72,7 +72,7 @@ def decode_array(value) -> np.ndarray:
 @dataclass
 class CacheEstimate:
     """The bytes a teacher cache of `rows` rows will take on disk, by column group: the rows' own columns (token
-    ids, labels, as stored), the float32 logits, and the float16 hidden states and relation q/k/v (each
+    ids, labels, as stored in Arrow, plus the saved dataset's metadata files), the float32 logits, and the float16 hidden states and relation q/k/v (each
     `layers x tokens x width x 2` bytes per row, plus its `encode_array` header and Arrow offset)."""
 
     rows: int
@@ -113,6 +113,9 @@ def _gb(n: float) -> str:
 
 # Per row: an `encode_array` header (int32 ndim + 3 int32 dims) and an Arrow large_binary offset (int64).
 _ARRAY_ROW_OVERHEAD = 4 * 4 + 8
+# Per saved cache: `dataset_info.json`, `state.json` and the Arrow schema (about 2 KB; a few more rows' worth of
+# buffer padding per record batch are ignored).
+_SAVED_DATASET_OVERHEAD = 2048
 
 
 def estimate_teacher_cache(
@@ -147,7 +150,7 @@ def estimate_teacher_cache(
 
     return CacheEstimate(
         rows=rows, tokens=tokens, width=width, hidden_layers=n_hidden, relation_layers=n_rel,
-        input_bytes=int(input_bytes), logits_bytes=rows * (4 * int(teacher_config.num_labels) + 4),
+        input_bytes=int(input_bytes) + _SAVED_DATASET_OVERHEAD, logits_bytes=rows * (4 * int(teacher_config.num_labels) + 4),
         hidden_bytes=arrays(n_hidden), qkv_bytes=arrays(3 * n_rel),
     )
 

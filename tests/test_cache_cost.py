@@ -135,8 +135,8 @@ def test_run_over_the_limit_trains_like_online(tmp_path):
                           ("online", tokenized["train"], teacher)):
         args = DistillationArguments(output_dir=str(tmp_path / name), per_device_train_batch_size=8, max_steps=4,
                                      report_to="none", save_strategy="no", seed=3, use_cpu=True, **CFG)
-        trainer = DistillationTrainer(model=tiny_bert(seed=0), args=args, teacher_model=t, teacher_config=teacher.config,
-                                      train_dataset=data, data_collator=collator)
+        trainer = DistillationTrainer(model=tiny_bert(seed=0), args=args, teacher_model=t,
+                                      teacher_config=teacher.config, train_dataset=data, data_collator=collator)
         trainer.train()
         weights[name] = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
     for k in weights["online"]:

@@ -72,8 +72,9 @@ def decode_array(value) -> np.ndarray:
 @dataclass
 class CacheEstimate:
     """The bytes a teacher cache of `rows` rows will take on disk, by column group: the rows' own columns (token
-    ids, labels, as stored in Arrow, plus the saved dataset's metadata files), the float32 logits, and the float16 hidden states and relation q/k/v (each
-    `layers x tokens x width x 2` bytes per row, plus its `encode_array` header and Arrow offset)."""
+    ids, labels, as stored in Arrow, plus the saved dataset's metadata files), the float32 logits, and the float16
+    hidden states and relation q/k/v (each `layers x tokens x width x 2` bytes, plus per row its `encode_array`
+    header and Arrow offset)."""
 
     rows: int
     tokens: int
@@ -150,7 +151,8 @@ def estimate_teacher_cache(
 
     return CacheEstimate(
         rows=rows, tokens=tokens, width=width, hidden_layers=n_hidden, relation_layers=n_rel,
-        input_bytes=int(input_bytes) + _SAVED_DATASET_OVERHEAD, logits_bytes=rows * (4 * int(teacher_config.num_labels) + 4),
+        input_bytes=int(input_bytes) + _SAVED_DATASET_OVERHEAD,
+        logits_bytes=rows * (4 * int(teacher_config.num_labels) + 4),  # float32 list + its int32 offset
         hidden_bytes=arrays(n_hidden), qkv_bytes=arrays(3 * n_rel),
     )
 

@@ -188,3 +188,36 @@ def test_negative_limit_is_one_clear_error_before_any_work(tmp_path):
     with pytest.raises(UserInputError, match="cache_max_gb"):
         _cache(tmp_path, "c", tokenized, separate, collator, tiny_mpnet(), cache_max_gb=-0.5, calls=calls)
     assert calls == [] and not (tmp_path / "c").exists()
+
+
+def test_script_over_the_limit_says_so_once_and_trains(tmp_path):
+    """scripts/distill.py --cache_max_gb 0 on the full recipe (teacher of another width and tokenizer): the estimate
+    and the fallback are one line each, the run trains with the teacher online and records it."""
+    import json
+    import subprocess
+    import sys
+
+    from conftest import save_tiny_assets
+    from test_script import ROOT, SCRIPT, _env
+
+    teacher, data = save_tiny_assets(tmp_path / "assets", teacher_kind="mpnet", teacher_offset=4)
+    student_dir = str(tmp_path / "student")
+    tiny_bert(num_layers=4, hidden=32, seed=9).save_pretrained(student_dir)
+    make_tokenizer().save_pretrained(student_dir)
+    out = tmp_path / "run"
+    base = [sys.executable, SCRIPT, "--output_dir", str(out), "--teacher_model", teacher, "--dataset", data,
+            "--student_model", student_dir, "--student_layers", "1,3", "--hidden_weight", "1", "--layer_map",
+            "1:2,2:4", "--relation_weight", "1", "--max_steps", "3", "--eval_strategy", "no", "--save_strategy",
+            "no", "--use_cpu", "--per_device_train_batch_size", "8", "--latency_rounds", "1", "--no_measure_memory"]
+    res = subprocess.run([*base, "--cache_max_gb", "-1"], env=_env(tmp_path), capture_output=True, text=True,
+                         timeout=300, cwd=ROOT)
+    assert res.returncode == 2 and "--cache_max_gb must be 0 or more" in res.stderr and "Traceback" not in res.stderr
+    assert not out.exists() or not (out / "teacher_cache").exists()
+    res = subprocess.run([*base, "--cache_max_gb", "0"], env=_env(tmp_path), capture_output=True, text=True,
+                         timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-4000:]
+    log = res.stdout + res.stderr
+    assert log.count("GB estimated for") == 1 and log.count("caching logits only") == 1, log[-4000:]
+    kd = json.load(open(out / "distill_summary.json"))["methods"]["distillation"]
+    assert kd["teacher_outputs"] == "logits cached, hidden_states and relations online"
+    assert kd["teacher_cache"]["hidden_layers"] == [] and kd["teacher_cache"]["estimate"]["hidden_layers"] == 2

@@ -123,8 +123,9 @@ def run_distillation(
         record.methods["distillation"] = {
             **resolved,
             "teacher": teacher_path,
-            "teacher_outputs": ("online" if not data_args.cache_teacher else "cached" if not (cache_meta or {}).get(
-                "online_terms") else "logits cached, " + " and ".join(cache_meta["online_terms"]) + " online"),
+            "teacher_outputs": "online" if not data_args.cache_teacher else (
+                f"logits cached, {' and '.join(online)} online" if (online := (cache_meta or {}).get("online_terms"))
+                else "cached"),
             "teacher_cache": {k: v for k, v in (cache_meta or {}).items() if k != "teacher_config"} or None,
         }
         record.data = {

@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -340,7 +341,7 @@ def main():
 
     result = {
         "command": "OMP_NUM_THREADS=" + os.environ.get("OMP_NUM_THREADS", "?") + " python benchmarks/cache_cost.py "
-                   + " ".join(sys.argv[1:]),
+                   + shlex.join(sys.argv[1:]),
         "machine": f"{os.cpu_count()} CPU cores (shared), no GPU",
         "threads": torch.get_num_threads(),
         "note": args.note,

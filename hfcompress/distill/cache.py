@@ -280,8 +280,8 @@ def load_or_compute_teacher_cache(
                                       relation_layers, input_prefix)
     limit = default_cache_limit_bytes(cache_dir) if max_bytes is None else int(max_bytes)
     limit_note = "--cache_max_gb" if max_bytes is not None else "half the free disk less 2 GiB"
-    logger.info("teacher cache: ~%s estimated for %d rows (%s); limit %s (%s)", _gb(estimate.total_bytes),
-                estimate.rows, estimate.describe(), _gb(limit), limit_note)
+    logger.info("teacher cache: ~%s estimated for %s rows (%s); limit %s (%s)", _gb(estimate.total_bytes),
+                f"{estimate.rows:,}", estimate.describe(), _gb(limit), limit_note)
     online_terms = []
     if estimate.total_bytes > limit and (hidden_layers or relation_layers):
         online_terms = [t for t, layers in (("hidden_states", hidden_layers), ("relations", relation_layers)) if layers]

@@ -419,10 +419,11 @@ class DistillationLoss(nn.Module):
 
     @torch.no_grad()
     def teacher_outputs(self, inputs: dict) -> TeacherOutputs:
-        """Pop the teacher's entries from a batch and return its outputs: from the cache columns where present,
-        otherwise by running the teacher (on `teacher_*` inputs if the batch has them, else the student's: for an
-        encoder-decoder, the same decoder inputs and the same `input_features`, or the cached `encoder_outputs` of a
-        frozen encoder the two share)."""
+        """Pop the teacher's entries from a batch and return its outputs: from the cache columns where present, and
+        what they lack (all, or the intermediate outputs of a cache over its size limit, which holds logits only) by
+        running the teacher (on `teacher_*` inputs if the batch has them, else the student's: for an encoder-decoder,
+        the same decoder inputs and the same `input_features`, or the cached `encoder_outputs` of a frozen encoder the
+        two share)."""
         self.add_decoder_inputs(inputs)
         cached = {k: inputs.pop(k) for k in CACHED_KEYS if k in inputs}
         teacher_inputs = {k[len(TEACHER_PREFIX):]: inputs.pop(k) for k in list(inputs) if k.startswith(TEACHER_PREFIX)}

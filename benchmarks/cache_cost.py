@@ -187,8 +187,13 @@ def one_run(n: int, steps: int, work: str, cache_max_gb: float | None) -> dict:
 
     from transformers import TrainerCallback
 
-    from hfcompress import DistillationArguments, DistillationConfig, DistillationDataCollator, DistillationLoss
-    from hfcompress import DistillationTrainer
+    from hfcompress import (
+        DistillationArguments,
+        DistillationConfig,
+        DistillationDataCollator,
+        DistillationLoss,
+        DistillationTrainer,
+    )
     from hfcompress.run.data import cache_teacher_on_train
 
     base = rss_mb()[0]

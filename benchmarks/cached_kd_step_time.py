@@ -25,7 +25,14 @@ import time
 import numpy as np
 import torch
 from datasets import Dataset, Sequence, Value
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, Trainer, TrainerCallback, TrainingArguments
+from transformers import (
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    BertConfig,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from hfcompress import DistillationArguments, DistillationDataCollator, DistillationTrainer
 from hfcompress.assets import resolve_model_path

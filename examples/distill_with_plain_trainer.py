@@ -21,14 +21,6 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-# hfcompress first: it quiets a harmless bitsandbytes warning ("Failed to load CPU gemm_4bit_forward ...
-# No module named 'kernels'") that importing transformers' Trainer prints (Trainer -> peft -> bitsandbytes).
-from hfcompress import DistillationCallback, DistillationConfig, DistillationDataCollator, DistillationLoss
-from hfcompress.assets import hfcompress_home, resolve_model_path
-from hfcompress.data import label_names, load_text_classification, num_labels, tokenize
-from hfcompress.errors import UserInputError
-from hfcompress.metrics import compute_classification_metrics
-
 from transformers import (  # noqa: I001
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -36,6 +28,14 @@ from transformers import (  # noqa: I001
     Trainer,
     TrainingArguments,
 )
+
+# hfcompress first: it quiets a harmless bitsandbytes warning ("Failed to load CPU gemm_4bit_forward ...
+# No module named 'kernels'") that importing transformers' Trainer prints (Trainer -> peft -> bitsandbytes).
+from hfcompress import DistillationCallback, DistillationConfig, DistillationDataCollator, DistillationLoss
+from hfcompress.assets import hfcompress_home, resolve_model_path
+from hfcompress.data import label_names, load_text_classification, num_labels, tokenize
+from hfcompress.errors import UserInputError
+from hfcompress.metrics import compute_classification_metrics
 
 # Where `make distill` caches the MiniLM-L6 teacher it fine-tunes on Rotten Tomatoes.
 DEFAULT_TEACHER = os.path.join(hfcompress_home(), "teachers", "minilm-l6-rotten-tomatoes")

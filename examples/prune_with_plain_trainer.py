@@ -18,12 +18,6 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from hfcompress import PruningCallback, save_sparse  # PRUNE
-from hfcompress.assets import resolve_model_path
-from hfcompress.data import label_names, load_text_classification, num_labels, tokenize
-from hfcompress.errors import UserInputError
-from hfcompress.metrics import compute_classification_metrics
-
 from transformers import (  # noqa: I001
     AutoModelForSequenceClassification,
     AutoTokenizer,
@@ -32,6 +26,12 @@ from transformers import (  # noqa: I001
     Trainer,
     TrainingArguments,
 )
+
+from hfcompress import PruningCallback, save_sparse  # PRUNE
+from hfcompress.assets import resolve_model_path
+from hfcompress.data import label_names, load_text_classification, num_labels, tokenize
+from hfcompress.errors import UserInputError
+from hfcompress.metrics import compute_classification_metrics
 
 
 @dataclass

@@ -135,9 +135,9 @@ def _card_cmd(parser: argparse.ArgumentParser) -> Runner:
                         help="A line for 'How it was made' (repeatable), e.g. --method 'pruned 40 per cent of heads'.")
 
     def run(args):
-        from .run.report import measure_and_card
-
         import os
+
+        from .run.report import measure_and_card
 
         record, base, dataset, data_args, report = _measure(args, "card")
         record.command = "hfcompress card " + " ".join(sys.argv[2:]) if len(sys.argv) > 2 else "hfcompress card"

@@ -35,12 +35,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from hfcompress.cli import parse_args, setup_logging  # noqa: E402
+from hfcompress.loading import load_model  # noqa: E402
 from hfcompress.prune import PruningConfig, StructuredPruner, load_structured, save_structured  # noqa: E402
 from hfcompress.quantize import export_onnx, quantize_onnx  # noqa: E402
 from hfcompress.quantize.onnx import onnx_size_mb  # noqa: E402
 from hfcompress.report import count_parameters  # noqa: E402
 from hfcompress.report.bench import write_json  # noqa: E402
-from hfcompress.loading import load_model  # noqa: E402
 from hfcompress.report.measure import folder_size_mb, interleaved_latency, measure_latency  # noqa: E402
 from hfcompress.report.record import environment  # noqa: E402
 

@@ -116,9 +116,10 @@ def train(args, name: str, script_name: str, extra: list[str], models: dict) -> 
 
 
 def quantized(args, source: str, name: str) -> str:
+    from transformers import AutoFeatureExtractor
+
     from hfcompress.loading import load_model
     from hfcompress.quantize.dynamic import quantize_dynamic_int8, save_dynamic_int8
-    from transformers import AutoFeatureExtractor
 
     out = os.path.join(args.cache_dir, name, "model")
     key = cache_key({"source": source, "stamp": os.path.getmtime(os.path.join(source, "model.safetensors"))})
@@ -133,9 +134,10 @@ def quantized(args, source: str, name: str) -> str:
 
 @torch.no_grad()
 def measure(args, paths: dict[str, str], test) -> dict:
+    from transformers import AutoFeatureExtractor
+
     from hfcompress.loading import load_model
     from hfcompress.run.audio import AudioDistillationCollator, audio_accuracy
-    from transformers import AutoFeatureExtractor
 
     torch.set_num_threads(args.threads)
     loaded = {}

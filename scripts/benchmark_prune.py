@@ -34,8 +34,8 @@ from hfcompress.cli import parse_args, setup_logging
 from hfcompress.data import load_rotten_tomatoes
 from hfcompress.prune import load_sparse
 from hfcompress.report import count_parameters, evaluate_classifier
-from hfcompress.report.measure import folder_size_mb
 from hfcompress.report.bench import cache_key, mean_std, training_kwargs, write_json
+from hfcompress.report.measure import folder_size_mb
 from hfcompress.report.record import environment
 from hfcompress.run import DataArguments, ModelArguments
 from hfcompress.run.prune import PruningArguments, run_pruning

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Run every recipe in recipes/ (each one cached in its own output folder: a finished recipe is not run again, an
+"""Run every recipe in hfcompress/recipes/ (each one cached in its own output folder: a finished recipe is not run again, an
 interrupted one resumes) and measure all of them against their base in ONE session: the base (MiniLM-L6 fine-tuned
 on Rotten Tomatoes, as the recipes' base_model gives it) and every recipe's final model loaded from disk, evaluated on
 the same test split, their checkpoint folders measured, their CPU latency (batch 32 x 128) interleaved in rounds.
@@ -39,7 +39,7 @@ FLOOR = {"size_ratio": 8.0, "speedup": 3.0, "accuracy_drop_points": 2.0}
 
 @dataclass
 class BenchmarkArguments:
-    recipes: str = field(default="recipes", metadata={"help": "Folder of recipe YAML files (every *.yaml is run)."})
+    recipes: str = field(default="hfcompress/recipes", metadata={"help": "Folder of recipe YAML files (every *.yaml is run)."})
     cache_dir: str = field(default="benchmarks/cache/recipes", metadata={"help": "Each recipe's output folder lives here."})
     results: str = field(default="benchmarks/results/recipes.json", metadata={"help": "Where the results go."})
     cards_dir: str = field(default="model_cards", metadata={"help": "Where each recipe's card and plots are copied."})

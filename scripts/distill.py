@@ -28,8 +28,11 @@ DatasetDict. <output_dir>/model holds the student and its processor.
 from __future__ import annotations
 
 from hfcompress.cli import run_script
-from hfcompress.run.scripts import DistillScriptArguments  # noqa: F401  (the argument groups, for readers)
-from hfcompress.run.scripts import command_main, script
+from hfcompress.run.scripts import (
+    DistillScriptArguments,  # noqa: F401  (the argument groups, for readers)
+    command_main,
+    script,
+)
 
 SCRIPT = script("distill")
 main = command_main("distill", description=__doc__.split("\n\n")[0])  # the same as `hfcompress distill`

@@ -21,8 +21,7 @@ checkpoints and <output_dir>/lowrank_summary.json.
 from __future__ import annotations
 
 from hfcompress.cli import run_script
-from hfcompress.run.scripts import LowRankModelArguments, LowRankScriptArguments  # noqa: F401  (for readers)
-from hfcompress.run.scripts import command_main, script
+from hfcompress.run.scripts import LowRankModelArguments, LowRankScriptArguments, command_main, script  # noqa: F401  (for readers)
 
 SCRIPT = script("lowrank")
 main = command_main("lowrank", description=__doc__.split("\n\n")[0])  # the same as `hfcompress lowrank`

@@ -28,8 +28,7 @@ from_pretrained(..., trust_remote_code=True) (its modeling code is saved beside 
 from __future__ import annotations
 
 from hfcompress.cli import run_script
-from hfcompress.run.scripts import PruneModelArguments, PruneScriptArguments  # noqa: F401  (for readers)
-from hfcompress.run.scripts import command_main, script
+from hfcompress.run.scripts import PruneModelArguments, PruneScriptArguments, command_main, script  # noqa: F401  (for readers)
 
 SCRIPT = script("prune")
 main = command_main("prune", description=__doc__.split("\n\n")[0])  # the same as `hfcompress prune`

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import soundfile
 import torch
-
 from conftest import load_script
+
 from hfcompress.errors import UserInputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,15 +1,14 @@
 """Teacher-output caching: same result as running the teacher on the fly, reuse without recomputation, teachers
 with another tokenizer."""
 
+from contextlib import nullcontext
+
 import pytest
 import torch
-
 from conftest import make_dataset, make_tokenizer, tiny_bert, tiny_mpnet
-from hfcompress import DistillationArguments, DistillationDataCollator, DistillationTrainer
-from hfcompress.distill.cache import load_or_compute_teacher_cache
-from hfcompress.run.data import cache_teacher_on_train, tokenize_for_distillation
 
-from contextlib import nullcontext
+from hfcompress import DistillationArguments, DistillationDataCollator, DistillationTrainer
+from hfcompress.run.data import cache_teacher_on_train, tokenize_for_distillation
 
 
 def _train(tmp_path, name, train, collator, teacher=None, teacher_config=None, hidden_layers=None, hidden=False):

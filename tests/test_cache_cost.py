@@ -9,14 +9,13 @@ from contextlib import nullcontext
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_dataset, make_tokenizer, tiny_bert, tiny_mpnet
+
 from hfcompress import DistillationArguments, DistillationConfig, DistillationDataCollator, DistillationTrainer
 from hfcompress.distill.cache import (
     compute_teacher_outputs,
     decode_array,
     estimate_teacher_cache,
-    load_or_compute_teacher_cache,
 )
 from hfcompress.distill.loss import CACHED_HIDDEN, CACHED_LOGITS, CACHED_QKV, DistillationLoss
 from hfcompress.errors import UserInputError

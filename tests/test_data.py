@@ -3,12 +3,12 @@ import os
 
 import numpy as np
 import pytest
-
 from conftest import make_tokenizer, save_tiny_assets, tiny_bert
+
 from hfcompress import assets
 from hfcompress.data import load_text_classification, stratified_split
-from hfcompress.run.finetune import has_task_head, prepare_teacher
 from hfcompress.metrics import accuracy, compute_classification_metrics, f1
+from hfcompress.run.finetune import has_task_head, prepare_teacher
 
 
 def test_stratified_split_is_deterministic_and_stratified():
@@ -75,6 +75,7 @@ def test_teacher_head_detection(tmp_path):
 
 def test_headless_teacher_is_finetuned_once_and_cached(tmp_path):
     from conftest import make_dataset
+
     from hfcompress.run.finetune import FinetuneConfig
 
     headless = tmp_path / "headless"

@@ -3,13 +3,12 @@
 
 import json
 import logging
-import os
 
 import numpy as np
 import pytest
+from conftest import write_csv
 from datasets import ClassLabel, Value
 
-from conftest import write_csv
 from hfcompress.data import label_names, load_text_classification, num_labels, tokenize
 from hfcompress.errors import UserInputError
 

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import GradCapture
 from datasets import Dataset
 from transformers import (
     HubertConfig,
@@ -36,7 +37,6 @@ from transformers import (
     Wav2Vec2ForSequenceClassification,
 )
 
-from conftest import GradCapture
 from hfcompress.distill import (
     DistillationArguments,
     DistillationCallback,

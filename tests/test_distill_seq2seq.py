@@ -15,10 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import GradCapture, load_script
 from datasets import Dataset
+from test_whisper_convert import N_TIMESTAMPS, hf_to_ct2, tiny_tokenizer, write_ct2_folder
 from transformers import WhisperConfig, WhisperForConditionalGeneration, WhisperProcessor
 
-from conftest import GradCapture, load_script
 from hfcompress.arch.speech import decoder_prompt_ids, transcript_ids
 from hfcompress.cli import run_script
 from hfcompress.distill import (
@@ -34,7 +35,6 @@ from hfcompress.distill.loss import CACHED_ENCODER, TeacherOutputs
 from hfcompress.distill.student import spread_layers
 from hfcompress.errors import UserInputError
 from hfcompress.speech.whisper_ct2 import convert_whisper_ct2
-from test_whisper_convert import N_TIMESTAMPS, hf_to_ct2, tiny_tokenizer, write_ct2_folder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "distill.py")

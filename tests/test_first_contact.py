@@ -10,11 +10,17 @@ import sys
 
 import pytest
 import torch
+from conftest import make_dataset, make_tokenizer, save_tiny_assets, tiny_bert, tiny_mpnet, write_reviews_csv
 from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 
-from conftest import make_dataset, make_tokenizer, save_tiny_assets, tiny_bert, tiny_mpnet, write_reviews_csv
-from hfcompress import DistillationArguments, DistillationCallback, DistillationConfig, DistillationDataCollator
-from hfcompress import DistillationLoss, DistillationTrainer
+from hfcompress import (
+    DistillationArguments,
+    DistillationCallback,
+    DistillationConfig,
+    DistillationDataCollator,
+    DistillationLoss,
+    DistillationTrainer,
+)
 from hfcompress.data import tokenize
 from hfcompress.distill.checks import untrained_parameters
 from hfcompress.errors import UserInputError

@@ -4,11 +4,17 @@ batchings, which changes summation order only)."""
 
 import pytest
 import torch
+from conftest import GradCapture, make_dataset, make_tokenizer, tiny_bert, tiny_mpnet
 from transformers import Trainer, TrainingArguments
 
-from conftest import GradCapture, make_dataset, make_tokenizer, tiny_bert, tiny_mpnet
-from hfcompress import DistillationArguments, DistillationCallback, DistillationConfig, DistillationDataCollator
-from hfcompress import DistillationLoss, DistillationTrainer
+from hfcompress import (
+    DistillationArguments,
+    DistillationCallback,
+    DistillationConfig,
+    DistillationDataCollator,
+    DistillationLoss,
+    DistillationTrainer,
+)
 from hfcompress.data import tokenize
 
 

@@ -14,10 +14,11 @@ import os
 import shutil
 
 import pytest
+from conftest import make_tokenizer, tiny_bert
+from hub_stand_in import HubStandIn
 from huggingface_hub import constants
 from huggingface_hub.utils import close_session
 
-from conftest import make_tokenizer, tiny_bert
 from hfcompress.errors import UserInputError
 from hfcompress.hub import (
     HubArguments,
@@ -34,7 +35,6 @@ from hfcompress.hub import (
     upload_plan,
     write_dry_run,
 )
-from hub_stand_in import HubStandIn
 
 README = "---\nlicense: apache-2.0\ntags:\n- hfcompress\n---\n\n# tiny\n\nA tiny random BERT.\n"
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4

@@ -8,11 +8,10 @@ import subprocess
 import sys
 
 import pytest
-from huggingface_hub import constants
-from huggingface_hub.utils import close_session
-
 from conftest import ROOT, save_tiny_assets, write_reviews_csv
 from hub_stand_in import HubStandIn
+from huggingface_hub import constants
+from huggingface_hub.utils import close_session
 
 FAST = ["--latency_rounds", "1", "--no_measure_memory"]
 TRAIN = ["--max_steps", "4", "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "2", "--use_cpu",

@@ -21,9 +21,8 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import ROOT, make_tokenizer, save_tiny_assets, tiny_bert
+from safetensors.torch import load_file
 
 # 78 training rows / batch 8 = 10 steps an epoch; checkpoints every 5 steps; 20 steps = 2 epochs
 TRAIN = ["--use_cpu", "--per_device_train_batch_size", "8", "--eval_strategy", "epoch", "--seed", "5",
@@ -200,3 +199,16 @@ def test_an_incomplete_checkpoint_named_by_hand_is_one_clear_error(assets, tmp_p
     assert "is incomplete (no hfcompress_checkpoint.json" in line and "checkpoint-5 (the latest complete one)" in line
     assert sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("checkpoint-")) == [
         "checkpoint-10", "checkpoint-5"]  # nothing deleted
+
+
+def test_a_second_run_into_a_used_output_dir_is_refused_unless_told(assets, tmp_path):
+    cmd = [*_script("distill"), "--teacher_model", assets["teacher"], "--dataset", assets["data"], "--student_layers",
+           "0,2", "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no", "--no_measure",
+           "--output_dir", str(tmp_path / "out")]
+    _run(cmd, tmp_path)
+    first = (tmp_path / "out" / "model" / "model.safetensors").read_bytes()
+    res = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 2 and "already holds a run (model, distill_summary.json)" in res.stderr, res.stderr[-2000:]
+    assert "--overwrite_output_dir" in res.stderr
+    assert (tmp_path / "out" / "model" / "model.safetensors").read_bytes() == first  # nothing touched
+    _run([*cmd, "--overwrite_output_dir"], tmp_path)

@@ -10,10 +10,10 @@ import sys
 
 import pytest
 import torch
+from conftest import ROOT, make_texts, make_tokenizer, save_tiny_assets, tiny_bert
 from safetensors import safe_open
 from transformers import AutoModelForSequenceClassification
 
-from conftest import ROOT, make_texts, make_tokenizer, save_tiny_assets, tiny_bert
 from hfcompress.errors import UserInputError
 from hfcompress.lora import LoraArguments, apply_lora, load_lora, merge_lora
 from hfcompress.prune import PruningConfig, StructuredPruner, save_structured

@@ -1,10 +1,9 @@
-import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import tiny_bert, tiny_mpnet
+
 from hfcompress import DistillationConfig, DistillationLoss
 from hfcompress.distill.config import parse_layer_map, uniform_layer_map
 from hfcompress.distill.loss import TeacherOutputs

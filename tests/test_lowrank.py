@@ -23,9 +23,9 @@ import sys
 
 import pytest
 import torch
+from conftest import make_tokenizer, tiny_bert, tiny_mpnet
 from transformers import AutoModel, AutoModelForSequenceClassification, BertModel
 
-from conftest import make_tokenizer, tiny_bert, tiny_mpnet
 from hfcompress.errors import UserInputError
 from hfcompress.lowrank import (
     LOWRANK_KEY,

@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import torch
+from conftest import ROOT, make_texts, make_tokenizer, save_tiny_assets
 from transformers import AutoModelForSequenceClassification
 
-from conftest import ROOT, make_texts, make_tokenizer, save_tiny_assets
 from hfcompress.lowrank import LowRankLinear, load_lowrank
 
 

@@ -12,7 +12,6 @@ import sys
 import zipfile
 
 import pytest
-
 from conftest import ROOT
 
 

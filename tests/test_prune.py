@@ -5,11 +5,19 @@ import os
 
 import pytest
 import torch
+from conftest import make_dataset, make_tokenizer, tiny_bert, tiny_mpnet
 from transformers import DataCollatorWithPadding, Trainer, TrainerCallback, TrainingArguments
 
-from conftest import make_dataset, make_tokenizer, tiny_bert, tiny_mpnet
-from hfcompress import DistillationArguments, DistillationDataCollator, DistillationTrainer
-from hfcompress import Pruner, PruningCallback, PruningConfig, load_sparse, save_sparse
+from hfcompress import (
+    DistillationArguments,
+    DistillationDataCollator,
+    DistillationTrainer,
+    Pruner,
+    PruningCallback,
+    PruningConfig,
+    load_sparse,
+    save_sparse,
+)
 from hfcompress.data import tokenize
 from hfcompress.errors import UserInputError
 from hfcompress.prune import CubicSchedule

@@ -10,15 +10,14 @@ weights, one of a pair, and the prediction drowns in the other's noise. Adam-nor
 movement is consistent."""
 
 import json
-import math
 
 import pytest
 import torch
 import torch.nn as nn
+from conftest import make_dataset, make_tokenizer, tiny_bert
 from safetensors import safe_open
 from transformers import Trainer, TrainingArguments, get_linear_schedule_with_warmup
 
-from conftest import make_dataset, make_tokenizer, tiny_bert
 from hfcompress import Pruner, PruningCallback, PruningConfig
 from hfcompress.data import tokenize
 from hfcompress.errors import UserInputError

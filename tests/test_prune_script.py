@@ -25,9 +25,8 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import save_tiny_assets, write_reviews_csv
+from safetensors.torch import load_file
 from test_script import ROOT, _env, _run, accelerate_launcher
 
 SCRIPT = os.path.join(ROOT, "scripts", "prune.py")

@@ -24,9 +24,10 @@ import sys
 
 import pytest
 import torch
+from conftest import make_tokenizer, tiny_bert, tiny_mpnet
+from test_prune import _train_data
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
-from conftest import make_tokenizer, tiny_bert, tiny_mpnet
 from hfcompress.errors import UserInputError
 from hfcompress.prune import (
     PruningConfig,
@@ -35,7 +36,6 @@ from hfcompress.prune import (
     load_structured,
     save_structured,
 )
-from test_prune import _train_data
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -165,8 +165,9 @@ def test_taylor_and_block_movement_scores_match_their_definitions():
 
 
 def _distill_structured(bs, ga, tmp_path):
-    from hfcompress import DistillationArguments, DistillationDataCollator, DistillationTrainer, PruningCallback
     from transformers import TrainerCallback
+
+    from hfcompress import DistillationArguments, DistillationDataCollator, DistillationTrainer, PruningCallback
 
     tok, train = _train_data()
     cb = PruningCallback(_structured(target_sparsity=0.5, scope="global"))

@@ -16,9 +16,8 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import save_tiny_assets
+from safetensors.torch import load_file
 from test_prune_script import SCRIPT, _fails, _write_csv_folder
 from test_script import _run
 

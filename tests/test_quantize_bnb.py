@@ -27,10 +27,10 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
+from conftest import tiny_bert
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-from conftest import tiny_bert
 from hfcompress.errors import UserInputError
 
 bnb = pytest.importorskip("bitsandbytes")

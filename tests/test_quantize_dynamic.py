@@ -14,11 +14,13 @@ import warnings
 
 import pytest
 import torch
+import torch.ao.nn.quantized as nnq  # noqa: E402
+import torch.ao.nn.quantized.dynamic as nnqd  # noqa: E402
 import torch.nn as nn
+from conftest import tiny_bert
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification
 
-from conftest import tiny_bert
 from hfcompress.errors import UserInputError
 from hfcompress.quantize.dynamic import (
     CONFIG_KEY,
@@ -28,9 +30,6 @@ from hfcompress.quantize.dynamic import (
     quantize_dynamic_int8,
     save_dynamic_int8,
 )
-
-import torch.ao.nn.quantized as nnq  # noqa: E402
-import torch.ao.nn.quantized.dynamic as nnqd  # noqa: E402
 
 TOL = 0.01
 IDS = torch.randint(5, 60, (3, 11), generator=torch.Generator().manual_seed(0))

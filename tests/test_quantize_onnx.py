@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_texts, make_tokenizer, tiny_bert, tiny_mpnet
+
 from hfcompress.errors import UserInputError
 from hfcompress.quantize import (
     OnnxModelForSequenceClassification,

@@ -7,9 +7,9 @@ import os
 
 import pytest
 import torch
+from conftest import load_script, save_tiny_assets
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import load_script, save_tiny_assets
 from hfcompress.errors import UserInputError
 from hfcompress.loading import checkpoint_format, load_model
 from hfcompress.report.measure import checkpoint_size_mb, evaluate_classifier
@@ -111,6 +111,7 @@ def test_int8_is_the_last_step_after_structured_pruning(assets, tmp_path, quanti
     """A structurally pruned checkpoint (what scripts/prune.py --granularity structured writes) quantized to ONNX int8;
     bitsandbytes cannot hold its narrower blocks, which is one clear error before any work."""
     from conftest import make_tokenizer
+
     from hfcompress.prune import PruningConfig, StructuredPruner, save_structured
 
     model = AutoModelForSequenceClassification.from_pretrained(assets[0])

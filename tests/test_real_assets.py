@@ -52,7 +52,12 @@ def test_real_student_from_minilm_and_hidden_kd_step_from_mpnet(rt, tmp_path):
     need("minilm-l6", "mpnet-base")
     from contextlib import nullcontext
 
-    from hfcompress import DistillationArguments, DistillationDataCollator, DistillationTrainer, init_student_from_teacher
+    from hfcompress import (
+        DistillationArguments,
+        DistillationDataCollator,
+        DistillationTrainer,
+        init_student_from_teacher,
+    )
     from hfcompress.run.data import cache_teacher_on_train, tokenize_for_distillation
 
     mini_path, mp_path = assets.resolve_model_path("minilm-l6"), assets.resolve_model_path("mpnet-base")

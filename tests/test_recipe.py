@@ -8,8 +8,8 @@ import os
 
 import pytest
 import yaml
-
 from conftest import ROOT, load_script, save_tiny_assets, write_reviews_csv
+
 from hfcompress.errors import UserInputError
 from hfcompress.loading import checkpoint_format, load_model
 from hfcompress.report.measure import evaluate_classifier
@@ -85,8 +85,8 @@ def test_recipe_composes_methods_records_every_stage_and_cards_the_result(assets
     # the accuracy recorded is the saved model's own
     from transformers import AutoTokenizer
 
-    from hfcompress.run.steps import load_data
     from hfcompress.run.arguments import DataArguments
+    from hfcompress.run.steps import load_data
 
     test = load_data(DataArguments(dataset=assets[1]))["test"]
     acc = evaluate_classifier(model, AutoTokenizer.from_pretrained(model_dir), test["text"], test["label"])["accuracy"]
@@ -175,10 +175,10 @@ def test_a_method_that_is_not_installed_is_named(assets, tmp_path, monkeypatch):
 def test_shipped_recipes_are_valid(tmp_path):
     from hfcompress.run.recipe import check_recipe, load_recipe
 
-    names = sorted(f for f in os.listdir(os.path.join(ROOT, "recipes")) if f.endswith(".yaml"))
+    names = sorted(f for f in os.listdir(os.path.join(ROOT, "hfcompress", "recipes")) if f.endswith(".yaml"))
     assert len(names) >= 2
     for name in names:
-        recipe = load_recipe(os.path.join(ROOT, "recipes", name))
+        recipe = load_recipe(os.path.join(ROOT, "hfcompress", "recipes", name))
         try:
             check_recipe(recipe, str(tmp_path / name))
         except UserInputError as exc:  # only a missing offline asset may stop them here (CI installs them)

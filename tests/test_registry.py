@@ -11,13 +11,22 @@ from dataclasses import dataclass, field
 import pytest
 import torch
 import yaml
+from conftest import load_script, save_tiny_assets, write_reviews_csv
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from conftest import load_script, save_tiny_assets, write_reviews_csv
 from hfcompress.errors import UserInputError
 from hfcompress.loading import checkpoint_format, load_model
-from hfcompress.registry import (CheckpointFormat, Method, StageOrderError, formats, methods, register_format,
-                                 register_method, stage_names, unregister)
+from hfcompress.registry import (
+    CheckpointFormat,
+    Method,
+    StageOrderError,
+    formats,
+    methods,
+    register_format,
+    register_method,
+    stage_names,
+    unregister,
+)
 
 MARKER = "hfc_test_rounded_decimals"
 

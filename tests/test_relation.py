@@ -5,17 +5,22 @@ import math
 
 import pytest
 import torch
+from conftest import make_dataset, make_tokenizer, tiny_bert, tiny_mpnet
+from test_grad_accum import GradCapture, assert_same_grads
 from transformers import AutoModelForSequenceClassification, DistilBertConfig, ElectraConfig, RobertaConfig
 
-from conftest import make_dataset, make_tokenizer, tiny_bert, tiny_mpnet
-from hfcompress import DistillationArguments, DistillationConfig, DistillationDataCollator, DistillationLoss
-from hfcompress import DistillationTrainer
+from hfcompress import (
+    DistillationArguments,
+    DistillationConfig,
+    DistillationDataCollator,
+    DistillationLoss,
+    DistillationTrainer,
+)
 from hfcompress.arch import QKVCapture, get_adapter
 from hfcompress.data import tokenize
 from hfcompress.distill.cache import decode_array, encode_array, load_or_compute_teacher_cache
-from hfcompress.distill.loss import CACHED_QKV, TeacherOutputs
+from hfcompress.distill.loss import CACHED_QKV
 from hfcompress.distill.losses import qkv_relation_kl_per_example, relation_kl_per_example
-from test_grad_accum import GradCapture, assert_same_grads
 
 
 # ---- the pure loss ---------------------------------------------------------------------------------------------

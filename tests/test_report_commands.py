@@ -7,9 +7,9 @@ import os
 
 import pytest
 import torch
+from conftest import save_tiny_assets, write_reviews_csv
 from huggingface_hub import ModelCard
 
-from conftest import save_tiny_assets, write_reviews_csv
 from hfcompress.commands import main
 from hfcompress.report.measure import checkpoint_size_mb, parameter_counts
 

@@ -8,9 +8,8 @@ import subprocess
 import sys
 
 import torch
-from safetensors.torch import load_file
-
 from conftest import save_tiny_assets
+from safetensors.torch import load_file
 from test_script import ROOT, SCRIPT, _run
 
 ARGS = ["--student_model", None, "--max_steps", "8", "--save_steps", "4", "--save_strategy", "steps", "--eval_strategy", "no",
@@ -19,7 +18,7 @@ ARGS = ["--student_model", None, "--max_steps", "8", "--save_steps", "4", "--sav
 
 
 def test_killed_run_resumes_to_the_same_result(tmp_path):
-    from conftest import tiny_bert, make_tokenizer
+    from conftest import make_tokenizer, tiny_bert
 
     teacher, data = save_tiny_assets(tmp_path / "assets", teacher_kind="mpnet", teacher_offset=4)  # width 48
     student_dir = str(tmp_path / "student")

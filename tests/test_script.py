@@ -8,9 +8,8 @@ import sys
 
 import pytest
 import torch
-from safetensors.torch import load_file
-
 from conftest import save_tiny_assets
+from safetensors.torch import load_file
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "distill.py")
@@ -64,7 +63,6 @@ def test_help_documents_every_option():
     from dataclasses import fields
 
     from hfcompress.distill.config import DistillationConfig
-
     from hfcompress.run import DataArguments, ModelArguments
 
     for cls in (ModelArguments, DataArguments, mod.DistillScriptArguments, DistillationConfig):

@@ -12,8 +12,13 @@ import sys
 import pytest
 from huggingface_hub import ModelCard
 
-from hfcompress.report.card import (build_speech_card, choose_speech_variant, docstring_entry, speech_wer_deltas,
-                                    write_speech_card)
+from hfcompress.report.card import (
+    build_speech_card,
+    choose_speech_variant,
+    docstring_entry,
+    speech_wer_deltas,
+    write_speech_card,
+)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "scripts", "benchmark_speech.py")

@@ -6,11 +6,17 @@ import os
 
 import pytest
 import torch
+from conftest import make_dataset, make_tokenizer, tiny_bert, tiny_mpnet
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from conftest import make_dataset, make_tokenizer, tiny_bert, tiny_mpnet
-from hfcompress import DistillationArguments, DistillationCallback, DistillationConfig, DistillationDataCollator
-from hfcompress import DistillationLoss, DistillationTrainer
+from hfcompress import (
+    DistillationArguments,
+    DistillationCallback,
+    DistillationConfig,
+    DistillationDataCollator,
+    DistillationLoss,
+    DistillationTrainer,
+)
 from hfcompress.data import tokenize
 
 INTERMEDIATE = {"loss_hidden", "loss_relation"}

@@ -1,8 +1,8 @@
 import pytest
 import torch
+from conftest import tiny_bert
 from transformers import AutoModelForSequenceClassification, DistilBertConfig, MPNetConfig, RobertaConfig
 
-from conftest import tiny_bert
 from hfcompress import init_student_from_teacher
 from hfcompress.arch import get_adapter
 

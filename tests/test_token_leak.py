@@ -10,11 +10,11 @@ import sys
 import pytest
 import torch
 import yaml
+from conftest import ROOT, save_tiny_assets, write_reviews_csv
+from hub_stand_in import HubStandIn
 from huggingface_hub import constants
 from huggingface_hub.utils import close_session
 
-from conftest import ROOT, save_tiny_assets, write_reviews_csv
-from hub_stand_in import HubStandIn
 from hfcompress.errors import UserInputError
 from hfcompress.hub import HubSettings, is_pickle, upload_plan, write_dry_run
 from hfcompress.tokens import forget_tokens, held_token, redact_argv, take_tokens

@@ -1,9 +1,9 @@
 import os
 
 import torch
+from conftest import make_dataset, make_tokenizer, tiny_bert, tiny_mpnet
 from safetensors.torch import load_file
 
-from conftest import make_dataset, make_tokenizer, tiny_bert, tiny_mpnet
 from hfcompress import DistillationArguments, DistillationDataCollator, DistillationTrainer
 from hfcompress.data import tokenize
 from hfcompress.metrics import compute_classification_metrics

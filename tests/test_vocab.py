@@ -13,6 +13,7 @@ import os
 
 import pytest
 import torch
+from conftest import LABELS, make_tokenizer, tiny_bert, tiny_mpnet, write_csv
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
@@ -24,7 +25,6 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from conftest import LABELS, make_tokenizer, tiny_bert, tiny_mpnet, write_csv
 from hfcompress.errors import UserInputError
 from hfcompress.vocab import (
     Int8Embedding,

@@ -28,11 +28,11 @@ import torch.nn as nn
 from ..errors import UserInputError
 from ..remote_code import (
     config_records,
+    load_shaped,
     plain_class_name,
     save_with_modeling_code,
     saved_shapes,
     shape_codes,
-    load_shaped,
 )
 from .structure import LOWRANK_KEY
 

@@ -24,10 +24,10 @@ import torch.nn as nn
 from ..errors import UserInputError
 from ..remote_code import (
     config_records,
+    load_shaped,
     plain_class_name,
     save_with_modeling_code,
     saved_shapes,
-    load_shaped,
 )
 from .structure import STRUCTURE_KEY
 

@@ -14,10 +14,10 @@ from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from ..assets import resolve_model_path
 from ..errors import UserInputError
+from ..loading import load_model, save_model
 from ..lora import LoraArguments, apply_lora, check_lora, load_lora
 from ..lora.adapter import BASE_DIR, max_logit_difference
 from ..remote_code import shape_codes
-from ..loading import load_model, save_model
 from ..report.measure import count_parameters, folder_size_mb
 from . import steps
 from .methods import RunMethod

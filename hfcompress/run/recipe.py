@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 import yaml
 from transformers import HfArgumentParser
 
-from ..files import write_json_atomic
 from ..assets import ASSETS, canonical_name, resolve_model_path
 from ..checkpoints import latest_complete_checkpoint
 from ..errors import UserInputError
+from ..files import write_json_atomic
 from ..registry import PLAIN, StageArgs, StageOrderError, methods, stage_method, stage_names
 from ..report.record import RunRecord
 from ..tokens import redact_text, take_from_mapping
@@ -340,9 +340,9 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
     data_args = DataArguments(**recipe.data)
     dataset = steps.load_data(data_args)
     # The base: fine-tuned once on the data if it has no task head (cached, shared with the scripts' teachers).
-    from .arguments import ModelArguments
-
     from types import SimpleNamespace
+
+    from .arguments import ModelArguments
 
     _, _, base_dir = steps.load_teacher(ModelArguments(teacher_model=recipe.base_model), data_args, dataset,
                                         SimpleNamespace(seed=recipe.seed, bf16=False), state)
@@ -375,6 +375,8 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
                 _write_json(state_path, progress)
             values = stage_values(recipe, stage, base_dir, previous_model, stage_dir, resume)
             entry = script(stage.script_name)
+            if any("overwrite_output_dir" in {f.name for f in dataclasses.fields(g)} for g in entry.groups):
+                values["overwrite_output_dir"] = True  # the recipe owns its stage folders (fingerprints guard reruns)
             parsed = _parse_groups(entry.groups, values, lambda k, s=stage: f"recipe {recipe.path} line "
                                    f"{s.arg_lines.get(k) or s.line}")
             logger.info("Stage %d/%d: %s (%s) into %s", stage.index + 1, len(recipe.stages), stage.name,

@@ -22,9 +22,9 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from ..arch import get_adapter
 from ..assets import hfcompress_home, resolve_model_path
+from ..checkpoints import MANIFEST_NAME, checkpoint_is_complete, latest_complete_checkpoint, save_trainer_model
 from ..data import label_names, load_text_classification, num_labels
 from ..distill.student import init_student_from_teacher
-from ..checkpoints import MANIFEST_NAME, checkpoint_is_complete, latest_complete_checkpoint, save_trainer_model
 from ..errors import UserInputError
 from ..files import write_text_atomic
 from ..prune.structured_io import is_structured_checkpoint, load_structured
@@ -80,6 +80,20 @@ def use_run_layout(args) -> str:
         if getattr(args, "logging_dir", None) is None:
             args.logging_dir = os.path.join(run_dir, "runs")
     return run_dir
+
+
+def check_output_dir(run_dir: str, args, task: str) -> None:
+    """Refuse (one line, before any work) to run into a folder that holds an earlier run's result, unless the user
+    said what to do: `--overwrite_output_dir` (replace it) or `--resume_from_checkpoint` (continue it), as the
+    Hugging Face example scripts do. Nothing is deleted here."""
+    if getattr(args, "overwrite_output_dir", False) or getattr(args, "resume_from_checkpoint", None):
+        return
+    earlier = [name for name in (MODEL_DIR, f"{task}_summary.json", CHECKPOINT_DIR)
+               if os.path.exists(os.path.join(run_dir, name))]
+    if earlier:
+        raise UserInputError(f"--output_dir {run_dir!r} already holds a run ({', '.join(earlier)}): pass "
+                             "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it, or "
+                             "choose another --output_dir")
 
 
 def resolve_resume(args) -> str | None:

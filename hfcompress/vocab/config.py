@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from ..configs import MethodConfig
 from ..errors import UserInputError
 
-
 CONFIG_NAME = "vocab_trim_config.json"
 
 @dataclass

@@ -4,6 +4,7 @@ Every method that needs to know a model's structure (layer selection for student
 head/FFN pruning) asks an adapter from `get_adapter(model)` instead of probing attribute names itself.
 """
 
+from . import encoders, speech  # noqa: F401  (register the BERT-class and speech adapters)
 from .base import (
     ArchAdapter,
     AttentionLayout,
@@ -18,7 +19,6 @@ from .base import (
     task_head_names,
     unwrap_model,
 )
-from . import encoders, speech  # noqa: F401  (register the BERT-class and speech adapters)
 from .capture import QKVCapture
 
 __all__ = [

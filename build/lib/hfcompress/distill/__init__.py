@@ -3,8 +3,10 @@ their decoder logits; CTC models (wav2vec2, HuBERT) by their frame logits; audio
 
 from .arguments import DistillationArguments
 from .cache import (
+    CacheEstimate,
     compute_encoder_outputs,
     compute_teacher_outputs,
+    estimate_teacher_cache,
     load_or_compute_encoder_cache,
     load_or_compute_teacher_cache,
 )
@@ -22,6 +24,7 @@ from .student import init_seq2seq_student, init_student_from_teacher
 from .trainer import DistillationTrainer
 
 __all__ = [
+    "CacheEstimate",
     "DistillationArguments",
     "DistillationCallback",
     "DistillationConfig",
@@ -36,6 +39,7 @@ __all__ = [
     "check_teacher_head",
     "compute_encoder_outputs",
     "compute_teacher_outputs",
+    "estimate_teacher_cache",
     "init_seq2seq_student",
     "is_ctc",
     "init_student_from_teacher",

@@ -21,12 +21,15 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 from datasets import Dataset, Sequence, Value, load_from_disk
 from tqdm.auto import tqdm
 
+from ..errors import UserInputError
+from ..files import write_json_atomic
 from ..fingerprint import content_fingerprint
 from .loss import CACHED_ENCODER, CACHED_HIDDEN, CACHED_KEYS, CACHED_LOGITS, CACHED_QKV, TEACHER_PREFIX
 
@@ -66,6 +69,107 @@ def decode_array(value) -> np.ndarray:
     return np.frombuffer(value, dtype=np.float16, offset=4 * (ndim + 1)).reshape(shape)
 
 
+@dataclass
+class CacheEstimate:
+    """The bytes a teacher cache of `rows` rows will take on disk, by column group: the rows' own columns (token
+    ids, labels, as stored in Arrow, plus the saved dataset's metadata files), the float32 logits, and the float16
+    hidden states and relation q/k/v (each `layers x tokens x width x 2` bytes, plus per row its `encode_array`
+    header and Arrow offset)."""
+
+    rows: int
+    tokens: int
+    width: int
+    hidden_layers: int
+    relation_layers: int
+    input_bytes: int
+    logits_bytes: int
+    hidden_bytes: int
+    qkv_bytes: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.input_bytes + self.logits_bytes + self.hidden_bytes + self.qkv_bytes
+
+    @property
+    def logits_only_bytes(self) -> int:
+        """The size of the same cache without hidden states and relations."""
+        return self.input_bytes + self.logits_bytes
+
+    def describe(self) -> str:
+        parts = [f"{self.tokens:,} tokens"]
+        if self.hidden_layers:
+            parts.append(f"hidden states {_gb(self.hidden_bytes)}: {self.hidden_layers} layers x {self.width} wide")
+        if self.relation_layers:
+            parts.append(f"relation q/k/v {_gb(self.qkv_bytes)}: 3 x {self.relation_layers} blocks x {self.width} wide")
+        parts.append(f"logits + inputs {_gb(self.logits_only_bytes)}")
+        return "; ".join(parts)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total_bytes": self.total_bytes, "logits_only_bytes": self.logits_only_bytes}
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.3g} GB"
+
+
+# Per row: an `encode_array` header (int32 ndim + 3 int32 dims) and an Arrow large_binary offset (int64).
+_ARRAY_ROW_OVERHEAD = 4 * 4 + 8
+# Per saved cache: `dataset_info.json`, `state.json` and the Arrow schema (about 2 KB; a few more rows' worth of
+# buffer padding per record batch are ignored).
+_SAVED_DATASET_OVERHEAD = 2048
+
+
+def estimate_teacher_cache(
+    dataset: Dataset,
+    teacher_config,
+    hidden_layers: list[int] | None = None,
+    relation_layers: list[int] | None = None,
+    input_prefix: str = "",
+    batch_size: int = 10_000,
+) -> CacheEstimate:
+    """What `compute_teacher_outputs` will write for `dataset`, from the real token lengths of its
+    `{input_prefix}input_ids` (not `max_length`), the teacher's width and label count, and the layers asked for.
+    Reads the dataset in Arrow batches of `batch_size` rows (memory does not grow with the rows)."""
+    import pyarrow.compute as pc
+
+    from ..arch import get_adapter
+
+    column = f"{input_prefix}input_ids"
+    if column not in dataset.column_names:
+        raise ValueError(f"dataset has no {column} column to estimate the teacher cache from: {dataset.column_names}")
+    tokens = input_bytes = 0
+    for table in dataset.with_format("arrow").iter(batch_size=batch_size):
+        tokens += int(pc.sum(pc.list_value_length(table[column])).as_py() or 0)
+        input_bytes += table.nbytes
+    rows = len(dataset)
+    width = int(get_adapter(teacher_config).hidden_size(teacher_config))
+    n_hidden, n_rel = len(hidden_layers or []), len(relation_layers or [])
+    per_token = width * 2  # float16
+
+    def arrays(layers: int) -> int:
+        return layers * tokens * per_token + rows * _ARRAY_ROW_OVERHEAD if layers else 0
+
+    return CacheEstimate(
+        rows=rows, tokens=tokens, width=width, hidden_layers=n_hidden, relation_layers=n_rel,
+        input_bytes=int(input_bytes) + _SAVED_DATASET_OVERHEAD,
+        logits_bytes=rows * (4 * int(teacher_config.num_labels) + 4),  # float32 list + its int32 offset
+        hidden_bytes=arrays(n_hidden), qkv_bytes=arrays(3 * n_rel),
+    )
+
+
+# Left free on the cache's disk by the default limit.
+DISK_MARGIN_BYTES = 2 * 1024**3
+
+
+def default_cache_limit_bytes(cache_dir: str) -> int:
+    """The largest cache the disk under `cache_dir` can take: half of its free space less a 2 GiB margin (the
+    cache is written once, then copied into its folder by `save_to_disk`, so it needs twice its size meanwhile)."""
+    folder = os.path.abspath(cache_dir)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    return max(0, (shutil.disk_usage(folder).free - DISK_MARGIN_BYTES) // 2)
+
+
 @torch.no_grad()
 def compute_teacher_outputs(
     teacher: torch.nn.Module,
@@ -75,6 +179,7 @@ def compute_teacher_outputs(
     hidden_layers: list[int] | None = None,
     batch_size: int = 64,
     relation_layers: list[int] | None = None,
+    cache_file_name: str | None = None,
 ) -> Dataset:
     """Add `teacher_logits` (float32) to `dataset`; for `hidden_layers`, `teacher_hidden_states` (float16, unpadded
     `[L, T_i, D]` per row); for `relation_layers` (1-based blocks), `teacher_relation_qkv` (float16, unpadded
@@ -83,6 +188,10 @@ def compute_teacher_outputs(
 
     `pad_fn(list_of_features) -> dict of tensors` pads the teacher's inputs, read from the columns
     `{input_prefix}input_ids`, `{input_prefix}attention_mask` (and `token_type_ids` if present).
+
+    The rows are written as they are computed (a batched `Dataset.map` that flushes every `batch_size` rows), to
+    `cache_file_name` when given, so memory does not grow with the number of rows; without it, `map` keeps the result
+    where the dataset lives (its cache folder, or memory for an in-memory dataset).
     """
     from ..arch import QKVCapture
 
@@ -93,35 +202,39 @@ def compute_teacher_outputs(
     names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if f"{input_prefix}{n}" in dataset.column_names]
     if "input_ids" not in names:
         raise ValueError(f"dataset has no {input_prefix}input_ids column to run the teacher on: {dataset.column_names}")
-    columns: dict[str, list] = {CACHED_LOGITS: []}
-    if hidden_layers:
-        columns[CACHED_HIDDEN] = []
-    if relation_layers:
-        columns[CACHED_QKV] = []
+    features = dataset.features.copy()
+    features[CACHED_LOGITS] = Sequence(Value("float32"))
+    for name, layers in ((CACHED_HIDDEN, hidden_layers), (CACHED_QKV, relation_layers)):
+        if layers:
+            features[name] = Value("large_binary")
     capture = QKVCapture(teacher, relation_layers) if relation_layers else None
+
+    def run(rows: dict) -> dict:
+        n = len(rows[f"{input_prefix}input_ids"])
+        feats = [{k: rows[f"{input_prefix}{k}"][i] for k in names} for i in range(n)]
+        batch = {k: v.to(device) for k, v in pad_fn(feats).items()}
+        res = teacher(**batch, output_hidden_states=bool(hidden_layers) or None)
+        out = {CACHED_LOGITS: res.logits.float().cpu().numpy().tolist()}
+        lengths = batch["attention_mask"].sum(-1).tolist()
+        if hidden_layers:
+            stacked = torch.stack([res.hidden_states[j] for j in hidden_layers], 1).half().cpu().numpy()
+            out[CACHED_HIDDEN] = [encode_array(stacked[i, :, : lengths[i]]) for i in range(n)]
+        if capture is not None:
+            qkv = capture.pop()
+            stacked = torch.stack([x for b in relation_layers for x in qkv[b]], 1).half().cpu().numpy()
+            out[CACHED_QKV] = [encode_array(stacked[i, :, : lengths[i]]) for i in range(n)]
+        return out
+
+    blob = json.dumps([dataset._fingerprint, hidden_layers, relation_layers, input_prefix, CACHE_FORMAT])
     try:
-        for start in tqdm(range(0, len(dataset), batch_size), desc="Caching teacher outputs"):
-            rows = dataset[start : start + batch_size]
-            feats = [{n: rows[f"{input_prefix}{n}"][i] for n in names} for i in range(len(rows[f"{input_prefix}input_ids"]))]
-            batch = {k: v.to(device) for k, v in pad_fn(feats).items()}
-            res = teacher(**batch, output_hidden_states=bool(hidden_layers) or None)
-            columns[CACHED_LOGITS].extend(x.tolist() for x in res.logits.float().cpu().numpy())
-            lengths = batch["attention_mask"].sum(-1).tolist()
-            if hidden_layers:
-                stacked = torch.stack([res.hidden_states[j] for j in hidden_layers], 1).half().cpu().numpy()
-                columns[CACHED_HIDDEN].extend(encode_array(stacked[i, :, : lengths[i]]) for i in range(len(lengths)))
-            if capture is not None:
-                qkv = capture.pop()
-                stacked = torch.stack([x for b in relation_layers for x in qkv[b]], 1).half().cpu().numpy()
-                columns[CACHED_QKV].extend(encode_array(stacked[i, :, : lengths[i]]) for i in range(len(lengths)))
+        return dataset.map(
+            run, batched=True, batch_size=batch_size, writer_batch_size=batch_size, features=features,
+            cache_file_name=cache_file_name, load_from_cache_file=False, desc="Caching teacher outputs",
+            new_fingerprint=hashlib.sha256(blob.encode()).hexdigest()[:16],  # hashing the teacher would be slow
+        )
     finally:
         if capture is not None:
             capture.remove()
-    out = dataset.add_column(CACHED_LOGITS, columns[CACHED_LOGITS], feature=Sequence(Value("float32")))
-    for name in (CACHED_HIDDEN, CACHED_QKV):
-        if name in columns:
-            out = out.add_column(name, columns[name], feature=Value("large_binary"))
-    return out
 
 
 def load_or_compute_teacher_cache(
@@ -134,46 +247,98 @@ def load_or_compute_teacher_cache(
     hidden_layers: list[int] | None = None,
     batch_size: int = 64,
     relation_layers: list[int] | None = None,
+    teacher_config=None,
+    max_bytes: int | None = None,
 ) -> tuple[Dataset, dict]:
     """The cached dataset from `cache_dir` if its key matches, else compute it (loading the teacher lazily through
     `teacher_loader()`), save it atomically and return it. Returns `(dataset, metadata)`; `metadata["hidden_layers"]`
     and `metadata["relation_layers"]` say what the rows hold (pass them to `DistillationTrainer` as
-    `cached_hidden_layers` / `cached_relation_layers`)."""
+    `cached_hidden_layers` / `cached_relation_layers`).
+
+    Before computing, the size is estimated (`estimate_teacher_cache`, from `teacher_config`, else the loaded
+    teacher's) and logged in one line. When hidden states or relations are asked for and the estimate exceeds
+    `max_bytes` (default: `default_cache_limit_bytes(cache_dir)`), only the logits are cached: then
+    `metadata["online_terms"]` names what was left out (`DistillationLoss` computes those terms by running the
+    teacher, which needs the teacher's inputs in the training rows), and one line says so."""
+    if max_bytes is not None and max_bytes < 0:
+        raise UserInputError(f"teacher cache limit (--cache_max_gb) must be 0 or more, got {max_bytes / 1e9:g} GB")
     hidden_layers = list(hidden_layers or [])
     relation_layers = list(relation_layers or [])
     key = cache_key(teacher_name, dataset, hidden_layers, input_prefix, relation_layers)
+    reused = _load_if_key(cache_dir, key)
+    if reused is not None:
+        return reused
+    teacher = None
 
-    def compute():
-        teacher = teacher_loader()
-        cached = compute_teacher_outputs(teacher, dataset, pad_fn, input_prefix, hidden_layers, batch_size,
-                                         relation_layers)
+    def load_teacher():
+        nonlocal teacher
+        if teacher is None:
+            teacher = teacher_loader()
+        return teacher
+
+    estimate = estimate_teacher_cache(dataset, teacher_config or load_teacher().config, hidden_layers,
+                                      relation_layers, input_prefix)
+    limit = default_cache_limit_bytes(cache_dir) if max_bytes is None else int(max_bytes)
+    limit_note = "--cache_max_gb" if max_bytes is not None else "half the free disk less 2 GiB"
+    logger.info("teacher cache: ~%s estimated for %s rows (%s); limit %s (%s)", _gb(estimate.total_bytes),
+                f"{estimate.rows:,}", estimate.describe(), _gb(limit), limit_note)
+    online_terms = []
+    if estimate.total_bytes > limit and (hidden_layers or relation_layers):
+        online_terms = [t for t, layers in (("hidden_states", hidden_layers), ("relations", relation_layers)) if layers]
+        logger.warning(
+            "teacher cache: ~%s is over the limit of %s: caching logits only (~%s); %s computed by running the "
+            "teacher online at every step", _gb(estimate.total_bytes), _gb(limit), _gb(estimate.logits_only_bytes),
+            " and ".join(t.replace("_", " ") for t in online_terms),
+        )
+        hidden_layers, relation_layers = [], []
+        key = cache_key(teacher_name, dataset, hidden_layers, input_prefix, relation_layers)
+
+    def compute(workdir: str):
+        t = load_teacher()
+        cached = compute_teacher_outputs(t, dataset, pad_fn, input_prefix, hidden_layers, batch_size,
+                                         relation_layers, cache_file_name=os.path.join(workdir, "rows.arrow"))
         meta = {"teacher": teacher_name, "hidden_layers": hidden_layers, "relation_layers": relation_layers,
-                "format": CACHE_FORMAT, "teacher_config": teacher.config.to_dict(), "num_rows": len(cached)}
+                "format": CACHE_FORMAT, "teacher_config": t.config.to_dict(), "num_rows": len(cached),
+                "estimate": estimate.to_dict(), "limit_bytes": limit, "online_terms": online_terms}
         return cached, meta
 
     return _load_or_save(cache_dir, key, compute)
 
 
-def _load_or_save(cache_dir: str, key: str, compute) -> tuple[Dataset, dict]:
-    """The dataset saved in `cache_dir` under `key`, or `compute() -> (dataset, metadata)` saved there atomically (a
-    temporary folder renamed into place) and loaded back. `metadata["reused"]` says which."""
+def _load_if_key(cache_dir: str, key: str) -> tuple[Dataset, dict] | None:
+    """`(dataset, metadata)` saved in `cache_dir` under `key`, else None."""
     meta_path = os.path.join(cache_dir, CACHE_META)
-    if os.path.exists(meta_path):
-        with open(meta_path) as fh:
-            meta = json.load(fh)
-        if meta.get("key") == key:
-            logger.info("Loading teacher cache from %s (key %s)", cache_dir, key)
-            meta["reused"] = True
-            return load_from_disk(os.path.join(cache_dir, "data")), meta
+    if not os.path.exists(meta_path):
+        return None
+    with open(meta_path) as fh:
+        meta = json.load(fh)
+    if meta.get("key") != key:
         logger.info("Teacher cache in %s has another key (%s != %s): recomputing", cache_dir, meta.get("key"), key)
-    cached, meta = compute()
-    meta = {"key": key, **meta}
+        return None
+    logger.info("Loading teacher cache from %s (key %s)", cache_dir, key)
+    meta["reused"] = True
+    return load_from_disk(os.path.join(cache_dir, "data")), meta
+
+
+def _load_or_save(cache_dir: str, key: str, compute) -> tuple[Dataset, dict]:
+    """The dataset saved in `cache_dir` under `key`, or `compute(workdir) -> (dataset, metadata)` saved there
+    atomically (a temporary folder, `workdir`, renamed into place; what `compute` writes in `workdir` besides is
+    removed) and loaded back. `metadata["reused"]` says which."""
+    reused = _load_if_key(cache_dir, key)
+    if reused is not None:
+        return reused
     os.makedirs(os.path.dirname(os.path.abspath(cache_dir)), exist_ok=True)
     tmp = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(cache_dir)), prefix=".teacher-cache-")
     try:
+        cached, meta = compute(tmp)
+        meta = {"key": key, **meta}
         cached.save_to_disk(os.path.join(tmp, "data"))
-        with open(os.path.join(tmp, CACHE_META), "w") as fh:
-            json.dump(meta, fh, indent=2)
+        del cached
+        for name in os.listdir(tmp):
+            if name != "data":
+                path = os.path.join(tmp, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        write_json_atomic(os.path.join(tmp, CACHE_META), meta)
         if os.path.exists(cache_dir):
             shutil.rmtree(cache_dir)
         os.replace(tmp, cache_dir)
@@ -266,7 +431,7 @@ def load_or_compute_encoder_cache(
             "pseudo_labels": pseudo_labels, "format": ENCODER_CACHE_FORMAT}
     key = hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def compute():
+    def compute(workdir: str):
         teacher = teacher_loader()
         cached = compute_encoder_outputs(teacher, dataset, features_fn, batch_size, store_encoder, pseudo_labels)
         return cached, {"teacher": teacher_name, "encoder_outputs": store_encoder,

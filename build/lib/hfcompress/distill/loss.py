@@ -254,9 +254,19 @@ class DistillationLoss(nn.Module):
     def teacher_hidden_layers(self) -> list[int]:
         return sorted({t for _, t in self.layer_map}) if self.config.uses_hidden else []
 
-    def needs_online_teacher(self) -> bool:
-        """True if some term cannot come from a teacher-output cache (attention maps are not cached)."""
-        return self.config.uses_attention
+    def needs_online_teacher(self, cache: dict | None = None) -> bool:
+        """True if some term cannot come from a teacher-output cache: attention maps (never cached), and, given what
+        a cache holds (`cache`: the metadata of `load_or_compute_teacher_cache`, whose `hidden_layers` and
+        `relation_layers` list what its rows carry), the hidden states or relations it lacks (a cache over its size
+        limit holds logits only). Without `cache`, a cache is taken to hold all that `cache_request()` asks for."""
+        if self.config.uses_attention:
+            return True
+        if cache is None:
+            return False
+        lacks_hidden = not set(self.teacher_hidden_layers) <= set(cache.get("hidden_layers") or [])
+        lacks_relations = self.config.uses_relation and not (
+            set(self.teacher_relation_layers) <= set(cache.get("relation_layers") or []))
+        return lacks_hidden or lacks_relations
 
     def cache_request(self) -> dict:
         """Extra keyword arguments for `load_or_compute_teacher_cache`: what else this loss reads from a cache."""
@@ -394,10 +404,11 @@ class DistillationLoss(nn.Module):
 
     @torch.no_grad()
     def teacher_outputs(self, inputs: dict) -> TeacherOutputs:
-        """Pop the teacher's entries from a batch and return its outputs: from the cache columns where present,
-        otherwise by running the teacher (on `teacher_*` inputs if the batch has them, else the student's: for an
-        encoder-decoder, the same decoder inputs and the same `input_features`, or the cached `encoder_outputs` of a
-        frozen encoder the two share)."""
+        """Pop the teacher's entries from a batch and return its outputs: from the cache columns where present, and
+        what they lack (all, or the intermediate outputs of a cache over its size limit, which holds logits only) by
+        running the teacher (on `teacher_*` inputs if the batch has them, else the student's: for an encoder-decoder,
+        the same decoder inputs and the same `input_features`, or the cached `encoder_outputs` of a frozen encoder the
+        two share)."""
         self.add_decoder_inputs(inputs)
         cached = {k: inputs.pop(k) for k in CACHED_KEYS if k in inputs}
         teacher_inputs = {k[len(TEACHER_PREFIX):]: inputs.pop(k) for k in list(inputs) if k.startswith(TEACHER_PREFIX)}
@@ -421,6 +432,13 @@ class DistillationLoss(nn.Module):
                                          ("relation query/key/value", need_qkv)) if need]
             raise ValueError(f"the batch has no cached teacher {', '.join(missing)} and no teacher model was given")
         if not teacher_inputs:
+            if self.teacher_needs_own_inputs:
+                raise UserInputError(
+                    f"training batch: the teacher must run for what the cache lacks, but the batch has no "
+                    f"'{TEACHER_PREFIX}input_ids' and the teacher's tokenizer differs from the student's; keep the "
+                    f"teacher's own token columns in the training rows (cache_teacher_on_train keeps them when the "
+                    f"teacher runs online)"
+                )
             teacher_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         device = next(v.device for v in teacher_inputs.values() if torch.is_tensor(v))  # not `encoder_outputs`' tuple
         if next(self.teacher.parameters()).device != device:

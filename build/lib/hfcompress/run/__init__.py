@@ -3,8 +3,8 @@ composed of them. Methods (`distill/`, later `prune/`, `quantize/`) never import
 
 from .arguments import DataArguments, ModelArguments
 from .distill import run_distillation
-from .report import ReportArguments
 from .finetune import FinetuneConfig, finetune_classifier, has_task_head, prepare_teacher
+from .report import ReportArguments
 
 __all__ = [
     "DataArguments",

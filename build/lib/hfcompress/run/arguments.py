@@ -92,6 +92,14 @@ class DataArguments:
         default=None, metadata={"help": "Where the teacher cache lives (default: <output_dir>/teacher_cache)."}
     )
     teacher_batch_size: int = field(default=64, metadata={"help": "Batch size when computing the teacher cache."})
+    cache_max_gb: float | None = field(
+        default=None,
+        metadata={"help": "Largest teacher cache, in GB (1e9 bytes). Its size is estimated from the data before "
+                  "caching (rows x tokens x width x 2 bytes per cached layer: hidden states, relation q/k/v) and "
+                  "logged; over the limit only the logits are cached and the hidden-state and relation terms are "
+                  "computed by running the teacher at every step (slower, same loss). Default: half the free disk "
+                  "under the cache folder less 2 GiB (the cache is copied into place once written). 0 = logits only."},
+    )
     evaluate_teacher: bool = field(
         default=True, metadata={"help": "Also measure the teacher on the test split for the summary."}
     )
@@ -103,6 +111,8 @@ class DataArguments:
             raise UserInputError(f"--truncation_side must be 'right' or 'left', got {self.truncation_side!r}")
         if self.max_length < 8:
             raise UserInputError(f"--max_length must be at least 8 tokens, got {self.max_length}")
+        if self.cache_max_gb is not None and self.cache_max_gb < 0:
+            raise UserInputError(f"--cache_max_gb must be 0 or more (GB of teacher cache), got {self.cache_max_gb}")
         for name in ("max_train_samples", "max_eval_samples"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -122,6 +132,18 @@ class ScriptTrainingDefaults:
     save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: 'no', 'steps' or 'epoch'."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
     logging_steps: float = field(default=25, metadata={"help": "Log every N steps."})
+    dataloader_pin_memory: bool = field(
+        default_factory=lambda: _has_accelerator(),
+        metadata={"help": "Pin the data loader's memory (default: only where a CUDA/XPU/MPS device is, so a CPU run does "
+                  "not warn that pinning has nothing to pin to)."},
+    )
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available() or getattr(getattr(torch, "xpu", None), "is_available", lambda: False)()
+                or (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()))
 
 
 @dataclass

@@ -58,10 +58,18 @@ def cache_teacher_on_train(
     separate_tokenizer: bool,
     batch_size: int,
     main_process_first,
+    teacher_config=None,
+    cache_max_gb: float | None = None,
+    teacher_runs_online: bool = False,
     **cache_kwargs,
 ) -> tuple[DatasetDict, dict]:
     """Replace the train split by one that carries the teacher's outputs (loaded from `cache_dir` when present).
-    The main process computes; the others wait and load."""
+    The main process computes; the others wait and load.
+
+    The cache's size is estimated and logged first; over `cache_max_gb` (default: what the disk under `cache_dir` can
+    take, see `default_cache_limit_bytes`) only the logits are cached and `meta["online_terms"]` lists the terms
+    the teacher must then compute while training. The teacher's own token columns are dropped from the rows unless
+    the teacher runs during training: `teacher_runs_online` (attention maps), or terms left out of the cache."""
     prefix = TEACHER_PREFIX if separate_tokenizer else ""
     with main_process_first(desc="teacher output cache"):
         train, meta = load_or_compute_teacher_cache(
@@ -73,8 +81,10 @@ def cache_teacher_on_train(
             input_prefix=prefix,
             hidden_layers=hidden_layers,
             batch_size=batch_size,
+            teacher_config=teacher_config,
+            max_bytes=None if cache_max_gb is None else int(cache_max_gb * 1e9),
             **cache_kwargs,
         )
     out = DatasetDict(dict(tokenized))
-    out["train"] = drop_teacher_inputs(train)
+    out["train"] = train if teacher_runs_online or meta.get("online_terms") else drop_teacher_inputs(train)
     return out, meta

@@ -76,11 +76,12 @@ class TextClassification(TaskAdapter):
             tokenized, cache_meta = cache_teacher_on_train(
                 tokenized, run.teacher_path, lambda: teacher, collator, self.cache_dir(run),
                 probe.teacher_hidden_layers, separate, data_args.teacher_batch_size, run.args.main_process_first,
-                **probe.cache_request(),
+                teacher_config=teacher.config, cache_max_gb=data_args.cache_max_gb,
+                teacher_runs_online=probe.needs_online_teacher(), **probe.cache_request(),
             )
             run.extras["cache_meta"] = cache_meta
             run.trainer_kwargs = {
-                "teacher_model": teacher if probe.needs_online_teacher() else None,
+                "teacher_model": teacher if probe.needs_online_teacher(cache_meta) else None,
                 "teacher_config": teacher.config,
                 "cached_hidden_layers": cache_meta["hidden_layers"],
                 "cached_relation_layers": cache_meta.get("relation_layers"),
@@ -98,7 +99,9 @@ class TextClassification(TaskAdapter):
         meta = run.extras.get("cache_meta")
         return {
             **super().distillation_entry(run, trainer),
-            "teacher_outputs": "cached" if run.data_args.cache_teacher else "online",
+            "teacher_outputs": "online" if not run.data_args.cache_teacher else (
+                f"logits cached, {' and '.join(online)} online" if (online := (meta or {}).get("online_terms"))
+                else "cached"),
             "teacher_cache": {k: v for k, v in (meta or {}).items() if k != "teacher_config"} or None,
         }
 

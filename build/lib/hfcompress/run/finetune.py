@@ -27,11 +27,12 @@ from transformers import (
 )
 
 from ..assets import resolve_model_path
-from ..data import label_names, num_labels, tokenize
-from ..fingerprint import content_fingerprint
 from ..checkpoints import save_trainer_model
+from ..data import label_names, num_labels, tokenize
 from ..errors import UserInputError
+from ..fingerprint import content_fingerprint
 from ..metrics import compute_classification_metrics
+from .arguments import _has_accelerator
 
 logger = logging.getLogger(__name__)
 
@@ -182,6 +183,7 @@ def finetune_and_save(model, processing_class, data: DatasetDict, collator, cfg:
         save_strategy="no",
         logging_steps=50,
         report_to=[],
+        dataloader_pin_memory=_has_accelerator(),
         # BERT's own loss ignores num_items_in_batch; averaging across devices would double it on 2 ranks.
         average_tokens_across_devices=False,
         disable_tqdm=False,

@@ -16,8 +16,8 @@ import logging
 import os
 import shutil
 import tempfile
-from types import SimpleNamespace
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 
 from transformers import AutoTokenizer
 

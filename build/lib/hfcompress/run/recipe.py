@@ -40,10 +40,10 @@ from dataclasses import dataclass, field
 import yaml
 from transformers import HfArgumentParser
 
-from ..files import write_json_atomic
 from ..assets import ASSETS, canonical_name, resolve_model_path
 from ..checkpoints import latest_complete_checkpoint
 from ..errors import UserInputError
+from ..files import write_json_atomic
 from ..registry import PLAIN, StageArgs, StageOrderError, methods, stage_method, stage_names
 from ..report.record import RunRecord
 from ..tokens import redact_text, take_from_mapping
@@ -340,9 +340,9 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
     data_args = DataArguments(**recipe.data)
     dataset = steps.load_data(data_args)
     # The base: fine-tuned once on the data if it has no task head (cached, shared with the scripts' teachers).
-    from .arguments import ModelArguments
-
     from types import SimpleNamespace
+
+    from .arguments import ModelArguments
 
     _, _, base_dir = steps.load_teacher(ModelArguments(teacher_model=recipe.base_model), data_args, dataset,
                                         SimpleNamespace(seed=recipe.seed, bf16=False), state)

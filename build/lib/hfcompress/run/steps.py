@@ -22,9 +22,9 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from ..arch import get_adapter
 from ..assets import hfcompress_home, resolve_model_path
+from ..checkpoints import MANIFEST_NAME, checkpoint_is_complete, latest_complete_checkpoint, save_trainer_model
 from ..data import label_names, load_text_classification, num_labels
 from ..distill.student import init_student_from_teacher
-from ..checkpoints import MANIFEST_NAME, checkpoint_is_complete, latest_complete_checkpoint, save_trainer_model
 from ..errors import UserInputError
 from ..files import write_text_atomic
 from ..prune.structured_io import is_structured_checkpoint, load_structured

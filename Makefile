@@ -20,7 +20,7 @@ assets: venv
 	$(BIN)/hfcompress assets install
 
 distill: assets
-	$(BIN)/accelerate launch --num_processes 1 scripts/distill.py --output_dir $(OUT)
+	$(BIN)/accelerate launch --num_processes 1 -m hfcompress distill --output_dir $(OUT)
 
 test: assets
 	$(BIN)/python -m pytest -q tests

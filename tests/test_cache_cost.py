@@ -83,6 +83,7 @@ def test_over_the_limit_caches_logits_only_and_the_loss_is_unchanged(tmp_path, c
     tokenized, separate, collator = _tokenized(teacher_tokenizer)
     teacher = tiny_mpnet(seed=1)
     full, full_meta = _cache(tmp_path, "full", tokenized, separate, collator, teacher)
+    caplog.clear()  # only what the logits-only run logs (an earlier test may have set hfcompress to INFO)
     with caplog.at_level(logging.INFO, logger="hfcompress"):
         small, meta = _cache(tmp_path, "small", tokenized, separate, collator, teacher, cache_max_gb=0)
     estimated = [r.getMessage() for r in caplog.records if r.getMessage().startswith("teacher cache: ~")]

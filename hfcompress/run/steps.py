@@ -88,8 +88,10 @@ def check_output_dir(run_dir: str, args, task: str) -> None:
     Hugging Face example scripts do. Nothing is deleted here."""
     if getattr(args, "overwrite_output_dir", False) or getattr(args, "resume_from_checkpoint", None):
         return
-    earlier = [name for name in (MODEL_DIR, f"{task}_summary.json", CHECKPOINT_DIR)
-               if os.path.exists(os.path.join(run_dir, name))]
+    earlier = [name for name in (MODEL_DIR, f"{task}_summary.json") if os.path.exists(os.path.join(run_dir, name))]
+    checkpoints = os.path.join(run_dir, CHECKPOINT_DIR)
+    if os.path.isdir(checkpoints) and any(n.startswith("checkpoint-") for n in os.listdir(checkpoints)):
+        earlier.append(CHECKPOINT_DIR)
     if earlier:
         raise UserInputError(f"--output_dir {run_dir!r} already holds a run ({', '.join(earlier)}): pass "
                              "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it, or "

@@ -132,6 +132,12 @@ class ScriptTrainingDefaults:
     save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: 'no', 'steps' or 'epoch'."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Keep at most this many checkpoints."})
     logging_steps: float = field(default=25, metadata={"help": "Log every N steps."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Run into an --output_dir that holds an earlier run (its model/, record or checkpoints are "
+                  "replaced as the new run writes them). Without it, such a folder is refused unless "
+                  "--resume_from_checkpoint continues that run."},
+    )
     dataloader_pin_memory: bool = field(
         default_factory=lambda: _has_accelerator(),
         metadata={"help": "Pin the data loader's memory (default: only where a CUDA/XPU/MPS device is, so a CPU run does "

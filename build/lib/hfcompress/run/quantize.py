@@ -63,6 +63,10 @@ class CompressArguments:
     _argument_group_name = "Vocabulary trimming and low rank (before quantization)"
 
     output_dir: str = field(default=None, metadata={"help": "Run folder: <output_dir>/model is the result."})
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Replace the result of an earlier run in --output_dir (refused without it)."},
+    )
     vocab_trim: bool = field(
         default=False,
         metadata={"help": "Trim the vocabulary to the tokens of the training split (embeddings and tokenizer "
@@ -198,6 +202,7 @@ def run_quantization(model_args: QuantizeModelArguments, data_args: DataArgument
     returns the `RunRecord` also written to `<output_dir>/<task>_summary.json`."""
     if not run.output_dir:
         raise UserInputError("--output_dir is required")
+    steps.check_output_dir(run.output_dir, run, task)
     report = report or ReportArguments()
     hub = hub_settings_of(hub_args, push, output_dir=run.output_dir)
     path = resolve_model_path(model_args.model)

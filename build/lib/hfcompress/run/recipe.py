@@ -375,6 +375,8 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
                 _write_json(state_path, progress)
             values = stage_values(recipe, stage, base_dir, previous_model, stage_dir, resume)
             entry = script(stage.script_name)
+            if any("overwrite_output_dir" in {f.name for f in dataclasses.fields(g)} for g in entry.groups):
+                values["overwrite_output_dir"] = True  # the recipe owns its stage folders (fingerprints guard reruns)
             parsed = _parse_groups(entry.groups, values, lambda k, s=stage: f"recipe {recipe.path} line "
                                    f"{s.arg_lines.get(k) or s.line}")
             logger.info("Stage %d/%d: %s (%s) into %s", stage.index + 1, len(recipe.stages), stage.name,

@@ -193,6 +193,7 @@ def run_task(adapter: TaskAdapter, model_args, data_args, args, speech=None, cal
     `<output_dir>/<task>_summary.json` by the main process)."""
     run = Run(model_args, data_args, args, speech, tuple(methods), task)
     run.run_dir = steps.use_run_layout(args)
+    steps.check_output_dir(run.run_dir, args, task)
     _ = args.device  # the Trainer's process setup (distributed backend) before anything asks who is main
     run.state = state = PartialState()
     steps.check_processes(state)

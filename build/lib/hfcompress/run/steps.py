@@ -82,6 +82,20 @@ def use_run_layout(args) -> str:
     return run_dir
 
 
+def check_output_dir(run_dir: str, args, task: str) -> None:
+    """Refuse (one line, before any work) to run into a folder that holds an earlier run's result, unless the user
+    said what to do: `--overwrite_output_dir` (replace it) or `--resume_from_checkpoint` (continue it), as the
+    Hugging Face example scripts do. Nothing is deleted here."""
+    if getattr(args, "overwrite_output_dir", False) or getattr(args, "resume_from_checkpoint", None):
+        return
+    earlier = [name for name in (MODEL_DIR, f"{task}_summary.json", CHECKPOINT_DIR)
+               if os.path.exists(os.path.join(run_dir, name))]
+    if earlier:
+        raise UserInputError(f"--output_dir {run_dir!r} already holds a run ({', '.join(earlier)}): pass "
+                             "--resume_from_checkpoint latest to continue it, --overwrite_output_dir to replace it, or "
+                             "choose another --output_dir")
+
+
 def resolve_resume(args) -> str | None:
     """`--resume_from_checkpoint latest|true|PATH` as a checkpoint folder (or None), checked before training."""
     resume = args.resume_from_checkpoint

@@ -1,1 +1,0 @@
-"""Local evaluate metric module (see its script beside this file)."""

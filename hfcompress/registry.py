@@ -156,6 +156,22 @@ class StageArgs:
         return default
 
 
+def settings_text(entry: dict, keys) -> str:
+    """``"k=v, ..."`` of the `keys` of a record entry that are set (not None, False, 0, empty or "none"): the
+    settings a card's method line names."""
+    return ", ".join(f"{k}={entry[k]}" for k in keys if entry.get(k) not in (None, False, 0, 0.0, "", "none", []))
+
+
+def number_text(value, digits: int = 1, unit: str = "") -> str:
+    """A number as cards write it: integers (and large whole floats) with thousands separators, others with
+    `digits` decimals; None is ``n/a``."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) > 1000):
+        return f"{int(value):,}{unit}"
+    return f"{value:.{digits}f}{unit}"
+
+
 _FORMATS: dict[str, CheckpointFormat] = {}
 _METHODS: dict[str, Method] = {}
 _loaded = False

@@ -4,13 +4,11 @@ quantization."""
 
 from __future__ import annotations
 
-from ..registry import Method, register_method
+from ..registry import Method, register_method, settings_text
 
 
 def describe(m: dict) -> tuple[str, list[str]]:
-    extra = ", ".join(f"{k}={m[k]}" for k in ("hidden_weight", "attention_weight", "relation_weight",
-                                              "intermediate_fraction")
-                      if m.get(k) not in (None, False, 0, 0.0, "", "none", []))
+    extra = settings_text(m, ("hidden_weight", "attention_weight", "relation_weight", "intermediate_fraction"))
     return (f"knowledge distillation from `{m.get('teacher')}` (temperature {m.get('temperature')}, alpha "
             f"{m.get('alpha')}{', ' + extra if extra else ''})", ["distillation"])
 

@@ -4,13 +4,12 @@ pruning or low rank). Needs peft, and bitsandbytes for QLoRA."""
 
 from __future__ import annotations
 
-from ..registry import Method, StageOrderError, register_method
+from ..registry import Method, StageOrderError, register_method, settings_text
 
 
 def describe(m: dict) -> tuple[str, list[str]]:
     quant = m.get("lora_quantization") not in (None, "none")
-    settings = ", ".join(f"{k}={m[k]}" for k in ("lora_r", "lora_alpha", "lora_target_modules", "lora_quantization")
-                         if m.get(k) not in (None, False, 0, 0.0, "", "none", []))
+    settings = settings_text(m, ("lora_r", "lora_alpha", "lora_target_modules", "lora_quantization"))
     return (f"{'QLoRA' if quant else 'LoRA'} ({settings}; {m.get('trainable_parameters')} of {m.get('parameters')} "
             "parameters trained, the task head in full)"
             + (", merged into the weights" if m.get("lora_merge", True) else ", as an adapter"), ["lora"])

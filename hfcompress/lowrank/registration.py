@@ -3,7 +3,7 @@ card's line for a ``lowrank`` record entry, and the ``lowrank`` stage (not after
 
 from __future__ import annotations
 
-from ..registry import CheckpointFormat, Method, StageOrderError, register_format, register_method
+from ..registry import CheckpointFormat, Method, StageOrderError, register_format, register_method, settings_text
 
 
 def _is_lowrank(path: str, config: dict) -> bool:
@@ -19,9 +19,7 @@ def _load(path: str, **_):
 
 
 def describe(m: dict) -> tuple[str, list[str]]:
-    settings = ", ".join(f"{k}={m[k]}" for k in ("rank", "energy", "parameter_budget")
-                         if m.get(k) not in (None, False, 0, 0.0, "", "none", []))
-    return f"low-rank SVD factorization ({settings})", ["low-rank"]
+    return f"low-rank SVD factorization ({settings_text(m, ('rank', 'energy', 'parameter_budget'))})", ["low-rank"]
 
 
 def follows(shape: str, args) -> str:

@@ -6,7 +6,15 @@ from __future__ import annotations
 
 import os
 
-from ..registry import PLAIN, CheckpointFormat, Method, StageOrderError, register_format, register_method
+from ..registry import (
+    PLAIN,
+    CheckpointFormat,
+    Method,
+    StageOrderError,
+    number_text,
+    register_format,
+    register_method,
+)
 
 
 def _is_structured(path: str, config: dict) -> bool:
@@ -33,25 +41,16 @@ def _load_sparse(path: str, **_):
     return load_sparse(path)
 
 
-def _number(value, digits: int = 1) -> str:
-    """As the card's tables write numbers: integers with thousands separators."""
-    if value is None:
-        return "n/a"
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) > 1000):
-        return f"{int(value):,}"
-    return f"{value:.{digits}f}"
-
-
 def describe(m: dict) -> tuple[str, list[str]]:
     if m.get("granularity") == "structured":
         return (f"structured pruning ({m.get('method')} scores, {m.get('scope')} ranking): attention heads kept "
                 f"per layer {m.get('heads_per_layer')} ({m.get('heads_after')} of {m.get('heads_before')}), FFN "
                 f"neurons kept per layer {m.get('ffn_per_layer')} ({m.get('neurons_after')} of "
                 f"{m.get('neurons_before')}), removed blocks {m.get('removed_blocks')}; parameters "
-                f"{_number(m.get('parameters_before'))} -> {_number(m.get('parameters_after'))}, physically removed",
+                f"{number_text(m.get('parameters_before'))} -> {number_text(m.get('parameters_after'))}, physically removed",
                 ["pruned", "structured-pruning"])
     return (f"{m.get('method')} pruning ({m.get('scope', 'local')}) to sparsity "
-            f"{_number(m.get('reached_sparsity'), 3)} of the targeted weights", ["pruned", "sparse"])
+            f"{number_text(m.get('reached_sparsity'), 3)} of the targeted weights", ["pruned", "sparse"])
 
 
 def follows(shape: str, args) -> str:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from ..registry import CheckpointFormat, Method, register_format, register_method
+from ..registry import CheckpointFormat, Method, register_format, register_method, settings_text
 
 TAGS = {"onnx_int8": ["onnx", "int8"], "onnx_fp32": ["onnx"], "torch_int8": ["int8"], "bnb_8bit": ["8-bit"],
         "bnb_4bit": ["4-bit"]}
@@ -50,7 +50,7 @@ def describe(m: dict) -> tuple[str, list[str]]:
     q = m.get("quantization", "none")
     prefix = {"onnx_int8": "onnx_", "torch_int8": "torch_", "bnb_4bit": "bnb_"}.get(q)
     keys = [k for k in m if prefix and k.startswith(prefix)] + ["skip_modules"]
-    extra = ", ".join(f"{k}={m[k]}" for k in keys if m.get(k) not in (None, False, 0, 0.0, "", "none", []))
+    extra = settings_text(m, keys)
     return f"quantization: `{q}`" + (f" ({extra})" if extra else ""), (["quantized", *TAGS.get(q, [])]
                                                                          if q != "none" else [])
 

@@ -20,7 +20,7 @@ import os
 
 from ..errors import UserInputError
 from ..files import atomic_path
-from ..registry import get_format, get_method
+from ..registry import get_format, get_method, number_text, settings_text
 from .plot import SCHEDULE_PNG, TRADEOFF_PNG
 
 logger = logging.getLogger(__name__)
@@ -74,14 +74,6 @@ def hub_id(source: str | None) -> str | None:
     return None
 
 
-def _num(value, digits: int = 1, unit: str = "") -> str:
-    if value is None:
-        return "n/a"
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) > 1000):
-        return f"{int(value):,}{unit}"
-    return f"{value:.{digits}f}{unit}"
-
-
 def _change(ch: dict | None, digits: int = 1, unit: str = "", points: bool = False) -> str:
     if not ch:
         return ""
@@ -102,23 +94,19 @@ def comparison_table(comparison: dict) -> str:
         if isinstance(value, (int, float)) and key in model["metrics"]:
             rows.append((f"{split} {key}", f"{value:.4f}", f"{model['metrics'][key]:.4f}",
                          _change(changes.get(f"metric_{key}"), points=True)))
-    rows.append(("checkpoint size (every file but card and plots)", _num(base["size_mb"], 1, " MB"),
-                 _num(model["size_mb"], 1, " MB"), f"{comparison['size_ratio']:.2f}x smaller"))
-    rows.append(("CPU latency (batch)", _num(base["latency_ms"], 0, " ms"), _num(model["latency_ms"], 0, " ms"),
+    rows.append(("checkpoint size (every file but card and plots)", number_text(base["size_mb"], 1, " MB"),
+                 number_text(model["size_mb"], 1, " MB"), f"{comparison['size_ratio']:.2f}x smaller"))
+    rows.append(("CPU latency (batch)", number_text(base["latency_ms"], 0, " ms"), number_text(model["latency_ms"], 0, " ms"),
                  f"{comparison['speedup']:.2f}x faster"))
-    rows.append(("parameters", _num(base["parameters"]), _num(model["parameters"]), _change(changes.get("parameters"))))
+    rows.append(("parameters", number_text(base["parameters"]), number_text(model["parameters"]), _change(changes.get("parameters"))))
     if base.get("nonzero_parameters") is not None and model.get("nonzero_parameters") is not None:
-        rows.append(("non-zero parameters", _num(base["nonzero_parameters"]), _num(model["nonzero_parameters"]),
+        rows.append(("non-zero parameters", number_text(base["nonzero_parameters"]), number_text(model["nonzero_parameters"]),
                      _change(changes.get("nonzero_parameters"))))
     if "peak_memory_mb" in base and "peak_memory_mb" in model:
-        rows.append(("peak memory (load + one batch)", _num(base["peak_memory_mb"], 0, " MB"),
-                     _num(model["peak_memory_mb"], 0, " MB"), _change(changes.get("peak_memory_mb"), 0, " MB")))
+        rows.append(("peak memory (load + one batch)", number_text(base["peak_memory_mb"], 0, " MB"),
+                     number_text(model["peak_memory_mb"], 0, " MB"), _change(changes.get("peak_memory_mb"), 0, " MB")))
     lines = ["| | base | this model | change |", "|---|---|---|---|"]
     return "\n".join(lines + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows])
-
-
-def _settings(d: dict, keys) -> str:
-    return ", ".join(f"{k}={d[k]}" for k in keys if d.get(k) not in (None, False, 0, 0.0, "", "none", []))
 
 
 def describe_methods(methods: dict) -> tuple[list[str], list[str]]:
@@ -330,11 +318,11 @@ def describe_speech_variant(name: str, variant: dict, result: dict | None = None
     if description:
         lines.append(f"The benchmark's description of `{name}`: {description}")
     if recipe.get("source") == "distilled":
-        base_params = _num((result or {}).get("base", {}).get("params"))
+        base_params = number_text((result or {}).get("base", {}).get("params"))
         lines.append("Starting point: a student distilled from the base (`scripts/distill.py --teacher_model "
                      f"{(result or {}).get('model', 'whisper-tiny-en')}`, folder "
                      f"`{settings.get('distilled_model', 'distilled_model')}`; "
-                     f"{_num(variant.get('params'))} parameters in the measured model against the base's "
+                     f"{number_text(variant.get('params'))} parameters in the measured model against the base's "
                      f"{base_params}).")
         tags += ["distillation"]
     else:
@@ -344,7 +332,7 @@ def describe_speech_variant(name: str, variant: dict, result: dict | None = None
         if step:
             line, t = describe_method("pruning", step)
         else:
-            line, t = f"structured pruning ({_settings(recipe['prune'], sorted(recipe['prune']))})", [
+            line, t = f"structured pruning ({settings_text(recipe['prune'], sorted(recipe['prune']))})", [
                 "pruned", "structured-pruning"]
         lines.append(f"One-shot {line} (no training afterwards).")
         tags += t

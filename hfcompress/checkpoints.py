@@ -95,6 +95,12 @@ def _step_of(name: str) -> int | None:
     return None
 
 
+def has_manifests(output_dir: str) -> bool:
+    """Whether any checkpoint in `output_dir` carries a manifest (the run marks its checkpoints complete)."""
+    return os.path.isdir(output_dir) and any(os.path.isfile(os.path.join(output_dir, n, MANIFEST_NAME))
+                                             for n in os.listdir(output_dir))
+
+
 def latest_complete_checkpoint(output_dir: str) -> str | None:
     """The newest `checkpoint-N` of `output_dir` that is complete; an incomplete newer one is skipped with one log
     line naming it (and left where it is: nothing is deleted). Checkpoints written without manifests (a plain
@@ -105,7 +111,7 @@ def latest_complete_checkpoint(output_dir: str) -> str | None:
         return None
     found = sorted(((s, n) for n in os.listdir(output_dir) if (s := _step_of(n)) is not None
                     and os.path.isdir(os.path.join(output_dir, n))), reverse=True)
-    with_manifests = any(os.path.isfile(os.path.join(output_dir, n, MANIFEST_NAME)) for _, n in found)
+    with_manifests = has_manifests(output_dir)
     log = logging.getLogger(__name__)
     for _, name in found:
         folder = os.path.join(output_dir, name)
@@ -170,23 +176,29 @@ class FaithfulResumeCallback(TrainerCallback):
     * Evaluation leaves the random generators as it found them. The Trainer saves the generators' state in a
       checkpoint and evaluates after saving at the end of an epoch; the evaluation draws from torch's generator
       (the evaluation DataLoader's seed), so a run resumed from that checkpoint (which does not evaluate again)
-      drew other dropout masks from then on than the uninterrupted run did. Here the state is taken at every step
-      and epoch end, and put back once an evaluation is done.
+      drew other dropout masks from then on than the uninterrupted run did. Here the state is taken at a step or
+      epoch end that an evaluation follows, and put back once the evaluation is done.
     """
 
     def __init__(self):
         self._before_evaluation: dict | None = None
 
+    def _before(self, control) -> None:
+        # Last callback: the flow callback and every method have decided whether an evaluation follows.
+        if control.should_evaluate:
+            self._before_evaluation = random_state()
+
     def on_step_end(self, args, state, control, **kwargs):
-        self._before_evaluation = random_state()
+        self._before(control)
         _test_pause("step", state.global_step, args.output_dir)
 
     def on_epoch_end(self, args, state, control, **kwargs):
-        self._before_evaluation = random_state()
+        self._before(control)
 
     def on_evaluate(self, args, state, control, **kwargs):
         if self._before_evaluation is not None:
             set_random_state(self._before_evaluation)
+            self._before_evaluation = None
 
     def on_save(self, args, state, control, **kwargs):
         _test_pause("save", state.global_step, args.output_dir)

@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTok
 
 from ..arch import get_adapter
 from ..assets import hfcompress_home, resolve_model_path
-from ..checkpoints import MANIFEST_NAME, checkpoint_is_complete, latest_complete_checkpoint, save_trainer_model
+from ..checkpoints import checkpoint_is_complete, has_manifests, latest_complete_checkpoint, save_trainer_model
 from ..data import label_names, load_text_classification, num_labels
 from ..distill.student import init_student_from_teacher
 from ..errors import UserInputError
@@ -111,8 +111,7 @@ def resolve_resume(args) -> str | None:
     if resume:
         complete, why = checkpoint_is_complete(resume)
         parent = os.path.dirname(os.path.abspath(resume))
-        with_manifests = any(os.path.isfile(os.path.join(parent, n, MANIFEST_NAME)) for n in os.listdir(parent))
-        if not complete and (with_manifests or not os.path.isfile(os.path.join(resume, "trainer_state.json"))):
+        if not complete and (has_manifests(parent) or not os.path.isfile(os.path.join(resume, "trainer_state.json"))):
             latest = latest_complete_checkpoint(parent)
             hint = f"resume from {latest} (the latest complete one) or" if latest else "start a new run, or"
             raise UserInputError(f"--resume_from_checkpoint {resume!r} is incomplete ({why}): the run was stopped while "

@@ -25,7 +25,6 @@ above but ONNX (text classifiers only). A text checkpoint loads as before: ``Aut
 
 from __future__ import annotations
 
-import inspect
 import json
 import os
 
@@ -59,10 +58,7 @@ def load_model(path: str, num_threads: int | None = None):
     kind = checkpoint_format(path)
     fmt = get_format(kind)
     if fmt is not None:
-        accepts = inspect.signature(fmt.load).parameters
-        kwargs = {"num_threads": num_threads} if "num_threads" in accepts or any(
-            p.kind is p.VAR_KEYWORD for p in accepts.values()) else {}
-        return fmt.load(path, **kwargs)
+        return fmt.load(path, num_threads=num_threads)
     from .arch.base import model_class_for
 
     with open(os.path.join(path, "config.json")) as fh:

@@ -57,7 +57,8 @@ class CheckpointFormat:
     Attributes:
         name: the format's name (``checkpoint_format(path)`` returns it).
         detect: ``detect(path, config) -> bool`` — `config` is the folder's ``config.json`` as a dict (empty if none).
-        load: ``load(path, **kwargs) -> model`` in eval mode (``num_threads`` is passed to loaders that accept it).
+        load: ``load(path, num_threads=None, **kwargs) -> model`` in eval mode (`num_threads`: intra-op threads of
+            a runtime of its own, such as ONNX Runtime; PyTorch models follow `torch.set_num_threads`).
         loading_code: the Python a model card shows to load it; ``PATH`` stands for the folder or Hub id.
         loading_note: what that code needs (a package, ``trust_remote_code``), one sentence for the card.
         priority: formats are tried from the lowest priority up (a quantized low-rank model is quantized first).

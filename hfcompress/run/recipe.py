@@ -309,10 +309,6 @@ def _read_json(path: str) -> dict | None:
         return json.load(fh)
 
 
-def _write_json(path: str, data: dict) -> None:
-    write_json_atomic(path, data)
-
-
 def _copy_folder(src: str, dst: str) -> None:
     """Copy a model folder to `dst`, which appears only once complete (an older one is replaced)."""
     parent = os.path.dirname(os.path.abspath(dst))
@@ -372,7 +368,7 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
                 logger.info("Stage %s: resuming from %s", stage.name, resume)
             progress["stages"][stage.name] = {"status": "running", "fingerprint": key, "dir": stage_dir}
             if state.is_main_process:
-                _write_json(state_path, progress)
+                write_json_atomic(state_path, progress)
             values = stage_values(recipe, stage, base_dir, previous_model, stage_dir, resume)
             entry = script(stage.script_name)
             if any("overwrite_output_dir" in {f.name for f in dataclasses.fields(g)} for g in entry.groups):
@@ -386,7 +382,7 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
             state.wait_for_everyone()
             progress["stages"][stage.name] = {"status": "done", "fingerprint": key, "dir": stage_dir}
             if state.is_main_process:
-                _write_json(state_path, progress)
+                write_json_atomic(state_path, progress)
         stage_summary = _read_json(summary_path) or {}
         previous_model = os.path.join(stage_dir, steps.MODEL_DIR)
         previous_key = key

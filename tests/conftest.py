@@ -165,3 +165,16 @@ def write_reviews_csv(path, n=64, seed=7):
     """`make_texts(n, seed)` as a user's CSV with class names (neg/pos) as labels; returns the path."""
     texts, labels = make_texts(n, seed)
     return write_csv(path, [(t, LABELS[l]) for t, l in zip(texts, labels)])
+
+
+# The first lines of a script run in a fresh interpreter where hfcompress cannot be imported (only the saved folder,
+# torch and transformers): the loading-without-hfcompress checks of low rank, structured pruning and speech models.
+NO_HFCOMPRESS = r"""
+import sys
+sys.modules["hfcompress"] = None          # as if it were not installed
+try:
+    import hfcompress  # noqa: F401
+    raise SystemExit("hfcompress is importable")
+except ImportError:
+    pass
+"""

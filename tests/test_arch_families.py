@@ -22,6 +22,7 @@ import sys
 
 import pytest
 import torch
+from conftest import NO_HFCOMPRESS
 from transformers import (
     AutoModelForSequenceClassification,
     DebertaV2Config,
@@ -175,14 +176,8 @@ def _removed_block_model(family):
     return model, pruner
 
 
-WITHOUT_HFCOMPRESS = r"""
-import json, sys
-sys.modules["hfcompress"] = None          # as if it were not installed
-try:
-    import hfcompress  # noqa: F401
-    raise SystemExit("hfcompress is importable")
-except ImportError:
-    pass
+WITHOUT_HFCOMPRESS = NO_HFCOMPRESS + r"""
+import json
 import torch
 from transformers import AutoModelForSequenceClassification
 model = AutoModelForSequenceClassification.from_pretrained(sys.argv[1], trust_remote_code=True).eval()

@@ -23,7 +23,7 @@ import sys
 
 import pytest
 import torch
-from conftest import make_tokenizer, tiny_bert, tiny_mpnet
+from conftest import NO_HFCOMPRESS, make_tokenizer, tiny_bert, tiny_mpnet
 from transformers import AutoModel, AutoModelForSequenceClassification, BertModel
 
 from hfcompress.errors import UserInputError
@@ -213,14 +213,8 @@ def test_save_and_reload_with_and_without_hfcompress_code(tmp_path):
 
 
 # A fresh interpreter where hfcompress cannot be imported: only the saved folder, torch and transformers.
-WITHOUT_HFCOMPRESS = r"""
-import json, sys
-sys.modules["hfcompress"] = None          # as if it were not installed
-try:
-    import hfcompress  # noqa: F401
-    raise SystemExit("hfcompress is importable")
-except ImportError:
-    pass
+WITHOUT_HFCOMPRESS = NO_HFCOMPRESS + r"""
+import json
 import torch
 from transformers import AutoModelForSequenceClassification
 model = AutoModelForSequenceClassification.from_pretrained(sys.argv[1], trust_remote_code=True).eval()

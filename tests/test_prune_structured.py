@@ -24,7 +24,7 @@ import sys
 
 import pytest
 import torch
-from conftest import make_tokenizer, tiny_bert, tiny_mpnet
+from conftest import NO_HFCOMPRESS, make_tokenizer, tiny_bert, tiny_mpnet
 from test_prune import _train_data
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
 
@@ -245,14 +245,8 @@ def test_emptied_block_is_skipped_then_removed():
 
 
 # A fresh interpreter where hfcompress cannot be imported: only the saved folder, torch and transformers.
-WITHOUT_HFCOMPRESS = r"""
-import json, sys
-sys.modules["hfcompress"] = None          # as if it were not installed
-try:
-    import hfcompress  # noqa: F401
-    raise SystemExit("hfcompress is importable")
-except ImportError:
-    pass
+WITHOUT_HFCOMPRESS = NO_HFCOMPRESS + r"""
+import json
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 path = sys.argv[1]

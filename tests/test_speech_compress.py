@@ -34,6 +34,7 @@ import sys
 import pytest
 import torch
 import torch.nn as nn
+from conftest import NO_HFCOMPRESS
 
 from hfcompress.prune import PruningConfig, StructuredPruner, is_structured_checkpoint, save_structured
 
@@ -118,15 +119,7 @@ for name, case in cases.items():
 torch.save(result, sys.argv[3])
 """
 
-WITHOUT_HFCOMPRESS = r"""
-import sys
-sys.modules["hfcompress"] = None          # as if it were not installed
-try:
-    import hfcompress  # noqa: F401
-    raise SystemExit("hfcompress is importable")
-except ImportError:
-    pass
-""" + RUN + r"""
+WITHOUT_HFCOMPRESS = NO_HFCOMPRESS + RUN + r"""
 import json
 import transformers
 cases, inputs = json.load(open(sys.argv[1])), torch.load(sys.argv[2])

@@ -1,7 +1,7 @@
 """Task metrics through `evaluate`, with the metric modules shipped in the package (never fetched from the Hub).
 
 ``evaluate.load("accuracy")`` downloads its script from the Hub, which fails offline; the modules under
-`hfcompress.metric_modules` (``accuracy``, ``f1``, ``wer``) are `evaluate.Metric` subclasses loaded from their local
+`hfcompress.metric_modules` (``accuracy``, ``f1``, ``wer``, ``entity_f1``) are `evaluate.Metric` subclasses loaded from their local
 folder by `load_metric`, once per process, so they work with ``HF_HUB_OFFLINE=1``. ``evaluate.load`` copies each
 script into ``HF_MODULES_CACHE`` (default ``~/.cache/huggingface/modules``), so that folder must be writable (set
 ``HF_HOME`` or ``HF_MODULES_CACHE`` where ``HOME`` is read-only); the metrics keep their inputs in memory, no cache
@@ -110,3 +110,16 @@ def error_rates(predictions, references) -> dict[str, float]:
     """
     out = load_metric("wer").compute(predictions=list(predictions), references=list(references))
     return {"wer": float(out["wer"]), "cer": float(out["cer"])}
+
+
+def entity_metrics(predictions, references) -> dict:
+    """Entity-level precision / recall / F1 (seqeval's default mode) of tag-name sequences, overall and per entity
+    type, through the local ``entity_f1`` module (see ``metric_modules/entity_f1/entity_f1.py``). Flat keys:
+    ``precision``, ``recall``, ``f1``, ``accuracy`` (over tags), then ``<type>_precision`` / ``_recall`` / ``_f1``
+    / ``_number`` for each type."""
+    out = load_metric("entity_f1").compute(predictions=[list(p) for p in predictions],
+                                           references=[list(r) for r in references])
+    flat = {k: float(out[f"overall_{k}"]) for k in ("precision", "recall", "f1", "accuracy")}
+    for kind, scores in sorted((k, v) for k, v in out.items() if isinstance(v, dict)):
+        flat.update({f"{kind}_{m}": (int(v) if m == "number" else float(v)) for m, v in scores.items()})
+    return flat

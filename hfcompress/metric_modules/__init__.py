@@ -1,4 +1,5 @@
-"""Local `evaluate` metric modules shipped with hfcompress: ``accuracy``, ``f1`` and ``wer`` (WER and CER).
+"""Local `evaluate` metric modules shipped with hfcompress: ``accuracy``, ``f1``, ``wer`` (WER and CER) and
+``entity_f1`` (entity-level precision / recall / F1 of tag sequences, seqeval's definitions).
 
 Each sub-folder holds ``<name>/<name>.py``, an `evaluate.Metric` subclass, so that
 ``evaluate.load(metric_module_path(name))`` reads it from disk and never from the Hub (works with
@@ -10,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-METRIC_MODULES = ("accuracy", "f1", "wer")
+METRIC_MODULES = ("accuracy", "f1", "wer", "entity_f1")
 
 
 def metric_module_path(name: str) -> str:

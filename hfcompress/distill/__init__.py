@@ -17,6 +17,7 @@ from .collator import (
     CTCDistillationCollator,
     DistillationDataCollator,
     SpeechSeq2SeqDistillationCollator,
+    TokenDistillationCollator,
 )
 from .config import DistillationConfig, parse_layer_map, uniform_layer_map
 from .loss import DistillationLoss, TeacherOutputs, check_label_compatibility, is_ctc
@@ -34,6 +35,7 @@ __all__ = [
     "DistillationLoss",
     "DistillationTrainer",
     "SpeechSeq2SeqDistillationCollator",
+    "TokenDistillationCollator",
     "TeacherOutputs",
     "check_label_compatibility",
     "check_teacher_head",

@@ -55,6 +55,46 @@ class DistillationDataCollator:
         return batch
 
 
+
+@dataclass
+class TokenDistillationCollator:
+    """Batches for token classification: student inputs padded by the student's tokenizer, `teacher_*` inputs by the
+    teacher's (when its tokenizer differs), and the per-sub-token `labels` padded with -100 to the student's length
+    (so padding is neither trained on nor counted as an item)."""
+
+    tokenizer: object
+    teacher_tokenizer: object | None = None
+    pad_to_multiple_of: int | None = None
+
+    @staticmethod
+    def pad_labels(rows: list, length: int) -> torch.Tensor:
+        out = torch.full((len(rows), length), -100, dtype=torch.long)
+        for i, r in enumerate(rows):
+            r = list(r)[:length]
+            if r:
+                out[i, : len(r)] = torch.as_tensor(r, dtype=torch.long)
+        return out
+
+    def __call__(self, features: list[dict]) -> dict:
+        student, teacher, labels = [], [], []
+        for f in features:
+            f = {k: v for k, v in f.items() if not isinstance(v, str)}
+            if "labels" in f:
+                labels.append(f.pop("labels"))
+            student.append({k: v for k, v in f.items() if not k.startswith(TEACHER_PREFIX)})
+            t = {k[len(TEACHER_PREFIX):]: v for k, v in f.items() if k.startswith(TEACHER_PREFIX)}
+            if t:
+                teacher.append(t)
+        batch = dict(self.tokenizer.pad(student, padding=True, return_tensors="pt",
+                                        pad_to_multiple_of=self.pad_to_multiple_of))
+        if labels:
+            batch["labels"] = self.pad_labels(labels, batch["input_ids"].shape[1])
+        if teacher:
+            tok = self.teacher_tokenizer or self.tokenizer
+            padded = tok.pad(teacher, padding=True, return_tensors="pt", pad_to_multiple_of=self.pad_to_multiple_of)
+            batch.update({f"{TEACHER_PREFIX}{k}": v for k, v in padded.items()})
+        return batch
+
 @dataclass
 class AudioDistillationCollator:
     """Batches for audio classifiers (Whisper encoder, wav2vec2, HuBERT): each row's raw 16 kHz samples (column

@@ -1,12 +1,13 @@
 """Quantization, each quantizer in its own module: `onnx` (export + ONNX Runtime int8, the fast CPU path, and
-`OnnxModelForSequenceClassification` to run it), `dynamic` (PyTorch dynamic int8), `bnb` (bitsandbytes 8-bit and
-4-bit). `QuantizationConfig` chooses one for `scripts/quantize.py`."""
+`OnnxModelForSequenceClassification` / `OnnxModelForTokenClassification` to run it), `dynamic` (PyTorch dynamic
+int8), `bnb` (bitsandbytes 8-bit and 4-bit). `QuantizationConfig` chooses one for `scripts/quantize.py`."""
 
 from .bnb import load_quantized, reload_quantized, save_quantized
 from .config import QuantizationConfig
 from .dynamic import load_dynamic_int8, quantize_dynamic_int8, save_dynamic_int8
 from .onnx import (
     OnnxModelForSequenceClassification,
+    OnnxModelForTokenClassification,
     export_onnx,
     is_quantized_onnx,
     measure_onnx_latency,
@@ -24,6 +25,7 @@ __all__ = [
     "save_dynamic_int8",
     "save_quantized",
     "OnnxModelForSequenceClassification",
+    "OnnxModelForTokenClassification",
     "export_onnx",
     "is_quantized_onnx",
     "measure_onnx_latency",

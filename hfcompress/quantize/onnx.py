@@ -13,7 +13,9 @@ pieces underneath it, used here directly:
   for what was measured, static int8 included).
 * `OnnxModelForSequenceClassification` loads such a folder and is called like a transformers model (``.config``,
   ``model(input_ids=..., attention_mask=...)`` -> ``SequenceClassifierOutput``, ``save_pretrained``), including inside
-  ``transformers.pipeline("text-classification", model=..., tokenizer=...)``.
+  ``transformers.pipeline("text-classification", model=..., tokenizer=...)``; `OnnxModelForTokenClassification` is
+  the same for token classifiers (per-token logits, ``pipeline("token-classification")``), and `onnx_model_class`
+  picks between the two from the folder's metadata.
 * `measure_onnx_latency` times it with the same protocol and the same keys as `report.measure.measure_latency`.
 
 Every folder written here holds ``hfcompress_onnx.json`` (what was exported, the opset, the graph inputs, the
@@ -70,7 +72,8 @@ class _DropRecords(logging.Filter):
 
 
 def _is_pipeline_model_check(record: logging.LogRecord) -> bool:
-    return str(record.msg).startswith("The model 'OnnxModelForSequenceClassification' is not supported")
+    return str(record.msg).startswith(("The model 'OnnxModelForSequenceClassification' is not supported",
+                                       "The model 'OnnxModelForTokenClassification' is not supported"))
 
 
 def _is_quantizer_chatter(record: logging.LogRecord) -> bool:
@@ -279,7 +282,9 @@ def _trace(model: nn.Module, path: str, names: list[str], sample: dict[str, torc
     """``torch.onnx.export`` (TorchScript tracer) of `model` to `path`; a failure is a `UserInputError` naming the
     architecture and, where the exporter says it, the operator and the opset that has it."""
     dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
-    dynamic["logits"] = {0: "batch"}
+    with torch.no_grad():  # a token classifier's logits [batch, sequence, labels] follow the sequence axis too
+        per_token = model(**sample, return_dict=True).logits.dim() == 3
+    dynamic["logits"] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
@@ -634,6 +639,28 @@ class OnnxModelForSequenceClassification:
         kind = (self.metadata.get("quantization") or {}).get("mode")
         return (f"{type(self).__name__}({self.model_path!r}, {kind + ' int8' if kind else 'float32'}, "
                 f"inputs={self.input_names}, provider={self.provider}, threads={self.num_threads})")
+
+
+class OnnxModelForTokenClassification(OnnxModelForSequenceClassification):
+    """`OnnxModelForSequenceClassification` for a token classifier exported by `export_onnx` (logits ``[batch,
+    sequence, labels]``): the same interface, returning a `TokenClassifierOutput`, and the model of
+    ``transformers.pipeline("token-classification", model=..., tokenizer=..., aggregation_strategy=...)``."""
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, return_dict: bool | None = None,
+                **kwargs):
+        from transformers.modeling_outputs import TokenClassifierOutput
+
+        out = super().forward(input_ids, attention_mask, token_type_ids, return_dict=False, **kwargs)
+        return out if return_dict is False else TokenClassifierOutput(logits=out[0])
+
+    __call__ = forward
+
+
+def onnx_model_class(directory: str):
+    """The ONNX model class for the folder's exported architecture (``...ForTokenClassification``: the token
+    classifiers' class; anything else: the sequence classifiers')."""
+    arch = (read_onnx_metadata(directory) or {}).get("architecture") or ""
+    return OnnxModelForTokenClassification if arch.endswith("ForTokenClassification") else OnnxModelForSequenceClassification
 
 
 def measure_onnx_latency(model: OnnxModelForSequenceClassification, **kwargs) -> dict:

@@ -19,9 +19,9 @@ def _is_onnx(path: str, config: dict) -> bool:
 
 
 def _load_onnx(path: str, num_threads: int | None = None, **_):
-    from .onnx import OnnxModelForSequenceClassification
+    from .onnx import onnx_model_class
 
-    return OnnxModelForSequenceClassification.from_pretrained(path, num_threads=num_threads)
+    return onnx_model_class(path).from_pretrained(path, num_threads=num_threads)
 
 
 def _is_torch_int8(path: str, config: dict) -> bool:

@@ -70,6 +70,31 @@ class DataArguments:
     label_column: str = field(
         default="label", metadata={"help": "Column holding the class: names (e.g. 'sports') or integers 0..K-1."}
     )
+    text_pair_column: str | None = field(
+        default=None,
+        metadata={"help": "Sentence pairs: the column holding each row's second text (question/passage, premise/"
+                  "hypothesis); both texts are tokenized together, by each model's own tokenizer."},
+    )
+    pair_truncation: str = field(
+        default="only_second",
+        metadata={"help": "With --text_pair_column, what a pair longer than --max_length loses: 'only_second' (the "
+                  "passage; the question stays whole), 'only_first' or 'longest_first'."},
+    )
+    tokens_column: str = field(
+        default="tokens",
+        metadata={"help": "Token classification, JSON Lines or saved data: the column holding each sentence's words."},
+    )
+    tags_column: str = field(
+        default="tags",
+        metadata={"help": "Token classification, JSON Lines or saved data: the column holding each word's tag (BIO/IO "
+                  "names, or ClassLabel ids of a saved dataset). CoNLL-style files: the last column."},
+    )
+    label_all_subtokens: bool = field(
+        default=False,
+        metadata={"help": "Token classification: train on every sub-token of a word (B-x becomes I-x after the "
+                  "first) instead of the first only (the rest -100). Evaluation always scores words (first "
+                  "sub-tokens)."},
+    )
     max_length: int = field(
         default=128,
         metadata={"help": "Tokens kept per text (both tokenizers, special tokens included); longer texts are cut at "
@@ -111,6 +136,9 @@ class DataArguments:
             raise UserInputError(f"--truncation_side must be 'right' or 'left', got {self.truncation_side!r}")
         if self.max_length < 8:
             raise UserInputError(f"--max_length must be at least 8 tokens, got {self.max_length}")
+        if self.pair_truncation not in ("only_second", "only_first", "longest_first"):
+            raise UserInputError(f"--pair_truncation must be 'only_second', 'only_first' or 'longest_first', got "
+                                 f"{self.pair_truncation!r}")
         if self.cache_max_gb is not None and self.cache_max_gb < 0:
             raise UserInputError(f"--cache_max_gb must be 0 or more (GB of teacher cache), got {self.cache_max_gb}")
         for name in ("max_train_samples", "max_eval_samples"):

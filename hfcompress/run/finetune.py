@@ -165,10 +165,11 @@ def cached_finetune(output_dir: str, key: str | None, name: str) -> dict | None:
 
 def finetune_and_save(model, processing_class, data: DatasetDict, collator, cfg: FinetuneConfig, output_dir: str,
                    summary: dict, report_split: str = "validation", callbacks: list | None = None,
-                   keep_columns: bool = False) -> dict:
+                   keep_columns: bool = False, compute_metrics=None) -> dict:
     """Train `model` on ``data["train"]`` with a plain `Trainer` (labels in ``labels``), evaluate on `report_split`,
     save it with `processing_class` into `output_dir` and write `finetune_summary.json` (`summary` plus what the run
-    measured). `keep_columns`: pass every column to `collator` (one that featurizes raw audio itself)."""
+    measured). `keep_columns`: pass every column to `collator` (one that featurizes raw audio itself).
+    `compute_metrics`: the evaluation's metrics (default: the classifiers' accuracy and F1)."""
     args = TrainingArguments(
         output_dir=os.path.join(output_dir, "trainer"),
         num_train_epochs=cfg.num_train_epochs,
@@ -199,7 +200,7 @@ def finetune_and_save(model, processing_class, data: DatasetDict, collator, cfg:
         eval_dataset=data[report_split] if report_split in data else None,
         data_collator=collator,
         processing_class=processing_class,
-        compute_metrics=compute_classification_metrics,
+        compute_metrics=compute_metrics or compute_classification_metrics,
         callbacks=callbacks,
     )
     train_out = trainer.train()

@@ -96,8 +96,12 @@ def load_text_classification(
     seed: int = 42,
     validation_size: float = 0.1,
     test_size: float = 0.1,
+    text_pair_column: str | None = None,
 ) -> DatasetDict:
     """Load a text-classification dataset from the embedded default, a local file/folder, or a Hub id.
+
+    `text_pair_column` (sentence pairs: question/passage, premise/hypothesis): a second text column, checked like the
+    first (present in every split, strings); a row whose second text is missing or empty is dropped too.
 
     Missing validation/test splits are carved out of train (stratified, seeded by `seed`). Everything that can be
     wrong with the data is checked here, before any model is built, and raises `UserInputError` (see the module
@@ -121,7 +125,7 @@ def load_text_classification(
         dsd = load_rotten_tomatoes(seed=seed, validation_size=validation_size, test_size=test_size)
     else:
         raw, sources = _read_raw(name_or_path)
-        raw = _prepare_splits(raw, sources, text_column, label_column)
+        raw = _prepare_splits(raw, sources, text_column, label_column, text_pair_column)
         dsd = _ensure_splits(raw, label_column, seed, validation_size, test_size)
         for split, size in (("validation", validation_size), ("test", test_size)):
             if split not in raw and size > 0 and len(dsd[split]) == 0:
@@ -129,7 +133,7 @@ def load_text_classification(
                     f"dataset {name_or_path!r}: carving a {size:.0%} {split} split out of train's "
                     f"{len(raw['train'])} rows left it empty; expected enough rows per class (or a {split} file)"
                 )
-    validate_columns(dsd, text_column, label_column)
+    validate_columns(dsd, text_column, label_column, text_pair_column)
     return dsd
 
 
@@ -373,7 +377,8 @@ def _label_kind(feature) -> str | None:
 
 
 def _prepare_splits(
-    raw: dict[str, Dataset], sources: dict[str, str], text_column: str, label_column: str
+    raw: dict[str, Dataset], sources: dict[str, str], text_column: str, label_column: str,
+    text_pair_column: str | None = None,
 ) -> DatasetDict:
     """Normalise split names, check the columns, drop incomplete rows and encode the labels (one scheme for all
     splits, taken from train)."""
@@ -393,21 +398,23 @@ def _prepare_splits(
         raise UserInputError(f"dataset has no train split (found {sorted(raw)}); expected a split or file named train")
 
     kinds: dict[str, str] = {}
+    text_columns = [("text", text_column)] + ([("text_pair", text_pair_column)] if text_pair_column else [])
     for split, ds in out.items():
         cols = ds.column_names
-        for role, col in (("text", text_column), ("label", label_column)):
+        for role, col in (*text_columns, ("label", label_column)):
             if col not in cols:
                 raise UserInputError(
-                    f"{role} column {col!r} not found in split {split!r}; columns are {cols} (in {src[split]}); "
-                    f"expected --{role}_column to name one of them"
+                    f"{role.replace('_', ' ')} column {col!r} not found in split {split!r}; columns are {cols} (in "
+                    f"{src[split]}); expected --{role}_column to name one of them"
                 )
-        tfeat = ds.features[text_column]
-        # A column with no text at all (all cells empty: pandas types it float64) is left to the dropped-rows check.
-        if not _is_text(tfeat) and not _missing_mask(ds, text_column, "text").all():
-            raise UserInputError(
-                f"text column {text_column!r} of split {split!r} ({src[split]}) holds {_dtype(tfeat)} values; "
-                f"expected strings (text): check --text_column"
-            )
+        for role, col in text_columns:
+            tfeat = ds.features[col]
+            # A column with no text at all (all cells empty: pandas types it float64) is left to the dropped-rows check.
+            if not _is_text(tfeat) and not _missing_mask(ds, col, "text").all():
+                raise UserInputError(
+                    f"{role.replace('_', ' ')} column {col!r} of split {split!r} ({src[split]}) holds {_dtype(tfeat)} "
+                    f"values; expected strings (text): check --{role}_column"
+                )
         lfeat = ds.features[label_column]
         kind = _label_kind(lfeat)
         if kind is None:
@@ -420,6 +427,8 @@ def _prepare_splits(
     # Drop incomplete rows, one warning per split.
     for split, ds in list(out.items()):
         no_text = _missing_mask(ds, text_column, "text")
+        if text_pair_column:
+            no_text = no_text | _missing_mask(ds, text_pair_column, "text")
         no_label = _missing_mask(ds, label_column, kinds[split])
         drop = no_text | no_label
         if len(ds) == 0:
@@ -427,14 +436,15 @@ def _prepare_splits(
         if drop.all():
             raise UserInputError(
                 f"split {split!r} ({src[split]}) has no usable rows: all {len(ds)} have an empty or missing text in "
-                f"column {text_column!r} or a missing label in column {label_column!r}; expected labelled text"
+                f"column {' or '.join(repr(c) for _, c in text_columns)} or a missing label in column "
+                f"{label_column!r}; expected labelled text"
             )
         if drop.any():
             logger.warning(
-                "Dropped %d of %d rows of split %r (%s): %d with an empty or missing text in column %r, %d with a "
+                "Dropped %d of %d rows of split %r (%s): %d with an empty or missing text in column %s, %d with a "
                 "missing label in column %r",
-                int(drop.sum()), len(ds), split, src[split], int(no_text.sum()), text_column, int(no_label.sum()),
-                label_column,
+                int(drop.sum()), len(ds), split, src[split], int(no_text.sum()),
+                " or ".join(repr(c) for _, c in text_columns), int(no_label.sum()), label_column,
             )
             out[split] = ds.select(np.flatnonzero(~drop))
 
@@ -608,12 +618,14 @@ def _ensure_splits(raw: DatasetDict, label_column: str, seed: int, validation_si
     return DatasetDict(out)
 
 
-def validate_columns(dsd: DatasetDict, text_column: str, label_column: str | None) -> None:
+def validate_columns(dsd: DatasetDict, text_column: str, label_column: str | None,
+                     text_pair_column: str | None = None) -> None:
     for split, ds in dsd.items():
         cols = ds.column_names
-        for role, col in (("text", text_column), ("label", label_column)):
+        for role, col in (("text", text_column), ("text pair", text_pair_column), ("label", label_column)):
             if col is not None and col not in cols:
-                raise UserInputError(f"{role} column {col!r} not found in split {split!r}; columns are {cols}")
+                raise UserInputError(f"{role} column {col!r} not found in split {split!r}; columns are {cols}"
+                                     + (" (see --text_pair_column)" if role == "text pair" else ""))
 
 
 def label_names(dataset: Dataset | DatasetDict, label_column: str = "label") -> list[str] | None:
@@ -638,9 +650,15 @@ def tokenize(
     max_length: int = 128,
     prefix: str = "",
     truncation_side: str = "right",
+    text_pair_column: str | None = None,
+    pair_truncation: str = "only_second",
 ):
     """Tokenize `text_column` (no padding: the collator pads per batch). With `prefix="teacher_"` the outputs are
     stored as `teacher_input_ids`/`teacher_attention_mask`, so a teacher with another tokenizer reads its own ids.
+
+    With `text_pair_column`, each row's two texts are tokenized together as one pair (``[CLS] a [SEP] b [SEP]``,
+    token type ids where the model has them); a pair longer than `max_length` is cut as `pair_truncation` says
+    (``only_second``: the second text only, the default for question/passage).
 
     Texts longer than `max_length` tokens are cut: `truncation_side="right"` keeps the beginning of a text,
     `"left"` keeps its end. The side is set on the tokenizer for this call only and restored afterwards.
@@ -649,7 +667,11 @@ def tokenize(
         raise UserInputError(f"truncation_side must be 'right' or 'left', got {truncation_side!r}")
 
     def fn(batch):
-        enc = tokenizer(batch[text_column], truncation=True, max_length=max_length)
+        if text_pair_column:
+            enc = tokenizer(batch[text_column], batch[text_pair_column], truncation=pair_truncation,
+                            max_length=max_length)
+        else:
+            enc = tokenizer(batch[text_column], truncation=True, max_length=max_length)
         return {f"{prefix}{k}": v for k, v in enc.items()}
 
     previous = tokenizer.truncation_side

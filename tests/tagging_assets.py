@@ -29,7 +29,7 @@ def make_wordpiece_tokenizer() -> PreTrainedTokenizerFast:
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
         special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])])
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
-                                   sep_token="[SEP]")
+                                   sep_token="[SEP]", model_input_names=["input_ids", "token_type_ids", "attention_mask"])
 
 
 def tiny_tagger(num_layers=4, hidden=32, heads=4, seed=3, tags=TAGS):

@@ -33,15 +33,20 @@ def evaluate_classifier(
     batch_size: int = 64,
     max_length: int = 128,
     desc: str = "Evaluating",
+    text_pairs: list[str] | None = None,
+    pair_truncation: str = "only_second",
 ) -> dict:
-    """Accuracy/F1 of a sequence classifier on raw texts, tokenized with its own tokenizer."""
+    """Accuracy/F1 of a sequence classifier on raw texts, tokenized with its own tokenizer (with `text_pairs`, each
+    text and its pair together, cut as `pair_truncation` says)."""
     from transformers import EvalPrediction
 
     model.eval()
     device = model_device(model)
     logits = []
     for start in tqdm(range(0, len(texts), batch_size), desc=desc, leave=False):
-        enc = tokenizer(texts[start : start + batch_size], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+        pairs = (text_pairs[start : start + batch_size],) if text_pairs is not None else ()
+        enc = tokenizer(texts[start : start + batch_size], *pairs, truncation=pair_truncation if pairs else True,
+                        max_length=max_length, padding=True, return_tensors="pt")
         logits.append(model(**{k: v.to(device) for k, v in enc.items()}).logits.float().cpu().numpy())
     return compute_classification_metrics(EvalPrediction(predictions=np.concatenate(logits), label_ids=np.asarray(labels)))
 
@@ -92,7 +97,8 @@ class MeasureConfig:
 
 def compare_checkpoints(base_dir: str, model_dir: str, texts: list[str], labels: list[int], split: str = "test",
                         max_length: int = 128, config: MeasureConfig | None = None,
-                        variants: dict[str, str] | None = None) -> dict:
+                        variants: dict[str, str] | None = None, text_pairs: list[str] | None = None,
+                        pair_truncation: str = "only_second") -> dict:
     """The base model and its compressed version, both as saved on disk and loaded fresh, measured side by side on
     the same evaluation rows: parameters (total and non-zero), size on disk of the whole checkpoint folder, peak
     memory, CPU latency (interleaved), task metrics, and every change (absolute and relative). This is the one
@@ -112,7 +118,8 @@ def compare_checkpoints(base_dir: str, model_dir: str, texts: list[str], labels:
     for role, path in (("base", base_dir), ("model", model_dir), *variants.items()):
         model = load_model(path, num_threads=config.threads)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        metrics = evaluate_classifier(model, tokenizer, texts, labels, max_length=max_length, desc=f"{split} ({role})")
+        metrics = evaluate_classifier(model, tokenizer, texts, labels, max_length=max_length, desc=f"{split} ({role})",
+                                      text_pairs=text_pairs, pair_truncation=pair_truncation)
         sides[role] = {"path": os.path.abspath(path), "format": checkpoint_format(path), **parameter_counts(model),
                        "size_mb": checkpoint_size_mb(path), "metrics": metrics}
         del model

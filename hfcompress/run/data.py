@@ -31,15 +31,18 @@ def check_teacher_labels(teacher_config, dataset: DatasetDict, label_column: str
 
 def tokenize_for_distillation(
     dataset: DatasetDict, student_tokenizer, teacher_tokenizer, text_column: str, label_column: str, max_length: int,
-    truncation_side: str = "right",
+    truncation_side: str = "right", text_pair_column: str | None = None, pair_truncation: str = "only_second",
 ) -> tuple[DatasetDict, bool]:
-    """Tokenize with the student's tokenizer, and again into `teacher_*` columns if the teacher's differs.
+    """Tokenize with the student's tokenizer, and again into `teacher_*` columns if the teacher's differs (sentence
+    pairs: each row's `text_column` and `text_pair_column` together, by each tokenizer).
     Returns the dataset (raw text dropped) and whether teacher columns were added."""
-    out = tokenize(dataset, student_tokenizer, text_column, max_length, truncation_side=truncation_side)
+    pairs = {"text_pair_column": text_pair_column, "pair_truncation": pair_truncation}
+    out = tokenize(dataset, student_tokenizer, text_column, max_length, truncation_side=truncation_side, **pairs)
     separate = not tokenizers_align(student_tokenizer, teacher_tokenizer)
     if separate:
         logger.info("Teacher and student tokenizers differ: each tokenizes the raw text itself")
-        out = tokenize(out, teacher_tokenizer, text_column, max_length, prefix=TEACHER_PREFIX, truncation_side=truncation_side)
+        out = tokenize(out, teacher_tokenizer, text_column, max_length, prefix=TEACHER_PREFIX,
+                       truncation_side=truncation_side, **pairs)
     keep = {label_column, *student_tokenizer.model_input_names}
     drop = [c for c in out["train"].column_names if c not in keep and not c.startswith(TEACHER_PREFIX)]
     out = out.remove_columns(drop)

@@ -66,7 +66,7 @@ class TextClassification(TaskAdapter):
         data_args, teacher = run.data_args, run.teacher
         tokenized, separate = tokenize_for_distillation(
             run.dataset, run.processor, run.teacher_processor, data_args.text_column, data_args.label_column,
-            data_args.max_length, data_args.truncation_side,
+            data_args.max_length, data_args.truncation_side, data_args.text_pair_column, data_args.pair_truncation,
         )
         run.collator = collator = DistillationDataCollator(run.processor, run.teacher_processor if separate else None)
         run.trainer_kwargs = {"teacher_model": teacher}

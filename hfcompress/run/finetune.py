@@ -93,7 +93,7 @@ def has_task_head(model_name_or_path: str, auto_class=None) -> bool:
 
 def _cache_key(
     model_path: str, dataset: DatasetDict, cfg: FinetuneConfig, text_column: str, label_column: str,
-    layers: list[int] | None = None,
+    layers: list[int] | None = None, text_pair: tuple | None = None,
 ) -> str:
     blob = json.dumps(
         {
@@ -101,7 +101,7 @@ def _cache_key(
             "layers": layers,
             "data": content_fingerprint(dataset["train"]),
             "cfg": asdict(cfg),
-            "columns": [text_column, label_column],
+            "columns": [text_column, label_column] + (list(text_pair) if text_pair else []),
         },
         sort_keys=True,
     )
@@ -118,8 +118,12 @@ def finetune_classifier(
     model=None,
     report_split: str = "validation",
     callbacks: list | None = None,
+    text_pair_column: str | None = None,
+    pair_truncation: str = "only_second",
 ) -> dict:
     """Fine-tune a sequence classifier with a plain `Trainer` and save it (safetensors) with its tokenizer.
+
+    `text_pair_column`: sentence pairs, each row's two texts tokenized together (cut as `pair_truncation` says).
 
     `callbacks` join the Trainer (a compression method's callback recovers accuracy with the same loop).
     `model` may be given to fine-tune an already-built model (e.g. a student initialised from layers of another);
@@ -130,7 +134,8 @@ def finetune_classifier(
     path = resolve_model_path(model_name_or_path)
     # A model passed in is cacheable when it says how it was built (a student cut from `path`'s blocks).
     layers = getattr(model.config, "hfcompress_student_layers", None) if model is not None else None
-    key = _cache_key(path, dataset, cfg, text_column, label_column, layers) if model is None or layers else None
+    pair = (text_pair_column, pair_truncation) if text_pair_column else None
+    key = _cache_key(path, dataset, cfg, text_column, label_column, layers, pair) if model is None or layers else None
     cached = cached_finetune(output_dir, key, model_name_or_path)
     if cached is not None:
         return cached
@@ -142,7 +147,8 @@ def finetune_classifier(
         set_seed(cfg.seed)  # the new head's initialisation is part of what the cache key promises
         extra = {"id2label": dict(enumerate(names)), "label2id": {v: i for i, v in enumerate(names)}} if names else {}
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=n, **extra)
-    tokenized = tokenize(dataset, tokenizer, text_column, cfg.max_length, truncation_side=cfg.truncation_side)
+    tokenized = tokenize(dataset, tokenizer, text_column, cfg.max_length, truncation_side=cfg.truncation_side,
+                         text_pair_column=text_pair_column, pair_truncation=pair_truncation)
     if label_column != "labels":
         tokenized = tokenized.rename_column(label_column, "labels")
     return finetune_and_save(model, tokenizer, tokenized, DataCollatorWithPadding(tokenizer), cfg, output_dir,
@@ -231,6 +237,8 @@ def prepare_teacher(
     text_column: str = "text",
     label_column: str = "label",
     finetune: bool = True,
+    text_pair_column: str | None = None,
+    pair_truncation: str = "only_second",
 ) -> str:
     """Return a path to a teacher with a trained task head: the given one, or a cached fine-tune of it.
 
@@ -251,5 +259,6 @@ def prepare_teacher(
             f"split (column {label_column!r}) to fine-tune it on; pass a fine-tuned teacher"
         )
     logger.info("Teacher %s has no trained task head: it gets one by fine-tuning, done once and cached", model_name_or_path)
-    finetune_classifier(model_name_or_path, dataset, cache_dir, config, text_column, label_column)
+    finetune_classifier(model_name_or_path, dataset, cache_dir, config, text_column, label_column,
+                        text_pair_column=text_pair_column, pair_truncation=pair_truncation)
     return cache_dir

@@ -177,9 +177,10 @@ def compress_to(model, tokenizer, dataset, data_args: DataArguments, quant: Quan
     info = {}
     compressed, comp_tok = copy.deepcopy(model), tokenizer
     if run.vocab_trim:
-        compressed, comp_tok, report = trim_vocabulary(
-            compressed, tokenizer, dataset["train"][data_args.text_column], run.vocab_config(),
-            eval_texts=dataset["test"][data_args.text_column] if "test" in dataset else None,
+        columns = [data_args.text_column] + ([data_args.text_pair_column] if data_args.text_pair_column else [])
+        compressed, comp_tok, report = trim_vocabulary(  # sentence pairs: the tokens of both texts are kept
+            compressed, tokenizer, [t for c in columns for t in dataset["train"][c]], run.vocab_config(),
+            eval_texts=[t for c in columns for t in dataset["test"][c]] if "test" in dataset else None,
             source=f"{data_args.dataset} train split",
         )
         info["vocab_trim"] = dataclasses.asdict(report)

@@ -81,8 +81,10 @@ def compare_on_eval_split(model_dir: str, base_dir: str, base_source: str | None
     """`compare_checkpoints` of `model_dir` against `base_dir` on the test split (validation if there is none)."""
     split = "test" if "test" in dataset else "validation"
     texts, labels = dataset[split][data_args.text_column], dataset[split][data_args.label_column]
+    pairs = dataset[split][data_args.text_pair_column] if getattr(data_args, "text_pair_column", None) else None
     comparison = compare_checkpoints(base_dir, model_dir, texts, labels, split=split, max_length=data_args.max_length,
-                                     config=report.measure_config(), variants=variants)
+                                     config=report.measure_config(), variants=variants, text_pairs=pairs,
+                                     pair_truncation=getattr(data_args, "pair_truncation", "only_second"))
     comparison["base"]["source"] = base_source
     return comparison
 

@@ -44,7 +44,8 @@ TEACHER_CACHE_DIR = "teacher_cache"
 def load_data(data_args: DataArguments) -> DatasetDict:
     """The dataset with train/validation/test splits, checked, and limited as asked."""
     dataset = load_text_classification(
-        data_args.dataset, data_args.text_column, data_args.label_column, seed=data_args.split_seed
+        data_args.dataset, data_args.text_column, data_args.label_column, seed=data_args.split_seed,
+        text_pair_column=data_args.text_pair_column,
     )
     return limit_splits(dataset, data_args)
 
@@ -165,6 +166,7 @@ def load_teacher(model_args: ModelArguments, data_args: DataArguments, dataset: 
     path = prepare_teacher(
         model_args.teacher_model, dataset, default_teacher_dir(model_args, data_args), ft_cfg,
         data_args.text_column, data_args.label_column, finetune=model_args.finetune_teacher,
+        text_pair_column=data_args.text_pair_column, pair_truncation=data_args.pair_truncation,
     )
     if state is not None:
         state.wait_for_everyone()
@@ -238,6 +240,8 @@ def evaluate_on_texts(model, tokenizer, dataset: DatasetDict, data_args: DataArg
     return evaluate_classifier(
         model, tokenizer, dataset[split][data_args.text_column], dataset[split][data_args.label_column],
         max_length=data_args.max_length, desc=f"{split} ({type(model).__name__})",
+        text_pairs=dataset[split][data_args.text_pair_column] if data_args.text_pair_column else None,
+        pair_truncation=data_args.pair_truncation,
     )
 
 

@@ -55,6 +55,25 @@ class TeacherOutputs:
     qkv: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
+def logits_of(outputs) -> torch.Tensor:
+    """The logits every term reads. Extractive QA models return ``start_logits`` and ``end_logits`` `[B, T]`: they are
+    stacked into `[B, 2, T]`, two items per example (the start and the end, each a distribution over positions) whose
+    labels are `[B, 2]` (start and end position, -100 where not trained), so cross-entropy and KD are DistilBERT's
+    SQuAD loss: the mean over starts and ends, normalised like every other item count."""
+    logits = getattr(outputs, "logits", None)
+    if logits is None and isinstance(outputs, dict):
+        logits = outputs.get("logits")
+    if logits is None:
+        start = getattr(outputs, "start_logits", None)
+        if start is None and isinstance(outputs, dict):
+            start = outputs.get("start_logits")
+        if start is not None:
+            end = outputs["end_logits"] if isinstance(outputs, dict) else outputs.end_logits
+            return torch.stack([start, end], dim=1)
+        raise ValueError(f"{type(outputs).__name__} holds no logits (nor start_logits / end_logits)")
+    return logits
+
+
 def _default_label_names(config) -> bool:
     names = list(getattr(config, "id2label", {}).values())
     return all(str(n).startswith("LABEL_") for n in names)
@@ -449,7 +468,7 @@ class DistillationLoss(nn.Module):
             )
         out.qkv.update(capture.pop())
         if out.logits is None:
-            out.logits = res.logits
+            out.logits = logits_of(res)
         if need_hidden:
             out.hidden_states = {t: res.hidden_states[t] for t in self.teacher_hidden_layers}
         if need_attn:
@@ -531,7 +550,7 @@ class DistillationLoss(nn.Module):
         if self._student_capture is not None:
             captured = self._student_capture.pop()
             self._student_capture.enabled = False
-        logits = student_outputs.logits if hasattr(student_outputs, "logits") else student_outputs["logits"]
+        logits = logits_of(student_outputs)
         task_part = "loss_ctc" if self.ctc else "loss_ce"
         if teacher_outputs is None:  # evaluation (or no teacher seen): the student's task loss
             if labels is None:

@@ -123,3 +123,9 @@ def entity_metrics(predictions, references) -> dict:
     for kind, scores in sorted((k, v) for k, v in out.items() if isinstance(v, dict)):
         flat.update({f"{kind}_{m}": (int(v) if m == "number" else float(v)) for m, v in scores.items()})
     return flat
+
+
+def qa_metrics(predictions, references) -> dict:
+    """Exact match and F1 (SQuAD v1.1 / v2.0, in [0, 1]) of predicted answers against each question's reference
+    answers (an empty list: no answer), through the local ``squad`` module; ``has_answer_*`` / ``no_answer_*`` apart."""
+    return dict(load_metric("squad").compute(predictions=list(predictions), references=[list(r) for r in references]))

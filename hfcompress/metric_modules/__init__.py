@@ -1,5 +1,6 @@
 """Local `evaluate` metric modules shipped with hfcompress: ``accuracy``, ``f1``, ``wer`` (WER and CER) and
-``entity_f1`` (entity-level precision / recall / F1 of tag sequences, seqeval's definitions).
+``entity_f1`` (entity-level precision / recall / F1 of tag sequences, seqeval's definitions) and ``squad`` (exact match
+and F1 of extractive answers, SQuAD v1.1 / v2.0 definitions).
 
 Each sub-folder holds ``<name>/<name>.py``, an `evaluate.Metric` subclass, so that
 ``evaluate.load(metric_module_path(name))`` reads it from disk and never from the Hub (works with
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-METRIC_MODULES = ("accuracy", "f1", "wer", "entity_f1")
+METRIC_MODULES = ("accuracy", "f1", "wer", "entity_f1", "squad")
 
 
 def metric_module_path(name: str) -> str:

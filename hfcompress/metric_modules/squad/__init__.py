@@ -1,0 +1,1 @@
+"""Local evaluate metric module (see its script beside this file)."""

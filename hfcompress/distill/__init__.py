@@ -16,6 +16,7 @@ from .collator import (
     AudioDistillationCollator,
     CTCDistillationCollator,
     DistillationDataCollator,
+    SpanDistillationCollator,
     SpeechSeq2SeqDistillationCollator,
     TokenDistillationCollator,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "DistillationDataCollator",
     "DistillationLoss",
     "DistillationTrainer",
+    "SpanDistillationCollator",
     "SpeechSeq2SeqDistillationCollator",
     "TokenDistillationCollator",
     "TeacherOutputs",

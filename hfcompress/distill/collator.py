@@ -95,6 +95,31 @@ class TokenDistillationCollator:
             batch.update({f"{TEACHER_PREFIX}{k}": v for k, v in padded.items()})
         return batch
 
+
+@dataclass
+class SpanDistillationCollator:
+    """Batches for extractive QA windows: model inputs padded by the tokenizer, each window's ``labels`` ``[start,
+    end]`` token positions stacked into `[B, 2]` (what `DistillationLoss` reads as two items per window), or, with
+    `positions=True`, as the ``start_positions`` / ``end_positions`` a transformers QA model takes for its own loss.
+    Columns for post-processing (``example_id``, ``offset_mapping``) are left out."""
+
+    tokenizer: object
+    positions: bool = False
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: list[dict]) -> dict:
+        inputs = [{k: v for k, v in f.items() if k not in ("labels", "example_id", "offset_mapping")}
+                  for f in features]
+        batch = dict(self.tokenizer.pad(inputs, padding=True, return_tensors="pt",
+                                        pad_to_multiple_of=self.pad_to_multiple_of))
+        if features and "labels" in features[0]:
+            labels = torch.as_tensor([list(f["labels"]) for f in features], dtype=torch.long)
+            if self.positions:
+                batch["start_positions"], batch["end_positions"] = labels[:, 0], labels[:, 1]
+            else:
+                batch["labels"] = labels
+        return batch
+
 @dataclass
 class AudioDistillationCollator:
     """Batches for audio classifiers (Whisper encoder, wav2vec2, HuBERT): each row's raw 16 kHz samples (column

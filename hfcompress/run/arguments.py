@@ -95,6 +95,22 @@ class DataArguments:
                   "first) instead of the first only (the rest -100). Evaluation always scores words (first "
                   "sub-tokens)."},
     )
+    doc_stride: int = field(
+        default=128,
+        metadata={"help": "Extractive QA: tokens shared by two consecutive windows of a context longer than "
+                  "--max_length (with the question, in every window)."},
+    )
+    max_answer_length: int = field(
+        default=30, metadata={"help": "Extractive QA: the longest answer predicted, in tokens."}
+    )
+    n_best_size: int = field(
+        default=20, metadata={"help": "Extractive QA: start and end candidates of each window searched for the answer."}
+    )
+    null_score_threshold: float = field(
+        default=0.0,
+        metadata={"help": "Extractive QA with unanswerable questions in the data (SQuAD v2): answer nothing when the "
+                  "CLS score beats the best span's by more than this."},
+    )
     max_length: int = field(
         default=128,
         metadata={"help": "Tokens kept per text (both tokenizers, special tokens included); longer texts are cut at "

@@ -9,11 +9,11 @@ how data is loaded and collated, which teacher and student classes, how a studen
 and the measurement hold.
 
 The built-in adapters: text classification (`run/distill.py`), audio classification and CTC (`run/audio.py`),
-sequence-to-sequence speech recognition (`run/speech.py`), token classification (`run/token.py`). `task_for` picks
-the first registered adapter whose `select` accepts the run's models and data, in the order of their `priority` (text
-classification last: it takes whatever no other takes). A user adds an adapter of their own with
-`register_task(adapter)` (priority 50: before the text fallback, after the speech and token tasks; any number to
-choose); later issues add extractive QA and sentence embeddings the same way.
+sequence-to-sequence speech recognition (`run/speech.py`), token classification (`run/token.py`), extractive QA
+(`run/qa.py`). `task_for` picks the first registered adapter whose `select` accepts the run's models and data, in the
+order of their `priority` (text classification last: it takes whatever no other takes). A user adds an adapter of
+their own with `register_task(adapter)` (priority 50: before the text fallback, after the speech, token and QA tasks;
+any number to choose); a later issue adds sentence embeddings the same way.
 """
 
 from __future__ import annotations
@@ -36,7 +36,8 @@ from .report import hub_settings_of, publish
 logger = logging.getLogger(__name__)
 
 # The built-in adapters' modules, imported (and so registered) the first time a task is chosen, in this order.
-BUILTIN_TASKS = ("hfcompress.run.audio", "hfcompress.run.speech", "hfcompress.run.token", "hfcompress.run.distill")
+BUILTIN_TASKS = ("hfcompress.run.audio", "hfcompress.run.speech", "hfcompress.run.token", "hfcompress.run.qa",
+                 "hfcompress.run.distill")
 
 
 @dataclass

@@ -199,7 +199,7 @@ class TokenClassification(TaskAdapter):
             cfg = FinetuneConfig(num_train_epochs=model_args.teacher_finetune_epochs,
                                  learning_rate=model_args.teacher_learning_rate, max_length=data_args.max_length,
                                  seed=run.args.seed, bf16=bool(getattr(run.args, "bf16", False)))
-            path = steps.default_teacher_dir(model_args, data_args) + "-tokens"
+            path = model_args.teacher_dir or steps.default_teacher_dir(model_args, data_args) + "-tokens"
             if run.state is None or run.state.is_main_process:
                 finetune_tagger(model_args.teacher_model, run.dataset, path, cfg, data_args.label_all_subtokens)
             if run.state is not None:

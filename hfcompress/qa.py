@@ -148,8 +148,10 @@ def looks_like_qa(name_or_path: str) -> bool:
         row = json.loads(head.splitlines()[0])
     except (json.JSONDecodeError, IndexError):
         return False
-    return isinstance(row, dict) and "question" in row and ("context" in row or "passage" in row) and (
-        "answers" in row or "answer" in row)
+    if not (isinstance(row, dict) and "question" in row and ("context" in row or "passage" in row)):
+        return False
+    # an answer span (text, or answers with starts); a yes/no answer (BoolQ's true/false) is classification
+    return isinstance(row.get("answers"), (dict, list)) or isinstance(row.get("answer"), str)
 
 
 def load_qa(name_or_path: str, seed: int = 42, validation_size: float = 0.1, test_size: float = 0.1) -> DatasetDict:

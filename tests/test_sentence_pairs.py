@@ -70,3 +70,16 @@ def test_distill_command_on_pairs_with_measurement(tmp_path):
     # the measurement read pairs too: the student's accuracy there is the trainer's on the same rows
     assert s["comparison"]["model"]["metrics"]["accuracy"] == pytest.approx(
         s["metrics"]["student"]["test"]["test_accuracy"])
+
+
+def test_boolq_like_data_is_pair_classification_not_extractive_qa(tmp_path):
+    from hfcompress.qa import looks_like_qa
+    from hfcompress.run.arguments import DataArguments, ModelArguments
+    from hfcompress.run.skeleton import task_for
+
+    data = write_boolq_like(tmp_path / "boolq.jsonl")
+    assert not looks_like_qa(data)  # yes/no answers are classes, not spans
+    adapter = task_for(ModelArguments(teacher_model=str(tmp_path / "none")),
+                       DataArguments(dataset=data, text_column="question", text_pair_column="passage",
+                                     label_column="answer"), None)
+    assert adapter.name == "text-classification"

@@ -153,6 +153,8 @@ class QuestionAnswering(TaskAdapter):
     auto_class = AutoModelForQuestionAnswering
 
     def select(self, model_args, data_args, speech):
+        if data_args.text_pair_column:  # sentence-pair classification over question/passage data (BoolQ)
+            return None
         if is_qa_model(_architectures(model_args.teacher_model)) or looks_like_qa(data_args.dataset):
             return self
         return None

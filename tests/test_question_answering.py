@@ -136,6 +136,9 @@ def test_distill_command_on_squad_json_and_qa_pipeline(tmp_path):
         pipeline("question-answering")
     model_dir = str(out / "model")
     reader = AutoModelForQuestionAnswering.from_pretrained(model_dir)
+    from hfcompress.loading import load_model
+
+    assert type(load_model(model_dir)).__name__ == "BertForQuestionAnswering"
     context = "john lives in paris and works at acme in paris today and mary jones lives in london today"
     answers = answer_questions(reader, AutoTokenizer.from_pretrained(model_dir), ["where mary jones lives"] * 2,
                                [context, "mary lives in paris"], max_length=16, doc_stride=4)

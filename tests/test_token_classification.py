@@ -239,6 +239,7 @@ def test_distill_command_on_conll_and_pipeline_on_plain_onnx_int8_and_torch_int8
     cfg = json.load(open(os.path.join(model_dir, "config.json")))
     assert cfg["architectures"] == ["BertForTokenClassification"] and list(cfg["id2label"].values()) == TAGS
 
+    assert type(load_model(model_dir)).__name__ == "BertForTokenClassification"  # not a sequence classifier
     tok = AutoTokenizer.from_pretrained(model_dir)
     plain = _says_per(AutoModelForTokenClassification.from_pretrained(model_dir).eval())
     expected = _entities(plain, tok)

@@ -300,14 +300,16 @@ def _is_bare_model(model: nn.Module) -> bool:
 
 # The task auto classes a plain checkpoint is loaded with, by the class its config.json names (first match wins).
 TASK_AUTO_CLASSES = ("AutoModelForSequenceClassification", "AutoModelForSpeechSeq2Seq", "AutoModelForCTC",
-                     "AutoModelForAudioClassification")
+                     "AutoModelForAudioClassification", "AutoModelForTokenClassification",
+                     "AutoModelForQuestionAnswering")
 
 
 def model_class_for(config, default: str = "AutoModelForSequenceClassification"):
     """The transformers auto class to load a checkpoint of `config` (a config or config.json as a dict) with: the
     task auto class that maps the class its ``architectures`` names (``WhisperForConditionalGeneration`` ->
     ``AutoModelForSpeechSeq2Seq``, ``Wav2Vec2ForCTC`` -> ``AutoModelForCTC``, ``WhisperForAudioClassification`` ->
-    ``AutoModelForAudioClassification``); else `default` where that maps the model type (a text encoder saved bare
+    ``AutoModelForAudioClassification``, ``BertForTokenClassification`` -> ``AutoModelForTokenClassification``,
+    ``BertForQuestionAnswering`` -> ``AutoModelForQuestionAnswering``); else `default` where that maps the model type (a text encoder saved bare
     still loads as a sequence classifier, as before); else the named class itself; else `default`."""
     import transformers
 

@@ -88,7 +88,7 @@ def evaluate_tagger(model, tokenizer, split, names: list[str], max_length: int, 
     data = tokenize_tagged(DatasetDict(test=split), tokenizer, max_length)["test"]
     collator = TokenDistillationCollator(tokenizer)
     model = model.eval() if device is None else model.to(device).eval()
-    device = next(model.parameters()).device
+    device = model.device  # a transformers model's, or an ONNX Runtime model's (the CPU)
     keep = [*tokenizer.model_input_names, "labels"]
     scorer = token_metrics(names)
     preds, refs = [], []

@@ -99,11 +99,13 @@ def lora_config(model: nn.Module, settings: LoraArguments):
         to_save = task_head_names(model)
     else:
         check_modules_to_save(model, to_save)
-    is_classifier = type(unwrap_model(model)).__name__.endswith("ForSequenceClassification")
+    name = type(unwrap_model(model)).__name__
+    task_type = next((t for suffix, t in (("ForSequenceClassification", TaskType.SEQ_CLS),
+                                          ("ForTokenClassification", TaskType.TOKEN_CLS),
+                                          ("ForQuestionAnswering", TaskType.QUESTION_ANS)) if name.endswith(suffix)), None)
     return LoraConfig(
         r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-        target_modules=targets, modules_to_save=to_save or None,
-        task_type=TaskType.SEQ_CLS if is_classifier else None,
+        target_modules=targets, modules_to_save=to_save or None, task_type=task_type,
     )
 
 

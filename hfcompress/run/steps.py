@@ -228,7 +228,9 @@ def evaluate(trainer, tokenized: DatasetDict, splits=("validation", "test")) -> 
 
 
 def measure_model(model) -> dict:
-    return {"parameters": count_parameters(model), "size_mb": model_size_mb(model)}
+    """Parameters and the in-memory size of the weights (`weights_mb`: parameters and buffers, MB); the size of a saved
+    folder, every file counted, is the comparison's ``size_mb``."""
+    return {"parameters": count_parameters(model), "weights_mb": model_size_mb(model)}
 
 
 def evaluate_on_texts(model, tokenizer, dataset: DatasetDict, data_args: DataArguments, split: str = "test", device=None) -> dict:

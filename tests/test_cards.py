@@ -119,3 +119,15 @@ def test_same_classes_in_another_order_are_reencoded_other_classes_refused(caplo
     assert "teacher's order" in caplog.text
     with pytest.raises(UserInputError, match="same class names"):
         check_teacher_labels(BertConfig(id2label={0: "rotten", 1: "stale"}), data, "label")
+
+
+def test_student_layers_out_of_range_names_the_student_model(chain, capsys):
+    root, out, data = chain
+    student = str(out["distill"] / "model")  # 2 blocks
+    with pytest.raises(SystemExit) as exit_info:
+        main(["distill", "--teacher_model", str(root / "teacher"), "--student_model", student, "--student_layers",
+              "1,9", "--dataset", data, "--output_dir", str(root / "bad"), "--use_cpu"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"--student_layers [9] out of range: the student model {student} has blocks 0..1" in err, err
+    assert not (root / "bad" / "checkpoints").exists()

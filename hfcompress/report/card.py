@@ -452,27 +452,27 @@ def speech_loading_code(variant: dict, path: str, max_new_tokens: int = 96) -> t
     imports = ["import soundfile as sf", "import torch", "from transformers import WhisperProcessor"]
     if fmt == "torch_int8":
         imports.append("from hfcompress.quantize import load_dynamic_int8")
-        load = "model = load_dynamic_int8(path)  # WhisperForConditionalGeneration, int8 nn.Linear layers, eval mode"
+        load = "model = load_dynamic_int8(PATH)  # WhisperForConditionalGeneration, int8 nn.Linear layers, eval mode"
         note = ("Needs hfcompress: the int8 weights are stored as int8 tensors and scales in "
                 "`hfcompress_dynamic_int8.safetensors`, which `from_pretrained` does not read (it fails rather than "
-                "initialising the layers at random). `hfcompress.loading.load_model(path)` loads it too.")
+                "initialising the layers at random). `hfcompress.loading.load_model(PATH)` loads it too.")
     elif fmt == "structured":
         imports.append("from hfcompress.prune import load_structured")
-        load = "model = load_structured(path)  # WhisperForConditionalGeneration at its pruned shape, eval mode"
+        load = "model = load_structured(PATH)  # WhisperForConditionalGeneration at its pruned shape, eval mode"
         note = "Needs hfcompress: the pruned shapes are recorded in config.json (`hfcompress_structure`)."
     elif fmt == "transformers":
         imports[-1] = "from transformers import WhisperForConditionalGeneration, WhisperProcessor"
         extra = f", dtype=torch.{dtype}" if dtype else ""
-        load = f"model = WhisperForConditionalGeneration.from_pretrained(path{extra}).eval()"
+        load = f"model = WhisperForConditionalGeneration.from_pretrained(PATH{extra}).eval()"
         note = "A plain transformers checkpoint" + (f" in {dtype} (the input features must be cast to it, as below)."
                                                     if dtype else ".")
     else:
         imports.append("from hfcompress.loading import load_model")
-        load = "model = load_model(path)"
+        load = "model = load_model(PATH)"
         note = f"Needs hfcompress (checkpoint format `{fmt}`)."
     code = "\n".join(imports + [
-        "", f"path = {json.dumps(path)}  # the folder with the weights, config and processor",
-        load, "processor = WhisperProcessor.from_pretrained(path)", "",
+        "", f"PATH = {json.dumps(path)}  # the Hub repository, or a local folder holding these files",
+        load, "processor = WhisperProcessor.from_pretrained(PATH)", "",
         "audio, rate = sf.read(\"clip.wav\", dtype=\"float32\")  # 16 kHz mono speech, English",
         "features = processor(audio, sampling_rate=16000, return_tensors=\"pt\").input_features",
         "with torch.inference_mode():",
@@ -595,7 +595,7 @@ def build_speech_card(result: dict, name: str, model_name: str | None = None, de
     code, load_note = speech_loading_code(v, path, lat.get("max_new_tokens", 96))
     if v.get("path"):
         load_note += (f" The checkpoint measured here is the benchmark's `{v['path']}` (format `{v.get('format')}`): "
-                      "`path` is that folder, or a copy of it with this card as its README.md.")
+                      "`PATH` is that folder, or a copy of it with this card as its README.md.")
     one_word = ", ".join(f"{100 / s['ref_words']:.2f} points on the {label}"
                          for s, label in ((synth, "synthesized set"), (real, "real recordings")) if s.get("ref_words"))
     summary = (f"A compressed Whisper made with hfcompress from `{base_name}`"

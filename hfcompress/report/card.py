@@ -131,20 +131,32 @@ def model_classes(model_dir: str, record: dict) -> dict | None:
     return {int(k): v for k, v in id2label.items()} if isinstance(id2label, dict) else dict(enumerate(id2label))
 
 
-def usage_code(fmt: str, path: str, pipeline_tag: str, max_length: int | None, pushed: bool) -> tuple[str, str]:
+# what a card's example feeds the pipeline, per pipeline tag: (variable, extra pipeline arguments, example input)
+PIPELINE_EXAMPLES = {
+    "text-classification": ("classifier", "", '["A gripping, beautifully acted film.", "Dull and far too long."]'),
+    "text-classification-pair": ("classifier", "", '{"text": "Is the sky blue on a clear day?", '
+                                                    '"text_pair": "On a clear day the sky looks blue."}'),
+    "token-classification": ("tagger", ', aggregation_strategy="simple"', '"Ada Lovelace worked in London."'),
+}
+
+
+def usage_code(fmt: str, path: str, pipeline_tag: str, max_length: int | None, pushed: bool,
+               pair: bool = False) -> tuple[str, str]:
     """The card's loading code: where the model is (`path`: the Hub id once pushed, else the local folder), the
     format's own loading lines (its registration), and a pipeline that truncates to the length the model was trained
-    with. ``PATH = ...`` is the one line to change to load a local copy."""
+    with. ``PATH = ...`` is the one line to change to load a local copy. `pair`: a sentence-pair classifier."""
     code, note = loading_code(fmt)
     where = ("# the Hub repository; a local folder holding these files works the same" if pushed else
              "# this folder; once pushed, its Hub id works the same")
     length = f", max_length={max_length}" if max_length else ""
+    key = f"{pipeline_tag}-pair" if pair and f"{pipeline_tag}-pair" in PIPELINE_EXAMPLES else pipeline_tag
+    name, extra, example = PIPELINE_EXAMPLES.get(key, PIPELINE_EXAMPLES["text-classification"])
     lines = [f"PATH = {json.dumps(path)}  {where}", code, "",
              "from transformers import AutoTokenizer, pipeline",
              "tokenizer = AutoTokenizer.from_pretrained(PATH)",
-             f"classifier = pipeline({json.dumps(pipeline_tag)}, model=model, tokenizer=tokenizer, "
+             f"{name} = pipeline({json.dumps(pipeline_tag)}, model=model, tokenizer=tokenizer{extra}, "
              f"truncation=True{length})",
-             'print(classifier(["A gripping, beautifully acted film.", "Dull and far too long."]))']
+             f"print({name}({example}))"]
     return "\n".join(lines), note
 
 
@@ -219,7 +231,8 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
              if os.path.exists(os.path.join(model_dir, png))]
     max_length = record_max_length(record) or next((e.get("max_length") for e in reversed(lineage)
                                                     if e.get("max_length")), None)
-    code, note = usage_code(fmt, repo_id or os.path.abspath(model_dir), pipeline_tag, max_length, bool(repo_id))
+    pair = bool((record.get("settings", {}).get("data") or {}).get("text_pair_column"))
+    code, note = usage_code(fmt, repo_id or os.path.abspath(model_dir), pipeline_tag, max_length, bool(repo_id), pair)
     classes = model_classes(model_dir, record)
     expects = []
     if classes:

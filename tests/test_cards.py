@@ -35,7 +35,7 @@ def chain(tmp_path_factory):
                  *TRAIN, *FAST]) == 0
     assert main(["prune", "--teacher_model", str(out["distill"] / "model"), "--dataset", data,
                  "--granularity", "structured", "--target_sparsity", "0.5", "--output_dir", str(out["prune"]),
-                 *TRAIN, *FAST]) == 0
+                 "--push_dry_run", "--hub_model_id", "me/tiny-pruned", *TRAIN, *FAST]) == 0
     assert main(["quantize", "--model", str(out["prune"] / "model"), "--dataset", data, "--quantization", "onnx_int8",
                  "--output_dir", str(out["quantize"]), *FAST]) == 0
     return root, out, data
@@ -79,6 +79,14 @@ def test_classes_follow_the_teacher_order(chain):
         assert config["id2label"] == {"0": "pos", "1": "neg"}, (stage, config["id2label"])
     record = json.load(open(out["distill"] / "model" / "hfcompress_record.json"))
     assert record["command"].startswith("hfcompress distill --teacher_model ")
+
+
+def test_a_run_that_pushes_cards_its_hub_id(chain):
+    _, out, _ = chain
+    for folder in (out["prune"] / "hub_upload", out["prune"] / "model"):
+        card = ModelCard.load(folder / "README.md")
+        assert 'PATH = "me/tiny-pruned"  # the Hub repository' in card.text
+        assert card.data.model_name == "tiny-pruned"
 
 
 def test_push_dry_run_card_names_the_hub_id(chain, capsys):

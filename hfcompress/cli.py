@@ -29,6 +29,7 @@ def load_config_file(path: str) -> dict:
 def parse_args(dataclass_types, argv: list[str] | None = None, description: str | None = None):
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = HfArgumentParser(dataclass_types, description=description)
+    parser.usage = SHORT_USAGE
     parser.add_argument("--config", default=None, help="YAML or JSON file of arguments; flags given too override it")
     parser.add_argument("--show_traceback", action="store_true", help="On a usage error, show the whole traceback")
     config_path = None
@@ -64,9 +65,15 @@ def parse_args(dataclass_types, argv: list[str] | None = None, description: str 
     return tuple(parsed)
 
 
+SHORT_USAGE = ("%(prog)s [--config FILE.yaml] [--teacher_model MODEL | --model MODEL] [--dataset DATA] "
+               "[--output_dir DIR] [OPTION ...]\n(the options, by group, below: this command's own first, the inherited "
+               "transformers.TrainingArguments last)")
+
+
 def group_help(parser, dataclass_types) -> None:
-    """Order `--help` as a user reads it: the script's own groups first (models, data, the method's options), the
-    ~100 inherited `TrainingArguments` last, under their own heading."""
+    """Order `--help` as a user reads it: a short synopsis, the description, the script's own groups first (models,
+    data, the method's options), then the other groups (LoRA, measurement, speech), the ~100 inherited
+    `TrainingArguments` last, under their own heading."""
     import dataclasses
 
     from transformers import TrainingArguments
@@ -91,6 +98,17 @@ def group_help(parser, dataclass_types) -> None:
                 continue
             parser._optionals._group_actions.remove(action)
             target._group_actions.append(action)
+    # models, data, then the method's own group, then the rest in the script's order; generic options and the
+    # inherited training arguments last
+    groups = parser._action_groups
+    method_titles = {getattr(d, "_method_group_name", "Method options") for d in dataclass_types
+                     if isinstance(d, type) and issubclass(d, TrainingArguments)}
+    first = [g for g in groups if g.title in ("Models", "Data")]
+    method = [g for g in groups if g.title in method_titles]
+    last = [g for g in groups if (g.title or "").startswith("Training (") or g.title in ("options",
+                                                                                          "positional arguments")]
+    middle = [g for g in groups if g not in first + method + last]
+    parser._action_groups[:] = first + method + middle + last
 
 
 def run_script(main, argv=None):

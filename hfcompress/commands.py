@@ -160,7 +160,17 @@ def _push_cmd(parser: argparse.ArgumentParser) -> Runner:
                           "backoff on transient errors; a failure leaves no partial revision and the folder "
                           "untouched), or with --push_dry_run write the exact upload locally.")
     add_push_arguments(parser)
-    return run_push
+
+    def run(args):
+        from .report.card import card_for_repo
+
+        def before_upload(model_dir: str, repo_id: str) -> None:
+            if card_for_repo(model_dir, repo_id):
+                print(f"Card re-rendered for {repo_id}: its loading code names the Hub repository")
+
+        return run_push(args, before_upload=before_upload)
+
+    return run
 
 
 # The run commands: each a script of `hfcompress.run.scripts` (or the recipe runner), dispatched before argparse
@@ -184,7 +194,10 @@ def run_command(name: str, argv: list[str]) -> int:
         from .run.scripts import command_main
 
         main = command_main(name)
-    run_script(main, argv)
+    from .tokens import invoked_as
+
+    with invoked_as(["hfcompress", name, *argv]):
+        run_script(main, argv)
     return 0
 
 

@@ -46,13 +46,12 @@ def model_device(model) -> torch.device:
 
 def checkpoint_size_mb(path: str) -> float:
     """Everything a user downloads to run the model: the size of every file under the checkpoint folder (weights,
-    config, tokenizer, modeling code) except its model card (``README.md``) and plots (``*.png``), written from this
-    very measurement, in MB
-    (10^6 bytes)."""
+    config, tokenizer, modeling code) except its model card (``README.md``), plots (``*.png``) and run record
+    (``hfcompress_record.json``), written from this very measurement, in MB (10^6 bytes)."""
     total = 0
     for root, _, files in os.walk(path):
         total += sum(os.path.getsize(os.path.join(root, f)) for f in files
-                     if not (root == path and (f == "README.md" or f.endswith(".png"))))
+                     if not (root == path and (f in ("README.md", "hfcompress_record.json") or f.endswith(".png"))))
     return total / 1e6
 
 

@@ -680,3 +680,18 @@ def tokenize(
         return dataset.map(fn, batched=True, desc=f"Tokenizing{' for ' + prefix.rstrip('_') if prefix else ''}")
     finally:
         tokenizer.truncation_side = previous
+
+
+def set_input_length(tokenizer, max_length: int | None):
+    """Make `tokenizer` (saved beside a model) say the input length the model was trained and evaluated at:
+    ``model_max_length`` (what ``truncation=True`` cuts to, in a pipeline too) and the ``max_length`` some tokenizer
+    configs carry (sentence-transformers' 128). Returns the tokenizer."""
+    if tokenizer is None or not max_length:
+        return tokenizer
+    tokenizer.model_max_length = int(max_length)
+    init = getattr(tokenizer, "init_kwargs", None)
+    if isinstance(init, dict):
+        init["model_max_length"] = int(max_length)
+        if "max_length" in init:
+            init["max_length"] = int(max_length)
+    return tokenizer

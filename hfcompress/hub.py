@@ -441,16 +441,25 @@ def add_push_arguments(parser: argparse.ArgumentParser) -> None:
                         "to FOLDER (default: hub_upload/ beside MODEL_DIR).")
 
 
-def run_push(args: argparse.Namespace) -> int:
-    """Run `hfcompress push`: check the settings, then push (or write the dry run). Returns 0."""
+def run_push(args: argparse.Namespace, before_upload=None) -> int:
+    """Run `hfcompress push`: check the settings, then push (or write the dry run), saying where to on stdout.
+    `before_upload(model_dir, repo_id)` runs once the settings are checked (the card names the Hub id). Returns 0."""
     dry = args.push_dry_run
     settings = HubSettings(repo_id=args.hub_model_id, private=args.hub_private_repo, token=args.hub_token,
                            revision=args.hub_revision, dry_run=dry is not None)
     settings = check_hub_settings(settings, args.model_dir)
     upload_plan(args.model_dir)  # a missing folder or config.json fails before any request
+    if before_upload is not None:
+        before_upload(args.model_dir, settings.repo_id)
+    files = upload_plan(args.model_dir)
     if dry is not None:
         out = dry or os.path.join(os.path.dirname(os.path.abspath(args.model_dir)), DRY_RUN_FOLDER)
         write_dry_run(args.model_dir, out, settings, args.commit_message)
+        print(f"Dry run: nothing uploaded. The {len(files)} files that would be pushed to {settings.repo_id} "
+              f"(branch {settings.revision or DEFAULT_REVISION}) are in {out}, the plan in "
+              f"{os.path.join(out, PLAN_NAME)}")
     else:
-        push_folder(args.model_dir, settings, commit_message=args.commit_message)
+        commit = push_folder(args.model_dir, settings, commit_message=args.commit_message)
+        print(f"Pushed {len(files)} files to {settings.repo_id} (branch {settings.revision or DEFAULT_REVISION}): "
+              f"{commit}")
     return 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import glob
 import importlib
+import inspect
 import json
 import os
 import shutil
@@ -67,12 +68,31 @@ def plain_class_name(name: str) -> str:
     return name
 
 
+def accept_in_pipelines(cls: type) -> type:
+    """Let transformers' pipelines take `cls` (a subclass hfcompress built) wherever they take the transformers class it
+    derives from, without logging that the model is not supported: its name joins the pipelines' lists of class names
+    (``MODEL_FOR_..._MAPPING_NAMES``) under a model type no config has, so no auto class ever resolves to it. Written
+    into saved modeling code too (`modeling_files`), so it holds with ``trust_remote_code=True`` alone."""
+    try:
+        from transformers.models.auto import modeling_auto
+    except ImportError:  # a transformers without these tables: pipelines may log, nothing else changes
+        return cls
+    plain = next((c.__name__ for c in cls.__mro__[1:] if not c.__name__.startswith("Hfc")), None)
+    for attr in dir(modeling_auto):
+        names = getattr(modeling_auto, attr)
+        if not (attr.startswith("MODEL_FOR_") and attr.endswith("_MAPPING_NAMES") and isinstance(names, dict)):
+            continue
+        if any(v == plain or (isinstance(v, (list, tuple)) and plain in v) for v in names.values()):
+            names.setdefault(f"hfcompress-{cls.__name__}", cls.__name__)
+    return cls
+
+
 def shaped_class(config, base: type) -> type:
     """`base` (a transformers class) wrapped by the factory of every shape `config` records, in build order."""
     cls = base
     for code in shape_codes(config):
         cls = getattr(importlib.import_module(code.module), code.factory)(cls)
-    return cls
+    return accept_in_pipelines(cls) if cls is not base else cls
 
 
 def saved_shapes(directory: str) -> dict[str, tuple[int, ...]]:
@@ -125,12 +145,12 @@ def modeling_files(codes: list[ShapeCode], class_names: list[str]) -> dict[str, 
     last = codes[-1]
     lines = ["", "", "# --- written by hfcompress: the classes config.json's auto_map names ---", "import transformers"]
     lines += [f"from .{code.modeling_name} import {code.factory}" for code in codes[:-1]]
-    lines.append("")
+    lines += ["", "", inspect.getsource(accept_in_pipelines), ""]
     for name in class_names:
         built = f"transformers.{name}"
         for code in codes:
             built = f"{code.factory}({built})"
-        lines.append(f"{last.class_prefix}{name} = {built}")
+        lines.append(f"{last.class_prefix}{name} = accept_in_pipelines({built})")
     files[last.modeling_name] += "\n".join(lines) + "\n"
     return files
 

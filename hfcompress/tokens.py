@@ -12,6 +12,7 @@ Imports nothing of the package (ground floor).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -94,8 +95,24 @@ def redact_argv(argv: list[str]) -> list[str]:
     return out
 
 
+_INVOKED_AS: list[list[str]] = []  # the command a `hfcompress <command>` call runs, innermost last
+
+
+@contextlib.contextmanager
+def invoked_as(argv: list[str]):
+    """Within the block, `command_line` is `argv` (``["hfcompress", "distill", ...]``): what the user typed, also when
+    the command runs through ``python -m hfcompress``, ``accelerate launch -m hfcompress`` or ``main([...])``."""
+    _INVOKED_AS.append(list(argv))
+    try:
+        yield
+    finally:
+        _INVOKED_AS.pop()
+
+
 def command_line() -> str:
     """This process's command line, as a run record shows it (secrets redacted)."""
+    if _INVOKED_AS:
+        return " ".join(redact_argv(_INVOKED_AS[-1]))
     return " ".join(redact_argv([os.path.basename(sys.argv[0]), *sys.argv[1:]]))
 
 

@@ -178,3 +178,66 @@ try:
 except ImportError:
     pass
 """
+
+
+def card_loading_code(card_text: str, heading: str = "## How to load it") -> str:
+    """The first ```python block after `heading` in a rendered card."""
+    rest = card_text.split(heading, 1)[1]
+    return rest.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def check_publishable_card(model_dir, run_dir=None, local_path=None, run_code=True):
+    """Read ``<model_dir>/README.md`` as the Hub does and check that a user could publish it as it is:
+
+    * the metadata parses (`huggingface_hub.ModelCard.load`): pipeline tag, library, tags, a model-index result per
+      metric, `base_model` a Hub id (or absent), its relation one of the Hub's;
+    * classes, input length and seed are those of the run's record (``hfcompress_record.json`` beside the model), and
+      the accuracy shown is the measured one;
+    * its loading code runs in a fresh process, with ``PATH = ...`` (the one line the card says to change) pointing
+      at `local_path` (default: the model folder), and classifies two texts without a pipeline complaint.
+
+    Returns the `ModelCard`."""
+    import json
+    import re
+    import subprocess
+    import sys
+
+    from huggingface_hub import ModelCard
+
+    model_dir = str(model_dir)
+    card = ModelCard.load(os.path.join(model_dir, "README.md"))
+    data = card.data
+    assert data.pipeline_tag == "text-classification" and data.library_name in ("transformers", "onnx")
+    assert "hfcompress" in data.tags and data.eval_results, data
+    for result in data.eval_results:
+        assert result.task_type == data.pipeline_tag and isinstance(result.metric_value, float)
+    if data.base_model is not None:
+        assert re.fullmatch(r"[\w.-]+/[\w.-]+", data.base_model), data.base_model
+        assert data.base_model_relation in ("finetune", "quantized", "adapter", "merge"), data.base_model_relation
+    with open(os.path.join(model_dir, "hfcompress_record.json")) as fh:
+        record = json.load(fh)
+    assert "<redacted>" not in card.text or "--hub_token <redacted>" in card.text
+    config = json.load(open(os.path.join(model_dir, "config.json")))
+    for i, label in config["id2label"].items():
+        assert f"{i} = `{label}`" in card.text, (i, label)
+    max_length = (record["settings"].get("data") or {}).get("max_length")
+    if max_length:
+        assert f"up to {max_length} tokens" in card.text and f"max_length={max_length}" in card.text
+        tok_config = json.load(open(os.path.join(model_dir, "tokenizer_config.json")))
+        assert tok_config.get("model_max_length") == max_length, tok_config.get("model_max_length")
+        assert tok_config.get("max_length", max_length) == max_length
+    accuracy = record["comparison"]["model"]["metrics"]["accuracy"]
+    assert f"{accuracy:.4f}" in card.text and "seed None" not in card.text and "{'" not in card.text
+    if run_code:
+        code = card_loading_code(card.text)
+        path_line = next(line for line in code.splitlines() if line.startswith("PATH = "))
+        code = code.replace(path_line, f"PATH = {str(local_path or model_dir)!r}")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "warning"}
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                             cwd=str(run_dir or model_dir), timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        assert "is not supported for" not in res.stderr, res.stderr[-2000:]
+        labels = set(config["id2label"].values())
+        printed = res.stdout.strip().splitlines()[-1]
+        assert any(f"'label': '{label}'" in printed for label in labels), printed
+    return card

@@ -369,3 +369,43 @@ def test_modernbert_pruned_again_after_block_0_went_reloads(tmp_path):
     assert model.config.hfcompress_structure["stacks"][0]["first_block"] == [["attn_norm", "mlp_norm"]]
     save_structured(model, str(tmp_path / "m"))
     assert torch.equal(_logits(load_structured(str(tmp_path / "m"))), _logits(model))
+
+
+@pytest.mark.parametrize("family", ["modernbert", "deberta-separate"])
+@pytest.mark.parametrize("task", ["token", "qa"])
+def test_token_classification_and_qa_heads_prune_and_reload(family, task, tmp_path):
+    """The heads the task adapters use (per-token tagger, extractive QA reader) sit on the same encoders: pruning cuts
+    the encoder only, the cut model answers as the masked one, and both reloads (hfcompress, and the saved modeling
+    code through the task's auto class) answer the same."""
+    import transformers as tf
+
+    auto = {"token": tf.AutoModelForTokenClassification, "qa": tf.AutoModelForQuestionAnswering}[task]
+    source = FAMILIES[family]()
+    model = auto.from_config(source.config).eval()
+    pruner = StructuredPruner(model, _structured(scope="global"))
+    pruner.set_total_steps(3)
+    model.train()
+
+    def outputs(m):
+        out = m(input_ids=IDS, attention_mask=MASK)
+        return out.logits if task == "token" else torch.stack([out.start_logits, out.end_logits])
+
+    for step in range(1, 4):
+        outputs(model).float().pow(2).mean().backward()
+        pruner.before_optimizer_step()
+        model.zero_grad()
+        pruner.step(step)
+    model.eval()
+    with torch.no_grad():
+        masked = outputs(model)
+    summary = pruner.fold()
+    with torch.no_grad():
+        cut = outputs(model)
+    assert torch.allclose(masked, cut, atol=1e-5), (masked - cut).abs().max()
+    assert summary["heads_after"] == summary["heads_before"] // 2
+    save_structured(model, str(tmp_path / "m"))
+    ours = load_structured(str(tmp_path / "m"))
+    remote = auto.from_pretrained(str(tmp_path / "m"), trust_remote_code=True).eval()
+    assert type(ours).__name__.endswith(type(model).__name__.removeprefix("HfcPruned"))
+    with torch.no_grad():
+        assert torch.equal(outputs(ours), cut) and torch.equal(outputs(remote), cut)

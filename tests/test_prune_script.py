@@ -25,7 +25,7 @@ import sys
 
 import pytest
 import torch
-from conftest import save_tiny_assets, write_reviews_csv
+from conftest import check_publishable_card, save_tiny_assets, write_reviews_csv
 from safetensors.torch import load_file
 from test_script import ROOT, _env, _run, accelerate_launcher
 
@@ -163,6 +163,13 @@ def test_prune_csv_with_string_labels_and_reload(tiny, tmp_path):
               if k.startswith("mask.")}
     zeros6 = sum(int((m == 0).sum()) for m in masks6.values()) / sum(m.numel() for m in masks6.values())
     assert abs(zeros6 - logged[1]["sparsity"]) < 1e-3, (zeros6, logged[1])
+
+    # The schedule as it ran (every mask update, not only the logging steps) is in the record and drawn on the card.
+    schedule = p["schedule"]
+    assert [e["step"] for e in schedule] == sorted(e["step"] for e in schedule) and len(schedule) > len(logged)
+    assert schedule[-1]["sparsity_target"] == 0.8
+    # The card of the sparse format: publishable as it is (its loading code run in a fresh process).
+    check_publishable_card(out / "model", run_dir=tmp_path)
 
     # A fresh process loads both: the same model, bit for bit.
     res = _run([sys.executable, "-c", LOAD_BOTH, str(out)], tmp_path)

@@ -7,7 +7,7 @@ import os
 
 import pytest
 import torch
-from conftest import load_script, save_tiny_assets
+from conftest import check_publishable_card, load_script, save_tiny_assets
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from hfcompress.errors import UserInputError
@@ -70,6 +70,9 @@ def test_each_quantizer_writes_a_model_that_reloads_as_measured(assets, tmp_path
         assert model.config.vocab_size == trim["kept_vocab_size"]
     if "--lowrank_energy" in flags:
         assert record.methods["lowrank"]["mode"] == "energy"
+    # the card of this format is publishable as it is: its loading code runs in a fresh process
+    check_publishable_card(model_dir, run_dir=tmp_path)
+    assert not os.path.exists(tmp_path / "out" / "reference")
 
 
 def test_peak_memory_is_measured_in_fresh_processes(assets, tmp_path):

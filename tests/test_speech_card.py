@@ -146,7 +146,7 @@ def test_card_numbers_and_metadata_are_the_results(tmp_path):
     text = card.text
     assert "this variant **meets** it" in text
     assert f"{v['speedup']:.2f}x faster" in text
-    assert "load_dynamic_int8(path)" in text and "model.generate(" in text
+    assert "load_dynamic_int8(PATH)" in text and "model.generate(" in text
     assert f"max_new_tokens={result['latency']['max_new_tokens']}" in text
     assert result["notes"][0] in text  # the variant's own note
     lat_proto = result["latency"]
@@ -169,9 +169,9 @@ def test_floor_missed_is_said_with_the_figures():
 
 
 @pytest.mark.parametrize("variant, relation, loader", [
-    ("bf16", "quantized", "WhisperForConditionalGeneration.from_pretrained(path, dtype=torch.bfloat16)"),
-    ("pruned_enc25", "finetune", "load_structured(path)"),
-    ("distilled_dec2", "finetune", "WhisperForConditionalGeneration.from_pretrained(path)"),
+    ("bf16", "quantized", "WhisperForConditionalGeneration.from_pretrained(PATH, dtype=torch.bfloat16)"),
+    ("pruned_enc25", "finetune", "load_structured(PATH)"),
+    ("distilled_dec2", "finetune", "WhisperForConditionalGeneration.from_pretrained(PATH)"),
 ])
 def test_relation_and_loading_code_follow_the_variant(variant, relation, loader):
     result = make_result()
@@ -237,3 +237,29 @@ def test_card_only_writes_the_card_without_measuring(tmp_path):
     assert card.data.eval_results[0].metric_value == result["variants"]["int8_all"]["wer_synth"]
     assert sorted(os.listdir(src.parent)) == ["speech.json"] and src.read_text() == before  # nothing measured
     assert not (tmp_path / "home").exists()  # no data set built, no asset fetched
+
+
+def test_the_loading_code_of_a_speech_card_transcribes_in_a_fresh_process(tmp_path):
+    """The card's code as a user copies it: ``PATH`` (the one line to change) pointed at a local Whisper folder (the
+    offline tiny.en asset), a clip written as a WAV file, run in a fresh process."""
+    import numpy as np
+    import soundfile
+    from conftest import card_loading_code
+
+    from hfcompress.assets import asset_path
+
+    try:
+        whisper = str(asset_path("whisper-tiny-en"))
+    except FileNotFoundError:  # `hfcompress assets install whisper-tiny-en` (make assets installs it)
+        pytest.skip("the whisper-tiny-en asset is not installed")
+    result = make_result()
+    card = build_speech_card(result, "bf16", model_name="whisper-tiny-en-bf16")
+    code = card_loading_code(card.text, "## How to load it and transcribe")
+    line = next(x for x in code.splitlines() if x.startswith("PATH = "))
+    code = code.replace(line, f"PATH = {whisper!r}")
+    t = np.arange(16000) / 16000
+    soundfile.write(tmp_path / "clip.wav", (0.1 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stdout.endswith("\n"), res.stdout  # the transcript line printed (a tone may transcribe as nothing)

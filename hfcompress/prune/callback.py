@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import gc
+import json
 import logging
 import os
 
@@ -15,11 +16,24 @@ from transformers import TrainerCallback
 
 from ..checkpoints import resume_checkpoint_dirs, step_checkpoint_dir
 from ..errors import UserInputError
+from ..files import write_json_atomic
 from .config import PruningConfig
 from .pruner import STATE_NAME, Pruner
 from .structured import StructuredPruner, make_pruner
 
 logger = logging.getLogger(__name__)
+
+
+SCHEDULE_NAME = "pruning_schedule.json"
+
+
+def read_schedule(directory: str, step: int) -> list[dict]:
+    """The schedule recorded up to `step` beside a checkpoint (empty if that checkpoint has none)."""
+    path = os.path.join(directory, SCHEDULE_NAME)
+    if not os.path.isfile(path):
+        return []
+    with open(path) as fh:
+        return [e for e in json.load(fh) if e.get("step", 0) <= step]
 
 
 def lr_ratio(optimizer, initial: float) -> float:
@@ -62,6 +76,9 @@ class PruningCallback(TrainerCallback):
         self.pruner: Pruner | StructuredPruner | None = None
         self.loaded_from: str | None = None
         self.summary: dict | None = None
+        # the schedule as it ran: target and reached sparsity at every mask update (the record's ``schedule``, drawn
+        # as the card's sparsity plot), kept beside each checkpoint so a resumed run has the whole of it
+        self.schedule: list[dict] = []
 
     def attach(self, model) -> Pruner:
         if self.pruner is None:
@@ -97,6 +114,7 @@ class PruningCallback(TrainerCallback):
             for c in candidates:
                 if os.path.isdir(c) and pruner.load(c):
                     self.loaded_from = c
+                    self.schedule = read_schedule(c, state.global_step)
                     break
             else:
                 raise UserInputError(f"resumed at step {state.global_step} but no {STATE_NAME} was found in "
@@ -118,7 +136,8 @@ class PruningCallback(TrainerCallback):
             self.pruner.before_optimizer_step()
 
     def on_step_end(self, args, state, control, **kwargs):
-        self.pruner.step(state.global_step)
+        if self.pruner.step(state.global_step) and state.is_world_process_zero:
+            self.schedule.append({"step": state.global_step, **self.pruner.log_values()})
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if self.pruner is None or self.pruner.folded or logs is None or "loss" not in logs:
@@ -131,6 +150,7 @@ class PruningCallback(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.pruner is not None and not self.pruner.folded:
             self.pruner.save(step_checkpoint_dir(args, state))
+            write_json_atomic(os.path.join(step_checkpoint_dir(args, state), SCHEDULE_NAME), self.schedule)
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.pruner is None or not self.fold_at_end or self.pruner.folded:
@@ -139,6 +159,7 @@ class PruningCallback(TrainerCallback):
         if best and os.path.isdir(best):
             self.pruner.load(best)  # the Trainer reloaded that checkpoint's weights: use its masks too
         self.summary = self.pruner.fold()
+        self.summary["schedule"] = list(self.schedule)
         if not isinstance(self.pruner, StructuredPruner):  # (the structured pruner logs its own summary)
             logger.info("Pruning done: sparsity %.4f of %s targeted weights (masks folded into the weights)",
                         self.summary["reached_sparsity"], f"{self.summary['pruned_weights_total']:,}")

@@ -46,11 +46,27 @@ def describe(m: dict) -> tuple[str, list[str]]:
         return (f"structured pruning ({m.get('method')} scores, {m.get('scope')} ranking): attention heads kept "
                 f"per layer {m.get('heads_per_layer')} ({m.get('heads_after')} of {m.get('heads_before')}), FFN "
                 f"neurons kept per layer {m.get('ffn_per_layer')} ({m.get('neurons_after')} of "
-                f"{m.get('neurons_before')}), removed blocks {m.get('removed_blocks')}; parameters "
-                f"{number_text(m.get('parameters_before'))} -> {number_text(m.get('parameters_after'))}, physically removed",
+                f"{m.get('neurons_before')}), {removed_blocks_text(m.get('removed_blocks'))}; parameters "
+                f"{number_text(m.get('parameters_before'))} -> {number_text(m.get('parameters_after'))}, physically "
+                f"removed ({_share(m)})",
                 ["pruned", "structured-pruning"])
     return (f"{m.get('method')} pruning ({m.get('scope', 'local')}) to sparsity "
-            f"{number_text(m.get('reached_sparsity'), 3)} of the targeted weights", ["pruned", "sparse"])
+            f"{number_text(m.get('reached_sparsity'), 3)} of the targeted weights (the share of those weights that are "
+            "zero)", ["pruned", "sparse"])
+
+
+def _share(m: dict) -> str:
+    removed = m.get("parameters_removed_fraction", m.get("reached_sparsity"))
+    text = f"{100 * removed:.1f}% of all parameters" if removed is not None else "share of parameters n/a"
+    if m.get("head_neuron_sparsity") is not None:
+        text += f"; sparsity {m['head_neuron_sparsity']:.3f} of the heads' and neurons' parameters"
+    return text
+
+
+def removed_blocks_text(removed) -> str:
+    from .structured import removed_blocks_text as text
+
+    return text(removed)
 
 
 def follows(shape: str, args) -> str:

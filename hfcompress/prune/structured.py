@@ -458,11 +458,16 @@ class StructuredPruner(ScheduledPruner):
             "ffn_per_layer": self._flat(kept_neurons),
             "parameters_before": params_before,
             "parameters_after": params_after,
-            "reached_sparsity": 1 - params_after / params_before,
+            # two shares, named apart: of the heads' and neurons' parameters (what the schedule and the logs call
+            # sparsity) and of every parameter of the model (embeddings and classifier included)
+            "head_neuron_sparsity": round(self.sparsity(), 4),
+            "parameters_removed_fraction": 1 - params_after / params_before,
         }
-        logger.info("Structured pruning done: heads %d -> %d, neurons %d -> %d, blocks removed %s, parameters %s -> %s",
+        logger.info("Structured pruning done: heads %d -> %d, neurons %d -> %d, %s; parameters %s -> %s (%.1f%% of all "
+                    "parameters removed; sparsity %.4f of the heads' and neurons' parameters)",
                     heads_before, self.summary["heads_after"], neurons_before, self.summary["neurons_after"],
-                    self.summary["removed_blocks"], f"{params_before:,}", f"{params_after:,}")
+                    removed_blocks_text(self.summary["removed_blocks"]), f"{params_before:,}", f"{params_after:,}",
+                    100 * self.summary["parameters_removed_fraction"], self.summary["head_neuron_sparsity"])
         return self.summary
 
     def _renumber_alignment_heads(self) -> None:
@@ -524,3 +529,11 @@ def make_pruner(model: nn.Module, config: PruningConfig):
     from .pruner import Pruner
 
     return Pruner(model, config)
+
+
+def removed_blocks_text(removed: dict | None) -> str:
+    """``removed_blocks`` of a structured-pruning summary in words: ``no block removed`` or
+    ``blocks 2, 5 of encoder.layer removed``."""
+    parts = [f"block{'s' if len(v) > 1 else ''} {', '.join(str(b) for b in v)} of {k} removed"
+             for k, v in (removed or {}).items() if v]
+    return "; ".join(parts) or "no block removed"

@@ -21,6 +21,7 @@ import os
 from ..errors import UserInputError
 from ..files import atomic_path
 from ..registry import get_format, get_method, number_text, settings_text
+from .lineage import dataset_id, hub_id, original_base_id, record_max_length, record_seed
 from .plot import SCHEDULE_PNG, TRADEOFF_PNG
 
 logger = logging.getLogger(__name__)
@@ -39,39 +40,6 @@ def loading_code(fmt: str) -> tuple[str, str]:
     """(Python that loads a checkpoint of format `fmt`, what it needs), from the format's registration."""
     spec = get_format(fmt)
     return (spec.loading_code, spec.loading_note) if spec is not None else PLAIN_LOADING
-
-
-
-
-
-DATASET_IDS = {"rotten-tomatoes": "cornell-movie-review-data/rotten_tomatoes"}
-
-
-def dataset_id(dataset: str | None) -> str | None:
-    """The Hub id of a dataset given as an offline asset name or a Hub id (a local file or folder has none)."""
-    if not dataset:
-        return None
-    if dataset in DATASET_IDS:
-        return DATASET_IDS[dataset]
-    if not os.path.exists(dataset) and dataset.count("/") == 1:
-        return dataset
-    return None
-
-
-def hub_id(source: str | None) -> str | None:
-    """The Hub id of a base model given as an offline asset name or a Hub id (a local folder has none)."""
-    if not source:
-        return None
-    from ..assets import ASSETS
-
-    name = os.path.basename(os.path.normpath(source))
-    known = {"minilm-l6": "sentence-transformers/all-MiniLM-L6-v2", "mpnet-base": "sentence-transformers/all-mpnet-base-v2",
-             "whisper-tiny-en": "openai/whisper-tiny.en"}
-    if name in known and name in ASSETS:
-        return known[name]
-    if not os.path.exists(source) and source.count("/") == 1:
-        return source
-    return None
 
 
 def _change(ch: dict | None, digits: int = 1, unit: str = "", points: bool = False) -> str:
@@ -131,8 +99,71 @@ def describe_method(name: str, m: dict) -> tuple[str, list[str]]:
     return f"{name}", [name]
 
 
-def build_card(record: dict, model_dir: str, model_name: str | None = None, base_model: str | None = None):
-    """The `ModelCard` of a run, from its record (a `RunRecord` as a dict) holding a ``comparison``."""
+def stage_line(entry: dict, number: int) -> str:
+    """One numbered line of a card's lineage: a stage of the chain, its methods and settings, what it measured."""
+    described, _ = describe_methods(entry.get("methods") or {})
+    got = entry.get("measured") or {}
+    effect = ""
+    if got.get("accuracy") is not None:
+        effect = (f" -> accuracy {got['accuracy']:.4f}"
+                  + (f" ({got['accuracy_delta_points']:+.2f} points)" if got.get("accuracy_delta_points") is not None
+                     else "")
+                  + (f", {got['size_mb']:.1f} MB" if got.get("size_mb") is not None else "")
+                  + (f", {got['speedup']:.2f}x faster" if got.get("speedup") is not None else "")
+                  + f" (measured against {entry.get('measured_against', 'its input')})")
+    where = f" on `{entry['dataset']}`" if entry.get("dataset") else ""
+    seed = f", seed {entry['seed']}" if entry.get("seed") is not None else ""
+    length = f", max_length {entry['max_length']}" if entry.get("max_length") else ""
+    return (f"{number}. `{entry.get('run')}` ({entry.get('stage')}{where}{seed}{length}): "
+            + ("; ".join(described) or "no method recorded") + effect)
+
+
+def model_classes(model_dir: str, record: dict) -> dict | None:
+    """``{id: label}`` of the saved model (its config.json), else of the record's data."""
+    try:
+        with open(os.path.join(model_dir, "config.json")) as fh:
+            id2label = json.load(fh).get("id2label")
+    except (OSError, ValueError):
+        id2label = None
+    id2label = id2label or (record.get("data") or {}).get("label_names")
+    if not id2label:
+        return None
+    return {int(k): v for k, v in id2label.items()} if isinstance(id2label, dict) else dict(enumerate(id2label))
+
+
+# what a card's example feeds the pipeline, per pipeline tag: (variable, extra pipeline arguments, example input)
+PIPELINE_EXAMPLES = {
+    "text-classification": ("classifier", "", '["A gripping, beautifully acted film.", "Dull and far too long."]'),
+    "text-classification-pair": ("classifier", "", '{"text": "Is the sky blue on a clear day?", '
+                                                    '"text_pair": "On a clear day the sky looks blue."}'),
+    "token-classification": ("tagger", ', aggregation_strategy="simple"', '"Ada Lovelace worked in London."'),
+}
+
+
+def usage_code(fmt: str, path: str, pipeline_tag: str, max_length: int | None, pushed: bool,
+               pair: bool = False) -> tuple[str, str]:
+    """The card's loading code: where the model is (`path`: the Hub id once pushed, else the local folder), the
+    format's own loading lines (its registration), and a pipeline that truncates to the length the model was trained
+    with. ``PATH = ...`` is the one line to change to load a local copy. `pair`: a sentence-pair classifier."""
+    code, note = loading_code(fmt)
+    where = ("# the Hub repository; a local folder holding these files works the same" if pushed else
+             "# this folder; once pushed, its Hub id works the same")
+    length = f", max_length={max_length}" if max_length else ""
+    key = f"{pipeline_tag}-pair" if pair and f"{pipeline_tag}-pair" in PIPELINE_EXAMPLES else pipeline_tag
+    name, extra, example = PIPELINE_EXAMPLES.get(key, PIPELINE_EXAMPLES["text-classification"])
+    lines = [f"PATH = {json.dumps(path)}  {where}", code, "",
+             "from transformers import AutoTokenizer, pipeline",
+             "tokenizer = AutoTokenizer.from_pretrained(PATH)",
+             f"{name} = pipeline({json.dumps(pipeline_tag)}, model=model, tokenizer=tokenizer{extra}, "
+             f"truncation=True{length})",
+             f"print({name}({example}))"]
+    return "\n".join(lines), note
+
+
+def build_card(record: dict, model_dir: str, model_name: str | None = None, base_model: str | None = None,
+               repo_id: str | None = None):
+    """The `ModelCard` of a run, from its record (a `RunRecord` as a dict) holding a ``comparison``. `repo_id`: the
+    Hub repository the card is pushed to (its loading code names it; without one, the local folder)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     comparison = record.get("comparison")
@@ -141,69 +172,104 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
                              "measure first, e.g. `hfcompress measure MODEL_DIR --base BASE`")
     base, model, split = comparison["base"], comparison["model"], comparison["split"]
     dataset = record.get("data", {}).get("dataset")
-    base_id = base_model or hub_id(base.get("source"))
+    pipeline_tag = record.get("data", {}).get("pipeline_tag") or "text-classification"
+    lineage = list(record.get("lineage") or [])
+    base_id = (base_model or record.get("base_model_id") or original_base_id(lineage)
+               or hub_id(base.get("source")))
+    origin = lineage[0].get("base") if lineage else (base.get("source") or base["path"])
     methods = record.get("methods", {})
     described, method_tags = describe_methods(methods)
-    tags = ["hfcompress", "text-classification", *method_tags]
-    lines = [f"- {line}" for line in described]
+    tags = ["hfcompress", pipeline_tag, *method_tags]
+    for entry in lineage:
+        tags += [t for t in describe_methods(entry.get("methods") or {})[1] if t not in tags]
+    lines = []
+    if lineage:
+        lines = [f"From the original base `{origin}` to this model, stage by stage (each earlier stage's record was "
+                 "read from the folder the next one started from):"]
+        lines += [stage_line(e, i + 1) for i, e in enumerate(lineage)]
     if record.get("stages"):  # a recipe: what each stage did, in order, with what it measured
-        lines = ["Recipe stages, in order (each measured against the base when it finished):"]
+        if not lines:
+            lines = ["Recipe stages, in order (each measured against the base when it finished):"]
         for s in record["stages"]:
             stage_lines, _ = describe_methods(s.get("methods") or {})
             got = s.get("measured", {})
-            lines.append(f"{len(lines)}. `{s['name']}` ({s['method']}): " + "; ".join(stage_lines)
+            lines.append(f"{len(lineage) + record['stages'].index(s) + 1}. `{s['name']}` ({s['method']}): "
+                         + "; ".join(stage_lines)
                          + (f" -> accuracy {got['accuracy']:.4f}, {got['size_mb']:.1f} MB, {got['speedup']:.2f}x "
                             "faster" if got.get("accuracy") is not None else ""))
         recipe_text = record.get("settings", {}).get("recipe", {}).get("text")
         if recipe_text:
             lines.append("\nThe recipe:\n\n```yaml\n" + recipe_text.strip() + "\n```")
-    trained = any(getattr(get_method(k), "fine_tunes", False) for k in methods)
-    quantized = methods.get("quantization", {}).get("quantization", "none") != "none" if isinstance(
-        methods.get("quantization"), dict) else False
+    elif lineage:
+        lines.append(stage_line({"run": record.get("task"), "stage": record.get("task"), "methods": methods,
+                                 "dataset": dataset, "seed": record_seed(record),
+                                 "max_length": record_max_length(record), "measured": {},
+                                 "measured_against": "its input"}, len(lineage) + 1) + " (this run; table above)")
+    else:
+        lines = [f"- {line}" for line in described]
+    chain_methods = [methods, *(e.get("methods") or {} for e in lineage)]
+    trained = any(getattr(get_method(k), "fine_tunes", False) for m in chain_methods for k in m)
+    quantized = any(isinstance(m.get("quantization"), dict) and m["quantization"].get("quantization", "none") != "none"
+                    for m in chain_methods)
     relation = None
     if base_id:
         relation = "finetune" if trained or not quantized else "quantized"
     name = model_name or os.path.basename(os.path.normpath(os.path.dirname(os.path.abspath(model_dir))))
-    results = [EvalResult(task_type="text-classification", dataset_type=dataset_id(dataset) or os.path.basename(str(dataset)),
+    results = [EvalResult(task_type=pipeline_tag, dataset_type=dataset_id(dataset) or os.path.basename(str(dataset)),
                           dataset_name=os.path.basename(str(dataset)),
                           dataset_split=split, metric_type=k, metric_name=k, metric_value=float(model["metrics"][k]))
                for k in ("accuracy", "f1") if k in model["metrics"]]
     fmt = model.get("format", "transformers")
     card_data = ModelCardData(
         library_name=get_format(fmt).library_name if get_format(fmt) else "transformers",
-        pipeline_tag="text-classification", tags=tags, metrics=[r.metric_type for r in results],
+        pipeline_tag=pipeline_tag, tags=tags, metrics=[r.metric_type for r in results],
         base_model=base_id, base_model_relation=relation, model_name=name, eval_results=results,
         datasets=[dataset_id(dataset)] if dataset_id(dataset) else None,
     )
     plots = [f"![{alt}]({png})" for png, alt in ((TRADEOFF_PNG, "accuracy against size and latency"),
                                                  (SCHEDULE_PNG, "sparsity schedule"))
              if os.path.exists(os.path.join(model_dir, png))]
-    code, note = loading_code(fmt)
+    max_length = record_max_length(record) or next((e.get("max_length") for e in reversed(lineage)
+                                                    if e.get("max_length")), None)
+    pair = bool((record.get("settings", {}).get("data") or {}).get("text_pair_column"))
+    code, note = usage_code(fmt, repo_id or os.path.abspath(model_dir), pipeline_tag, max_length, bool(repo_id), pair)
+    classes = model_classes(model_dir, record)
+    expects = []
+    if classes:
+        expects.append("Classes (`config.id2label`): " + ", ".join(f"{i} = `{label}`" for i, label in
+                                                                  sorted(classes.items())) + ".")
+    if max_length:
+        expects.append(f"Input: text, trained and measured at up to {max_length} tokens; longer inputs must be "
+                       f"truncated (`truncation=True`, as above; the saved tokenizer's `model_max_length` is "
+                       f"{max_length}).")
     env = record.get("environment", {})
     proto = comparison.get("protocol", {})
     rows = comparison.get("rows")
-    seed = record.get("settings", {}).get("training", {}).get("seed") or record.get("settings", {}).get(
-        "recipe", {}).get("seed")
+    seed = record_seed(record)
+    seed_text = f"seed {seed}" if seed is not None else "no seed: this run neither trained nor sampled"
     return ModelCard.from_template(
         card_data, template_path=TEMPLATE, model_name=name,
         summary=f"A compressed text classifier made with hfcompress from "
-                f"`{base.get('source') or base['path']}`{f' ([{base_id}](https://huggingface.co/{base_id}))' if base_id else ''}"
-                f" on `{dataset}`: {comparison['size_ratio']:.2f}x smaller on disk and {comparison['speedup']:.2f}x "
-                f"faster on a CPU than the base, "
+                f"`{origin}`{f' ([{base_id}](https://huggingface.co/{base_id}))' if base_id else ''}"
+                f" on `{dataset}`"
+                + (f" in {len(lineage) + max(1, len(record.get('stages') or []))} stages" if lineage else "")
+                + f": {comparison['size_ratio']:.2f}x smaller on disk and {comparison['speedup']:.2f}x "
+                f"faster on a CPU than {'its input `' + str(base.get('source') or base['path']) + '`' if lineage else 'the base'}, "
                 + (f"{comparison['accuracy_delta_points']:+.2f} accuracy points." if comparison.get(
                     "accuracy_delta_points") is not None else "task metrics below."),
         comparison_table=comparison_table(comparison),
         plots="\n\n".join(plots),
         hardware=f"{env.get('cpu_count')} CPU cores ({proto.get('device', 'cpu')}), torch {env.get('torch')}",
-        measurement_protocol=f"latency of batch {proto.get('batch_size')} x {proto.get('seq_len')} tokens on "
-                             f"{proto.get('threads')} threads, median of {proto.get('runs')} after "
+        measurement_protocol=f"latency of batch {proto.get('batch_size')} x {proto.get('seq_len')} tokens"
+                             + (" (the run's input length)" if proto.get("seq_len") == max_length else "")
+                             + f" on {proto.get('threads')} threads, median of {proto.get('runs')} after "
                              f"{proto.get('warmup')} warm-ups, base and this model interleaved in "
                              f"{proto.get('rounds')} rounds (ratio: median of the rounds' ratios); metrics on the "
                              f"{split} split ({rows} rows) of both saved models, reloaded from disk.",
-        loading_code=code.replace("PATH", repr(name if base_id else model_dir)), loading_note=note,
+        loading_code=code, loading_note=note, expects="\n\n".join(expects) or "See config.json.",
         methods="\n".join(lines) or "- (no method recorded)", command=record.get("command", ""),
-        seed=str(seed), versions=", ".join(f"{k} {env[k]}" for k in ("hfcompress", "transformers", "torch", "datasets")
-                                          if env.get(k)),
+        seed=seed_text, versions=", ".join(f"{k} {env[k]}" for k in ("hfcompress", "transformers", "torch", "datasets")
+                                           if env.get(k)),
         limitations=f"Measured on one split of one dataset with one seed; with {rows} rows, one prediction moves "
                     f"accuracy by {100 / max(1, rows or 1):.2f} points, so differences of a few tenths are within "
                     "noise. Latency is CPU latency on the machine above; other CPUs give other ratios.",
@@ -222,6 +288,21 @@ def save_card(card, folder: str, what: str = "model card") -> str:
 def write_card(record: dict, model_dir: str, **kwargs) -> str:
     """Render the card of `record` and write it to ``<model_dir>/README.md`` atomically; returns the path."""
     return save_card(build_card(record, model_dir, **kwargs), model_dir)
+
+
+def card_for_repo(model_dir: str, repo_id: str) -> str | None:
+    """Before a push to `repo_id`: re-render the card of `model_dir` from its ``hfcompress_record.json`` so that its
+    loading code names the Hub repository (and the record remembers it); None (card untouched) for a folder hfcompress
+    did not measure."""
+    from .lineage import read_model_record, write_model_record
+
+    record = read_model_record(model_dir)
+    if not record or not record.get("comparison"):
+        return None
+    path = save_card(build_card(record, model_dir, model_name=repo_id.split("/")[-1], repo_id=repo_id), model_dir)
+    record.setdefault("artifacts", {})["hub_model_id"] = repo_id
+    write_model_record(record, model_dir)
+    return path
 
 
 # ---------------------------------------------------------------------------------------------------------- speech
@@ -384,27 +465,27 @@ def speech_loading_code(variant: dict, path: str, max_new_tokens: int = 96) -> t
     imports = ["import soundfile as sf", "import torch", "from transformers import WhisperProcessor"]
     if fmt == "torch_int8":
         imports.append("from hfcompress.quantize import load_dynamic_int8")
-        load = "model = load_dynamic_int8(path)  # WhisperForConditionalGeneration, int8 nn.Linear layers, eval mode"
+        load = "model = load_dynamic_int8(PATH)  # WhisperForConditionalGeneration, int8 nn.Linear layers, eval mode"
         note = ("Needs hfcompress: the int8 weights are stored as int8 tensors and scales in "
                 "`hfcompress_dynamic_int8.safetensors`, which `from_pretrained` does not read (it fails rather than "
-                "initialising the layers at random). `hfcompress.loading.load_model(path)` loads it too.")
+                "initialising the layers at random). `hfcompress.loading.load_model(PATH)` loads it too.")
     elif fmt == "structured":
         imports.append("from hfcompress.prune import load_structured")
-        load = "model = load_structured(path)  # WhisperForConditionalGeneration at its pruned shape, eval mode"
+        load = "model = load_structured(PATH)  # WhisperForConditionalGeneration at its pruned shape, eval mode"
         note = "Needs hfcompress: the pruned shapes are recorded in config.json (`hfcompress_structure`)."
     elif fmt == "transformers":
         imports[-1] = "from transformers import WhisperForConditionalGeneration, WhisperProcessor"
         extra = f", dtype=torch.{dtype}" if dtype else ""
-        load = f"model = WhisperForConditionalGeneration.from_pretrained(path{extra}).eval()"
+        load = f"model = WhisperForConditionalGeneration.from_pretrained(PATH{extra}).eval()"
         note = "A plain transformers checkpoint" + (f" in {dtype} (the input features must be cast to it, as below)."
                                                     if dtype else ".")
     else:
         imports.append("from hfcompress.loading import load_model")
-        load = "model = load_model(path)"
+        load = "model = load_model(PATH)"
         note = f"Needs hfcompress (checkpoint format `{fmt}`)."
     code = "\n".join(imports + [
-        "", f"path = {json.dumps(path)}  # the folder with the weights, config and processor",
-        load, "processor = WhisperProcessor.from_pretrained(path)", "",
+        "", f"PATH = {json.dumps(path)}  # the Hub repository, or a local folder holding these files",
+        load, "processor = WhisperProcessor.from_pretrained(PATH)", "",
         "audio, rate = sf.read(\"clip.wav\", dtype=\"float32\")  # 16 kHz mono speech, English",
         "features = processor(audio, sampling_rate=16000, return_tensors=\"pt\").input_features",
         "with torch.inference_mode():",
@@ -527,7 +608,7 @@ def build_speech_card(result: dict, name: str, model_name: str | None = None, de
     code, load_note = speech_loading_code(v, path, lat.get("max_new_tokens", 96))
     if v.get("path"):
         load_note += (f" The checkpoint measured here is the benchmark's `{v['path']}` (format `{v.get('format')}`): "
-                      "`path` is that folder, or a copy of it with this card as its README.md.")
+                      "`PATH` is that folder, or a copy of it with this card as its README.md.")
     one_word = ", ".join(f"{100 / s['ref_words']:.2f} points on the {label}"
                          for s, label in ((synth, "synthesized set"), (real, "real recordings")) if s.get("ref_words"))
     summary = (f"A compressed Whisper made with hfcompress from `{base_name}`"

@@ -42,14 +42,17 @@ def tradeoff_plot(points: list[dict], path: str, metric: str = "accuracy", title
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, label in ((axes[0], "size_mb", "checkpoint size on disk (MB)"),
                            (axes[1], "latency_ms", "CPU latency (ms per batch)")):
-        for p in points:
-            if p.get(key) is None or p.get(metric) is None:
-                continue
+        shown = [p for p in points if p.get(key) is not None and p.get(metric) is not None]
+        xs = [p[key] for p in shown]
+        middle = (min(xs) + max(xs)) / 2 if xs else 0
+        for p in shown:
             is_base = bool(p.get("base"))
             ax.scatter(p[key], p[metric], s=160 if is_base else 50, marker="*" if is_base else "o",
                        color="black" if is_base else "tab:blue", zorder=3)
+            right_half = len(xs) > 1 and p[key] > middle  # labels point inwards: never past the frame or the ticks
             ax.annotate(p["name"] + (" (base)" if is_base else ""), (p[key], p[metric]), textcoords="offset points",
-                        xytext=(6, 4), fontsize=8)
+                        xytext=(-8, 6) if right_half else (8, 6), ha="right" if right_half else "left", fontsize=8)
+        ax.margins(x=0.15, y=0.15)
         ax.set_xlabel(label)
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)

@@ -73,6 +73,9 @@ class RunRecord:
         comparison: the base model and the result, both loaded from disk and measured side by side by
             `hfcompress.report.measure.compare_checkpoints` (what a model card shows).
         stages: for a recipe, what each stage measured, in order.
+        lineage: the earlier runs that made this run's input, from the original base model on (one entry per stage,
+            `hfcompress.report.lineage`), read from the input folder's ``hfcompress_record.json``.
+        base_model_id: the Hub id of the original base model, when the user gave it (``--base_model_id``).
     """
 
     task: str
@@ -86,6 +89,8 @@ class RunRecord:
     artifacts: dict = field(default_factory=dict)
     comparison: dict = field(default_factory=dict)
     stages: list = field(default_factory=list)
+    lineage: list = field(default_factory=list)
+    base_model_id: str | None = None
     environment: dict = field(default_factory=environment)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
 

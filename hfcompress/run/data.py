@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from datasets import DatasetDict
+from datasets import ClassLabel, DatasetDict
 
 from ..data import label_names, tokenize
 from ..distill.cache import drop_teacher_inputs, load_or_compute_teacher_cache
@@ -21,12 +21,26 @@ def tokenizers_align(a, b) -> bool:
 
 
 def check_teacher_labels(teacher_config, dataset: DatasetDict, label_column: str) -> None:
+    """The dataset's classes against the teacher's: the same names in another order re-encode the dataset in the
+    teacher's order (in place, said in one log line); other names, or another number of classes, are an error."""
     names = label_names(dataset, label_column)
     t_names = [teacher_config.id2label[i] for i in range(teacher_config.num_labels)]
     if names is not None and len(names) != len(t_names):
         raise UserInputError(f"teacher predicts {len(t_names)} labels {t_names} but the dataset has {len(names)}: {names}")
-    if names is not None and not all(str(n).startswith("LABEL_") for n in t_names) and t_names != names:
-        raise UserInputError(f"teacher label names {t_names} differ from the dataset's {names} (same order needed)")
+    if names is None or all(str(n).startswith("LABEL_") for n in t_names) or t_names == names:
+        return
+    if sorted(map(str, names)) != sorted(map(str, t_names)) or len(set(map(str, t_names))) != len(t_names):
+        raise UserInputError(f"teacher label names {t_names} differ from the dataset's {names}: expected the same "
+                             "class names (in any order), or integer labels in the teacher's order")
+    position = {str(n): i for i, n in enumerate(t_names)}
+    order = [position[str(n)] for n in names]  # dataset id -> teacher id
+    for split in list(dataset):
+        features = dataset[split].features.copy()
+        features[label_column] = ClassLabel(names=[str(n) for n in t_names])
+        dataset[split] = dataset[split].map(lambda b: {label_column: [order[x] for x in b[label_column]]},
+                                            batched=True, features=features, desc="labels in the teacher's order")
+    logger.info("The dataset's classes %s are encoded in the teacher's order %s (same names, another order)", names,
+                t_names)
 
 
 def tokenize_for_distillation(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 
+from ..data import set_input_length
 from ..distill import DistillationDataCollator, DistillationLoss
 from ..metrics import compute_classification_metrics
 from ..report.record import RunRecord
@@ -60,7 +61,9 @@ class TextClassification(TaskAdapter):
         return steps.load_teacher(run.model_args, run.data_args, run.dataset, run.args, run.state)
 
     def build_student(self, run: Run):
-        return steps.build_student(run.model_args, run.data_args, run.dataset, run.teacher, run.teacher_processor)
+        student, tokenizer = steps.build_student(run.model_args, run.data_args, run.dataset, run.teacher,
+                                                 run.teacher_processor)
+        return student, set_input_length(tokenizer, run.data_args.max_length)
 
     def prepare(self, run: Run) -> None:
         data_args, teacher = run.data_args, run.teacher
@@ -119,10 +122,10 @@ class TextClassification(TaskAdapter):
     def measure(self, run: Run, record, trainer, model_dir: str, report) -> None:
         if not os.path.exists(os.path.join(model_dir, "config.json")):
             return
-        pruned = any(getattr(m, "name", "") == "pruning" for m in run.methods)
+        schedule = (record.methods.get("pruning") or {}).get("schedule")  # every mask update, not the logging steps
         measure_and_card(record, model_dir, run.teacher_path, run.model_args.teacher_model, run.dataset,
                          run.data_args, report, run_name=os.path.basename(os.path.normpath(run.run_dir)),
-                         log_history=trainer.state.log_history if pruned else None)
+                         log_history=schedule or None)
 
 
 register_task(TextClassification())

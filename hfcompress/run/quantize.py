@@ -22,10 +22,12 @@ from types import SimpleNamespace
 from transformers import AutoTokenizer
 
 from ..assets import resolve_model_path
+from ..data import set_input_length
 from ..errors import UserInputError
 from ..loading import checkpoint_format, load_model, save_model
 from ..lowrank import LowRankConfig, factorize
 from ..quantize.config import QuantizationConfig
+from ..report.lineage import read_lineage
 from ..report.measure import count_parameters
 from ..report.record import RunRecord
 from ..vocab import VocabTrimConfig, trim_vocabulary
@@ -129,13 +131,13 @@ def load_source(model_args: QuantizeModelArguments, data_args: DataArguments, da
     """The model to compress (with a trained head) and its tokenizer."""
     path = resolve_model_path(model_args.model)
     if os.path.isdir(path) and checkpoint_format(path) not in ("transformers",):
-        return load_model(path), AutoTokenizer.from_pretrained(path), path
+        return load_model(path), set_input_length(AutoTokenizer.from_pretrained(path), data_args.max_length), path
     as_teacher = ModelArguments(teacher_model=model_args.model, teacher_finetune_epochs=model_args.finetune_epochs,
                                 teacher_dir=model_args.finetune_dir)
 
     training = SimpleNamespace(seed=seed, bf16=False)  # what load_teacher reads of the training arguments
     model, tokenizer, path = steps.load_teacher(as_teacher, data_args, dataset, training)
-    return model.eval(), tokenizer, path
+    return model.eval(), set_input_length(tokenizer, data_args.max_length), path
 
 
 def quantize_and_save(model, tokenizer, quant: QuantizationConfig, directory: str, work_dir: str,
@@ -218,34 +220,34 @@ def run_quantization(model_args: QuantizeModelArguments, data_args: DataArgument
 
     os.makedirs(run.output_dir, exist_ok=True)
     model_dir = os.path.join(run.output_dir, steps.MODEL_DIR)
-    reference_dir = os.path.join(run.output_dir, REFERENCE_DIR)
     record = RunRecord(task=task)
     record.add_settings(model=model_args, data=data_args, quantization=quant, steps=run, report=report)
-    record.data = {"dataset": data_args.dataset, "splits": {s: len(d) for s, d in dataset.items()}}
+    record.data = {"dataset": data_args.dataset, "splits": {s: len(d) for s, d in dataset.items()},
+                   "pipeline_tag": "text-classification"}
 
-    # The reference: the source as a user downloads it (weights, config, tokenizer), measured like the result.
-    with tempfile.TemporaryDirectory(dir=run.output_dir, prefix=".hfc-work-") as work:
-        save_model(model, os.path.join(work, "reference"), tokenizer)
-        if os.path.exists(reference_dir):
-            shutil.rmtree(reference_dir)
-        os.replace(os.path.join(work, "reference"), reference_dir)
     if os.path.exists(model_dir):
         shutil.rmtree(model_dir)
-    info = compress_to(model, tokenizer, dataset, data_args, quant, run, model_dir)
-    info.pop("parameters_before_quantization")
-    record.methods.update(info)
-    del model
+    record.lineage = read_lineage(source_path)  # the stages that made the source, when hfcompress made it
+    # The reference: the source as a user downloads it (weights, config, tokenizer), measured like the result, in a
+    # work folder removed afterwards (the source itself stays where it is).
+    with tempfile.TemporaryDirectory(dir=run.output_dir, prefix=".hfc-work-") as work:
+        reference_dir = os.path.join(work, REFERENCE_DIR)
+        save_model(model, reference_dir, tokenizer)
+        info = compress_to(model, tokenizer, dataset, data_args, quant, run, model_dir)
+        info.pop("parameters_before_quantization")
+        record.methods.update(info)
+        del model
 
-    # Measured on what was saved, each loaded fresh from disk, by the one measurement every script uses.
-    c = measure_and_card(record, model_dir, reference_dir, model_args.model, dataset, data_args, report,
-                         run_name=os.path.basename(os.path.normpath(run.output_dir)))
+        # Measured on what was saved, each loaded fresh from disk, by the one measurement every script uses.
+        c = measure_and_card(record, model_dir, reference_dir, model_args.model, dataset, data_args, report,
+                             run_name=os.path.basename(os.path.normpath(run.output_dir)))
     record.models = {"reference": {**c["base"], "source": source_path, "format": source_format},
                      "compressed": c["model"]}
     record.metrics = {"summary": {"split": c["split"], "accuracy_reference": c["base"]["metrics"].get("accuracy"),
                                   "accuracy": c["model"]["metrics"].get("accuracy"),
                                   "accuracy_delta_points": c["accuracy_delta_points"],
                                   "size_ratio": c["size_ratio"], "speedup": c["speedup"]}}
-    record.artifacts.update({"model": model_dir, "reference": reference_dir})
+    record.artifacts.update({"model": model_dir})
     record.save(os.path.join(run.output_dir, f"{task}_summary.json"))
     publish(record, model_dir, run.output_dir, hub)
     record.save(os.path.join(run.output_dir, f"{task}_summary.json"))

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from ..errors import UserInputError
 from ..extras import has_extra
 from ..report.card import write_card
+from ..report.lineage import original_base_id, read_lineage, write_model_record
 from ..report.measure import MeasureConfig, compare_checkpoints
 from ..report.plot import SCHEDULE_PNG, TRADEOFF_PNG, schedule_plot, tradeoff_plot
 
@@ -40,16 +41,23 @@ class ReportArguments:
         default=2, metadata={"help": "CPU threads for the latency measurement (PyTorch and ONNX Runtime alike)."}
     )
     latency_batch_size: int = field(default=32, metadata={"help": "Batch size of the latency measurement."})
-    latency_seq_len: int = field(default=128, metadata={"help": "Tokens per row of the latency measurement."})
+    latency_seq_len: int | None = field(
+        default=None, metadata={"help": "Tokens per row of the latency measurement (default: the run's --max_length, "
+                                "the length the model is trained and evaluated at)."})
+    base_model_id: str | None = field(
+        default=None, metadata={"help": "Hub id of the original base model, for the card's `base_model` metadata "
+                                "(default: read from the input model's lineage, or known for the offline assets)."})
 
     def __post_init__(self):
         for name in ("latency_rounds", "latency_threads", "latency_batch_size", "latency_seq_len"):
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise UserInputError(f"--{name} must be at least 1, got {getattr(self, name)}")
 
-    def measure_config(self) -> MeasureConfig:
+    def measure_config(self, max_length: int | None = None) -> MeasureConfig:
+        """The measurement settings; latency rows are `max_length` tokens long unless --latency_seq_len says."""
         return MeasureConfig(threads=self.latency_threads, rounds=self.latency_rounds, memory=self.measure_memory,
-                             batch_size=self.latency_batch_size, seq_len=self.latency_seq_len)
+                             batch_size=self.latency_batch_size,
+                             seq_len=self.latency_seq_len or max_length or 128)
 
 
 def hub_settings_of(*argument_groups, output_dir: str):
@@ -83,8 +91,8 @@ def compare_on_eval_split(model_dir: str, base_dir: str, base_source: str | None
     texts, labels = dataset[split][data_args.text_column], dataset[split][data_args.label_column]
     pairs = dataset[split][data_args.text_pair_column] if getattr(data_args, "text_pair_column", None) else None
     comparison = compare_checkpoints(base_dir, model_dir, texts, labels, split=split, max_length=data_args.max_length,
-                                     config=report.measure_config(), variants=variants, text_pairs=pairs,
-                                     pair_truncation=getattr(data_args, "pair_truncation", "only_second"))
+                                     config=report.measure_config(data_args.max_length), variants=variants,
+                                     text_pairs=pairs, pair_truncation=getattr(data_args, "pair_truncation", "only_second"))
     comparison["base"]["source"] = base_source
     return comparison
 
@@ -100,6 +108,9 @@ def measure_and_card(record, model_dir: str, base_dir: str, base_source: str | N
     comparison = compare_on_eval_split(model_dir, base_dir, base_source, dataset, data_args, report, variants)
     split = comparison["split"]
     record.comparison = comparison
+    if not record.lineage:
+        record.lineage = read_lineage(base_dir)
+    record.base_model_id = base_model or report.base_model_id or original_base_id(record.lineage)
     if before_card is not None:
         before_card(record, comparison)
     points = [
@@ -120,8 +131,8 @@ def measure_and_card(record, model_dir: str, base_dir: str, base_source: str | N
                 record.artifacts["schedule_plot"] = path
     else:
         logger.info("No plots beside the card (matplotlib is not installed): pip install 'hfcompress[plots]'")
-    record.artifacts["card"] = write_card(record.to_dict(), model_dir, model_name=run_name,
-                                          base_model=base_model)
+    record.artifacts["card"] = write_card(record.to_dict(), model_dir, model_name=run_name)
+    write_model_record(record.to_dict(), model_dir)
     c = comparison
     logger.info("Measured against %s: %s accuracy %s (%s points), %.2fx smaller, %.2fx faster; card %s",
                 base_source or base_dir, split, c["model"]["metrics"].get("accuracy"),
@@ -135,7 +146,9 @@ def publish(record, model_dir: str, run_dir: str, settings) -> dict | None:
     if settings is None:
         return None
     from ..hub import push
+    from ..report.card import card_for_repo
 
+    card_for_repo(model_dir, settings.repo_id)
     result = push(model_dir, settings, run_dir, commit_message=f"hfcompress: {record.task} ({record.command})"[:200])
     record.artifacts["hub"] = result
     return result

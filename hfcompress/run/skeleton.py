@@ -130,7 +130,8 @@ class TaskAdapter:
         return {**resolved, "teacher": run.teacher_path, "teacher_outputs": "online"}
 
     def data_entry(self, run: Run, trainer) -> dict:
-        return {"dataset": run.dataset_name, "splits": {s: len(d) for s, d in run.dataset.items()}}
+        return {"dataset": run.dataset_name, "splits": {s: len(d) for s, d in run.dataset.items()},
+                "pipeline_tag": self.pipeline_tag}
 
     def student_entry(self, run: Run, trainer) -> dict:
         from ..costs import count_parameters

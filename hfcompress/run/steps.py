@@ -121,8 +121,15 @@ def resolve_resume(args) -> str | None:
 
 
 def check_distillation_layers(cfg, model_args: ModelArguments) -> None:
-    """Layer maps against both depths, before a teacher fine-tune can start."""
+    """`--student_layers` against the model it cuts (the student model when one is given, else the teacher) and the
+    layer maps against both depths, before any model is loaded or a teacher fine-tune can start."""
     from ..distill.config import resolve_layer_map
+    from ..distill.student import check_layer_indices
+
+    if model_args.student_layers:
+        cut = model_args.student_model or model_args.teacher_model
+        owner = f"the student model {cut} has blocks" if model_args.student_model else "the teacher has blocks"
+        check_layer_indices(model_args.student_layer_list(), _depth(cut), "--student_layers", "block", owner)
 
     if cfg.uses_hidden or cfg.uses_attention:
         resolve_layer_map(cfg.pairs, student_depth(model_args), teacher_depth(model_args))
@@ -230,7 +237,9 @@ def evaluate(trainer, tokenized: DatasetDict, splits=("validation", "test")) -> 
 
 
 def measure_model(model) -> dict:
-    return {"parameters": count_parameters(model), "size_mb": model_size_mb(model)}
+    """Parameters and the in-memory size of the weights (`weights_mb`: parameters and buffers, MB); the size of a saved
+    folder, every file counted, is the comparison's ``size_mb``."""
+    return {"parameters": count_parameters(model), "weights_mb": model_size_mb(model)}
 
 
 def evaluate_on_texts(model, tokenizer, dataset: DatasetDict, data_args: DataArguments, split: str = "test", device=None) -> dict:

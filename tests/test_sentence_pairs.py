@@ -70,6 +70,11 @@ def test_distill_command_on_pairs_with_measurement(tmp_path):
     # the measurement read pairs too: the student's accuracy there is the trainer's on the same rows
     assert s["comparison"]["model"]["metrics"]["accuracy"] == pytest.approx(
         s["metrics"]["student"]["test"]["test_accuracy"])
+    # its card shows a pair (text and text_pair) in the code that loads it, and that code runs
+    from conftest import check_publishable_card
+
+    card = check_publishable_card(out / "model", run_dir=tmp_path)
+    assert '"text_pair":' in card.text
 
 
 def test_boolq_like_data_is_pair_classification_not_extractive_qa(tmp_path):

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from conftest import GradCapture
+from conftest import GradCapture, check_publishable_card
 from tagging_assets import (
     TAGS,
     make_sentences,
@@ -200,7 +200,8 @@ def _cli(args, tmp_path, timeout=300):
 
 
 COMMON = ["--max_steps", "4", "--eval_strategy", "no", "--save_strategy", "no", "--use_cpu", "--max_length", "32",
-          "--per_device_train_batch_size", "8", "--logging_steps", "1", "--dataloader_num_workers", "0"]
+          "--per_device_train_batch_size", "8", "--logging_steps", "1", "--dataloader_num_workers", "0",
+          "--latency_rounds", "1", "--no_measure_memory"]
 
 
 def _entities(model, tokenizer):
@@ -240,6 +241,10 @@ def test_distill_command_on_conll_and_pipeline_on_plain_onnx_int8_and_torch_int8
     assert cfg["architectures"] == ["BertForTokenClassification"] and list(cfg["id2label"].values()) == TAGS
 
     assert type(load_model(model_dir)).__name__ == "BertForTokenClassification"  # not a sequence classifier
+    # measured against the teacher (entity scores of both, from disk) and carded; the card's code runs
+    assert s["comparison"]["model"]["metrics"]["f1"] == pytest.approx(test["test_f1"])
+    card = check_publishable_card(model_dir, run_dir=tmp_path)
+    assert card.data.pipeline_tag == "token-classification" and "AutoModelForTokenClassification" in card.text
     tok = AutoTokenizer.from_pretrained(model_dir)
     plain = _says_per(AutoModelForTokenClassification.from_pretrained(model_dir).eval())
     expected = _entities(plain, tok)
@@ -266,6 +271,7 @@ def test_prune_structured_command_on_jsonl_reloads_with_remote_code(assets, tmp_
     p = s["methods"]["pruning"]
     assert p["heads_after"] == p["heads_before"] // 2 and s["data"]["pipeline_tag"] == "token-classification"
     model_dir = str(out / "model")
+    check_publishable_card(model_dir, run_dir=tmp_path)  # structured format: remote code, the token pipeline
     model = AutoModelForTokenClassification.from_pretrained(model_dir, trust_remote_code=True).eval()
     assert type(model).__name__.endswith("ForTokenClassification")
     assert model.num_parameters() == s["models"]["student"]["parameters"]

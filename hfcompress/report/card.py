@@ -59,7 +59,12 @@ def comparison_table(comparison: dict) -> str:
     split = comparison["split"]
     rows = []
     for key, value in base["metrics"].items():
-        if isinstance(value, (int, float)) and key in model["metrics"]:
+        if not (isinstance(value, (int, float)) and key in model["metrics"]):
+            continue
+        if key.endswith("_number"):  # an entity type's count in the references (the same rows on both sides)
+            rows.append((f"{split} {key.removesuffix('_number')} entities", f"{int(value)}",
+                         f"{int(model['metrics'][key])}", ""))
+        else:
             rows.append((f"{split} {key}", f"{value:.4f}", f"{model['metrics'][key]:.4f}",
                          _change(changes.get(f"metric_{key}"), points=True)))
     rows.append(("checkpoint size (every file but card and plots)", number_text(base["size_mb"], 1, " MB"),
@@ -118,6 +123,15 @@ def stage_line(entry: dict, number: int) -> str:
             + ("; ".join(described) or "no method recorded") + effect)
 
 
+def headline_change(comparison: dict, metric: str) -> str:
+    """The summary's change of the task's main metric (`metric`: accuracy, or a tagger's entity F1), in points."""
+    change = (comparison.get("changes") or {}).get(f"metric_{metric}")
+    if not change:
+        return "task metrics below."
+    name = {"f1": "entity F1" if "precision" in comparison["model"]["metrics"] else "F1"}.get(metric, metric)
+    return f"{100 * change['delta']:+.2f} {name} points."
+
+
 def model_classes(model_dir: str, record: dict) -> dict | None:
     """``{id: label}`` of the saved model (its config.json), else of the record's data."""
     try:
@@ -131,13 +145,21 @@ def model_classes(model_dir: str, record: dict) -> dict | None:
     return {int(k): v for k, v in id2label.items()} if isinstance(id2label, dict) else dict(enumerate(id2label))
 
 
-# what a card's example feeds the pipeline, per pipeline tag: (variable, extra pipeline arguments, example input)
+# what a card's example feeds the pipeline, per pipeline tag: (variable, extra pipeline arguments, example input,
+# whether the pipeline takes tokenizer arguments (truncation); the token-classification pipeline truncates to the
+# saved tokenizer's model_max_length by itself)
 PIPELINE_EXAMPLES = {
-    "text-classification": ("classifier", "", '["A gripping, beautifully acted film.", "Dull and far too long."]'),
+    "text-classification": ("classifier", "", '["A gripping, beautifully acted film.", "Dull and far too long."]',
+                            True),
     "text-classification-pair": ("classifier", "", '{"text": "Is the sky blue on a clear day?", '
-                                                    '"text_pair": "On a clear day the sky looks blue."}'),
-    "token-classification": ("tagger", ', aggregation_strategy="simple"', '"Ada Lovelace worked in London."'),
+                                                    '"text_pair": "On a clear day the sky looks blue."}', True),
+    "token-classification": ("tagger", ', aggregation_strategy="simple"', '"Ada Lovelace worked in London."',
+                             False),
 }
+# the class-name suffix of a pipeline tag's models, where it is not the sequence classifier's
+TASK_HEADS = {"token-classification": "ForTokenClassification"}
+# what a card calls the model, per pipeline tag
+MODEL_NOUNS = {"text-classification": "text classifier", "token-classification": "token classifier (tagger)"}
 
 
 def usage_code(fmt: str, path: str, pipeline_tag: str, max_length: int | None, pushed: bool,
@@ -146,16 +168,20 @@ def usage_code(fmt: str, path: str, pipeline_tag: str, max_length: int | None, p
     format's own loading lines (its registration), and a pipeline that truncates to the length the model was trained
     with. ``PATH = ...`` is the one line to change to load a local copy. `pair`: a sentence-pair classifier."""
     code, note = loading_code(fmt)
+    head = TASK_HEADS.get(pipeline_tag)
+    if head:  # the formats' loading code names the sequence classifier's classes: the task's instead
+        code = code.replace("ForSequenceClassification", head)
+        note = note.replace("\"text-classification\"", json.dumps(pipeline_tag))
     where = ("# the Hub repository; a local folder holding these files works the same" if pushed else
              "# this folder; once pushed, its Hub id works the same")
     length = f", max_length={max_length}" if max_length else ""
     key = f"{pipeline_tag}-pair" if pair and f"{pipeline_tag}-pair" in PIPELINE_EXAMPLES else pipeline_tag
-    name, extra, example = PIPELINE_EXAMPLES.get(key, PIPELINE_EXAMPLES["text-classification"])
+    name, extra, example, truncates = PIPELINE_EXAMPLES.get(key, PIPELINE_EXAMPLES["text-classification"])
     lines = [f"PATH = {json.dumps(path)}  {where}", code, "",
              "from transformers import AutoTokenizer, pipeline",
              "tokenizer = AutoTokenizer.from_pretrained(PATH)",
-             f"{name} = pipeline({json.dumps(pipeline_tag)}, model=model, tokenizer=tokenizer{extra}, "
-             f"truncation=True{length})",
+             f"{name} = pipeline({json.dumps(pipeline_tag)}, model=model, tokenizer=tokenizer{extra}"
+             + (f", truncation=True{length})" if truncates else ")"),
              f"print({name}({example}))"]
     return "\n".join(lines), note
 
@@ -218,7 +244,7 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
     results = [EvalResult(task_type=pipeline_tag, dataset_type=dataset_id(dataset) or os.path.basename(str(dataset)),
                           dataset_name=os.path.basename(str(dataset)),
                           dataset_split=split, metric_type=k, metric_name=k, metric_value=float(model["metrics"][k]))
-               for k in ("accuracy", "f1") if k in model["metrics"]]
+               for k in ("accuracy", "f1", "precision", "recall") if k in model["metrics"]]
     fmt = model.get("format", "transformers")
     card_data = ModelCardData(
         library_name=get_format(fmt).library_name if get_format(fmt) else "transformers",
@@ -240,8 +266,8 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
                                                                   sorted(classes.items())) + ".")
     if max_length:
         expects.append(f"Input: text, trained and measured at up to {max_length} tokens; longer inputs must be "
-                       f"truncated (`truncation=True`, as above; the saved tokenizer's `model_max_length` is "
-                       f"{max_length}).")
+                       f"truncated (the saved tokenizer's `model_max_length` is {max_length}: "
+                       f"`truncation=True` cuts there).")
     env = record.get("environment", {})
     proto = comparison.get("protocol", {})
     rows = comparison.get("rows")
@@ -249,14 +275,13 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
     seed_text = f"seed {seed}" if seed is not None else "no seed: this run neither trained nor sampled"
     return ModelCard.from_template(
         card_data, template_path=TEMPLATE, model_name=name,
-        summary=f"A compressed text classifier made with hfcompress from "
+        summary=f"A compressed {MODEL_NOUNS.get(pipeline_tag, pipeline_tag)} made with hfcompress from "
                 f"`{origin}`{f' ([{base_id}](https://huggingface.co/{base_id}))' if base_id else ''}"
                 f" on `{dataset}`"
                 + (f" in {len(lineage) + max(1, len(record.get('stages') or []))} stages" if lineage else "")
                 + f": {comparison['size_ratio']:.2f}x smaller on disk and {comparison['speedup']:.2f}x "
                 f"faster on a CPU than {'its input `' + str(base.get('source') or base['path']) + '`' if lineage else 'the base'}, "
-                + (f"{comparison['accuracy_delta_points']:+.2f} accuracy points." if comparison.get(
-                    "accuracy_delta_points") is not None else "task metrics below."),
+                + headline_change(comparison, record.get("data", {}).get("metric") or "accuracy"),
         comparison_table=comparison_table(comparison),
         plots="\n\n".join(plots),
         hardware=f"{env.get('cpu_count')} CPU cores ({proto.get('device', 'cpu')}), torch {env.get('torch')}",

@@ -95,17 +95,20 @@ class MeasureConfig:
     memory: bool = dataclasses.field(default=True, metadata={"help": "Measure peak memory in fresh processes."})
 
 
-def compare_checkpoints(base_dir: str, model_dir: str, texts: list[str], labels: list[int], split: str = "test",
-                        max_length: int = 128, config: MeasureConfig | None = None,
+def compare_checkpoints(base_dir: str, model_dir: str, texts: list[str] | None, labels: list[int] | None,
+                        split: str = "test", max_length: int = 128, config: MeasureConfig | None = None,
                         variants: dict[str, str] | None = None, text_pairs: list[str] | None = None,
-                        pair_truncation: str = "only_second") -> dict:
+                        pair_truncation: str = "only_second", evaluate=None, rows: int | None = None) -> dict:
     """The base model and its compressed version, both as saved on disk and loaded fresh, measured side by side on
     the same evaluation rows: parameters (total and non-zero), size on disk of the whole checkpoint folder, peak
     memory, CPU latency (interleaved), task metrics, and every change (absolute and relative). This is the one
     measurement every script, benchmark, recipe and card reads; nothing in a card comes from elsewhere.
 
     `variants` (name -> checkpoint folder, e.g. a recipe's intermediate stages) are measured in the same session
-    (metrics, size, parameters, latency interleaved with the two others; not memory) under ``"variants"``."""
+    (metrics, size, parameters, latency interleaved with the two others; not memory) under ``"variants"``.
+
+    `evaluate(model, tokenizer, role) -> metrics` replaces the classifier evaluation on `texts`/`labels` for other
+    tasks (a token classifier's entity scores); `rows` then says how many evaluation rows it read."""
     from transformers import AutoTokenizer
 
     from ..loading import checkpoint_format, load_model
@@ -118,8 +121,12 @@ def compare_checkpoints(base_dir: str, model_dir: str, texts: list[str], labels:
     for role, path in (("base", base_dir), ("model", model_dir), *variants.items()):
         model = load_model(path, num_threads=config.threads)
         tokenizer = AutoTokenizer.from_pretrained(path)
-        metrics = evaluate_classifier(model, tokenizer, texts, labels, max_length=max_length, desc=f"{split} ({role})",
-                                      text_pairs=text_pairs, pair_truncation=pair_truncation)
+        if evaluate is not None:
+            metrics = evaluate(model, tokenizer, role)
+        else:
+            metrics = evaluate_classifier(model, tokenizer, texts, labels, max_length=max_length,
+                                          desc=f"{split} ({role})", text_pairs=text_pairs,
+                                          pair_truncation=pair_truncation)
         sides[role] = {"path": os.path.abspath(path), "format": checkpoint_format(path), **parameter_counts(model),
                        "size_mb": checkpoint_size_mb(path), "metrics": metrics}
         del model
@@ -143,7 +150,7 @@ def compare_checkpoints(base_dir: str, model_dir: str, texts: list[str], labels:
     accuracy = changes.get("metric_accuracy")
     return {
         "split": split,
-        "rows": len(texts),
+        "rows": rows if rows is not None else len(texts),
         "base": base,
         "model": model,
         "changes": {k: v for k, v in changes.items() if v is not None},

@@ -85,9 +85,18 @@ def hub_settings_of(*argument_groups, output_dir: str):
 
 
 def compare_on_eval_split(model_dir: str, base_dir: str, base_source: str | None, dataset, data_args,
-                          report: ReportArguments, variants: dict[str, str] | None = None) -> dict:
-    """`compare_checkpoints` of `model_dir` against `base_dir` on the test split (validation if there is none)."""
+                          report: ReportArguments, variants: dict[str, str] | None = None, evaluate=None) -> dict:
+    """`compare_checkpoints` of `model_dir` against `base_dir` on the test split (validation if there is none).
+    `evaluate(model, tokenizer, split)`: the task's own evaluation (default: a text classifier's, on the split's
+    text and label columns)."""
     split = "test" if "test" in dataset else "validation"
+    if evaluate is not None:
+        comparison = compare_checkpoints(
+            base_dir, model_dir, None, None, split=split, max_length=data_args.max_length,
+            config=report.measure_config(data_args.max_length), variants=variants, rows=len(dataset[split]),
+            evaluate=lambda model, tokenizer, role: evaluate(model, tokenizer, split))
+        comparison["base"]["source"] = base_source
+        return comparison
     texts, labels = dataset[split][data_args.text_column], dataset[split][data_args.label_column]
     pairs = dataset[split][data_args.text_pair_column] if getattr(data_args, "text_pair_column", None) else None
     comparison = compare_checkpoints(base_dir, model_dir, texts, labels, split=split, max_length=data_args.max_length,
@@ -100,12 +109,13 @@ def compare_on_eval_split(model_dir: str, base_dir: str, base_source: str | None
 def measure_and_card(record, model_dir: str, base_dir: str, base_source: str | None, dataset, data_args,
                      report: ReportArguments, run_name: str | None = None, log_history=None,
                      variants: dict[str, str] | None = None, base_model: str | None = None,
-                     before_card=None) -> dict:
+                     before_card=None, evaluate=None) -> dict:
     """Compare `model_dir` with `base_dir` on the test split (validation if there is none), store the comparison in
     `record`, draw the plots beside the model and write its card. `variants` (name -> model folder: a recipe's
     earlier stages) are measured in the same session and drawn on the plot; `before_card(record, comparison)` lets
     the caller add what the card should also say (a recipe's stages). Returns the comparison."""
-    comparison = compare_on_eval_split(model_dir, base_dir, base_source, dataset, data_args, report, variants)
+    comparison = compare_on_eval_split(model_dir, base_dir, base_source, dataset, data_args, report, variants,
+                                       evaluate)
     split = comparison["split"]
     record.comparison = comparison
     if not record.lineage:

@@ -31,6 +31,7 @@ from datasets import DatasetDict
 from transformers import AutoConfig, AutoModelForTokenClassification, AutoTokenizer, set_seed
 
 from ..assets import resolve_model_path
+from ..data import set_input_length
 from ..distill import TokenDistillationCollator, init_student_from_teacher
 from ..errors import UserInputError
 from ..metrics import entity_metrics
@@ -224,8 +225,10 @@ class TokenClassification(TaskAdapter):
             tokenizer = AutoTokenizer.from_pretrained(path)
             if model_args.student_layers:
                 student = init_student_from_teacher(student, layers=model_args.student_layer_list())
-            return student.train(), tokenizer
-        return steps.build_student(model_args, run.data_args, run.dataset, run.teacher, run.teacher_processor)
+            return student.train(), set_input_length(tokenizer, run.data_args.max_length)
+        student, tokenizer = steps.build_student(model_args, run.data_args, run.dataset, run.teacher,
+                                                 run.teacher_processor)
+        return student, set_input_length(tokenizer, run.data_args.max_length)
 
     # ---- data and trainer
     def prepare(self, run: Run) -> None:
@@ -280,8 +283,19 @@ class TokenClassification(TaskAdapter):
                                run.data_args.max_length, run.args.per_device_eval_batch_size, device=run.args.device)
 
     def measure(self, run: Run, record, trainer, model_dir: str, report) -> None:
-        logger.info("Token classifiers get no model card yet: the run record holds the entity-level test metrics "
-                    "(per type), the sizes, pipeline_tag and metric name")
+        """The saved tagger against its teacher, both from disk: entity-level scores (`evaluate_tagger`), size,
+        latency, memory; then the card."""
+        from .report import measure_and_card
+
+        names = tag_names(run.dataset)
+
+        def evaluate(model, tokenizer, split):
+            return evaluate_tagger(model, tokenizer, run.dataset[split], names, run.data_args.max_length,
+                                   run.args.per_device_eval_batch_size)
+
+        measure_and_card(record, model_dir, run.teacher_path, run.model_args.teacher_model, run.dataset,
+                         run.data_args, report, run_name=os.path.basename(os.path.normpath(run.run_dir)),
+                         evaluate=evaluate)
 
 
 def _is_structured(path: str) -> bool:

@@ -15,6 +15,7 @@ from .arguments import DataArguments, ModelArguments, ScriptTrainingDefaults, Sp
 from .lowrank import LowRankArguments
 from .prune import PruningArguments
 from .report import ReportArguments
+from .share import WeightSharingArguments
 
 
 @dataclass
@@ -84,6 +85,24 @@ class LowRankScriptArguments(ScriptTrainingDefaults, LowRankArguments):
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of training the factors."})
 
 
+@dataclass
+class FullCopyModelArguments(ModelArguments):
+    student_num_layers: int = field(
+        default=0,
+        metadata={"help": "Depth of the model to compress when it is built from the teacher: 0 = all blocks (a full "
+                  "copy of the teacher, the default); k = k evenly spaced blocks."},
+    )
+
+
+@dataclass
+class ShareScriptArguments(ScriptTrainingDefaults, WeightSharingArguments):
+    """Weight-sharing and distillation options, training defaults sized for the offline default on a 2-core CPU."""
+
+    _method_group_name = "Weight sharing and distillation"
+
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of training the shared values."})
+
+
 def _distill(model_args, data_args, args, lora_args, report, push, speech):
     from .distill import run_distillation
     from .lora import lora_methods
@@ -102,6 +121,12 @@ def _lowrank(model_args, data_args, args, report, push):
     from .lowrank import run_lowrank
 
     return run_lowrank(model_args, data_args, args, report=report, push=push)
+
+
+def _share(model_args, data_args, args, report, push):
+    from .share import run_weight_sharing
+
+    return run_weight_sharing(model_args, data_args, args, report=report, push=push)
 
 
 def _quantize(model_args, data_args, quant, run, report, hub, push):
@@ -149,6 +174,13 @@ def lowrank_script() -> Script:
                               PushArguments), _lowrank, True,
                   "Factorize a classifier's projections by truncated SVD and train the factors back with "
                   "distillation from the unfactorized model.")
+
+
+def share_script() -> Script:
+    return Script("share", (FullCopyModelArguments, DataArguments, ShareScriptArguments, ReportArguments,
+                            PushArguments), _share, True,
+                  "Share weights (Deep Compression: k values per matrix by k-means, 4-bit indices for k = 16) and "
+                  "train the shared values with distillation from the unshared model.")
 
 
 def quantize_script() -> Script:

@@ -36,6 +36,7 @@ from typing import Any, Callable
 BUILTIN = (
     "hfcompress.quantize.registration",
     "hfcompress.share.registration",
+    "hfcompress.qat.registration",
     "hfcompress.lowrank.registration",
     "hfcompress.prune.registration",
     "hfcompress.distill.registration",

@@ -7,6 +7,12 @@ before resuming, save what it produced, and describe itself in the run record.
 
 from __future__ import annotations
 
+import os
+
+from ..errors import UserInputError
+
+QUANTIZED_FORMATS = ("onnx", "torch_int8", "bnb", "qat")  # checkpoint formats whose weights are not float
+
 
 class RunMethod:
     name: str = "method"
@@ -39,3 +45,18 @@ class RunMethod:
 
     def record(self) -> dict:
         return {}
+
+
+def refuse_quantized_source(model_args, what: str) -> None:
+    """`UserInputError` when the model a training method starts from (the student, else the teacher) is a quantized
+    checkpoint (bitsandbytes, ONNX, torch int8): its weights are no longer the float weights the method trains."""
+    from ..assets import resolve_model_path
+    from ..loading import checkpoint_format
+
+    source = model_args.student_model or model_args.teacher_model
+    path = resolve_model_path(source) if source else None
+    if path and os.path.isdir(path):
+        fmt = checkpoint_format(path)
+        if fmt in QUANTIZED_FORMATS:
+            raise UserInputError(f"{what} needs float weights; {source} is a quantized checkpoint ({fmt}): start from "
+                                 "its full-precision source")

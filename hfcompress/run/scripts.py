@@ -14,6 +14,7 @@ from ..lora import LoraArguments
 from .arguments import DataArguments, ModelArguments, ScriptTrainingDefaults, SpeechArguments
 from .lowrank import LowRankArguments
 from .prune import PruningArguments
+from .qat import QATArguments
 from .report import ReportArguments
 from .share import WeightSharingArguments
 
@@ -103,6 +104,19 @@ class ShareScriptArguments(ScriptTrainingDefaults, WeightSharingArguments):
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of training the shared values."})
 
 
+@dataclass
+class QATScriptArguments(ScriptTrainingDefaults, QATArguments):
+    """Quantization-aware training and distillation options: TernaryBERT's recipe (distillation of logits and hidden
+    states, no hard labels), training defaults sized for the offline default on a 2-core CPU."""
+
+    _method_group_name = "Quantization-aware training and distillation"
+
+    alpha: float = field(default=1.0, metadata={"help": "Weight of logit distillation in [0, 1]; the hard-label loss "
+                                                        "gets 1 - alpha (TernaryBERT: distillation only)."})
+    hidden_weight: float = field(default=1.0, metadata={"help": "Weight of hidden-state distillation (0 turns it off)."})
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of quantization-aware training."})
+
+
 def _distill(model_args, data_args, args, lora_args, report, push, speech):
     from .distill import run_distillation
     from .lora import lora_methods
@@ -127,6 +141,12 @@ def _share(model_args, data_args, args, report, push):
     from .share import run_weight_sharing
 
     return run_weight_sharing(model_args, data_args, args, report=report, push=push)
+
+
+def _qat(model_args, data_args, args, report, push):
+    from .qat import run_qat
+
+    return run_qat(model_args, data_args, args, report=report, push=push)
 
 
 def _quantize(model_args, data_args, quant, run, report, hub, push):
@@ -181,6 +201,13 @@ def share_script() -> Script:
                             PushArguments), _share, True,
                   "Share weights (Deep Compression: k values per matrix by k-means, 4-bit indices for k = 16) and "
                   "train the shared values with distillation from the unshared model.")
+
+
+def qat_script() -> Script:
+    return Script("qat", (FullCopyModelArguments, DataArguments, QATScriptArguments, ReportArguments, PushArguments),
+                  _qat, True,
+                  "Quantization-aware training with distillation from the full-precision model: ternary (TernaryBERT), "
+                  "binary or int8 (Q8BERT) weights per row, 8-bit activations, packed 2/1/8-bit checkpoints.")
 
 
 def quantize_script() -> Script:

@@ -13,16 +13,14 @@ import torch
 from accelerate import PartialState
 
 from ..distill.arguments import DistillationArguments
-from ..errors import UserInputError
 from ..report.measure import folder_size_mb
 from ..share import WeightSharingCallback, WeightSharingConfig, check_sharing, save_shared, save_shared_dense
 from ..share.sharing import sharing_targets
 from . import steps
-from .methods import RunMethod
+from .methods import RunMethod, refuse_quantized_source
 
 DENSE_DIR = "model_dense"
 METHOD_DIR = "weight_sharing"
-QUANTIZED_FORMATS = ("onnx", "torch_int8", "bnb")
 
 
 @dataclass
@@ -36,21 +34,6 @@ class WeightSharingArguments(DistillationArguments, WeightSharingConfig):
 
     def weight_sharing_config(self) -> WeightSharingConfig:
         return WeightSharingConfig.from_any(self)
-
-
-def refuse_quantized_source(model_args, what: str) -> None:
-    """`UserInputError` when the model a training method starts from (the student, else the teacher) is a quantized
-    checkpoint (bitsandbytes, ONNX, torch int8): its weights are no longer the float weights the method trains."""
-    from ..assets import resolve_model_path
-    from ..loading import checkpoint_format
-
-    source = model_args.student_model or model_args.teacher_model
-    path = resolve_model_path(source) if source else None
-    if path and os.path.isdir(path):
-        fmt = checkpoint_format(path)
-        if fmt in QUANTIZED_FORMATS:
-            raise UserInputError(f"{what} needs float weights; {source} is a quantized checkpoint ({fmt}): start from "
-                                 "its full-precision source")
 
 
 def run_weight_sharing(model_args, data_args, args: WeightSharingArguments, task: str = "share", report=None,

@@ -187,28 +187,44 @@ def test_recipe_order_after_pruning_but_not_after_quantization():
     assert "12 matrices keep 16 shared values each (4-bit indices" in line and "weight-sharing" in tags
 
 
-def test_share_command_end_to_end(tmp_path):
+def test_recipe_prune_then_share_keeps_the_zeros_and_cards_the_result(tmp_path):
+    """Deep Compression's order as a recipe (`hfcompress compress`): unstructured pruning, then sharing of the pruned
+    model (loaded from its compact sparse folder); the shared model keeps every pruned zero."""
+    import yaml
+
     teacher_dir, data_file = save_tiny_assets(tmp_path / "assets")
-    base = [sys.executable, "-m", "hfcompress", "share", "--teacher_model", teacher_dir, "--dataset", data_file,
-            "--max_steps", "3", "--eval_strategy", "no", "--save_strategy", "no", "--use_cpu", "--learning_rate",
-            "1e-3", "--dataloader_num_workers", "0", "--no_measure"]
-    cmd = [*base, "--output_dir", str(tmp_path / "out"), "--weight_sharing_k", "8", "--weight_sharing_embeddings"]
+    fast = {"eval_strategy": "no", "save_strategy": "no", "per_device_train_batch_size": 16, "max_steps": 3}
+    recipe = {"name": "prune-share", "base_model": teacher_dir, "seed": 0, "data": {"dataset": data_file},
+              "stages": [{"name": "prune", "method": "prune", "args": {"target_sparsity": 0.5, **fast}},
+                         {"name": "share", "method": "share", "args": {"weight_sharing_k": 8, **fast}}],
+              "measure": {"latency_rounds": 1, "measure_memory": False}}
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     env = dict(os.environ, HFCOMPRESS_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=ROOT)
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert res.returncode == 0, res.stderr[-4000:]
     out = tmp_path / "out"
-    record = json.loads((out / "share_summary.json").read_text())
-    entry = record["methods"]["weight_sharing"]
-    assert entry["weight_sharing_k"] == 8 and entry["index_bits"] == 3 and entry["shared_matrices"] > 0
+    res = subprocess.run([sys.executable, "-m", "hfcompress", "compress", "--recipe", str(tmp_path / "recipe.yaml"),
+                          "--output_dir", str(out)], env=env, capture_output=True, text=True, timeout=400, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-4000:]
+    pruned = load_model(str(out / "stages" / "01-prune" / "model"))
+    shared = load_model(str(out / "model"))
     assert checkpoint_format(str(out / "model")) == "shared"
-    packed, dense = load_model(str(out / "model")), load_model(str(out / "model_dense"))
-    for (name, p), q in zip(packed.named_parameters(), dense.parameters()):
-        assert torch.equal(p, q), name
-    assert _distinct(packed.bert.encoder.layer[0].attention.self.key.weight) <= 8
-    teacher = AutoModelForSequenceClassification.from_pretrained(teacher_dir)
-    assert len(packed.bert.encoder.layer) == len(teacher.bert.encoder.layer)  # a full copy of the teacher
-    # a k larger than a matrix holds: one line, exit status 2, before the teacher cache
-    bad = subprocess.run([*base, "--weight_sharing_k", "0", "--output_dir", str(tmp_path / "bad")], env=env,
-                         capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert bad.returncode == 2 and "weight_sharing_k must be a whole number" in bad.stderr
+    p_w = pruned.bert.encoder.layer[0].intermediate.dense.weight
+    s_w = shared.bert.encoder.layer[0].intermediate.dense.weight
+    assert float((p_w == 0).float().mean()) > 0.2
+    assert torch.equal(s_w[p_w == 0], torch.zeros_like(s_w[p_w == 0]))  # pruned zeros stayed zero
+    assert _distinct(s_w) <= 8
+    summary = json.loads((out / "recipe_summary.json").read_text())
+    entry = summary["methods"]["weight_sharing"]
+    assert entry["index_bits"] == 3 and entry["pruned_matrices"] > 0
+    card = (out / "model" / "README.md").read_text()
+    assert "weight sharing (Deep Compression trained quantization)" in card and "load_shared" in card
+
+
+def test_share_command_refuses_a_bad_k_before_any_work(tmp_path):
+    from hfcompress.run.scripts import command_main
+
+    teacher_dir, data_file = save_tiny_assets(tmp_path / "assets")
+    with pytest.raises(UserInputError, match="weight_sharing_k must be a whole number in 2..256, got 0"):
+        command_main("share")(["--teacher_model", teacher_dir, "--dataset", data_file, "--output_dir",
+                               str(tmp_path / "bad"), "--weight_sharing_k", "0"])
+    assert not (tmp_path / "bad").exists()

@@ -81,6 +81,8 @@ class LowBitBenchmarkArguments:
     seeds: str = field(default="42,43,44", metadata={"help": "Seeds of the trained rows (mean +- std)."})
     epochs: float = field(default=1.0, metadata={"help": "Epochs of each trained row."})
     max_steps: int = field(default=-1, metadata={"help": "If > 0, each trained row stops after this many steps."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train (and cache teacher outputs) on the "
+                                                                 "first N training rows only (quick looks)."})
     lr: float = field(default=1e-4, metadata={"help": "Learning rate of the trained rows."})
     batch_size: int = field(default=32, metadata={"help": "Training batch size."})
     share_embeddings: bool = field(default=True, metadata={"help": "Share the word embeddings too (sharing rows)."})
@@ -117,8 +119,9 @@ def _models(args, student: str | None = None) -> ModelArguments:
 
 def _data(args, seed: int, kd: dict) -> DataArguments:
     kind = "hidden" if kd.get("hidden_weight") else "logits"
-    return DataArguments(evaluate_teacher=False,
-                         teacher_cache_dir=os.path.join(args.cache_dir, "teacher-outputs", f"{kind}-s{seed}"))
+    rows = f"-n{args.max_train_samples}" if args.max_train_samples else ""
+    return DataArguments(evaluate_teacher=False, max_train_samples=args.max_train_samples,
+                         teacher_cache_dir=os.path.join(args.cache_dir, "teacher-outputs", f"{kind}{rows}-s{seed}"))
 
 
 def _split(settings: dict, keys: tuple) -> tuple[dict, dict]:
@@ -128,7 +131,7 @@ def _split(settings: dict, keys: tuple) -> tuple[dict, dict]:
 def train_structured(args, seed: int) -> str:
     out = os.path.join(args.cache_dir, f"structured50-s{seed}")
     settings = {"teacher": args.teacher_dir, "seed": seed, "epochs": args.epochs, "max_steps": args.max_steps,
-                "lr": args.lr, "target_sparsity": 0.5}
+                "lr": args.lr, "target_sparsity": 0.5, "max_train_samples": args.max_train_samples}
     done, key, key_path = _cached(out, settings, args)
     if not done:
         targs = PruningArguments(**_train_kwargs(args, out, seed), granularity="structured", target_sparsity=0.5,
@@ -142,7 +145,8 @@ def build(args, name: str, seed: int, fp32_dir: str, data) -> str:
     kind, settings, _ = VARIANTS[name]
     out = os.path.join(args.cache_dir, name + ("" if kind == "ptq" else f"-s{seed}"))
     full = {"variant": settings, "teacher": args.teacher_dir, "seed": seed, "epochs": args.epochs,
-            "max_steps": args.max_steps, "lr": args.lr, "embeddings": args.share_embeddings}
+            "max_steps": args.max_steps, "lr": args.lr, "embeddings": args.share_embeddings,
+            "max_train_samples": args.max_train_samples}
     done, key, key_path = _cached(out, full, args)
     model_dir = os.path.join(out, "model")
     if done:
@@ -258,7 +262,8 @@ def markdown(r: dict) -> str:
     lat, s = r["latency"], r["settings"]
     out = ["# Below eight bits, MiniLM-L6 fine-tuned on Rotten Tomatoes (test split)", "",
            f"Trained rows: seeds {s['seeds']}, {s['epochs']} epoch(s)"
-           + (f", at most {s['max_steps']} steps" if s["max_steps"] > 0 else "") + f", lr {s['lr']}. CPU latency: "
+           + (f", at most {s['max_steps']} steps" if s["max_steps"] > 0 else "")
+           + (f", first {s['max_train_samples']} training rows" if s.get("max_train_samples") else "") + f", lr {s['lr']}. CPU latency: "
            f"batch {lat['batch_size']} x {lat['seq_len']}, median of {lat['runs']} after {lat['warmup']} warm-ups, "
            f"{lat['threads']} threads, {lat['rounds']} interleaved rounds; size = whole checkpoint folder.", "",
            "| variant | bits | accuracy | ± std | Δ points | size MB | size ratio | latency ms | speedup |",

@@ -177,27 +177,11 @@ def test_qat_command_end_to_end_and_its_bad_input(tmp_path):
     assert isinstance(model.bert.encoder.layer[0].intermediate.dense, QATLinear)
     weights = model.bert.encoder.layer[0].intermediate.dense.weight
     assert all(torch.unique(row).numel() <= 3 for row in weights)
-    # bad input, one line each and exit status 2 before any work: KD without a teacher; QAT of a quantized model
-    bad = subprocess.run(_cmd(tmp_path, "", data_file, "bad1"), env=env, capture_output=True, text=True,
-                         timeout=120, cwd=ROOT)
-    assert bad.returncode == 2 and "needs the full-precision model as --teacher_model" in bad.stderr
-    bad = subprocess.run(_cmd(tmp_path, str(out / "model"), data_file, "bad2"), env=env, capture_output=True,
-                         text=True, timeout=120, cwd=ROOT)
-    assert bad.returncode == 2 and "is a quantized checkpoint (qat)" in bad.stderr, bad.stderr[-2000:]
-    assert not (tmp_path / "bad2").exists() or not (tmp_path / "bad2" / "teacher_cache").exists()
+    # bad input, one clear error each before any work: KD without a teacher; QAT of a quantized model
+    from hfcompress.run.scripts import command_main
 
-
-def test_int8_qat_exports_to_torch_int8_kernels(tmp_path):
-    """Q8BERT's path to speed: the int8-trained weights as a plain checkpoint, then the existing torch int8 quantizer
-    (real int8 kernels); its logits stay close to the fake-quantized model's."""
-    from hfcompress.quantize.dynamic import quantize_dynamic_int8
-
-    model = tiny_bert(seed=5)
-    apply_qat(model, QATConfig(qat_weight_bits=8))
-    model.eval()
-    save_qat_dense(model, str(tmp_path / "dense"))
-    int8 = quantize_dynamic_int8(AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "dense")).eval())
-    enc = make_tokenizer()(make_texts(6, 2)[0], padding=True, return_tensors="pt")
-    with torch.no_grad():
-        fake, real = model(**enc).logits, int8(**enc).logits
-    assert (fake - real).abs().max() < 0.02 * fake.abs().max().clamp(min=1.0)
+    with pytest.raises(UserInputError, match="needs the full-precision model as --teacher_model"):
+        command_main("qat")(_cmd(tmp_path, "", data_file, "bad1")[4:])
+    with pytest.raises(UserInputError, match=r"is a quantized checkpoint \(qat\)"):
+        command_main("qat")(_cmd(tmp_path, str(out / "model"), data_file, "bad2")[4:])
+    assert not (tmp_path / "bad1").exists() and not (tmp_path / "bad2" / "teacher_cache").exists()

@@ -16,20 +16,16 @@ kernels; being on a per-row int8 grid already, the weights lose nothing more the
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..arch.base import unwrap_model
 from ..errors import UserInputError
-from ..files import atomic_path
+from ..packed_io import build_and_fill, packed_config, read_packed, save_dense_export, unique_tensors, write_packed
 from ..packing import pack_bits, packed_nbytes, unpack_bits
-from ..remote_code import architecture_class, plain_class_name, save_with_modeling_code, shape_codes, shaped_class
 from .config import QATConfig
 from .modules import QAT_KEY, apply_qat, qat_modules
 from .quantizers import dequantize, quantize_rows
@@ -38,14 +34,6 @@ logger = logging.getLogger(__name__)
 
 QAT_WEIGHTS_NAME = "qat_model.safetensors"
 FORMAT = "hfcompress-qat-v1"
-
-
-def _meta(model: nn.Module) -> dict:
-    meta = getattr(model.config, QAT_KEY, None)
-    if not meta:
-        raise UserInputError(f"{type(model).__name__} has no {QAT_KEY} in its config: it was not prepared for "
-                             "quantization-aware training (hfcompress.qat.apply_qat)")
-    return meta
 
 
 def quantized_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -62,37 +50,25 @@ def save_qat(model: nn.Module, directory: str, tokenizer=None) -> str:
     """Write the packed checkpoint (see the module docstring); the weights file is moved in last, a dense
     ``model.safetensors`` of an earlier save removed."""
     model = unwrap_model(model)
-    _meta(model)  # a model apply_qat prepared, or a clear error
-    modules = qat_modules(model)
-    tensors, packed, tied, seen = {}, {}, {}, {}
-    quantized = {f"{n}.weight": m for n, m in modules.items()}
-    for key, t in model.state_dict().items():
-        ident = (t.data_ptr(), tuple(t.shape))
-        if t.numel() and ident in seen:
-            tied[key] = seen[ident]
-            continue
-        if t.numel():
-            seen[ident] = key
+    if not getattr(model.config, QAT_KEY, None):
+        raise UserInputError(f"{type(model).__name__} has no {QAT_KEY} in its config: it was not prepared for "
+                             "quantization-aware training (hfcompress.qat.apply_qat)")
+    quantized = {f"{n}.weight": m for n, m in qat_modules(model).items()}
+    tensors, packed, tied = {}, {}, {}
+    for key, t, tied_to in unique_tensors(model):
         module = quantized.get(key)
-        if module is None:
+        if tied_to is not None:
+            tied[key] = tied_to
+        elif module is None:
             tensors[key] = t.detach().cpu().contiguous()
-            continue
-        bits = module.weight_bits
-        codes, scales = quantize_rows(t, bits)  # what the forward pass dequantizes (of a reloaded model: ~its own)
-        tensors[f"{key}.__codes"] = pack_bits(codes.cpu(), bits)
-        tensors[f"{key}.__scales"] = scales.detach().cpu().float().contiguous()
-        packed[key] = {"shape": list(t.shape), "bits": bits}
-    os.makedirs(directory, exist_ok=True)
-    model.config.architectures = [plain_class_name(type(model).__name__)]
-    model.config.save_pretrained(directory)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
-    for stale in ("model.safetensors", "model.safetensors.index.json"):
-        if os.path.exists(os.path.join(directory, stale)):
-            os.remove(os.path.join(directory, stale))
-    with atomic_path(os.path.join(directory, QAT_WEIGHTS_NAME), suffix=".safetensors") as tmp:
-        save_file(tensors, tmp, metadata={"hfcompress": json.dumps({"format": FORMAT, "packed": packed,
-                                                                    "tied": tied})})
+        else:
+            bits = module.weight_bits
+            codes, scales = quantize_rows(t, bits)  # what the forward pass dequantizes (of a reloaded model: ~its own)
+            tensors[f"{key}.__codes"] = pack_bits(codes.cpu(), bits)
+            tensors[f"{key}.__scales"] = scales.detach().cpu().float().contiguous()
+            packed[key] = {"shape": list(t.shape), "bits": bits}
+    write_packed(model, directory, QAT_WEIGHTS_NAME, tensors, {"format": FORMAT, "packed": packed, "tied": tied},
+                 tokenizer)
     logger.info("Saved %d quantized layers (%s) to %s", len(packed),
                 ", ".join(sorted({f"{v['bits']}-bit" for v in packed.values()})), directory)
     return directory
@@ -103,12 +79,7 @@ def is_qat_checkpoint(directory: str) -> bool:
 
 
 def _read(directory: str, meta: dict) -> dict[str, torch.Tensor]:
-    path = os.path.join(directory, QAT_WEIGHTS_NAME)
-    with safe_open(path, "pt") as fh:
-        file_meta = json.loads((fh.metadata() or {}).get("hfcompress", "{}"))
-        if file_meta.get("format") != FORMAT:
-            raise UserInputError(f"{path}: unknown format {file_meta.get('format')!r} (expected {FORMAT})")
-        raw = {k: fh.get_tensor(k) for k in fh.keys()}
+    file_meta, raw = read_packed(directory, QAT_WEIGHTS_NAME, FORMAT)
     expected = {f"{n}.weight": int(b) for n, b in meta.get("modules", {}).items()}
     packed = file_meta.get("packed", {})
     bad = []
@@ -147,26 +118,15 @@ def _read(directory: str, meta: dict) -> dict[str, torch.Tensor]:
 def load_qat(directory: str, model_class=None) -> nn.Module:
     """The model `save_qat` wrote, in eval mode, with its fake-quantized layers holding the stored quantized weights
     (see the module docstring)."""
-    from transformers import AutoConfig
-
     if not is_qat_checkpoint(directory):
         raise UserInputError(f"{directory} holds no {QAT_WEIGHTS_NAME}: not a checkpoint written by save_qat")
-    config = AutoConfig.from_pretrained(directory)
-    meta = getattr(config, QAT_KEY, None)
-    if not meta:
-        raise UserInputError(f"{directory}/config.json has no {QAT_KEY}: the packed weights cannot be read without "
-                             "their bit widths")
+    config = packed_config(directory, QAT_KEY, "the packed weights cannot be read without their bit widths")
+    meta = getattr(config, QAT_KEY)
     state = _read(directory, meta)
-    cls = shaped_class(config, architecture_class(config, directory, model_class))
-    model = cls(config)
     qconfig = QATConfig(qat_weight_bits=meta["weight_bits"], qat_activation_bits=meta["activation_bits"],
                         qat_embedding_bits=meta.get("embedding_bits"))
-    apply_qat(model, qconfig, targets=meta["modules"])
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in (getattr(model, "_tied_weights_keys", None) or ())]
-    if missing or unexpected:
-        raise UserInputError(f"{directory}: weights do not match {type(model).__name__} (missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]})")
+    model = build_and_fill(directory, config, state, model_class,
+                           prepare=lambda m: apply_qat(m, qconfig, targets=meta["modules"]))
     for module in qat_modules(model).values():
         module.qat_frozen = True
     return model.eval()
@@ -175,19 +135,4 @@ def load_qat(directory: str, model_class=None) -> nn.Module:
 def save_qat_dense(model: nn.Module, directory: str, tokenizer=None) -> str:
     """A plain transformers checkpoint holding the quantized weights as float32 (activations are not quantized
     there): any tool loads it; ``hfcompress quantize`` turns an int8-trained one into int8 kernels."""
-    model = unwrap_model(model)
-    state = quantized_state_dict(model)
-    meta = getattr(model.config, QAT_KEY, None)
-    if meta is not None:
-        delattr(model.config, QAT_KEY)
-    try:
-        if shape_codes(model.config):
-            save_with_modeling_code(model, directory, tokenizer, state_dict=state)
-        else:
-            model.save_pretrained(directory, safe_serialization=True, state_dict=state)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(directory)
-    finally:
-        if meta is not None:
-            setattr(model.config, QAT_KEY, meta)
-    return directory
+    return save_dense_export(model, directory, QAT_KEY, tokenizer, state_dict=quantized_state_dict(model))

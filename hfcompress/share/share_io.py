@@ -14,20 +14,16 @@ loads it with ``from_pretrained``, with ``trust_remote_code=True`` when it was p
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
 import torch
 import torch.nn as nn
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from ..arch.base import unwrap_model
 from ..errors import UserInputError
-from ..files import atomic_path
+from ..packed_io import build_and_fill, packed_config, read_packed, save_dense_export, unique_tensors, write_packed
 from ..packing import pack_bits, packed_nbytes, unpack_bits
-from ..remote_code import architecture_class, plain_class_name, save_with_modeling_code, shape_codes, shaped_class
 from .sharing import SHARING_KEY
 
 logger = logging.getLogger(__name__)
@@ -39,56 +35,38 @@ FORMAT = "hfcompress-shared-v1"
 def _shared_tensors(model: nn.Module, meta: dict) -> tuple[dict[str, torch.Tensor], dict]:
     modules = dict(model.named_modules())
     bits = int(meta["bits"])
-    packed = {}
-    tensors = {}
-    shared_keys = {}
     for name in meta["modules"]:
-        module = modules.get(name)
-        if module is None or not hasattr(module, "weight"):
+        if not hasattr(modules.get(name), "weight"):
             raise UserInputError(f"config.{SHARING_KEY} names {name!r}, which the model does not have")
-        shared_keys[f"{name}.weight"] = module.weight
-    seen: dict[tuple, str] = {}
-    tied = {}
-    for key, t in model.state_dict().items():
-        ident = (t.data_ptr(), tuple(t.shape))
-        if t.numel() and ident in seen:  # tied weights: stored once
-            tied[key] = seen[ident]
-            continue
-        if t.numel():
-            seen[ident] = key
-        if key not in shared_keys:
+    shared_keys = {f"{name}.weight" for name in meta["modules"]}
+    tensors, packed, tied = {}, {}, {}
+    for key, t, tied_to in unique_tensors(model):
+        if tied_to is not None:
+            tied[key] = tied_to
+        elif key not in shared_keys:
             tensors[key] = t.detach().cpu().contiguous()
-            continue
-        values, inverse = torch.unique(t.detach().cpu().reshape(-1), return_inverse=True)
-        if values.numel() > 2 ** bits:
-            raise UserInputError(f"{key} holds {values.numel()} distinct values, more than {bits}-bit indices can "
-                                 "address: it is not shared (train with WeightSharingCallback / share_weights first)")
-        tensors[f"{key}.__indices"] = pack_bits(inverse, bits)
-        tensors[f"{key}.__codebook"] = values.contiguous()
-        packed[key] = list(t.shape)
+        else:
+            values, inverse = torch.unique(t.detach().cpu().reshape(-1), return_inverse=True)
+            if values.numel() > 2 ** bits:
+                raise UserInputError(f"{key} holds {values.numel()} distinct values, more than {bits}-bit indices "
+                                     "can address: it is not shared (train with WeightSharingCallback / "
+                                     "share_weights first)")
+            tensors[f"{key}.__indices"] = pack_bits(inverse, bits)
+            tensors[f"{key}.__codebook"] = values.contiguous()
+            packed[key] = list(t.shape)
     return tensors, {"format": FORMAT, "bits": bits, "packed": packed, "tied": tied}
 
 
 def save_shared(model: nn.Module, directory: str, tokenizer=None) -> str:
     """Write the compact checkpoint of a model `share_weights` clustered (see the module docstring). The weights file
-    is written under a temporary name and moved last; a dense ``model.safetensors`` left by an earlier save is
-    removed (it would be loaded by mistake)."""
+    is moved in last; a dense ``model.safetensors`` left by an earlier save is removed."""
     model = unwrap_model(model)
     meta = getattr(model.config, SHARING_KEY, None)
     if not meta:
         raise UserInputError(f"{type(model).__name__} has no {SHARING_KEY} in its config: its weights were not shared "
                              "(run hfcompress.share.share_weights or train with WeightSharingCallback first)")
     tensors, file_meta = _shared_tensors(model, meta)
-    os.makedirs(directory, exist_ok=True)
-    model.config.architectures = [plain_class_name(type(model).__name__)]
-    model.config.save_pretrained(directory)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(directory)
-    for stale in ("model.safetensors", "model.safetensors.index.json"):
-        if os.path.exists(os.path.join(directory, stale)):
-            os.remove(os.path.join(directory, stale))
-    with atomic_path(os.path.join(directory, SHARED_WEIGHTS_NAME), suffix=".safetensors") as tmp:
-        save_file(tensors, tmp, metadata={"hfcompress": json.dumps(file_meta)})
+    write_packed(model, directory, SHARED_WEIGHTS_NAME, tensors, file_meta, tokenizer)
     logger.info("Saved %d shared matrices (%d-bit indices + codebooks) to %s", len(file_meta["packed"]),
                 file_meta["bits"], directory)
     return directory
@@ -101,12 +79,7 @@ def is_shared_checkpoint(directory: str) -> bool:
 def load_shared_state_dict(directory: str, config_meta: dict) -> dict[str, torch.Tensor]:
     """The dense tensors of `directory`'s packed file, after checking that every packed matrix's index width and
     size agree with the config's ``hfcompress_weight_sharing`` (`config_meta`)."""
-    path = os.path.join(directory, SHARED_WEIGHTS_NAME)
-    with safe_open(path, "pt") as fh:
-        file_meta = json.loads((fh.metadata() or {}).get("hfcompress", "{}"))
-        if file_meta.get("format") != FORMAT:
-            raise UserInputError(f"{path}: unknown format {file_meta.get('format')!r} (expected {FORMAT})")
-        raw = {k: fh.get_tensor(k) for k in fh.keys()}
+    file_meta, raw = read_packed(directory, SHARED_WEIGHTS_NAME, FORMAT)
     bits = int(config_meta.get("bits", -1))
     bad = []
     if int(file_meta.get("bits", -1)) != bits:
@@ -143,42 +116,15 @@ def load_shared_state_dict(directory: str, config_meta: dict) -> dict[str, torch
 def load_shared(directory: str, model_class=None) -> nn.Module:
     """The model `save_shared` wrote in `directory`, dense in memory, in eval mode. `model_class` defaults to the
     transformers class config.json names (structurally pruned / low-rank shapes rebuilt from their config keys)."""
-    from transformers import AutoConfig
-
     if not is_shared_checkpoint(directory):
         raise UserInputError(f"{directory} holds no {SHARED_WEIGHTS_NAME}: not a checkpoint written by save_shared")
-    config = AutoConfig.from_pretrained(directory)
-    meta = getattr(config, SHARING_KEY, None)
-    if not meta:
-        raise UserInputError(f"{directory}/config.json has no {SHARING_KEY}: the packed weights cannot be read "
-                             "without their index width")
-    state = load_shared_state_dict(directory, meta)
-    cls = shaped_class(config, architecture_class(config, directory, model_class))
-    model = cls(config)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if k not in (getattr(model, "_tied_weights_keys", None) or ())]
-    if missing or unexpected:
-        raise UserInputError(f"{directory}: weights do not match {type(model).__name__} (missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]})")
-    return model.eval()
+    config = packed_config(directory, SHARING_KEY, "the packed weights cannot be read without their index width")
+    state = load_shared_state_dict(directory, getattr(config, SHARING_KEY))
+    return build_and_fill(directory, config, state, model_class).eval()
 
 
 def save_shared_dense(model: nn.Module, directory: str, tokenizer=None) -> str:
     """An ordinary transformers checkpoint of the shared model (every entry stored as float32): loads with
     ``from_pretrained`` (``trust_remote_code=True`` for a pruned or low-rank shape). The sharing key is left out of
     its config: the folder is a plain model."""
-    model = unwrap_model(model)
-    meta = getattr(model.config, SHARING_KEY, None)
-    if meta is not None:
-        delattr(model.config, SHARING_KEY)
-    try:
-        if shape_codes(model.config):
-            save_with_modeling_code(model, directory, tokenizer)
-        else:
-            model.save_pretrained(directory, safe_serialization=True)
-            if tokenizer is not None:
-                tokenizer.save_pretrained(directory)
-    finally:
-        if meta is not None:
-            setattr(model.config, SHARING_KEY, meta)
-    return directory
+    return save_dense_export(model, directory, SHARING_KEY, tokenizer)

@@ -7,21 +7,16 @@ into int8 kernels for an int8-trained model)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
-from accelerate import PartialState
 
 from ..distill.arguments import DistillationArguments
 from ..errors import UserInputError
 from ..qat import QATCallback, QATConfig, apply_qat, check_qat, save_qat, save_qat_dense
 from ..qat.modules import qat_targets
-from ..report.measure import folder_size_mb
-from . import steps
-from .methods import RunMethod, refuse_quantized_source
+from .methods import RunMethod, refuse_quantized_source, save_packed_and_dense
 
-DENSE_DIR = "model_dense"
 METHOD_DIR = "qat"
 KD_TERMS = ("alpha", "hidden_weight", "relation_weight", "attention_weight")
 
@@ -92,16 +87,10 @@ class QATMethod(RunMethod):
         return model
 
     def save(self, trainer, tokenizer, run_dir: str) -> dict:
-        model_dir = os.path.join(run_dir, steps.MODEL_DIR)
-        dense_dir = os.path.join(run_dir, DENSE_DIR)
-        method_dir = os.path.join(run_dir, METHOD_DIR)
-        if trainer.is_world_process_zero():
-            save_qat(trainer.model, model_dir, tokenizer)
-            save_qat_dense(trainer.model, dense_dir, tokenizer)
-            self.config.save_pretrained(method_dir)
-            self.sizes = {"model_mb": folder_size_mb(model_dir), "model_dense_mb": folder_size_mb(dense_dir)}
-        PartialState().wait_for_everyone()
-        return {"model": model_dir, "model_dense": dense_dir, "qat": method_dir}
+        artifacts, sizes = save_packed_and_dense(trainer, tokenizer, run_dir, METHOD_DIR, self.config, save_qat,
+                                                 save_qat_dense)
+        self.sizes = sizes or self.sizes
+        return artifacts
 
     def record(self) -> dict:
         bits = sorted(set(self.layers.values()))

@@ -6,20 +6,15 @@ codebooks, `load_shared`) and dense (`model_dense/`, any tool)."""
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
-from accelerate import PartialState
 
 from ..distill.arguments import DistillationArguments
-from ..report.measure import folder_size_mb
 from ..share import WeightSharingCallback, WeightSharingConfig, check_sharing, save_shared, save_shared_dense
 from ..share.sharing import sharing_targets
-from . import steps
-from .methods import RunMethod, refuse_quantized_source
+from .methods import RunMethod, refuse_quantized_source, save_packed_and_dense
 
-DENSE_DIR = "model_dense"
 METHOD_DIR = "weight_sharing"
 
 
@@ -72,16 +67,10 @@ class WeightSharingMethod(RunMethod):
         check_sharing(model, self.config)  # k larger than a matrix's distinct weights, quantized modules
 
     def save(self, trainer, tokenizer, run_dir: str) -> dict:
-        model_dir = os.path.join(run_dir, steps.MODEL_DIR)
-        dense_dir = os.path.join(run_dir, DENSE_DIR)
-        method_dir = os.path.join(run_dir, METHOD_DIR)
-        if trainer.is_world_process_zero():
-            save_shared(trainer.model, model_dir, tokenizer)
-            save_shared_dense(trainer.model, dense_dir, tokenizer)
-            self.config.save_pretrained(method_dir)
-            self.sizes = {"model_mb": folder_size_mb(model_dir), "model_dense_mb": folder_size_mb(dense_dir)}
-        PartialState().wait_for_everyone()
-        return {"model": model_dir, "model_dense": dense_dir, "weight_sharing": method_dir}
+        artifacts, sizes = save_packed_and_dense(trainer, tokenizer, run_dir, METHOD_DIR, self.config, save_shared,
+                                                 save_shared_dense)
+        self.sizes = sizes or self.sizes
+        return artifacts
 
     def record(self) -> dict:
         return {**self.config.to_dict(), **self._callback.summary, "saved_mb": self.sizes,

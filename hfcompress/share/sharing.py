@@ -135,7 +135,7 @@ def check_sharing(model, config: WeightSharingConfig, adopt: bool = False) -> di
     found = quantized_by(model)
     if found:
         raise UserInputError(f"weight sharing needs float weights to cluster; the model is already quantized: {found}. "
-                             "Share the full-precision model (then quantize, if at all, nothing else)")
+                             "Share the full-precision model; quantize after sharing if at all")
     targets = sharing_targets(model, config)
     k = config.weight_sharing_k
     for name, module in targets.items():

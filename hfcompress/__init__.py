@@ -61,6 +61,16 @@ _LAZY = {
     "load_quantized": ".quantize",
     "VocabTrimConfig": ".vocab",
     "trim_vocabulary": ".vocab",
+    "WeightSharingCallback": ".share",
+    "WeightSharingConfig": ".share",
+    "share_weights": ".share",
+    "load_shared": ".share",
+    "save_shared": ".share",
+    "QATCallback": ".qat",
+    "QATConfig": ".qat",
+    "apply_qat": ".qat",
+    "load_qat": ".qat",
+    "save_qat": ".qat",
     "load_model": ".loading",
     "run_distillation": ".run",
 }
@@ -69,7 +79,7 @@ __all__ = list(_LAZY)
 
 # subpackages reachable as attributes after a bare `import hfcompress` (e.g. `hfcompress.distill`)
 _SUBMODULES = ("arch", "assets", "cli", "commands", "data", "distill", "errors", "loading", "lora", "lowrank", "metrics",
-               "prune", "quantize", "report", "run", "vocab")
+               "prune", "qat", "quantize", "report", "run", "share", "vocab")
 
 
 class _DemoteToDebug(logging.Filter):

@@ -179,6 +179,8 @@ RUN_COMMANDS = {
     "distill": "distil a teacher into a smaller student (text, audio classification, CTC, Whisper)",
     "prune": "prune while distilling: weights (magnitude, movement) or heads, neurons and blocks removed",
     "lowrank": "factorize projections by SVD and train the factors back with distillation",
+    "share": "share weights (k values per matrix, packed indices) and train the values with distillation",
+    "qat": "quantization-aware training with distillation: ternary, binary or int8 weights, packed checkpoints",
     "quantize": "quantize a trained model (ONNX Runtime int8, PyTorch int8, bitsandbytes) and measure it",
     "compress": "run a recipe: several methods composed in one command (a YAML file or a shipped recipe's name)",
 }

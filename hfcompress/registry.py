@@ -35,6 +35,8 @@ from typing import Any, Callable
 # The method folders' registrations, in the order their formats are tried (the more specific markers first).
 BUILTIN = (
     "hfcompress.quantize.registration",
+    "hfcompress.share.registration",
+    "hfcompress.qat.registration",
     "hfcompress.lowrank.registration",
     "hfcompress.prune.registration",
     "hfcompress.distill.registration",

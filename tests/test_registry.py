@@ -108,7 +108,8 @@ DISTIL = {"name": "distil", "method": "distill",
 
 def test_builtin_methods_and_formats_are_registered():
     assert {"distill", "prune", "lowrank", "lora", "quantize"} <= set(stage_names())
-    assert [f.name for f in formats()][:6] == ["onnx", "torch_int8", "bnb", "lowrank", "structured", "sparse"]
+    assert [f.name for f in formats()][:8] == ["onnx", "torch_int8", "bnb", "shared", "qat", "lowrank", "structured",
+                                              "sparse"]
     assert {m.name for m in methods()} >= {"distillation", "pruning", "lowrank", "lora", "quantization", "vocab_trim"}
 
 

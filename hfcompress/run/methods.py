@@ -7,6 +7,12 @@ before resuming, save what it produced, and describe itself in the run record.
 
 from __future__ import annotations
 
+import os
+
+from ..errors import UserInputError
+
+QUANTIZED_FORMATS = ("onnx", "torch_int8", "bnb", "qat")  # checkpoint formats whose weights are not float
+
 
 class RunMethod:
     name: str = "method"
@@ -39,3 +45,39 @@ class RunMethod:
 
     def record(self) -> dict:
         return {}
+
+
+def refuse_quantized_source(model_args, what: str) -> None:
+    """`UserInputError` when the model a training method starts from (the student, else the teacher) is a quantized
+    checkpoint (bitsandbytes, ONNX, torch int8): its weights are no longer the float weights the method trains."""
+    from ..assets import resolve_model_path
+    from ..loading import checkpoint_format
+
+    source = model_args.student_model or model_args.teacher_model
+    path = resolve_model_path(source) if source else None
+    if path and os.path.isdir(path):
+        fmt = checkpoint_format(path)
+        if fmt in QUANTIZED_FORMATS:
+            raise UserInputError(f"{what} needs float weights; {source} is a quantized checkpoint ({fmt}): start from "
+                                 "its full-precision source")
+
+
+def save_packed_and_dense(trainer, tokenizer, run_dir: str, method_dir: str, config, save_packed, save_dense) -> tuple:
+    """What the below-eight-bit methods save: the packed model in ``model/`` (`save_packed`), a plain transformers copy
+    in ``model_dense/`` (`save_dense`) and the method's config in `method_dir`, by the main process. Returns
+    ``(artifacts, sizes)``: the folders by role, and their sizes in MB (on the main process; empty elsewhere)."""
+    from accelerate import PartialState
+
+    from ..report.measure import folder_size_mb
+    from .steps import MODEL_DIR
+
+    model_dir, dense_dir = os.path.join(run_dir, MODEL_DIR), os.path.join(run_dir, "model_dense")
+    method_path = os.path.join(run_dir, method_dir)
+    sizes = {}
+    if trainer.is_world_process_zero():
+        save_packed(trainer.model, model_dir, tokenizer)
+        save_dense(trainer.model, dense_dir, tokenizer)
+        config.save_pretrained(method_path)
+        sizes = {"model_mb": folder_size_mb(model_dir), "model_dense_mb": folder_size_mb(dense_dir)}
+    PartialState().wait_for_everyone()
+    return {"model": model_dir, "model_dense": dense_dir, method_dir: method_path}, sizes

@@ -14,7 +14,9 @@ from ..lora import LoraArguments
 from .arguments import DataArguments, ModelArguments, ScriptTrainingDefaults, SpeechArguments
 from .lowrank import LowRankArguments
 from .prune import PruningArguments
+from .qat import QATArguments
 from .report import ReportArguments
+from .share import WeightSharingArguments
 
 
 @dataclass
@@ -84,6 +86,37 @@ class LowRankScriptArguments(ScriptTrainingDefaults, LowRankArguments):
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of training the factors."})
 
 
+@dataclass
+class FullCopyModelArguments(ModelArguments):
+    student_num_layers: int = field(
+        default=0,
+        metadata={"help": "Depth of the model to compress when it is built from the teacher: 0 = all blocks (a full "
+                  "copy of the teacher, the default); k = k evenly spaced blocks."},
+    )
+
+
+@dataclass
+class ShareScriptArguments(ScriptTrainingDefaults, WeightSharingArguments):
+    """Weight-sharing and distillation options, training defaults sized for the offline default on a 2-core CPU."""
+
+    _method_group_name = "Weight sharing and distillation"
+
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of training the shared values."})
+
+
+@dataclass
+class QATScriptArguments(ScriptTrainingDefaults, QATArguments):
+    """Quantization-aware training and distillation options: TernaryBERT's recipe (distillation of logits and hidden
+    states, no hard labels), training defaults sized for the offline default on a 2-core CPU."""
+
+    _method_group_name = "Quantization-aware training and distillation"
+
+    alpha: float = field(default=1.0, metadata={"help": "Weight of logit distillation in [0, 1]; the hard-label loss "
+                                                        "gets 1 - alpha (TernaryBERT: distillation only)."})
+    hidden_weight: float = field(default=1.0, metadata={"help": "Weight of hidden-state distillation (0 turns it off)."})
+    num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of quantization-aware training."})
+
+
 def _distill(model_args, data_args, args, lora_args, report, push, speech):
     from .distill import run_distillation
     from .lora import lora_methods
@@ -102,6 +135,18 @@ def _lowrank(model_args, data_args, args, report, push):
     from .lowrank import run_lowrank
 
     return run_lowrank(model_args, data_args, args, report=report, push=push)
+
+
+def _share(model_args, data_args, args, report, push):
+    from .share import run_weight_sharing
+
+    return run_weight_sharing(model_args, data_args, args, report=report, push=push)
+
+
+def _qat(model_args, data_args, args, report, push):
+    from .qat import run_qat
+
+    return run_qat(model_args, data_args, args, report=report, push=push)
 
 
 def _quantize(model_args, data_args, quant, run, report, hub, push):
@@ -149,6 +194,20 @@ def lowrank_script() -> Script:
                               PushArguments), _lowrank, True,
                   "Factorize a classifier's projections by truncated SVD and train the factors back with "
                   "distillation from the unfactorized model.")
+
+
+def share_script() -> Script:
+    return Script("share", (FullCopyModelArguments, DataArguments, ShareScriptArguments, ReportArguments,
+                            PushArguments), _share, True,
+                  "Share weights (Deep Compression: k values per matrix by k-means, 4-bit indices for k = 16) and "
+                  "train the shared values with distillation from the unshared model.")
+
+
+def qat_script() -> Script:
+    return Script("qat", (FullCopyModelArguments, DataArguments, QATScriptArguments, ReportArguments, PushArguments),
+                  _qat, True,
+                  "Quantization-aware training with distillation from the full-precision model: ternary (TernaryBERT), "
+                  "binary or int8 (Q8BERT) weights per row, 8-bit activations, packed 2/1/8-bit checkpoints.")
 
 
 def quantize_script() -> Script:

@@ -27,6 +27,7 @@ from ..data import label_names, load_text_classification, num_labels
 from ..distill.student import init_student_from_teacher
 from ..errors import UserInputError
 from ..files import write_text_atomic
+from ..loading import checkpoint_format, load_model
 from ..prune.structured_io import is_structured_checkpoint, load_structured
 from ..report import count_parameters, evaluate_classifier, model_size_mb
 from .arguments import DataArguments, ModelArguments
@@ -193,6 +194,8 @@ def build_student(model_args: ModelArguments, data_args: DataArguments, dataset:
         extra = {"id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}} if names else {}
         if is_structured_checkpoint(path):  # heads/neurons cut out: only its own modeling code builds it
             student = load_structured(path, num_labels=num_labels(dataset, data_args.label_column), **extra).train()
+        elif os.path.isdir(path) and checkpoint_format(path) in ("sparse", "shared"):  # compact weights: own loader
+            student = load_model(path).train()
         else:
             student = AutoModelForSequenceClassification.from_pretrained(
                 path, num_labels=num_labels(dataset, data_args.label_column), **extra

@@ -1,0 +1,102 @@
+"""Quantization-aware training as a method of a training run (`hfcompress qat`, `scripts/qat.py`): the student (by
+default a full copy of the fine-tuned teacher) gets fake-quantized layers before the trainer is built (ternary,
+binary or int8 weights per row, 8-bit activations), then trains with distillation from the full-precision teacher
+(TernaryBERT's recipe: logits and hidden states, through the shared `DistillationLoss`). Saved packed (`model/`,
+`load_qat`) and dense (`model_dense/`: the quantized weights as a plain checkpoint, which `hfcompress quantize` turns
+into int8 kernels for an int8-trained model)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..distill.arguments import DistillationArguments
+from ..errors import UserInputError
+from ..qat import QATCallback, QATConfig, apply_qat, check_qat, save_qat, save_qat_dense
+from ..qat.modules import qat_targets
+from .methods import RunMethod, refuse_quantized_source, save_packed_and_dense
+
+METHOD_DIR = "qat"
+KD_TERMS = ("alpha", "hidden_weight", "relation_weight", "attention_weight")
+
+
+@dataclass
+class QATArguments(DistillationArguments, QATConfig):
+    """`TrainingArguments` + distillation fields + quantization-aware training fields, for one `HfArgumentParser`.
+    With ``--qat_distill false`` every distillation term is turned off (labels alone)."""
+
+    def __post_init__(self):
+        QATConfig.__post_init__(self)
+        if not self.qat_distill:
+            for name in KD_TERMS:
+                setattr(self, name, 0.0)
+        DistillationArguments.__post_init__(self)
+
+    def qat_config(self) -> QATConfig:
+        return QATConfig.from_any(self)
+
+
+def run_qat(model_args, data_args, args: QATArguments, task: str = "qat", report=None, push=None):
+    """Quantization-aware training with distillation, as `scripts/qat.py` does; returns the `RunRecord`."""
+    from .distill import run_distillation
+
+    check_teacher(model_args, args)  # before the run reads the teacher's config
+
+    return run_distillation(model_args, data_args, args, methods=[QATMethod(args.qat_config())], task=task,
+                            report=report, push=push)
+
+
+def check_teacher(model_args, config: QATConfig) -> None:
+    """Distillation asked (``qat_distill``, the default) with no teacher: one clear error before any work."""
+    if config.qat_distill and not (model_args.teacher_model or "").strip():
+        raise UserInputError("quantization-aware training with distillation (--qat_distill, the default) needs the "
+                             "full-precision model as --teacher_model (the model distilled from, and copied into the "
+                             "student unless --student_model is given); with --qat_distill false it is only copied")
+
+
+class QATMethod(RunMethod):
+    name = "qat"
+
+    def __init__(self, config: QATConfig):
+        self.config = config
+        self._callback = QATCallback(config)
+        self.layers: dict = {}
+        self.sizes: dict = {}
+
+    def callback(self):
+        return self._callback
+
+    def check(self, model_args, data_args, args, train_rows: int) -> None:
+        check_teacher(model_args, self.config)
+        refuse_quantized_source(model_args, "quantization-aware training")
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+
+        from ..assets import resolve_model_path
+
+        cfg = AutoConfig.from_pretrained(resolve_model_path(model_args.student_model or model_args.teacher_model))
+        with torch.device("meta"):
+            probe = (self.auto_class or AutoModelForSequenceClassification).from_config(cfg)
+        qat_targets(probe, self.config)  # a pattern matching nothing, before the teacher is touched
+
+    def check_model(self, model) -> None:
+        check_qat(model, self.config)
+
+    def prepare_model(self, model, run_dir: str, tokenizer=None):
+        self.layers = apply_qat(model, self.config)  # before the trainer: evaluations see the quantized model
+        return model
+
+    def save(self, trainer, tokenizer, run_dir: str) -> dict:
+        artifacts, sizes = save_packed_and_dense(trainer, tokenizer, run_dir, METHOD_DIR, self.config, save_qat,
+                                                 save_qat_dense)
+        self.sizes = sizes or self.sizes
+        return artifacts
+
+    def record(self) -> dict:
+        bits = sorted(set(self.layers.values()))
+        return {**self.config.to_dict(), "scheme": self.config.scheme, "layers": len(self.layers),
+                "layer_bits": bits, "saved_mb": self.sizes,
+                "loading": "model/: hfcompress.qat.load_qat(path) (packed codes, same logits as trained); model_dense/: "
+                           "AutoModelForSequenceClassification.from_pretrained(path) (the quantized weights in float32, "
+                           "activations not quantized; for int8 kernels: hfcompress quantize --model model_dense "
+                           "--quantization onnx_int8)"}

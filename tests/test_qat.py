@@ -12,7 +12,15 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, make_dataset, make_texts, make_tokenizer, save_tiny_assets, tiny_bert
+from conftest import (
+    ROOT,
+    check_publishable_card,
+    make_dataset,
+    make_texts,
+    make_tokenizer,
+    save_tiny_assets,
+    tiny_bert,
+)
 from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 
 from hfcompress.errors import UserInputError
@@ -154,18 +162,19 @@ def test_recipe_order():
     assert "ternary {-a, 0, +a} weights (2-bit" in line and "with distillation" in line and "ternary" in tags
 
 
-def _cmd(tmp_path, teacher_dir, data_file, out, *flags):
+def _cmd(tmp_path, teacher_dir, data_file, out, *flags, measure=False):
     return [sys.executable, "-m", "hfcompress", "qat", "--teacher_model", teacher_dir, "--dataset", data_file,
             "--output_dir", str(tmp_path / out), "--max_steps", "3", "--eval_strategy", "no", "--save_strategy", "no",
-            "--use_cpu", "--learning_rate", "1e-3", "--dataloader_num_workers", "0", "--no_measure", *flags]
+            "--use_cpu", "--learning_rate", "1e-3", "--dataloader_num_workers", "0",
+            *(["--latency_rounds", "1", "--no_measure_memory"] if measure else ["--no_measure"]), *flags]
 
 
 def test_qat_command_end_to_end_and_its_bad_input(tmp_path):
     teacher_dir, data_file = save_tiny_assets(tmp_path / "assets")
     env = dict(os.environ, HFCOMPRESS_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
                PYTHONPATH=ROOT)
-    res = subprocess.run(_cmd(tmp_path, teacher_dir, data_file, "out"), env=env, capture_output=True, text=True,
-                         timeout=300, cwd=ROOT)
+    res = subprocess.run(_cmd(tmp_path, teacher_dir, data_file, "out", measure=True), env=env, capture_output=True,
+                         text=True, timeout=300, cwd=ROOT)
     assert res.returncode == 0, res.stderr[-4000:]
     out = tmp_path / "out"
     record = json.loads((out / "qat_summary.json").read_text())
@@ -177,6 +186,7 @@ def test_qat_command_end_to_end_and_its_bad_input(tmp_path):
     assert isinstance(model.bert.encoder.layer[0].intermediate.dense, QATLinear)
     weights = model.bert.encoder.layer[0].intermediate.dense.weight
     assert all(torch.unique(row).numel() <= 3 for row in weights)
+    check_publishable_card(out / "model", run_dir=tmp_path)  # measured against the teacher; its code runs
     # bad input, one clear error each before any work: KD without a teacher; QAT of a quantized model
     from hfcompress.run.scripts import command_main
 

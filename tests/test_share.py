@@ -12,7 +12,15 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, make_dataset, make_texts, make_tokenizer, save_tiny_assets, tiny_bert
+from conftest import (
+    ROOT,
+    check_publishable_card,
+    make_dataset,
+    make_texts,
+    make_tokenizer,
+    save_tiny_assets,
+    tiny_bert,
+)
 from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
 
 from hfcompress.errors import UserInputError
@@ -218,6 +226,7 @@ def test_recipe_prune_then_share_keeps_the_zeros_and_cards_the_result(tmp_path):
     assert entry["index_bits"] == 3 and entry["pruned_matrices"] > 0
     card = (out / "model" / "README.md").read_text()
     assert "weight sharing (Deep Compression trained quantization)" in card and "load_shared" in card
+    check_publishable_card(out / "model", run_dir=tmp_path)  # the packed format's loading code runs as shown
 
 
 def test_share_command_refuses_a_bad_k_before_any_work(tmp_path):

@@ -22,11 +22,12 @@ assets: venv
 distill: assets
 	$(BIN)/accelerate launch --num_processes 1 -m hfcompress distill --output_dir $(OUT)
 
+# Two workers, each test file on one of them (--dist loadfile: a file's module fixtures are built once).
 test: assets
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 test-fast: venv
-	$(BIN)/python -m pytest -q tests -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests -m "not slow"
 
 # The CUDA paths (bf16/fp16 autocast, structured pruning, bitsandbytes, the teacher cache on cuda); skipped without a GPU.
 test-gpu: venv

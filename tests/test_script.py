@@ -89,10 +89,11 @@ def test_one_and_two_processes_agree(tiny, tmp_path):
     for out in (one, two):
         ckpts = sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("checkpoint-"))
         assert ckpts == ["checkpoint-4"]
-        # The publishable model stands alone: no checkpoint, cache or run file beside it; its card and plot do.
+        # The publishable model stands alone: no checkpoint, cache or run file beside it; its card and plot do, and
+        # its record (what the card is rendered from, and the lineage the next command reads).
         assert sorted(p.name for p in (out / "model").iterdir()) == sorted(
             ["config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-             "README.md", "compression.png"])
+             "README.md", "compression.png", "hfcompress_record.json"])
         assert (out / "training_args.json").exists()  # the run's arguments, readable, beside (not in) the model
     # Measured once, by the main process, against the teacher; the card shows those numbers.
     for s in (s1, s2):

@@ -123,6 +123,31 @@ def stage_line(entry: dict, number: int) -> str:
             + ("; ".join(described) or "no method recorded") + effect)
 
 
+def chain_summary(lineage: list[dict], comparison: dict, dataset, origin) -> str:
+    """One sentence on this model against the original base of its chain: accuracy and size exactly (the first
+    stage measured the base on the same split), speed as the product of the stages' ratios (each measured in its own
+    run, said so). Empty when the chain's first stage did not measure the same data and split."""
+    first = (lineage[0].get("measured") or {}) if lineage else {}
+    acc = comparison["model"]["metrics"].get("accuracy")
+    if (not first or first.get("accuracy_delta_points") is None or first.get("size_ratio") is None or acc is None
+            or lineage[0].get("dataset") != dataset or first.get("split") != comparison.get("split")):
+        return ""
+    base_acc = first["accuracy"] - first["accuracy_delta_points"] / 100
+    base_size = first["size_mb"] * first["size_ratio"]
+    speedups = [(e.get("measured") or {}).get("speedup") for e in lineage] + [comparison.get("speedup")]
+    speed = ""
+    if all(isinstance(x, (int, float)) for x in speedups):
+        product = 1.0
+        for x in speedups:
+            product *= x
+        speed = (f"; the stages' speedups, each measured in its own run against its input, multiply to "
+                 f"{product:.2f}x")
+    return (f" Against the original base `{origin}` ({comparison['split']} accuracy {base_acc:.4f}, "
+            f"{base_size:.1f} MB, as its first stage measured it): accuracy {acc:.4f} "
+            f"({100 * (acc - base_acc):+.2f} points), {base_size / comparison['model']['size_mb']:.2f}x smaller"
+            f"{speed}.")
+
+
 def headline_change(comparison: dict, metric: str) -> str:
     """The summary's change of the task's main metric (`metric`: accuracy, or a tagger's entity F1), in points."""
     change = (comparison.get("changes") or {}).get(f"metric_{metric}")
@@ -281,7 +306,8 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
                 + (f" in {len(lineage) + max(1, len(record.get('stages') or []))} stages" if lineage else "")
                 + f": {comparison['size_ratio']:.2f}x smaller on disk and {comparison['speedup']:.2f}x "
                 f"faster on a CPU than {'its input `' + str(base.get('source') or base['path']) + '`' if lineage else 'the base'}, "
-                + headline_change(comparison, record.get("data", {}).get("metric") or "accuracy"),
+                + headline_change(comparison, record.get("data", {}).get("metric") or "accuracy")
+                + chain_summary(lineage, comparison, dataset, origin),
         comparison_table=comparison_table(comparison),
         plots="\n\n".join(plots),
         hardware=f"{env.get('cpu_count')} CPU cores ({proto.get('device', 'cpu')}), torch {env.get('torch')}",

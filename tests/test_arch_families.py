@@ -291,9 +291,14 @@ def test_modernbert_student_keeps_the_layer_pattern_and_reloads(tmp_path):
 
 
 @pytest.mark.parametrize("family", ["modernbert", "deberta-separate"])
-def test_onnx_int8_and_dynamic_int8_of_pruned_models_match_pytorch(family, tmp_path):
+@pytest.mark.parametrize("head", ["sequence", "token"])
+def test_onnx_int8_and_dynamic_int8_of_pruned_models_match_pytorch(family, head, tmp_path):
+    """Sequence classifiers and token classifiers (per-token logits, the sequence axis dynamic) of both families."""
+    from transformers import AutoModelForTokenClassification
+
     from hfcompress.quantize import (
         OnnxModelForSequenceClassification,
+        OnnxModelForTokenClassification,
         export_onnx,
         load_dynamic_int8,
         quantize_dynamic_int8,
@@ -302,6 +307,9 @@ def test_onnx_int8_and_dynamic_int8_of_pruned_models_match_pytorch(family, tmp_p
     )
 
     model = FAMILIES[family]()
+    if head == "token":
+        model = AutoModelForTokenClassification.from_config(model.config).eval()
+    onnx_class = OnnxModelForTokenClassification if head == "token" else OnnxModelForSequenceClassification
     pruner = StructuredPruner(model, _structured(scope="global"))
     _train(model, pruner, steps=2)
     pruner.fold()
@@ -313,8 +321,9 @@ def test_onnx_int8_and_dynamic_int8_of_pruned_models_match_pytorch(family, tmp_p
     int8 = quantize_onnx(fp32, str(tmp_path / "int8"))
     scale = ref.abs().max().item()
     for folder, tol in ((fp32, 1e-4), (int8, 0.1)):
-        ort = OnnxModelForSequenceClassification.from_pretrained(folder)
+        ort = onnx_class.from_pretrained(folder)
         got = ort(input_ids=ids, attention_mask=mask).logits
+        assert got.shape == ref.shape
         assert (got - ref).abs().max().item() <= tol * max(1.0, scale), (folder, (got - ref).abs().max())
     dyn = quantize_dynamic_int8(model)
     assert (_logits(dyn, ids, mask) - ref).abs().max().item() <= 0.1 * max(1.0, scale)

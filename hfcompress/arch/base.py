@@ -287,6 +287,33 @@ def task_head_names(model: nn.Module) -> list[str]:
             if child is not base and any(True for _ in child.parameters())]
 
 
+def linear_targets(model: nn.Module, patterns: list[str] | None, option: str) -> list[str]:
+    """Names of the ``nn.Linear`` layers a method works on, in `named_modules` order: those matching `patterns` (a
+    name, a name's last parts, or a regular expression over the whole name), or, without patterns, every one outside
+    the task head. `option` names the argument in the one error a pattern matching nothing gives (it lists the
+    Linear layers there are); no layer at all is an error too."""
+    import re
+
+    model = unwrap_model(model)
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if patterns:
+        chosen = []
+        for pattern in patterns:
+            found = [n for n in linears
+                     if n == pattern or n.endswith("." + pattern) or re.fullmatch(pattern, n) is not None]
+            if not found:
+                raise UserInputError(f"{option}: {pattern!r} matches no nn.Linear layer of {type(model).__name__}. "
+                                     f"Its Linear layers: {', '.join(linears) or 'none'}")
+            chosen += [n for n in found if n not in chosen]
+        order = {n: i for i, n in enumerate(linears)}
+        return sorted(chosen, key=order.__getitem__)
+    heads = set(task_head_names(model))
+    chosen = [n for n in linears if n.split(".")[0] not in heads]
+    if not chosen:
+        raise UserInputError(f"{type(model).__name__} has no nn.Linear layer outside its task head ({option})")
+    return chosen
+
+
 def _is_bare_model(model: nn.Module) -> bool:
     """Whether `model` is the class ``AutoModel`` builds for its model type (``BertModel``, ``Wav2Vec2Model``)."""
     try:

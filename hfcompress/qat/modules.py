@@ -14,12 +14,11 @@ where TernaryBERT quantizes them too.
 from __future__ import annotations
 
 import logging
-import re
 
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..arch.base import task_head_names, unwrap_model
+from ..arch.base import linear_targets, unwrap_model
 from ..errors import UserInputError
 from ..packing import quantized_by
 from .config import QATConfig
@@ -56,28 +55,11 @@ class QATEmbedding(nn.Embedding):
                            self.scale_grad_by_freq, self.sparse)
 
 
-def _matches(pattern: str, name: str) -> bool:
-    return name == pattern or name.endswith("." + pattern) or re.fullmatch(pattern, name) is not None
-
-
 def qat_targets(model: nn.Module, config: QATConfig) -> dict[str, int]:
     """Name -> weight bits of every layer to quantize: the chosen nn.Linear layers (default: all outside the task
     head) and, unless ``qat_embedding_bits`` is 32, the word embeddings. A pattern matching nothing is an error."""
     model = unwrap_model(model)
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if config.qat_modules:
-        chosen = []
-        for pattern in config.qat_modules:
-            found = [n for n in linears if _matches(pattern, n)]
-            if not found:
-                raise UserInputError(f"qat_modules: {pattern!r} matches no nn.Linear layer of {type(model).__name__}. "
-                                     f"Its Linear layers: {', '.join(linears) or 'none'}")
-            chosen += [n for n in found if n not in chosen]
-    else:
-        heads = set(task_head_names(model))
-        chosen = [n for n in linears if n.split(".")[0] not in heads]
-    if not chosen:
-        raise UserInputError(f"{type(model).__name__} has no nn.Linear layer outside its task head to quantize")
+    chosen = linear_targets(model, config.qat_modules, "qat_modules")
     targets = {n: config.qat_weight_bits for n in chosen}
     if config.qat_embedding_bits != 32:
         emb = model.get_input_embeddings()

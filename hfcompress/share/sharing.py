@@ -26,12 +26,11 @@ assignment loses far more accuracy than clustering (the HashedNets paper hashes 
 from __future__ import annotations
 
 import logging
-import re
 
 import torch
 import torch.nn as nn
 
-from ..arch.base import task_head_names, unwrap_model
+from ..arch.base import linear_targets, unwrap_model
 from ..errors import UserInputError
 from ..packing import bits_for, quantized_by
 from .config import WeightSharingConfig
@@ -41,26 +40,12 @@ logger = logging.getLogger(__name__)
 SHARING_KEY = "hfcompress_weight_sharing"  # config.json: {"k", "bits", "modules"} of a model whose weights share
 
 
-def _matches(pattern: str, name: str) -> bool:
-    return name == pattern or name.endswith("." + pattern) or re.fullmatch(pattern, name) is not None
-
-
 def sharing_targets(model: nn.Module, config: WeightSharingConfig) -> dict[str, nn.Module]:
     """Name -> module (``nn.Linear``, or the word-embedding ``nn.Embedding``) of every matrix that shares values, in
     `named_modules` order. A pattern matching nothing is a `UserInputError` listing the Linear layers there are."""
     model = unwrap_model(model)
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, nn.Linear)}
-    heads = tuple(task_head_names(model))
-    if config.weight_sharing_modules:
-        chosen = {}
-        for pattern in config.weight_sharing_modules:
-            found = {n: m for n, m in linears.items() if _matches(pattern, n)}
-            if not found:
-                raise UserInputError(f"weight_sharing_modules: {pattern!r} matches no nn.Linear layer of "
-                                     f"{type(model).__name__}. Its Linear layers: {', '.join(linears) or 'none'}")
-            chosen.update(found)
-    else:
-        chosen = {n: m for n, m in linears.items() if n.split(".")[0] not in heads}
+    modules = dict(model.named_modules())
+    chosen = {n: modules[n] for n in linear_targets(model, config.weight_sharing_modules, "weight_sharing_modules")}
     if config.weight_sharing_embeddings:
         emb = model.get_input_embeddings()
         chosen.update({n: m for n, m in model.named_modules() if m is emb})

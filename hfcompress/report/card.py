@@ -21,7 +21,7 @@ import os
 from ..errors import UserInputError
 from ..files import atomic_path
 from ..registry import get_format, get_method, number_text, settings_text
-from .lineage import dataset_id, hub_id, original_base_id, record_max_length, record_seed
+from .lineage import dataset_id, entries_of, hub_id, original_base_id, record_max_length, record_seed
 from .plot import SCHEDULE_PNG, TRADEOFF_PNG
 
 logger = logging.getLogger(__name__)
@@ -234,28 +234,17 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
     for entry in lineage:
         tags += [t for t in describe_methods(entry.get("methods") or {})[1] if t not in tags]
     lines = []
-    if lineage:
+    if lineage or record.get("stages"):  # a chain of runs, or a recipe's stages: one numbered line per stage
+        chain = entries_of(record)  # the earlier runs, then this run's stages (a recipe's) or this run itself
         lines = [f"From the original base `{origin}` to this model, stage by stage (each earlier stage's record was "
-                 "read from the folder the next one started from):"]
-        lines += [stage_line(e, i + 1) for i, e in enumerate(lineage)]
-    if record.get("stages"):  # a recipe: what each stage did, in order, with what it measured
-        if not lines:
-            lines = ["Recipe stages, in order (each measured against the base when it finished):"]
-        for s in record["stages"]:
-            stage_lines, _ = describe_methods(s.get("methods") or {})
-            got = s.get("measured", {})
-            lines.append(f"{len(lineage) + record['stages'].index(s) + 1}. `{s['name']}` ({s['method']}): "
-                         + "; ".join(stage_lines)
-                         + (f" -> accuracy {got['accuracy']:.4f}, {got['size_mb']:.1f} MB, {got['speedup']:.2f}x "
-                            "faster" if got.get("accuracy") is not None else ""))
+                 "read from the folder the next one started from):" if lineage else
+                 "Recipe stages, in order (each measured against the base when it finished):"]
+        lines += [stage_line(e, i + 1) for i, e in enumerate(chain)]
+        if not record.get("stages"):
+            lines[-1] += " (this run; table above)"
         recipe_text = record.get("settings", {}).get("recipe", {}).get("text")
         if recipe_text:
             lines.append("\nThe recipe:\n\n```yaml\n" + recipe_text.strip() + "\n```")
-    elif lineage:
-        lines.append(stage_line({"run": record.get("task"), "stage": record.get("task"), "methods": methods,
-                                 "dataset": dataset, "seed": record_seed(record),
-                                 "max_length": record_max_length(record), "measured": {},
-                                 "measured_against": "its input"}, len(lineage) + 1) + " (this run; table above)")
     else:
         lines = [f"- {line}" for line in described]
     chain_methods = [methods, *(e.get("methods") or {} for e in lineage)]

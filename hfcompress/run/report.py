@@ -90,18 +90,18 @@ def compare_on_eval_split(model_dir: str, base_dir: str, base_source: str | None
     `evaluate(model, tokenizer, split)`: the task's own evaluation (default: a text classifier's, on the split's
     text and label columns)."""
     split = "test" if "test" in dataset else "validation"
+    common = dict(split=split, max_length=data_args.max_length, config=report.measure_config(data_args.max_length),
+                  variants=variants)
     if evaluate is not None:
-        comparison = compare_checkpoints(
-            base_dir, model_dir, None, None, split=split, max_length=data_args.max_length,
-            config=report.measure_config(data_args.max_length), variants=variants, rows=len(dataset[split]),
-            evaluate=lambda model, tokenizer, role: evaluate(model, tokenizer, split))
-        comparison["base"]["source"] = base_source
-        return comparison
-    texts, labels = dataset[split][data_args.text_column], dataset[split][data_args.label_column]
-    pairs = dataset[split][data_args.text_pair_column] if getattr(data_args, "text_pair_column", None) else None
-    comparison = compare_checkpoints(base_dir, model_dir, texts, labels, split=split, max_length=data_args.max_length,
-                                     config=report.measure_config(data_args.max_length), variants=variants,
-                                     text_pairs=pairs, pair_truncation=getattr(data_args, "pair_truncation", "only_second"))
+        comparison = compare_checkpoints(base_dir, model_dir, None, None, rows=len(dataset[split]),
+                                         evaluate=lambda model, tokenizer, role: evaluate(model, tokenizer, split),
+                                         **common)
+    else:
+        pairs = dataset[split][data_args.text_pair_column] if getattr(data_args, "text_pair_column", None) else None
+        comparison = compare_checkpoints(base_dir, model_dir, dataset[split][data_args.text_column],
+                                         dataset[split][data_args.label_column], text_pairs=pairs,
+                                         pair_truncation=getattr(data_args, "pair_truncation", "only_second"),
+                                         **common)
     comparison["base"]["source"] = base_source
     return comparison
 

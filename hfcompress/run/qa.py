@@ -88,9 +88,10 @@ class AnswerScorer:
 
 @torch.no_grad()
 def window_logits(model, features, tokenizer, batch_size: int = 32, device=None):
-    """Start and end logits of every window (rows padded to the longest window)."""
+    """Start and end logits of every window (rows padded to the longest window), of any reader `load_model` gives
+    (PyTorch, torch int8, ONNX Runtime)."""
     model = model.eval() if device is None else model.to(device).eval()
-    device = next(model.parameters()).device
+    device = model.device  # a transformers model's, or an ONNX Runtime model's (the CPU)
     collator = SpanDistillationCollator(tokenizer)
     starts, ends = [], []
     for i in range(0, len(features), batch_size):

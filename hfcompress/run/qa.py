@@ -253,11 +253,11 @@ class QuestionAnswering(TaskAdapter):
     def compute_metrics(self, run: Run):
         return run.extras["scorer"]
 
-    def data_entry(self, run: Run, trainer) -> dict:
-        features = run.extras["features"]
-        return {**super().data_entry(run, trainer), "task": self.name, "pipeline_tag": self.pipeline_tag,
-                "metric": self.metric, "metric_name": self.metric_name,
-                "windows": {s: len(f) for s, f in features.items()},
+    def record_data(self, run: Run) -> dict:
+        features = run.extras.get("features")
+        return {"task": self.name, "pipeline_tag": self.pipeline_tag, "metric": self.metric,
+                "metric_name": self.metric_name,
+                **({"windows": {s: len(f) for s, f in features.items()}} if features is not None else {}),
                 "unanswerable_questions": {s: sum(not a["text"] for a in d["answers"]) for s, d in run.dataset.items()},
                 "doc_stride": run.data_args.doc_stride, "max_length": run.data_args.max_length}
 
@@ -270,22 +270,22 @@ class QuestionAnswering(TaskAdapter):
     def measure(self, run: Run, record, trainer, model_dir: str, report) -> None:
         """The saved reader against its teacher, both from disk: exact match and F1 (`evaluate_reader`, each with its
         own tokenizer's windows), size, latency, memory; then the card."""
-        measure_reader(record, model_dir, run.teacher_path, run.model_args.teacher_model, run.dataset, run.data_args,
-                       report, os.path.basename(os.path.normpath(run.run_dir)), run.args.per_device_eval_batch_size)
+        from .report import measure_and_card
 
+        measure_and_card(record, model_dir, run.teacher_path, run.model_args.teacher_model, run.dataset,
+                         run.data_args, report, run_name=os.path.basename(os.path.normpath(run.run_dir)),
+                         evaluate=self.evaluation(run.dataset, run.data_args, run.args.per_device_eval_batch_size))
 
-def measure_reader(record, model_dir: str, base_dir: str, base_source: str | None, dataset, data_args, report,
-                   run_name: str | None = None, batch_size: int = 32, **kwargs) -> dict:
-    """`run.report.measure_and_card` for QA readers: both models scored by `evaluate_reader` from disk."""
-    from .report import measure_and_card
+    def evaluation(self, dataset, data_args, batch_size: int = 32):
+        allow = has_unanswerable(dataset)
 
-    allow = has_unanswerable(dataset)
+        def evaluate(model, tokenizer, split):
+            return evaluate_reader(model, tokenizer, dataset[split], data_args, allow, batch_size)
 
-    def evaluate(model, tokenizer, split):
-        return evaluate_reader(model, tokenizer, dataset[split], data_args, allow, batch_size)
+        return evaluate
 
-    return measure_and_card(record, model_dir, base_dir, base_source, dataset, data_args, report, run_name=run_name,
-                            evaluate=evaluate, **kwargs)
+    def texts(self, dataset, split: str, data_args) -> list[str]:
+        return list(dataset[split]["question"]) + list(dataset[split]["context"])
 
 
 register_task(QuestionAnswering())

@@ -66,3 +66,40 @@ def test_quantize_token_and_qa_models_measured_and_carded(assets, tmp_path, task
     assert f"{s['metric_value']:.4f}" in card.text
     if task == "qa":
         assert "answer_questions" in card.text and "doc_stride=4" in card.text
+
+
+@pytest.mark.parametrize("task", ["token", "qa"])
+def test_lowrank_on_token_and_qa_models_reloads_and_cards(assets, tmp_path, task):
+    """scripts/lowrank.py: the task comes from the teacher, the factorized student keeps the task's head and class,
+    reloads with and without hfcompress (remote code through the task's auto class), and its card's code runs."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    from transformers import AutoModelForQuestionAnswering, AutoModelForTokenClassification
+
+    from hfcompress.lowrank import LowRankLinear
+
+    model, data, extra = assets[task]
+    out = tmp_path / "out"
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "lowrank.py"), "--teacher_model", model, "--dataset", data,
+           "--output_dir", str(out), "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no",
+           "--use_cpu", "--rank", "4", "--dataloader_num_workers", "0", "--latency_rounds", "1", "--no_measure_memory",
+           *extra]
+    env = dict(os.environ, HFCOMPRESS_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=ROOT)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-4000:]
+    record = json.load(open(out / "lowrank_summary.json"))
+    assert record["data"]["pipeline_tag"] == {"token": "token-classification", "qa": "question-answering"}[task]
+    model_dir = str(out / "model")
+    assert checkpoint_format(model_dir) == "lowrank"
+    ours = load_model(model_dir)
+    assert type(ours).__name__.endswith(CLASSES[task]["torch_int8"])  # HfcLowRankBertFor...
+    assert any(isinstance(m, LowRankLinear) for m in ours.modules())
+    auto = AutoModelForTokenClassification if task == "token" else AutoModelForQuestionAnswering
+    remote = auto.from_pretrained(model_dir, trust_remote_code=True)
+    assert sum(p.numel() for p in remote.parameters()) == sum(p.numel() for p in ours.parameters())
+    check_publishable_card(model_dir, run_dir=tmp_path)

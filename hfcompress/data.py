@@ -34,7 +34,7 @@ import re
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
 
-from .assets import asset_path, canonical_name
+from .assets import asset_path, canonical_name, resolve_data_path
 from .errors import UserInputError
 from .fingerprint import content_fingerprint  # noqa: F401  (here before it moved to the ground floor)
 
@@ -166,7 +166,7 @@ def _looks_like_file(name: str) -> bool:
 
 def _read_raw(name_or_path: str) -> tuple[dict[str, Dataset], dict[str, str]]:
     """The splits as found (split -> Dataset, split names not yet normalised) and where each came from."""
-    path = os.path.expanduser(name_or_path)
+    path = os.path.expanduser(resolve_data_path(name_or_path))  # an offline data asset's name: its file
     if os.path.isfile(path):
         return {"train": _read_files([path])}, {"train": f"file {path}"}
     if os.path.isdir(path):

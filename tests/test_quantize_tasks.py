@@ -103,3 +103,17 @@ def test_lowrank_on_token_and_qa_models_reloads_and_cards(assets, tmp_path, task
     remote = auto.from_pretrained(model_dir, trust_remote_code=True)
     assert sum(p.numel() for p in remote.parameters()) == sum(p.numel() for p in ours.parameters())
     check_publishable_card(model_dir, run_dir=tmp_path)
+
+
+def test_vocab_trim_of_a_reader_keeps_question_and_context_tokens(assets, tmp_path):
+    """--vocab_trim on a QA reader counts the tokens of questions and contexts (`TaskAdapter.texts`): held-out
+    coverage stays whole on this data and the trimmed ONNX reader is measured like any other."""
+    model, data, extra = assets["qa"]
+    record = load_script("quantize").main(["--model", model, "--dataset", data, "--output_dir", str(tmp_path / "out"),
+                                           "--vocab_trim", "--quantization", "onnx_fp32", "--latency_rounds", "1",
+                                           "--no_measure_memory", *extra])
+    trim = record.methods["vocab_trim"]
+    assert trim["kept_vocab_size"] < trim["original_vocab_size"] and trim["coverage"]["coverage"] == 1.0
+    assert trim["texts"] == 2 * record.data["splits"]["train"]  # a question and a context per training question
+    assert type(load_model(str(tmp_path / "out" / "model"))).__name__ == "OnnxModelForQuestionAnswering"
+    assert record.metrics["summary"]["metric_value"] == pytest.approx(record.comparison["model"]["metrics"]["f1"])

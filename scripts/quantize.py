@@ -19,8 +19,8 @@ nothing is trained here (a low-rank model regains accuracy by training: scripts/
 
 Writes <output_dir>/model (the compressed model; load it with hfcompress.loading.load_model, or, for ONNX, with
 hfcompress.quantize.OnnxModelFor{SequenceClassification,TokenClassification,QuestionAnswering}.from_pretrained),
-<output_dir>/reference (the source as a user
-downloads it, measured the same way) and <output_dir>/quantize_summary.json (settings and measurements).
+<output_dir>/reference (the source as a user downloads it, measured the same way) and
+<output_dir>/quantize_summary.json (settings and measurements).
 """
 
 from __future__ import annotations

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shlex
 import sys
 
 REDACTED = "<redacted>"
@@ -110,10 +111,10 @@ def invoked_as(argv: list[str]):
 
 
 def command_line() -> str:
-    """This process's command line, as a run record shows it (secrets redacted)."""
-    if _INVOKED_AS:
-        return " ".join(redact_argv(_INVOKED_AS[-1]))
-    return " ".join(redact_argv([os.path.basename(sys.argv[0]), *sys.argv[1:]]))
+    """This process's command line, as a run record shows it: secrets redacted, every other word quoted for a POSIX
+    shell where it needs it (a pattern such as ``'layer\\.0\\.output\\.dense$'`` runs as typed when copied)."""
+    argv = _INVOKED_AS[-1] if _INVOKED_AS else [os.path.basename(sys.argv[0]), *sys.argv[1:]]
+    return " ".join(a if REDACTED in a else shlex.quote(a) for a in redact_argv(argv))
 
 
 def redact_text(text: str) -> str:

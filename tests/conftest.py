@@ -218,6 +218,11 @@ def check_publishable_card(model_dir, run_dir=None, local_path=None, run_code=Tr
     with open(os.path.join(model_dir, "hfcompress_record.json")) as fh:
         record = json.load(fh)
     assert "<redacted>" not in card.text or "--hub_token <redacted>" in card.text
+    if "# the Hub repository" in card.text:  # published: no folder of the machine that made it
+        from hfcompress.report.card import local_paths
+
+        leaked = [p for p in local_paths(record) if p.count("/") > 2 and p in card.content]
+        assert not leaked, leaked
     config = json.load(open(os.path.join(model_dir, "config.json")))
     reader = data.pipeline_tag == "question-answering"  # no classes: start and end logits
     for i, label in ({} if reader else config["id2label"]).items():

@@ -99,6 +99,8 @@ def test_push_dry_run_card_names_the_hub_id(chain, capsys):
     card = ModelCard.load(upload / "README.md")
     assert 'PATH = "me/tiny-sentiment-int8"' in card.text and str(model_dir) not in card_code(card.text)
     assert card.data.model_name == "tiny-sentiment-int8"
+    # the machine's folders by their last names only ("from `.../prune/model`"), in the text and the command
+    assert str(out["quantize"].parent) not in card.content and "`.../prune/model`" in card.text
     # the code shown, with the Hub id swapped for the local copy as the card says, runs
     check_publishable_card(upload, local_path=upload)
 

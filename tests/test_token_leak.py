@@ -170,3 +170,17 @@ def test_tokens_leave_the_arguments_and_stay_in_memory():
     assert redact_argv(["x", "--hub_token", TOKEN, f"--hub_token={TOKEN}", "--pad_token", "p"]) == [
         "x", "--hub_token", "<redacted>", "--hub_token=<redacted>", "--pad_token", "p"]
     forget_tokens()
+
+
+def test_the_recorded_command_is_redacted_and_runs_as_typed():
+    import shlex
+
+    from hfcompress.tokens import command_line, invoked_as
+
+    argv = ["hfcompress", "quantize", "--onnx_float_modules", r"layer\.0\.output\.dense$", "--hub_token", "hf_secret",
+            "--output_dir", "my runs/x"]
+    with invoked_as(argv):
+        line = command_line()
+    assert "hf_secret" not in line and "--hub_token <redacted>" in line
+    words = shlex.split(line)  # what a POSIX shell passes on when the line is copied
+    assert words[3] == r"layer\.0\.output\.dense$" and words[-1] == "my runs/x"

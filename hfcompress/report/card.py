@@ -237,7 +237,8 @@ def usage_code(fmt: str, path: str, pipeline_tag: str, max_length: int | None, p
 def build_card(record: dict, model_dir: str, model_name: str | None = None, base_model: str | None = None,
                repo_id: str | None = None):
     """The `ModelCard` of a run, from its record (a `RunRecord` as a dict) holding a ``comparison``. `repo_id`: the
-    Hub repository the card is pushed to (its loading code names it; without one, the local folder)."""
+    Hub repository the card is pushed to (its loading code names it, and local folders are shown by their last two
+    names, `short_path`; without one, the local folder, and every path as it is)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     comparison = record.get("comparison")
@@ -317,7 +318,7 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
     rows = comparison.get("rows")
     seed = record_seed(record)
     seed_text = f"seed {seed}" if seed is not None else "no seed: this run neither trained nor sampled"
-    return ModelCard.from_template(
+    card = ModelCard.from_template(
         card_data, template_path=TEMPLATE, model_name=name,
         summary=f"A compressed {MODEL_NOUNS.get(pipeline_tag, pipeline_tag)} made with hfcompress from "
                 f"`{origin}`{f' ([{base_id}](https://huggingface.co/{base_id}))' if base_id else ''}"
@@ -344,6 +345,40 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
                     f"accuracy by {100 / max(1, rows or 1):.2f} points, so differences of a few tenths are within "
                     "noise. Latency is CPU latency on the machine above; other CPUs give other ratios.",
     )
+    if repo_id:  # published: the machine's folders by their last names only
+        card.content = public_text(card.content, record)
+    return card
+
+
+def local_paths(value) -> set[str]:
+    """Every absolute local path a record names: its values, and the words of its command lines."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for v in value.values():
+            found |= local_paths(v)
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            found |= local_paths(v)
+    elif isinstance(value, str):
+        for word in value.replace("=", " ").split():
+            word = word.strip("'\"`(),;:")
+            if len(word) > 1 and os.path.isabs(word) and "://" not in word:
+                found.add(word.rstrip("/"))
+    return found
+
+
+def short_path(path: str) -> str:
+    """A local folder as a published card names it: its last two names (``.../prune/model``), which say what it was
+    without the machine's layout (a home folder, a user name)."""
+    parts = [p for p in path.replace("\\", "/").split("/") if p]
+    return ".../" + "/".join(parts[-2:]) if len(parts) > 2 else path
+
+
+def public_text(text: str, record: dict) -> str:
+    """`text` with every local path of `record` shortened (`short_path`): what a card published on the Hub shows."""
+    for path in sorted(local_paths(record), key=len, reverse=True):
+        text = re.sub(r"(?<![\w./-])" + re.escape(path) + r"(?![\w.-])", short_path(path), text)
+    return text
 
 
 def save_card(card, folder: str, what: str = "model card") -> str:

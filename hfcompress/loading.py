@@ -6,7 +6,7 @@ The formats are the methods' registrations (`hfcompress.registry`), tried in the
 =============================================  ============================================================
 what the folder holds                          loaded by (registered in)
 =============================================  ============================================================
-``hfcompress_onnx.json`` + ``model.onnx``       `quantize.OnnxModelForSequenceClassification` (quantize/)
+``hfcompress_onnx.json`` + ``model.onnx``       `quantize.OnnxModelFor...` of the exported task (quantize/)
 config ``hfcompress_quantization``             `quantize.load_dynamic_int8` (quantize/)
 config ``quantization_config`` (bitsandbytes)  `quantize.bnb.reload_quantized` (quantize/)
 config ``hfcompress_lowrank``                   `lowrank.load_lowrank`, also when pruned first (lowrank/)

@@ -36,6 +36,7 @@ import re
 import numpy as np
 from datasets import Dataset, DatasetDict
 
+from .assets import resolve_data_path
 from .errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ def _check(rows: list[dict], where: str) -> None:
 
 def looks_like_qa(name_or_path: str) -> bool:
     """SQuAD JSON, JSON Lines with a question and a context/passage, or a folder whose train file is one of them."""
-    path = os.path.expanduser(name_or_path)
+    path = os.path.expanduser(resolve_data_path(name_or_path))
     if os.path.isdir(path):
         train = [f for f in os.listdir(path) if os.path.splitext(f)[0].lower() == "train"
                  and f.endswith((".json", ".jsonl"))]
@@ -150,13 +151,17 @@ def looks_like_qa(name_or_path: str) -> bool:
         return False
     if not (isinstance(row, dict) and "question" in row and ("context" in row or "passage" in row)):
         return False
-    # an answer span (text, or answers with starts); a yes/no answer (BoolQ's true/false) is classification
-    return isinstance(row.get("answers"), (dict, list)) or isinstance(row.get("answer"), str)
+    # an answer span (text, or answers with starts); a yes/no answer (BoolQ's true/false, as JSON booleans or as
+    # the strings "True"/"False" of the real BoolQ file) is classification
+    answer = row.get("answer")
+    yes_no = isinstance(answer, str) and answer.strip().lower() in ("true", "false", "yes", "no")
+    return isinstance(row.get("answers"), (dict, list)) or (isinstance(answer, str) and not yes_no)
 
 
 def load_qa(name_or_path: str, seed: int = 42, validation_size: float = 0.1, test_size: float = 0.1) -> DatasetDict:
-    """Train/validation/test splits of ``{id, context, question, answers}`` (see the module docstring)."""
-    path = os.path.expanduser(name_or_path)
+    """Train/validation/test splits of ``{id, context, question, answers}`` (see the module docstring);
+    `name_or_path` may name an offline data asset (``disfl-qa``)."""
+    path = os.path.expanduser(resolve_data_path(name_or_path))
     if os.path.isfile(path):
         files = {"train": path}
     elif os.path.isdir(path):

@@ -31,6 +31,7 @@ import re
 import numpy as np
 from datasets import ClassLabel, Dataset, DatasetDict, Sequence, Value
 
+from .assets import resolve_data_path
 from .errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -146,7 +147,7 @@ def _split_files(folder: str) -> dict[str, str]:
 def looks_tagged(name_or_path: str, tokens_column: str = "tokens", tags_column: str = "tags") -> bool:
     """Whether the data is token-tagged, judged cheaply: a CoNLL-style file, a JSON Lines file whose first row has
     the token and tag lists, a folder of such files, or a saved dataset with both columns."""
-    path = os.path.expanduser(name_or_path)
+    path = os.path.expanduser(resolve_data_path(name_or_path))
     if os.path.isdir(path):
         if _is_saved(path):
             for root, _, files in os.walk(path):
@@ -204,8 +205,9 @@ def tag_order(tags) -> list[str]:
 def load_token_classification(name_or_path: str, tokens_column: str = "tokens", tags_column: str = "tags",
                               seed: int = 42, validation_size: float = 0.1, test_size: float = 0.1) -> DatasetDict:
     """Splits with ``tokens`` (lists of words) and ``tags`` (`Sequence(ClassLabel)`, the tag names in
-    `tag_order`), checked as the module docstring says."""
-    path = os.path.expanduser(name_or_path)
+    `tag_order`), checked as the module docstring says. `name_or_path` may name an offline data asset
+    (``wnut16-ner``)."""
+    path = os.path.expanduser(resolve_data_path(name_or_path))
     if os.path.isfile(path):
         raw, where = {"train": _read_file(path, tokens_column, tags_column)}, {"train": f"data file {path}"}
     elif os.path.isdir(path) and _is_saved(path):

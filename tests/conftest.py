@@ -194,7 +194,7 @@ def check_publishable_card(model_dir, run_dir=None, local_path=None, run_code=Tr
     * classes, input length and seed are those of the run's record (``hfcompress_record.json`` beside the model), and
       the accuracy shown is the measured one;
     * its loading code runs in a fresh process, with ``PATH = ...`` (the one line the card says to change) pointing
-      at `local_path` (default: the model folder), and classifies two texts without a pipeline complaint.
+      at `local_path` (default: the model folder), and classifies two texts (tags a sentence; answers a question) without a pipeline complaint.
 
     Returns the `ModelCard`."""
     import json
@@ -207,7 +207,7 @@ def check_publishable_card(model_dir, run_dir=None, local_path=None, run_code=Tr
     model_dir = str(model_dir)
     card = ModelCard.load(os.path.join(model_dir, "README.md"))
     data = card.data
-    assert data.pipeline_tag in ("text-classification", "token-classification")
+    assert data.pipeline_tag in ("text-classification", "token-classification", "question-answering")
     assert data.library_name in ("transformers", "onnx")
     assert "hfcompress" in data.tags and data.eval_results, data
     for result in data.eval_results:
@@ -224,7 +224,8 @@ def check_publishable_card(model_dir, run_dir=None, local_path=None, run_code=Tr
         leaked = [p for p in local_paths(record) if p.count("/") > 2 and p in card.content]
         assert not leaked, leaked
     config = json.load(open(os.path.join(model_dir, "config.json")))
-    for i, label in config["id2label"].items():
+    reader = data.pipeline_tag == "question-answering"  # no classes: start and end logits
+    for i, label in ({} if reader else config["id2label"]).items():
         assert f"{i} = `{label}`" in card.text, (i, label)
     max_length = (record["settings"].get("data") or {}).get("max_length")
     tagger = data.pipeline_tag == "token-classification"
@@ -246,9 +247,11 @@ def check_publishable_card(model_dir, run_dir=None, local_path=None, run_code=Tr
                              cwd=str(run_dir or model_dir), timeout=300)
         assert res.returncode == 0, res.stderr[-3000:]
         assert "is not supported for" not in res.stderr, res.stderr[-2000:]
-        labels = set(config["id2label"].values())
+        labels = set((config.get("id2label") or {}).values())
         printed = res.stdout.strip().splitlines()[-1]
-        if tagger:  # the entities found (a tiny random tagger may find none)
+        if reader:  # answer_questions: one answer (a span of the context) per question
+            assert printed.startswith("['") and printed.endswith("']"), printed
+        elif tagger:  # the entities found (a tiny random tagger may find none)
             assert printed.startswith("[") and ("'entity_group'" in printed or printed == "[]"), printed
         else:
             assert any(f"'label': '{label}'" in printed for label in labels), printed

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import check_publishable_card
 from datasets import Dataset
 from qa_assets import make_questions, save_qa_assets, tiny_reader, write_flat_jsonl, write_squad
 from tagging_assets import make_wordpiece_tokenizer
@@ -143,3 +144,31 @@ def test_distill_command_on_squad_json_and_qa_pipeline(tmp_path):
     answers = answer_questions(reader, AutoTokenizer.from_pretrained(model_dir), ["where mary jones lives"] * 2,
                                [context, "mary lives in paris"], max_length=16, doc_stride=4)
     assert len(answers) == 2 and all(a and a in c for a, c in zip(answers, [context, "mary lives in paris"]))
+    # measured against the teacher (EM/F1 of both, reloaded from disk) and carded; the card's code runs
+    assert s["comparison"]["model"]["metrics"]["f1"] == pytest.approx(s["metrics"]["student"]["test"]["test_f1"])
+    assert "f1" in s["comparison"]["base"]["metrics"] and s["comparison"]["base"]["format"] == "transformers"
+    card = check_publishable_card(model_dir, run_dir=tmp_path)
+    assert card.data.pipeline_tag == "question-answering" and "answer_questions" in card.text
+    assert "AutoModelForQuestionAnswering" in card.text and "doc_stride=4" in card.text
+    assert {r.metric_type for r in card.data.eval_results} == {"exact_match", "f1"}
+    assert "test questions" in card.text and "LABEL_0" not in card.text
+
+
+def test_question_longer_than_max_length_is_one_clear_error(tmp_path):
+    """A question leaving its context no room (or no more than --doc_stride) within --max_length: one error naming
+    the split, the row and --max_length, not the tokenizer's error (or, with a stride, its panic)."""
+    from types import SimpleNamespace
+
+    from hfcompress.run.qa import answer_questions, windows
+
+    ds = load_qa(write_flat_jsonl(tmp_path / "qa.jsonl", make_questions(30, 2, unanswerable=0.0)))
+    tok = make_wordpiece_tokenizer()
+    longest = max(len(tok(q, add_special_tokens=False)["input_ids"]) for q in ds["train"]["question"])
+    args = lambda length, stride: SimpleNamespace(max_length=length, doc_stride=stride)  # noqa: E731
+    windows(ds, tok, args(longest + 3 + 3, 2))  # three context tokens per window, stride 2: fine
+    with pytest.raises(UserInputError, match=r"split, row \d+: the question is \d+ tokens .*leaves 2 of --max_length "
+                                             r"\d+ for the context, which needs more than --doc_stride 2"):
+        windows(ds, tok, args(longest + 3 + 2, 2))
+    with pytest.raises(UserInputError, match="Raise max_length"):
+        answer_questions(tiny_reader(), tok, ["where does mary jones live in the city"], ["in paris today"],
+                         max_length=8, doc_stride=1)

@@ -88,3 +88,17 @@ def test_boolq_like_data_is_pair_classification_not_extractive_qa(tmp_path):
                        DataArguments(dataset=data, text_column="question", text_pair_column="passage",
                                      label_column="answer"), None)
     assert adapter.name == "text-classification"
+
+
+def test_first_text_longer_than_max_length_is_one_clear_error(tmp_path):
+    """only_second truncation cuts only the passage: a question that leaves it no room is refused naming the split,
+    the row and --max_length (the tokenizer's own error was 'Sequence to truncate too short')."""
+    data = write_boolq_like(tmp_path / "boolq.jsonl")
+    ds = load_text_classification(data, "question", "answer", text_pair_column="passage")
+    tok = make_wordpiece_tokenizer()
+    longest = max(len(tok(q, add_special_tokens=False)["input_ids"]) for q in ds["train"]["question"])
+    tokenize(ds, tok, "question", longest + 4, text_pair_column="passage")  # room for one passage token: fine
+    with pytest.raises(UserInputError, match=r"train split, row \d+: the first text \(question\) is \d+ tokens .*"
+                                             r"--max_length 6 .*Raise --max_length"):
+        tokenize(ds, tok, "question", 6, text_pair_column="passage")
+    tokenize(ds, tok, "question", 6, text_pair_column="passage", pair_truncation="longest_first")  # cuts both: fine

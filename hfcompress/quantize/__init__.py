@@ -1,11 +1,12 @@
 """Quantization, each quantizer in its own module: `onnx` (export + ONNX Runtime int8, the fast CPU path, and
-`OnnxModelForSequenceClassification` / `OnnxModelForTokenClassification` to run it), `dynamic` (PyTorch dynamic
+`OnnxModelForSequenceClassification` / `...ForTokenClassification` / `...ForQuestionAnswering` to run it), `dynamic` (PyTorch dynamic
 int8), `bnb` (bitsandbytes 8-bit and 4-bit). `QuantizationConfig` chooses one for `scripts/quantize.py`."""
 
 from .bnb import load_quantized, reload_quantized, save_quantized
 from .config import QuantizationConfig
 from .dynamic import load_dynamic_int8, quantize_dynamic_int8, save_dynamic_int8
 from .onnx import (
+    OnnxModelForQuestionAnswering,
     OnnxModelForSequenceClassification,
     OnnxModelForTokenClassification,
     export_onnx,
@@ -25,6 +26,7 @@ __all__ = [
     "save_dynamic_int8",
     "save_quantized",
     "OnnxModelForSequenceClassification",
+    "OnnxModelForQuestionAnswering",
     "OnnxModelForTokenClassification",
     "export_onnx",
     "is_quantized_onnx",

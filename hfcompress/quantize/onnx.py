@@ -1,4 +1,5 @@
-"""ONNX export and ONNX Runtime int8 quantization of sequence classifiers, for CPU inference that is really faster.
+"""ONNX export and ONNX Runtime int8 quantization of sequence classifiers, token classifiers and extractive QA readers,
+for CPU inference that is really faster.
 
 Why this module exists: optimum's ONNX side (``optimum-onnx``, home of ``ORTModelForSequenceClassification`` and
 ``ORTQuantizer``) requires ``transformers<4.58`` and fails at import on transformers 5.x. What still works is the
@@ -14,8 +15,9 @@ pieces underneath it, used here directly:
 * `OnnxModelForSequenceClassification` loads such a folder and is called like a transformers model (``.config``,
   ``model(input_ids=..., attention_mask=...)`` -> ``SequenceClassifierOutput``, ``save_pretrained``), including inside
   ``transformers.pipeline("text-classification", model=..., tokenizer=...)``; `OnnxModelForTokenClassification` is
-  the same for token classifiers (per-token logits, ``pipeline("token-classification")``), and `onnx_model_class`
-  picks between the two from the folder's metadata.
+  the same for token classifiers (per-token logits, ``pipeline("token-classification")``),
+  `OnnxModelForQuestionAnswering` for QA readers (``start_logits`` / ``end_logits`` outputs; no pipeline in
+  transformers 5: ``hfcompress.run.qa.answer_questions``), and `onnx_model_class` picks one from the folder's metadata.
 * `measure_onnx_latency` times it with the same protocol and the same keys as `report.measure.measure_latency`.
 
 Every folder written here holds ``hfcompress_onnx.json`` (what was exported, the opset, the graph inputs, the
@@ -72,8 +74,8 @@ class _DropRecords(logging.Filter):
 
 
 def _is_pipeline_model_check(record: logging.LogRecord) -> bool:
-    return str(record.msg).startswith(("The model 'OnnxModelForSequenceClassification' is not supported",
-                                       "The model 'OnnxModelForTokenClassification' is not supported"))
+    return str(record.msg).startswith(tuple(f"The model '{name}' is not supported" for name in (
+        "OnnxModelForSequenceClassification", "OnnxModelForTokenClassification", "OnnxModelForQuestionAnswering")))
 
 
 def _is_quantizer_chatter(record: logging.LogRecord) -> bool:
@@ -206,17 +208,30 @@ def onnx_input_names(model: nn.Module) -> list[str]:
     return names
 
 
+# the graph outputs of each task, by the suffix of the model's class (anything else: one ``logits`` output)
+TASK_OUTPUTS = {"ForQuestionAnswering": ("start_logits", "end_logits")}
+
+
+def onnx_output_names(model_or_architecture) -> list[str]:
+    """The outputs `export_onnx` gives a model (or an architecture name): ``start_logits`` and ``end_logits`` for an
+    extractive QA reader, else ``logits``."""
+    arch = model_or_architecture if isinstance(model_or_architecture, str) else type(model_or_architecture).__name__
+    return list(next((names for suffix, names in TASK_OUTPUTS.items() if arch.endswith(suffix)), ("logits",)))
+
+
 class _LogitsOnly(nn.Module):
-    """The classifier with positional tensor inputs and the logits as its one output: what the tracer needs to name
-    the graph's inputs ``input_ids`` / ``attention_mask`` / ``token_type_ids`` and its output ``logits``."""
+    """The model with positional tensor inputs and its logits as outputs: what the tracer needs to name the graph's
+    inputs ``input_ids`` / ``attention_mask`` / ``token_type_ids`` and its outputs (`onnx_output_names`)."""
 
     def __init__(self, model: nn.Module, input_names: Sequence[str]):
         super().__init__()
         self.model = model  # node names start with /model/ (`_TRACED`)
         self.input_names = list(input_names)
+        self.output_names = onnx_output_names(model)
 
-    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
-        return self.model(**dict(zip(self.input_names, tensors)), return_dict=True).logits
+    def forward(self, *tensors: torch.Tensor):
+        out = self.model(**dict(zip(self.input_names, tensors)), return_dict=True)
+        return tuple(getattr(out, name) for name in self.output_names)
 
 
 def _sample_inputs(config, input_names: Sequence[str], batch: int, seq_len: int, seed: int) -> dict[str, np.ndarray]:
@@ -275,16 +290,26 @@ def _session(path: str, num_threads: int | None = None, provider: str = "CPUExec
 
 
 def _run_logits(session, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    return session.run(["logits"], inputs)[0]
+    """Every output of the graph, stacked (one ``logits``; a QA reader's start and end logits)."""
+    return np.stack(session.run(None, inputs))
+
+
+def _torch_logits(model: nn.Module, inputs: dict[str, torch.Tensor]) -> np.ndarray:
+    """`_run_logits` of the PyTorch model: its `onnx_output_names` outputs, stacked."""
+    out = model(**inputs, return_dict=True)
+    return np.stack([getattr(out, name).float().cpu().numpy() for name in onnx_output_names(model)])
 
 
 def _trace(model: nn.Module, path: str, names: list[str], sample: dict[str, torch.Tensor], opset: int) -> None:
     """``torch.onnx.export`` (TorchScript tracer) of `model` to `path`; a failure is a `UserInputError` naming the
     architecture and, where the exporter says it, the operator and the opset that has it."""
     dynamic = {name: {0: "batch", 1: "sequence"} for name in names}
-    with torch.no_grad():  # a token classifier's logits [batch, sequence, labels] follow the sequence axis too
-        per_token = model(**sample, return_dict=True).logits.dim() == 3
-    dynamic["logits"] = {0: "batch", 1: "sequence"} if per_token else {0: "batch"}
+    outputs = onnx_output_names(model)
+    with torch.no_grad():  # per-token logits (a tagger's [batch, sequence, labels], a reader's start/end [batch,
+        out = model(**sample, return_dict=True)  # sequence]) follow the sequence axis too
+    for name in outputs:
+        dynamic[name] = {0: "batch", 1: "sequence"} if getattr(out, name).dim() >= 2 and (
+            getattr(out, name).shape[1] == sample["input_ids"].shape[1]) else {0: "batch"}
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
@@ -295,7 +320,7 @@ def _trace(model: nn.Module, path: str, names: list[str], sample: dict[str, torc
             wrapper = _LogitsOnly(model, names).train(model.training)
             torch.onnx.export(
                 wrapper, tuple(sample[n] for n in names), path, dynamo=False,
-                opset_version=int(opset), input_names=names, output_names=["logits"], dynamic_axes=dynamic,
+                opset_version=int(opset), input_names=names, output_names=outputs, dynamic_axes=dynamic,
                 do_constant_folding=True,
             )
     except Exception as exc:  # the tracer raises RuntimeError, UnsupportedOperatorError, SymbolicValueError...
@@ -304,7 +329,7 @@ def _trace(model: nn.Module, path: str, names: list[str], sample: dict[str, torc
         hint = f" (it has one from opset {since}: pass opset={since})" if since else ""
         raise UserInputError(
             f"{type(model).__name__} ({getattr(model.config, 'model_type', '?')}) cannot be exported to ONNX: "
-            f"{what}{hint}. export_onnx supports BERT-class sequence classifiers (bert, roberta, mpnet, distilbert, "
+            f"{what}{hint}. export_onnx supports BERT-class text models (bert, roberta, mpnet, distilbert, "
             "electra...)"
         ) from exc
 
@@ -317,12 +342,14 @@ def export_onnx(
     atol: float | None = 1e-3,
     seed: int = 0,
 ) -> str:
-    """Export a transformers sequence classifier (BERT, RoBERTa, MPNet, DistilBERT, ELECTRA...) to
-    ``<directory>/model.onnx`` with ``config.json``, the `tokenizer` (if given) and ``hfcompress_onnx.json`` beside it;
-    returns `directory`, which `OnnxModelForSequenceClassification.from_pretrained` and `quantize_onnx` read.
+    """Export a transformers sequence classifier, token classifier or extractive QA reader (BERT, RoBERTa, MPNet,
+    DistilBERT, ELECTRA...) to ``<directory>/model.onnx`` with ``config.json``, the `tokenizer` (if given) and
+    ``hfcompress_onnx.json`` beside it; returns `directory`, which the class `onnx_model_class` names
+    (``OnnxModelFor...Classification`` / ``OnnxModelForQuestionAnswering``) and `quantize_onnx` read.
 
     The graph takes int64 ``input_ids``, ``attention_mask`` (and ``token_type_ids``, see `onnx_input_names`) of any
-    batch and sequence size and returns ``logits``. The export is checked: ONNX Runtime's logits on a padded random
+    batch and sequence size and returns ``logits`` (a QA reader: ``start_logits`` and ``end_logits``, `TASK_OUTPUTS`),
+    per-token outputs with a dynamic sequence axis too. The export is checked: ONNX Runtime's logits on a padded random
     batch of another shape than the traced one must be within `atol` of PyTorch's (`atol=None` only logs the
     difference). A model that cannot be traced raises `UserInputError` naming its class and the failing operator.
     """
@@ -348,10 +375,9 @@ def export_onnx(
         try:
             _trace(model, path, names, traced, opset)
             with torch.no_grad():
-                expected = model(**{k: torch.from_numpy(v).to(device) for k, v in check.items()}).logits
+                expected = _torch_logits(model, {k: torch.from_numpy(v).to(device) for k, v in check.items()})
         finally:
             model.train(was_training)
-        expected = expected.float().cpu().numpy()
         got = _run_logits(_session(path), check)
         diff = float(np.abs(got - expected).max())
         logger.info("Exported %s to ONNX (opset %d, inputs %s): max |logits - torch| = %.2e on a padded %dx%d batch",
@@ -372,7 +398,7 @@ def export_onnx(
             "source": getattr(model.config, "_name_or_path", None) or getattr(model, "name_or_path", None) or None,
             "opset": int(opset),
             "inputs": names,
-            "outputs": ["logits"],
+            "outputs": onnx_output_names(model),
             # graph nodes under /model/<head>/ belong to these modules; quantize_onnx keeps them in float
             "task_heads": task_head_names(model),
             "dynamic_axes": {"batch": 0, "sequence": 1},
@@ -499,6 +525,8 @@ class OnnxModelForSequenceClassification:
     """
 
     main_input_name = "input_ids"
+    output_names: tuple[str, ...] = ("logits",)  # the graph outputs this class reads (`onnx_output_names`)
+    task = "sequence classifier"
 
     def __init__(self, session, config, model_path: str, metadata: dict | None = None,
                  provider: str = "CPUExecutionProvider", num_threads: int | None = None):
@@ -537,9 +565,11 @@ class OnnxModelForSequenceClassification:
         num_threads = int(num_threads) if num_threads else torch.get_num_threads()
         session = _session(path, num_threads, provider)
         outputs = [o.name for o in session.get_outputs()]
-        if "logits" not in outputs:
-            raise UserInputError(f"{path} has no 'logits' output (outputs: {', '.join(outputs)}): not a sequence "
-                                 "classifier exported by export_onnx")
+        missing = [n for n in cls.output_names if n not in outputs]
+        if missing:
+            raise UserInputError(f"{path} has no {', '.join(map(repr, missing))} output (outputs: {', '.join(outputs)})"
+                                 f": not a {cls.task} exported by export_onnx (load it with "
+                                 f"{onnx_model_class(directory).__name__})")
         return cls(session, config, path, read_onnx_metadata(directory), provider, num_threads)
 
     # what transformers code (pipelines, Trainer-free evaluation loops) reads from a model
@@ -591,18 +621,15 @@ class OnnxModelForSequenceClassification:
                                  f" not on {device}")
         return self
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, return_dict: bool | None = None,
-                **kwargs):
-        """Logits for a batch, as `SequenceClassifierOutput` (or ``(logits,)`` with ``return_dict=False``)."""
-        from transformers.modeling_outputs import SequenceClassifierOutput
-
+    def _run(self, input_ids=None, attention_mask=None, token_type_ids=None, **kwargs) -> list[torch.Tensor]:
+        """The graph's `output_names` outputs for a batch, as torch tensors."""
         unexpected = sorted(k for k, v in kwargs.items() if v is not None and v is not False)
         if unexpected:
-            raise UserInputError(f"OnnxModelForSequenceClassification takes input_ids, attention_mask and "
+            raise UserInputError(f"{type(self).__name__} takes input_ids, attention_mask and "
                                  f"token_type_ids only, not {', '.join(unexpected)} (the loss is not computed: "
                                  "compare the logits with your labels)")
         if input_ids is None:
-            raise UserInputError("OnnxModelForSequenceClassification needs input_ids")
+            raise UserInputError(f"{type(self).__name__} needs input_ids")
         ids = _as_int64(input_ids, "input_ids")
         feeds = {"input_ids": ids}
         if "attention_mask" in self.input_names:
@@ -614,7 +641,14 @@ class OnnxModelForSequenceClassification:
         for name, array in feeds.items():
             if array.shape != ids.shape:
                 raise UserInputError(f"{name} has shape {tuple(array.shape)}, input_ids {tuple(ids.shape)}")
-        logits = torch.from_numpy(self.session.run(["logits"], feeds)[0])
+        return [torch.from_numpy(a) for a in self.session.run(list(self.output_names), feeds)]
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, return_dict: bool | None = None,
+                **kwargs):
+        """Logits for a batch, as `SequenceClassifierOutput` (or ``(logits,)`` with ``return_dict=False``)."""
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        logits = self._run(input_ids, attention_mask, token_type_ids, **kwargs)[0]
         if return_dict is False:
             return (logits,)
         return SequenceClassifierOutput(logits=logits)
@@ -646,6 +680,8 @@ class OnnxModelForTokenClassification(OnnxModelForSequenceClassification):
     sequence, labels]``): the same interface, returning a `TokenClassifierOutput`, and the model of
     ``transformers.pipeline("token-classification", model=..., tokenizer=..., aggregation_strategy=...)``."""
 
+    task = "token classifier"
+
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, return_dict: bool | None = None,
                 **kwargs):
         from transformers.modeling_outputs import TokenClassifierOutput
@@ -656,11 +692,38 @@ class OnnxModelForTokenClassification(OnnxModelForSequenceClassification):
     __call__ = forward
 
 
+class OnnxModelForQuestionAnswering(OnnxModelForSequenceClassification):
+    """`OnnxModelForSequenceClassification` for an extractive QA reader exported by `export_onnx` (outputs
+    ``start_logits`` and ``end_logits``, ``[batch, sequence]``): the same interface, returning a
+    `QuestionAnsweringModelOutput`. transformers 5 has no question-answering pipeline: answer raw questions with
+    ``hfcompress.run.qa.answer_questions(model, tokenizer, questions, contexts)``."""
+
+    output_names = ("start_logits", "end_logits")
+    task = "question-answering reader"
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, return_dict: bool | None = None,
+                **kwargs):
+        from transformers.modeling_outputs import QuestionAnsweringModelOutput
+
+        start, end = self._run(input_ids, attention_mask, token_type_ids, **kwargs)
+        if return_dict is False:
+            return (start, end)
+        return QuestionAnsweringModelOutput(start_logits=start, end_logits=end)
+
+    __call__ = forward
+
+
+# the ONNX model class of each task, by the suffix of the exported architecture (anything else: sequence classifier)
+ONNX_MODEL_CLASSES = {"ForTokenClassification": OnnxModelForTokenClassification,
+                      "ForQuestionAnswering": OnnxModelForQuestionAnswering}
+
+
 def onnx_model_class(directory: str):
-    """The ONNX model class for the folder's exported architecture (``...ForTokenClassification``: the token
-    classifiers' class; anything else: the sequence classifiers')."""
+    """The ONNX model class for the folder's exported architecture (`ONNX_MODEL_CLASSES`: token classifiers and QA
+    readers have their own; anything else is a sequence classifier)."""
     arch = (read_onnx_metadata(directory) or {}).get("architecture") or ""
-    return OnnxModelForTokenClassification if arch.endswith("ForTokenClassification") else OnnxModelForSequenceClassification
+    return next((cls for suffix, cls in ONNX_MODEL_CLASSES.items() if arch.endswith(suffix)),
+                OnnxModelForSequenceClassification)
 
 
 def measure_onnx_latency(model: OnnxModelForSequenceClassification, **kwargs) -> dict:

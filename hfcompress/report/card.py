@@ -62,9 +62,9 @@ def comparison_table(comparison: dict) -> str:
     for key, value in base["metrics"].items():
         if not (isinstance(value, (int, float)) and key in model["metrics"]):
             continue
-        if key.endswith("_number"):  # an entity type's count in the references (the same rows on both sides)
-            rows.append((f"{split} {key.removesuffix('_number')} entities", f"{int(value)}",
-                         f"{int(model['metrics'][key])}", ""))
+        if key.endswith("_number") or key in COUNT_ROWS:  # counts in the references (the same on both sides)
+            what = COUNT_ROWS.get(key) or f"{key.removesuffix('_number')} entities"
+            rows.append((f"{split} {what}", f"{int(value)}", f"{int(model['metrics'][key])}", ""))
         else:
             rows.append((f"{split} {key}", f"{value:.4f}", f"{model['metrics'][key]:.4f}",
                          _change(changes.get(f"metric_{key}"), points=True)))
@@ -183,16 +183,25 @@ PIPELINE_EXAMPLES = {
                              False),
 }
 # the class-name suffix of a pipeline tag's models, where it is not the sequence classifier's
-TASK_HEADS = {"token-classification": "ForTokenClassification"}
+TASK_HEADS = {"token-classification": "ForTokenClassification", "question-answering": "ForQuestionAnswering"}
 # what a card calls the model, per pipeline tag
-MODEL_NOUNS = {"text-classification": "text classifier", "token-classification": "token classifier (tagger)"}
+MODEL_NOUNS = {"text-classification": "text classifier", "token-classification": "token classifier (tagger)",
+               "question-answering": "extractive question-answering reader"}
+# transformers 5 has no question-answering pipeline: a reader's card answers through hfcompress (the windows and
+# post-processing of the run's own evaluation)
+QA_EXAMPLE = ('["Where does Ada Lovelace work?"], ["Ada Lovelace lives in London and works at the university."]')
+# the rows of a card's table that count questions or entities (the same on both sides), not scores
+COUNT_ROWS = {"total": "questions", "has_answer_total": "answerable questions",
+              "no_answer_total": "unanswerable questions"}
 
 
 def usage_code(fmt: str, path: str, pipeline_tag: str, max_length: int | None, pushed: bool,
-               pair: bool = False) -> tuple[str, str]:
+               pair: bool = False, doc_stride: int | None = None) -> tuple[str, str]:
     """The card's loading code: where the model is (`path`: the Hub id once pushed, else the local folder), the
     format's own loading lines (its registration), and a pipeline that truncates to the length the model was trained
-    with. ``PATH = ...`` is the one line to change to load a local copy. `pair`: a sentence-pair classifier."""
+    with (a QA reader: ``hfcompress.run.qa.answer_questions`` with the run's window length and `doc_stride`, there
+    being no pipeline). ``PATH = ...`` is the one line to change to load a local copy. `pair`: a sentence-pair
+    classifier."""
     code, note = loading_code(fmt)
     head = TASK_HEADS.get(pipeline_tag)
     if head:  # the formats' loading code names the sequence classifier's classes: the task's instead
@@ -201,6 +210,19 @@ def usage_code(fmt: str, path: str, pipeline_tag: str, max_length: int | None, p
     where = ("# the Hub repository; a local folder holding these files works the same" if pushed else
              "# this folder; once pushed, its Hub id works the same")
     length = f", max_length={max_length}" if max_length else ""
+    if pipeline_tag == "question-answering":
+        note = re.sub(r"`model\(\*\*inputs\)\.logits` and `transformers\.pipeline\([^`]*\)` work",
+                      "`model(**inputs).start_logits` / `.end_logits` and "
+                      "`hfcompress.run.qa.answer_questions(model, tokenizer, questions, contexts)` work", note)
+        note += (" transformers 5 has no question-answering pipeline: `answer_questions` (hfcompress) cuts long "
+                 "contexts into the windows the model was evaluated on and picks the best span.")
+        stride = f", doc_stride={doc_stride}" if doc_stride else ""
+        lines = [f"PATH = {json.dumps(path)}  {where}", code, "",
+                 "from transformers import AutoTokenizer",
+                 "from hfcompress.run.qa import answer_questions  # transformers 5 has no question-answering pipeline",
+                 "tokenizer = AutoTokenizer.from_pretrained(PATH)",
+                 f"print(answer_questions(model, tokenizer, {QA_EXAMPLE}{length}{stride}))"]
+        return "\n".join(lines), note
     key = f"{pipeline_tag}-pair" if pair and f"{pipeline_tag}-pair" in PIPELINE_EXAMPLES else pipeline_tag
     name, extra, example, truncates = PIPELINE_EXAMPLES.get(key, PIPELINE_EXAMPLES["text-classification"])
     lines = [f"PATH = {json.dumps(path)}  {where}", code, "",
@@ -260,7 +282,7 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
     results = [EvalResult(task_type=pipeline_tag, dataset_type=dataset_id(dataset) or os.path.basename(str(dataset)),
                           dataset_name=os.path.basename(str(dataset)),
                           dataset_split=split, metric_type=k, metric_name=k, metric_value=float(model["metrics"][k]))
-               for k in ("accuracy", "f1", "precision", "recall") if k in model["metrics"]]
+               for k in ("accuracy", "exact_match", "f1", "precision", "recall") if k in model["metrics"]]
     fmt = model.get("format", "transformers")
     card_data = ModelCardData(
         library_name=get_format(fmt).library_name if get_format(fmt) else "transformers",
@@ -274,16 +296,23 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
     max_length = record_max_length(record) or next((e.get("max_length") for e in reversed(lineage)
                                                     if e.get("max_length")), None)
     pair = bool((record.get("settings", {}).get("data") or {}).get("text_pair_column"))
-    code, note = usage_code(fmt, repo_id or os.path.abspath(model_dir), pipeline_tag, max_length, bool(repo_id), pair)
-    classes = model_classes(model_dir, record)
+    qa = pipeline_tag == "question-answering"
+    code, note = usage_code(fmt, repo_id or os.path.abspath(model_dir), pipeline_tag, max_length, bool(repo_id), pair,
+                            (record.get("data") or {}).get("doc_stride"))
+    classes = None if qa else model_classes(model_dir, record)  # a reader's head has no classes: start and end
     expects = []
     if classes:
         expects.append("Classes (`config.id2label`): " + ", ".join(f"{i} = `{label}`" for i, label in
                                                                   sorted(classes.items())) + ".")
     if max_length:
-        expects.append(f"Input: text, trained and measured at up to {max_length} tokens; longer inputs must be "
+        expects.append(f"Input: a question and its context, in windows of up to {max_length} tokens (the saved "
+                       f"tokenizer's `model_max_length` is {max_length})." if qa else
+                       f"Input: text, trained and measured at up to {max_length} tokens; longer inputs must be "
                        f"truncated (the saved tokenizer's `model_max_length` is {max_length}: "
                        f"`truncation=True` cuts there).")
+    if qa:
+        expects.append("Output: the answer as a span of the context (start and end logits per token); contexts "
+                       "longer than a window are cut into overlapping windows (`answer_questions` does it).")
     env = record.get("environment", {})
     proto = comparison.get("protocol", {})
     rows = comparison.get("rows")

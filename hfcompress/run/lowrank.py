@@ -58,13 +58,14 @@ class LowRankMethod(RunMethod):
         if self.config.mode != "rank":
             return  # energy and budget need the real weights: checked in check_model
         import torch
-        from transformers import AutoConfig, AutoModelForSequenceClassification
+        from transformers import AutoConfig
 
+        from ..arch.base import model_class_for
         from ..assets import resolve_model_path
 
         cfg = AutoConfig.from_pretrained(resolve_model_path(model_args.student_model or model_args.teacher_model))
-        with torch.device("meta"):
-            probe = AutoModelForSequenceClassification.from_config(cfg)
+        with torch.device("meta"):  # the task's class (a tagger's, a reader's head), as the run will build it
+            probe = model_class_for(cfg).from_config(cfg)
         plan_ranks(probe, self.config, show_progress=False)  # names matching nothing, ranks a matrix cannot have
 
     def check_model(self, model) -> None:
@@ -87,4 +88,5 @@ class LowRankMethod(RunMethod):
     def record(self) -> dict:
         return {**self.config.to_dict(), **self.summary, "saved": self.sizes,
                 "loading": "model/: hfcompress.lowrank.load_lowrank(path), or without hfcompress "
-                           "AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True)"}
+                           "the task's AutoModelFor... (sequence or token classification, question answering)"
+                           ".from_pretrained(path, trust_remote_code=True)"}

@@ -24,6 +24,7 @@ share a tokenizer (a student cut from the teacher does), else the windows would 
 from __future__ import annotations
 
 import logging
+import os
 
 import numpy as np
 import torch
@@ -31,6 +32,7 @@ from datasets import DatasetDict
 from transformers import AutoModelForQuestionAnswering, AutoTokenizer, set_seed
 
 from ..assets import resolve_model_path
+from ..data import check_first_texts_fit, set_input_length
 from ..distill import SpanDistillationCollator, init_student_from_teacher
 from ..errors import UserInputError
 from ..metrics import qa_metrics
@@ -51,7 +53,11 @@ def is_qa_model(architectures) -> bool:
 
 
 def windows(dataset: DatasetDict, tokenizer, data_args, labels: bool = True) -> DatasetDict:
-    """Every split's questions as windows (`qa.prepare_features`), the raw columns dropped."""
+    """Every split's questions as windows (`qa.prepare_features`), the raw columns dropped. A question that leaves no
+    room for its context within --max_length is refused first (`data.check_first_texts_fit`)."""
+    for s, ds in dataset.items():
+        check_first_texts_fit(tokenizer, [q.lstrip() for q in ds["question"]], ds["context"], data_args.max_length,
+                              data_args.doc_stride, where=f"{s} split, ", second="context")
     return DatasetDict({
         s: ds.map(lambda b: prepare_features(b, tokenizer, data_args.max_length, data_args.doc_stride, labels),
                   batched=True, remove_columns=ds.column_names, desc=f"Windows of {s}")
@@ -88,9 +94,10 @@ class AnswerScorer:
 
 @torch.no_grad()
 def window_logits(model, features, tokenizer, batch_size: int = 32, device=None):
-    """Start and end logits of every window (rows padded to the longest window)."""
+    """Start and end logits of every window (rows padded to the longest window), of any reader `load_model` gives
+    (PyTorch, torch int8, ONNX Runtime)."""
     model = model.eval() if device is None else model.to(device).eval()
-    device = next(model.parameters()).device
+    device = model.device  # a transformers model's, or an ONNX Runtime model's (the CPU)
     collator = SpanDistillationCollator(tokenizer)
     starts, ends = [], []
     for i in range(0, len(features), batch_size):
@@ -104,6 +111,21 @@ def window_logits(model, features, tokenizer, batch_size: int = 32, device=None)
     return pad(starts), pad(ends)
 
 
+def evaluate_reader(model, tokenizer, examples, data_args, allow_no_answer: bool, batch_size: int = 32,
+                    device=None) -> dict:
+    """Exact match and F1 of any reader (`load_model`'s: PyTorch, torch int8, ONNX Runtime) on a split of questions,
+    cut into windows by its own tokenizer and post-processed as the run's evaluation is."""
+    from datasets import Dataset
+
+    features = Dataset.from_dict(prepare_features(examples[:], tokenizer, data_args.max_length, data_args.doc_stride,
+                                                  labels=False))
+    start, end = window_logits(model, features, tokenizer, batch_size, device=device)
+    d = data_args
+    answers = postprocess(examples, features, start, end, d.n_best_size, d.max_answer_length, d.null_score_threshold,
+                          allow_no_answer)
+    return qa_metrics([answers[i] for i in examples["id"]], [a["text"] for a in examples["answers"]])
+
+
 def answer_questions(model, tokenizer, questions: list[str], contexts: list[str], max_length: int = 384,
                      doc_stride: int = 128, n_best: int = 20, max_answer_length: int = 30,
                      null_threshold: float | None = None) -> list[str]:
@@ -112,6 +134,8 @@ def answer_questions(model, tokenizer, questions: list[str], contexts: list[str]
     answer" (SQuAD v2) with this margin; None never answers nothing."""
     from datasets import Dataset
 
+    check_first_texts_fit(tokenizer, [q.lstrip() for q in questions], contexts, max_length, doc_stride,
+                          second="context", argument="max_length")
     examples = Dataset.from_dict({"id": [str(i) for i in range(len(questions))], "question": list(questions),
                                   "context": list(contexts), "answers": [{"text": [], "answer_start": []}] * len(questions)})
     features = Dataset.from_dict(prepare_features(examples[:], tokenizer, max_length, doc_stride, labels=False))
@@ -207,8 +231,10 @@ class QuestionAnswering(TaskAdapter):
             tokenizer = AutoTokenizer.from_pretrained(path)
             if model_args.student_layers:
                 student = init_student_from_teacher(student, layers=model_args.student_layer_list())
-            return student.train(), tokenizer
-        return steps.build_student(model_args, run.data_args, run.dataset, run.teacher, run.teacher_processor)
+            return student.train(), set_input_length(tokenizer, run.data_args.max_length)
+        student, tokenizer = steps.build_student(model_args, run.data_args, run.dataset, run.teacher,
+                                                 run.teacher_processor)
+        return student, set_input_length(tokenizer, run.data_args.max_length)  # the saved tokenizer's window length
 
     def prepare(self, run: Run) -> None:
         if not tokenizers_align(run.processor, run.teacher_processor):
@@ -227,11 +253,11 @@ class QuestionAnswering(TaskAdapter):
     def compute_metrics(self, run: Run):
         return run.extras["scorer"]
 
-    def data_entry(self, run: Run, trainer) -> dict:
-        features = run.extras["features"]
-        return {**super().data_entry(run, trainer), "task": self.name, "pipeline_tag": self.pipeline_tag,
-                "metric": self.metric, "metric_name": self.metric_name,
-                "windows": {s: len(f) for s, f in features.items()},
+    def record_data(self, run: Run) -> dict:
+        features = run.extras.get("features")
+        return {"task": self.name, "pipeline_tag": self.pipeline_tag, "metric": self.metric,
+                "metric_name": self.metric_name,
+                **({"windows": {s: len(f) for s, f in features.items()}} if features is not None else {}),
                 "unanswerable_questions": {s: sum(not a["text"] for a in d["answers"]) for s, d in run.dataset.items()},
                 "doc_stride": run.data_args.doc_stride, "max_length": run.data_args.max_length}
 
@@ -242,8 +268,24 @@ class QuestionAnswering(TaskAdapter):
         return run.extras["scorer"].score("test", start, end)
 
     def measure(self, run: Run, record, trainer, model_dir: str, report) -> None:
-        logger.info("QA readers get no model card yet: the run record holds the test exact match and F1, the sizes, "
-                    "pipeline_tag and metric name")
+        """The saved reader against its teacher, both from disk: exact match and F1 (`evaluate_reader`, each with its
+        own tokenizer's windows), size, latency, memory; then the card."""
+        from .report import measure_and_card
+
+        measure_and_card(record, model_dir, run.teacher_path, run.model_args.teacher_model, run.dataset,
+                         run.data_args, report, run_name=os.path.basename(os.path.normpath(run.run_dir)),
+                         evaluate=self.evaluation(run.dataset, run.data_args, run.args.per_device_eval_batch_size))
+
+    def evaluation(self, dataset, data_args, batch_size: int = 32):
+        allow = has_unanswerable(dataset)
+
+        def evaluate(model, tokenizer, split):
+            return evaluate_reader(model, tokenizer, dataset[split], data_args, allow, batch_size)
+
+        return evaluate
+
+    def texts(self, dataset, split: str, data_args) -> list[str]:
+        return list(dataset[split]["question"]) + list(dataset[split]["context"])
 
 
 register_task(QuestionAnswering())

@@ -1,7 +1,10 @@
-"""A post-training compression run: take a trained classifier (an asset fine-tuned once and cached, any folder, or
-what a distillation / pruning run wrote), optionally trim its vocabulary to the data's tokens and factorize its
-projections, quantize it, save the result, and measure it against the model it came from in the same process:
-test accuracy, size of the whole checkpoint folder, CPU latency, peak memory. `scripts/quantize.py` is a thin
+"""A post-training compression run: take a trained classifier, token classifier (tagger) or extractive QA reader (an
+asset fine-tuned once and cached, any folder, or what a distillation / pruning run wrote), optionally trim its
+vocabulary to the data's tokens and factorize its projections, quantize it, save the result, and measure it against
+the model it came from in the same process: the task's test metrics (accuracy; entity F1; exact match and F1), size
+of the whole checkpoint folder, CPU latency, peak memory. The task is the one a distillation run would pick for this
+model and data (`skeleton.task_for`: a ``...ForTokenClassification`` / ``...ForQuestionAnswering`` checkpoint, or
+token-tagged / SQuAD-style data); its adapter loads the data and the model, and evaluates both from disk. `scripts/quantize.py` is a thin
 parser over `run_quantization`; the benchmark calls it once per variant.
 
 The methods live in their folders (`hfcompress.vocab`, `hfcompress.lowrank`, `hfcompress.quantize`); this module
@@ -46,9 +49,10 @@ class QuantizeModelArguments:
 
     model: str = field(
         default="minilm-l6",
-        metadata={"help": "The trained classifier to compress: an offline asset name (fine-tuned once on --dataset "
-                  "and cached if it has no task head, as a teacher is), a checkpoint folder (plain, or written by "
-                  "hfcompress: structured, low-rank, sparse), or a Hub id."},
+        metadata={"help": "The trained model to compress (sequence classifier, token classifier or extractive QA "
+                  "reader): an offline asset name (fine-tuned once on --dataset and cached if it has no task head, as "
+                  "a teacher is), a checkpoint folder (plain, or written by hfcompress: structured, low-rank, sparse), "
+                  "or a Hub id."},
     )
     finetune_epochs: float = field(default=2.0, metadata={"help": "Epochs of the one-time fine-tune of a headless model."})
     finetune_dir: str | None = field(
@@ -127,16 +131,50 @@ def check_plan(source_format: str, quant: QuantizationConfig, run: CompressArgum
         raise UserInputError("--quantization none with no --vocab_trim and no --lowrank_*: nothing to do")
 
 
-def load_source(model_args: QuantizeModelArguments, data_args: DataArguments, dataset, seed: int):
-    """The model to compress (with a trained head) and its tokenizer."""
+# the tasks other than sequence classification whose models these runs take (their adapters load and evaluate them)
+SOURCE_TASKS = ("token-classification", "question-answering")
+
+
+def source_task(model_args: QuantizeModelArguments, data_args: DataArguments):
+    """The task adapter of a token classifier or extractive QA reader (chosen as a distillation run would choose it,
+    from the model's architecture and the data), or None for a sequence classifier."""
+    from .skeleton import Run, task_for
+
+    adapter = task_for(ModelArguments(teacher_model=model_args.model), data_args, None)
+    if adapter.name not in SOURCE_TASKS:
+        return None
+    adapter.check_inputs(Run(_as_teacher(model_args), data_args, None))  # its settings (--doc_stride...), now
+    return adapter
+
+
+def _as_teacher(model_args: QuantizeModelArguments) -> ModelArguments:
+    return ModelArguments(teacher_model=model_args.model, teacher_finetune_epochs=model_args.finetune_epochs,
+                          teacher_dir=model_args.finetune_dir)
+
+
+def load_task_data(adapter, model_args: QuantizeModelArguments, data_args: DataArguments):
+    """The dataset (train/validation/test), read as the task reads it."""
+    if adapter is None:
+        return steps.load_data(data_args)
+    from .skeleton import Run
+
+    return adapter.load_data(Run(_as_teacher(model_args), data_args, None))[0]
+
+
+def load_source(model_args: QuantizeModelArguments, data_args: DataArguments, dataset, seed: int, adapter=None):
+    """The model to compress (with a trained head) and its tokenizer; `adapter`: the task's (`source_task`), whose
+    teacher loading (and one-time fine-tune of a headless model) is used for a plain checkpoint."""
     path = resolve_model_path(model_args.model)
     if os.path.isdir(path) and checkpoint_format(path) not in ("transformers",):
         return load_model(path), set_input_length(AutoTokenizer.from_pretrained(path), data_args.max_length), path
-    as_teacher = ModelArguments(teacher_model=model_args.model, teacher_finetune_epochs=model_args.finetune_epochs,
-                                teacher_dir=model_args.finetune_dir)
-
+    as_teacher = _as_teacher(model_args)
     training = SimpleNamespace(seed=seed, bf16=False)  # what load_teacher reads of the training arguments
-    model, tokenizer, path = steps.load_teacher(as_teacher, data_args, dataset, training)
+    if adapter is not None:
+        from .skeleton import Run
+
+        model, tokenizer, path = adapter.load_teacher(Run(as_teacher, data_args, training, dataset=dataset))
+    else:
+        model, tokenizer, path = steps.load_teacher(as_teacher, data_args, dataset, training)
     return model.eval(), set_input_length(tokenizer, data_args.max_length), path
 
 
@@ -173,16 +211,19 @@ def quantize_and_save(model, tokenizer, quant: QuantizationConfig, directory: st
 
 
 def compress_to(model, tokenizer, dataset, data_args: DataArguments, quant: QuantizationConfig,
-                run: CompressArguments, model_dir: str) -> dict:
+                run: CompressArguments, model_dir: str, adapter=None) -> dict:
     """Trim / factorize a copy of `model` as `run` asks, quantize it and save it to `model_dir` (which appears only
-    once complete); `model` itself is left as it is. Returns what each step reported, by method name."""
+    once complete); `model` itself is left as it is. Returns what each step reported, by method name. `adapter`: the
+    task's (`source_task`; None: text classification), which says what the data's texts are."""
+    from .skeleton import TaskAdapter
+
     info = {}
     compressed, comp_tok = copy.deepcopy(model), tokenizer
     if run.vocab_trim:
-        columns = [data_args.text_column] + ([data_args.text_pair_column] if data_args.text_pair_column else [])
-        compressed, comp_tok, report = trim_vocabulary(  # sentence pairs: the tokens of both texts are kept
-            compressed, tokenizer, [t for c in columns for t in dataset["train"][c]], run.vocab_config(),
-            eval_texts=[t for c in columns for t in dataset["test"][c]] if "test" in dataset else None,
+        texts = (adapter or TaskAdapter()).texts  # sentence pairs: both texts; QA: questions and contexts
+        compressed, comp_tok, report = trim_vocabulary(
+            compressed, tokenizer, texts(dataset, "train", data_args), run.vocab_config(),
+            eval_texts=texts(dataset, "test", data_args) if "test" in dataset else None,
             source=f"{data_args.dataset} train split",
         )
         info["vocab_trim"] = dataclasses.asdict(report)
@@ -211,8 +252,9 @@ def run_quantization(model_args: QuantizeModelArguments, data_args: DataArgument
     path = resolve_model_path(model_args.model)
     source_format = checkpoint_format(path) if os.path.isdir(path) else "transformers"
     check_plan(source_format, quant, run)
-    dataset = steps.load_data(data_args)
-    model, tokenizer, source_path = load_source(model_args, data_args, dataset, run.seed)
+    adapter = source_task(model_args, data_args)
+    dataset = load_task_data(adapter, model_args, data_args)
+    model, tokenizer, source_path = load_source(model_args, data_args, dataset, run.seed, adapter)
     if quant.skip_list is not None:
         from ..quantize.dynamic import check_skip_patterns
 
@@ -224,6 +266,11 @@ def run_quantization(model_args: QuantizeModelArguments, data_args: DataArgument
     record.add_settings(model=model_args, data=data_args, quantization=quant, steps=run, report=report)
     record.data = {"dataset": data_args.dataset, "splits": {s: len(d) for s, d in dataset.items()},
                    "pipeline_tag": "text-classification"}
+    if adapter is not None:
+        from .skeleton import Run
+
+        record.data.update(adapter.record_data(Run(_as_teacher(model_args), data_args, None, dataset=dataset)))
+    metric = record.data.get("metric") or "accuracy"
 
     if os.path.exists(model_dir):
         shutil.rmtree(model_dir)
@@ -233,28 +280,33 @@ def run_quantization(model_args: QuantizeModelArguments, data_args: DataArgument
     with tempfile.TemporaryDirectory(dir=run.output_dir, prefix=".hfc-work-") as work:
         reference_dir = os.path.join(work, REFERENCE_DIR)
         save_model(model, reference_dir, tokenizer)
-        info = compress_to(model, tokenizer, dataset, data_args, quant, run, model_dir)
+        info = compress_to(model, tokenizer, dataset, data_args, quant, run, model_dir, adapter)
         info.pop("parameters_before_quantization")
         record.methods.update(info)
         del model
 
         # Measured on what was saved, each loaded fresh from disk, by the one measurement every script uses.
         c = measure_and_card(record, model_dir, reference_dir, model_args.model, dataset, data_args, report,
-                             run_name=os.path.basename(os.path.normpath(run.output_dir)))
+                             run_name=os.path.basename(os.path.normpath(run.output_dir)),
+                             evaluate=adapter.evaluation(dataset, data_args) if adapter is not None else None)
     record.models = {"reference": {**c["base"], "source": source_path, "format": source_format},
                      "compressed": c["model"]}
+    delta = (c["changes"].get(f"metric_{metric}") or {}).get("delta")
     record.metrics = {"summary": {"split": c["split"], "accuracy_reference": c["base"]["metrics"].get("accuracy"),
                                   "accuracy": c["model"]["metrics"].get("accuracy"),
                                   "accuracy_delta_points": c["accuracy_delta_points"],
+                                  "metric": metric, "metric_reference": c["base"]["metrics"].get(metric),
+                                  "metric_value": c["model"]["metrics"].get(metric),
+                                  "metric_delta_points": None if delta is None else 100 * delta,
                                   "size_ratio": c["size_ratio"], "speedup": c["speedup"]}}
     record.artifacts.update({"model": model_dir})
     record.save(os.path.join(run.output_dir, f"{task}_summary.json"))
     publish(record, model_dir, run.output_dir, hub)
     record.save(os.path.join(run.output_dir, f"{task}_summary.json"))
     s = record.metrics["summary"]
-    logger.info("%s: %s accuracy %.4f (reference %.4f, %+.2f points), checkpoint %.1f MB (%.2fx smaller), %.2fx "
-                "faster on %d threads; model in %s", quant.quantization, s["split"], s["accuracy"],
-                s["accuracy_reference"], s["accuracy_delta_points"], c["model"]["size_mb"], s["size_ratio"],
+    logger.info("%s: %s %s %.4f (reference %.4f, %+.2f points), checkpoint %.1f MB (%.2fx smaller), %.2fx "
+                "faster on %d threads; model in %s", quant.quantization, s["split"], metric, s["metric_value"],
+                s["metric_reference"], s["metric_delta_points"], c["model"]["size_mb"], s["size_ratio"],
                 s["speedup"], report.latency_threads, model_dir)
     return record
 

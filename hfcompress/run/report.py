@@ -144,10 +144,12 @@ def measure_and_card(record, model_dir: str, base_dir: str, base_source: str | N
     record.artifacts["card"] = write_card(record.to_dict(), model_dir, model_name=run_name)
     write_model_record(record.to_dict(), model_dir)
     c = comparison
-    logger.info("Measured against %s: %s accuracy %s (%s points), %.2fx smaller, %.2fx faster; card %s",
-                base_source or base_dir, split, c["model"]["metrics"].get("accuracy"),
-                None if c["accuracy_delta_points"] is None else f"{c['accuracy_delta_points']:+.2f}",
-                c["size_ratio"], c["speedup"], record.artifacts["card"])
+    metric = (record.data or {}).get("metric") or "accuracy"  # a tagger's or a reader's F1
+    delta = (c["changes"].get(f"metric_{metric}") or {}).get("delta")
+    logger.info("Measured against %s: %s %s %s (%s points), %.2fx smaller, %.2fx faster; card %s",
+                base_source or base_dir, split, metric, c["model"]["metrics"].get(metric),
+                None if delta is None else f"{100 * delta:+.2f}", c["size_ratio"], c["speedup"],
+                record.artifacts["card"])
     return comparison
 
 

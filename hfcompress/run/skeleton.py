@@ -131,7 +131,7 @@ class TaskAdapter:
 
     def data_entry(self, run: Run, trainer) -> dict:
         return {"dataset": run.dataset_name, "splits": {s: len(d) for s, d in run.dataset.items()},
-                "pipeline_tag": self.pipeline_tag}
+                **self.record_data(run)}
 
     def student_entry(self, run: Run, trainer) -> dict:
         from ..costs import count_parameters
@@ -152,6 +152,22 @@ class TaskAdapter:
 
     def measure(self, run: Run, record, trainer, model_dir: str, report) -> None:
         """Measure the saved model against its base, card it (``--measure``)."""
+
+    # ---- what post-training runs (`hfcompress quantize`) ask of a task
+    def evaluation(self, dataset, data_args, batch_size: int = 32):
+        """``evaluate(model, tokenizer, split) -> metrics`` of any saved model of this task (as `load_model` gives
+        it) on `dataset`'s split, for `report.measure.compare_checkpoints`; None: a text classifier's evaluation."""
+        return None
+
+    def texts(self, dataset, split: str, data_args) -> list[str]:
+        """The raw texts of a split (what vocabulary trimming counts tokens in): the text column, and the pair
+        column of sentence pairs."""
+        columns = [data_args.text_column] + ([data_args.text_pair_column] if data_args.text_pair_column else [])
+        return [t for c in columns for t in dataset[split][c]]
+
+    def record_data(self, run: Run) -> dict:
+        """What the record's ``data`` says of the task besides the dataset and splits (pipeline tag, metric...)."""
+        return {"pipeline_tag": self.pipeline_tag}
 
     def log_result(self, run: Run, record, metrics: dict, model_dir: str) -> None:
         key = self.metric

@@ -271,10 +271,10 @@ class TokenClassification(TaskAdapter):
         return token_metrics(tag_names(run.dataset))
 
     # ---- the record
-    def data_entry(self, run: Run, trainer) -> dict:
+    def record_data(self, run: Run) -> dict:
         names = tag_names(run.dataset)
-        return {**super().data_entry(run, trainer), "task": self.name, "pipeline_tag": self.pipeline_tag,
-                "metric": self.metric, "metric_name": self.metric_name, "label_names": dict(enumerate(names)),
+        return {"task": self.name, "pipeline_tag": self.pipeline_tag, "metric": self.metric,
+                "metric_name": self.metric_name, "label_names": dict(enumerate(names)),
                 "entity_types": sorted({n[2:] for n in names if n != "O"}),
                 "label_all_subtokens": run.data_args.label_all_subtokens}
 
@@ -287,15 +287,20 @@ class TokenClassification(TaskAdapter):
         latency, memory; then the card."""
         from .report import measure_and_card
 
-        names = tag_names(run.dataset)
-
-        def evaluate(model, tokenizer, split):
-            return evaluate_tagger(model, tokenizer, run.dataset[split], names, run.data_args.max_length,
-                                   run.args.per_device_eval_batch_size)
-
         measure_and_card(record, model_dir, run.teacher_path, run.model_args.teacher_model, run.dataset,
                          run.data_args, report, run_name=os.path.basename(os.path.normpath(run.run_dir)),
-                         evaluate=evaluate)
+                         evaluate=self.evaluation(run.dataset, run.data_args, run.args.per_device_eval_batch_size))
+
+    def evaluation(self, dataset, data_args, batch_size: int = 32):
+        names = tag_names(dataset)
+
+        def evaluate(model, tokenizer, split):
+            return evaluate_tagger(model, tokenizer, dataset[split], names, data_args.max_length, batch_size)
+
+        return evaluate
+
+    def texts(self, dataset, split: str, data_args) -> list[str]:
+        return [" ".join(words) for words in dataset[split]["tokens"]]
 
 
 def _is_structured(path: str) -> bool:

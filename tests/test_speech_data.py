@@ -379,3 +379,23 @@ def test_real_set_is_cached(tmp_path):
 
     (folder,) = tmp_path.glob("real-*")
     assert load_from_disk(str(folder))["test"]["id"] == real["id"]
+
+
+def test_speech_sets_command_names_a_bad_set(tmp_path, capsys):
+    from hfcompress.commands import main
+
+    assert main(["speech-sets", "--output_dir", str(tmp_path), "--sets", "natural,clean"]) == 2
+    assert "['clean'] are unknown" in capsys.readouterr().err
+
+
+@needs_alsa
+@needs_pocketsphinx
+def test_speech_sets_command_writes_a_loadable_folder(tmp_path, capsys):
+    from datasets import load_from_disk
+
+    from hfcompress.commands import main
+
+    assert main(["speech-sets", "--output_dir", str(tmp_path), "--sets", "real"]) == 0
+    name, clips, voices, folder = capsys.readouterr().out.strip().split("\t")
+    assert (name, clips) == ("real", "20 clips") and folder.startswith(str(tmp_path))
+    assert len(load_from_disk(folder)["test"]) == 20

@@ -399,3 +399,29 @@ def test_speech_sets_command_writes_a_loadable_folder(tmp_path, capsys):
     name, clips, voices, folder = capsys.readouterr().out.strip().split("\t")
     assert (name, clips) == ("real", "20 clips") and folder.startswith(str(tmp_path))
     assert len(load_from_disk(folder)["test"]) == 20
+
+
+# ------------------------------------------------------------------------------------- scripts/benchmark_speech_sets.py
+
+
+def test_speech_sets_benchmark_subset_and_diagnosis():
+    from conftest import load_script
+    from datasets import Dataset
+
+    bench = load_script("benchmark_speech_sets")
+    ds = Dataset.from_dict({"voice": ["a"] * 6 + ["b"] * 6 + ["c"] * 2})
+    picked = bench.seeded_subset(ds, 5, seed=0)
+    voices = [ds[i]["voice"] for i in picked]
+    assert picked == sorted(picked) and (voices.count("a"), voices.count("b"), voices.count("c")) == (2, 2, 1)
+    assert picked == bench.seeded_subset(ds, 5, seed=0) != bench.seeded_subset(ds, 5, seed=1)
+    assert bench.seeded_subset(ds, 0, seed=0) == list(range(14))
+
+    refs = ["the film is good", "a waste of time"]
+    result = {"sets": ["natural"], "test_sets": {"natural": {"references": refs}}, "results": {
+        "tiny": {"transformers_fp32": {"sets": {"natural": {"transcripts": ["the film is good", "a waist of thyme"]}}}},
+        "base": {"transformers_fp32": {"sets": {"natural": {"transcripts": ["the film is food", "a waist of thyme"]}}}},
+    }}
+    d = bench.diagnose(result)["natural"]
+    # clip 2: both models alike (2 errors of 8 words); clip 1: they disagree, base has 1 error
+    assert d["wer_on_clips_all_models_transcribe_alike"] == 2 / 8
+    assert d["wer_on_the_other_clips"] == {"tiny": 0.0, "base": 1 / 8}

@@ -412,9 +412,37 @@ def word_errors(ref: list[str], hyp: list[str]) -> int:
     return row[-1]
 
 
+def librivox_wer(model, processor, transcription: Path, per_clip=None) -> tuple[float, list[str]]:
+    """Greedy WER of `model` on the five pocketsphinx LibriVox clips, and one line per clip; `per_clip(stem, input
+    features, generated ids)` is called for each clip (e.g. to compare with CTranslate2)."""
+    sf = pytest.importorskip("soundfile")
+    refs = {}
+    for line in transcription.read_text().splitlines():
+        m = re.match(r"<s>(.*)</s>\s*\((\S+)\)", line.strip())
+        if m:
+            refs[m.group(2)] = m.group(1).split()
+    errors = words = 0
+    lines = []
+    for wav in sorted(glob.glob(f"{LIBRIVOX}/*.wav")):
+        audio, sr = sf.read(wav, dtype="float32")
+        inputs = processor(audio, sampling_rate=sr, return_tensors="pt")
+        with torch.inference_mode():
+            ids = model.generate(inputs.input_features, num_beams=1, do_sample=False)
+        if per_clip is not None:
+            per_clip(Path(wav).stem, inputs.input_features, ids)
+        text = processor.batch_decode(ids, skip_special_tokens=True)[0]
+        ref = refs[Path(wav).stem]
+        e = word_errors(ref, normalize(text))
+        errors, words = errors + e, words + len(ref)
+        lines.append(f"{Path(wav).stem}: {e}/{len(ref)} {text!r}")
+    wer = errors / words
+    print(f"WER {wer:.3f} ({errors}/{words})\n" + "\n".join(lines))
+    return wer, lines
+
+
 @pytest.mark.slow
 def test_real_tiny_en_wer(tmp_path_factory, caplog):
-    sf = pytest.importorskip("soundfile")
+    pytest.importorskip("soundfile")
     transcription = Path(LIBRIVOX) / "transcription"
     if not transcription.is_file():
         pytest.skip("apt package pocketsphinx-testdata is not installed")
@@ -431,26 +459,7 @@ def test_real_tiny_en_wer(tmp_path_factory, caplog):
     features = torch.zeros(1, 80, 3000)
     assert model._retrieve_init_tokens(features, 1, gen, model.config, 3000, {}).tolist() == [[50257, 50362]]
     assert (gen.no_timestamps_token_id, len(processor.tokenizer), model.config.vocab_size) == (50362, 51864, 51864)
-
-    refs = {}
-    for line in transcription.read_text().splitlines():
-        m = re.match(r"<s>(.*)</s>\s*\((\S+)\)", line.strip())
-        if m:
-            refs[m.group(2)] = m.group(1).split()
-    errors = words = 0
-    lines = []
-    for wav in sorted(glob.glob(f"{LIBRIVOX}/*.wav")):
-        audio, sr = sf.read(wav, dtype="float32")
-        inputs = processor(audio, sampling_rate=sr, return_tensors="pt")
-        with torch.inference_mode():
-            ids = model.generate(inputs.input_features, num_beams=1, do_sample=False)
-        text = processor.batch_decode(ids, skip_special_tokens=True)[0]
-        ref = refs[Path(wav).stem]
-        e = word_errors(ref, normalize(text))
-        errors, words = errors + e, words + len(ref)
-        lines.append(f"{Path(wav).stem}: {e}/{len(ref)} {text!r}")
-    wer = errors / words
-    print(f"WER {wer:.3f} ({errors}/{words})\n" + "\n".join(lines))
+    wer, lines = librivox_wer(model, processor, transcription)
     assert len(lines) == 5 and wer <= 0.10, lines
 
 
@@ -506,7 +515,7 @@ def test_real_base_wer(tmp_path_factory, caplog):
     """Whisper base (multilingual) from the two halves of its CTranslate2 file, as the asset installs it: the prompt
     <|startoftranscript|><|en|><|transcribe|><|notimestamps|>, WER on the LibriVox clips, and (with ctranslate2
     installed) the same greedy tokens as CTranslate2 itself."""
-    sf = pytest.importorskip("soundfile")
+    pytest.importorskip("soundfile")
     from hfcompress.arch.speech import set_transcription_language
     from hfcompress.assets import hfcompress_home, stage_source
 
@@ -535,33 +544,20 @@ def test_real_base_wer(tmp_path_factory, caplog):
     assert model._retrieve_init_tokens(features, 1, model.generation_config, model.config, 3000, {}).tolist() == [
         prompt]
 
-    refs = {}
-    for line in transcription.read_text().splitlines():
-        m = re.match(r"<s>(.*)</s>\s*\((\S+)\)", line.strip())
-        if m:
-            refs[m.group(2)] = m.group(1).split()
     try:
         import ctranslate2
     except ImportError:
         ctranslate2 = None
-    ct2_model = ctranslate2.models.Whisper(str(ct2), device="cpu", compute_type="float32") if ctranslate2 else None
-    errors = words = 0
-    lines = []
-    for wav in sorted(glob.glob(f"{LIBRIVOX}/*.wav")):
-        audio, sr = sf.read(wav, dtype="float32")
-        inputs = processor(audio, sampling_rate=sr, return_tensors="pt")
-        with torch.inference_mode():
-            ids = model.generate(inputs.input_features, num_beams=1, do_sample=False)
-        text = processor.batch_decode(ids, skip_special_tokens=True)[0]
-        if ct2_model is not None:
-            features = ctranslate2.StorageView.from_array(inputs.input_features.numpy())
-            theirs = ct2_model.generate(features, [prompt], beam_size=1)[0].sequences_ids[0]
+    compared = []
+    if ctranslate2 is not None:
+        ct2_model = ctranslate2.models.Whisper(str(ct2), device="cpu", compute_type="float32")
+
+        def same_tokens(stem, features, ids):
+            theirs = ct2_model.generate(ctranslate2.StorageView.from_array(features.numpy()), [prompt],
+                                        beam_size=1)[0].sequences_ids[0]
             ours = [t for t in ids[0].tolist() if t not in prompt and t != model.generation_config.eos_token_id]
-            assert ours == theirs, (Path(wav).stem, ours, theirs)
-        ref = refs[Path(wav).stem]
-        e = word_errors(ref, normalize(text))
-        errors, words = errors + e, words + len(ref)
-        lines.append(f"{Path(wav).stem}: {e}/{len(ref)} {text!r}")
-    wer = errors / words
-    print(f"WER {wer:.3f} ({errors}/{words})\n" + "\n".join(lines))
+            assert ours == theirs, (stem, ours, theirs)
+            compared.append(stem)
+    wer, lines = librivox_wer(model, processor, transcription, same_tokens if ctranslate2 is not None else None)
     assert len(lines) == 5 and wer <= 0.10, lines
+    assert len(compared) == (5 if ctranslate2 is not None else 0)

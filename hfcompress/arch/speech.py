@@ -6,9 +6,13 @@ reshapes keys and values with ``num_heads`` (slicing the projections alone is no
 and hidden states), prune with physical removal and quantize through the text models' mechanisms.
 """
 
+import logging
+
 import torch.nn as nn
 
 from .base import ArchAdapter, AttentionLayout, StackLayout, register_adapter
+
+logger = logging.getLogger(__name__)
 
 
 def _attention(module: str) -> AttentionLayout:
@@ -115,6 +119,41 @@ def decoder_prompt_ids(tokenizer) -> list[int]:
     if not prefix:
         raise ValueError(f"{type(tokenizer).__name__} has no Whisper decoder prompt (prefix_tokens)")
     return [int(i) for i in prefix]
+
+
+def is_multilingual_whisper(model) -> bool:
+    """True for a Whisper whose generation config knows languages (``lang_to_id``): it needs a language token."""
+    gen = getattr(model, "generation_config", None)
+    return bool(gen is not None and getattr(gen, "is_multilingual", False) and getattr(gen, "lang_to_id", None))
+
+
+def set_transcription_language(model, tokenizer=None, language: str | None = None, default: str = "en") -> str | None:
+    """Fix what a Whisper transcribes as: for a multilingual model, ``language`` (a code such as ``"en"``; default
+    the one its generation config already names, else `default`, logged) and the task ``transcribe``, in its
+    generation config and in `tokenizer`'s decoder prompt (`decoder_prompt_ids`), so that training targets and
+    `generate` start from the same ``<|startoftranscript|><|en|><|transcribe|><|notimestamps|>``. Without it
+    `generate` would detect the language clip by clip. An English-only model (``.en``) takes no language token:
+    returns None (and refuses a language other than English). Returns the language code used."""
+    from ..errors import UserInputError
+
+    gen = model.generation_config
+    if not is_multilingual_whisper(model):
+        if language not in (None, "en", "english"):
+            raise UserInputError(f"language {language!r}: this Whisper is English-only (no language tokens)")
+        return None
+    chosen = language or getattr(gen, "language", None)
+    if chosen is None:
+        chosen = default
+        logger.info("multilingual Whisper without a language: transcribing as %r (the project's data is English); "
+                    "pass a language to change it", default)
+    code = str(chosen).strip("<|>").lower()
+    if f"<|{code}|>" not in gen.lang_to_id:
+        raise UserInputError(f"language {chosen!r}: not one of this Whisper's languages "
+                             f"({', '.join(sorted(t.strip('<|>') for t in gen.lang_to_id)[:20])}, ...)")
+    gen.language, gen.task = code, "transcribe"
+    if tokenizer is not None and hasattr(tokenizer, "set_prefix_tokens"):
+        tokenizer.set_prefix_tokens(language=code, task="transcribe", predict_timestamps=False)
+    return code
 
 
 def transcript_ids(tokenizer, text: str) -> list[int]:

@@ -19,7 +19,13 @@ import numpy as np
 import torch
 from transformers import AutoConfig
 
-from ..arch.speech import decoder_prompt_ids, is_speech_seq2seq, num_decoder_layers, transcript_ids
+from ..arch.speech import (
+    decoder_prompt_ids,
+    is_speech_seq2seq,
+    num_decoder_layers,
+    set_transcription_language,
+    transcript_ids,
+)
 from ..assets import resolve_model_path
 from ..distill import (
     DistillationLoss,
@@ -144,6 +150,7 @@ def _load(path: str, what: str):
     if not hasattr(processor, "feature_extractor") or not hasattr(processor, "tokenizer"):
         raise UserInputError(f"{what} {path}: expected a speech processor with a feature extractor and a tokenizer, "
                              f"found {type(processor).__name__}")
+    set_transcription_language(model, processor.tokenizer)  # multilingual: English unless the model names another
     return model, processor
 
 
@@ -222,12 +229,11 @@ def measure_per_clip(model_dirs: dict[str, str], split, clips: int, threads: int
     """Each saved model (reloaded from disk) transcribes `clips` clips one at a time, greedily, on the CPU with
     `threads` threads, interleaved over `rounds` rounds (teacher, student, teacher, ...): the median time per clip
     (features + encoder + decoding) of each round, then the median of rounds; WER/CER of those clips."""
-    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
-
     rows = split.select(range(min(clips, len(split))))
     audios, refs = rows["audio"], rows["text"]
-    models = {role: (AutoModelForSpeechSeq2Seq.from_pretrained(d).eval(), AutoProcessor.from_pretrained(d))
-              for role, d in model_dirs.items()}
+    models = {role: _load(d, role) for role, d in model_dirs.items()}
+    for model, _ in models.values():
+        model.eval()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     per_round: dict[str, list[float]] = {r: [] for r in models}

@@ -39,9 +39,9 @@ spaces included. It needs nothing but the standard library.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
-__all__ = ["normalize", "word_error_rate", "align_counts"]
+__all__ = ["normalize", "word_error_rate", "align_counts", "wer_interval", "compression_ratio", "is_looping"]
 
 _UNITS = {
     "zero": 0, "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "nine": 9,
@@ -308,3 +308,41 @@ def word_error_rate(
         "num_ref_chars": chars,
         "num_utterances": len(refs),
     }
+
+
+def wer_interval(clip_errors: Sequence[float], clip_words: Sequence[int], resamples: int = 2000, seed: int = 0,
+                 level: float = 0.95) -> tuple[float, float]:
+    """The `level` interval of a corpus WER by the percentile bootstrap over clips: `resamples` draws of as many clips
+    with replacement, each giving ``sum(errors) / sum(words)``. `clip_errors` / `clip_words`: one entry per clip
+    (word errors and reference words, as `word_error_rate` counts them for that clip alone)."""
+    import numpy as np
+
+    errors, words = np.asarray(clip_errors, dtype=float), np.asarray(clip_words, dtype=float)
+    if errors.shape != words.shape or errors.ndim != 1 or not len(errors):
+        raise ValueError(f"wer_interval: expected two equally long non-empty lists, got {errors.shape} and "
+                         f"{words.shape}")
+    if not 0 < level < 1 or resamples < 1:
+        raise ValueError(f"wer_interval: level must be in (0, 1) and resamples >= 1, got {level} and {resamples}")
+    idx = np.random.default_rng(seed).integers(0, len(errors), size=(resamples, len(errors)))
+    rates = errors[idx].sum(1) / np.maximum(words[idx].sum(1), 1)
+    tail = 100 * (1 - level) / 2
+    return float(np.percentile(rates, tail)), float(np.percentile(rates, 100 - tail))
+
+
+COMPRESSION_RATIO_THRESHOLD = 2.4  # Whisper's own guard: text that gzip squeezes more than this is repetitive
+
+
+def compression_ratio(text: str) -> float:
+    """Bytes of `text` over bytes of its zlib compression (Whisper's repetition measure)."""
+    import zlib
+
+    raw = text.encode("utf-8")
+    return len(raw) / len(zlib.compress(raw)) if raw else 0.0
+
+
+def is_looping(text: str, generated_tokens: int | None = None, max_new_tokens: int | None = None) -> bool:
+    """A transcript that loops: decoding ran up to `max_new_tokens`, or the text compresses more than
+    `COMPRESSION_RATIO_THRESHOLD` (the test Whisper's temperature fallback uses)."""
+    if generated_tokens is not None and max_new_tokens is not None and generated_tokens >= max_new_tokens:
+        return True
+    return compression_ratio(text) > COMPRESSION_RATIO_THRESHOLD

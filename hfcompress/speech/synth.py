@@ -30,6 +30,12 @@ written form, as spoken: digits are words, "four seven two"), ``voice``, ``engin
   digit strings, ``DatasetDict(train, validation, test)``.
 - `build_keyword_dataset`: single keywords (the ten digits and ten command words by default), labelled.
 - `load_pocketsphinx_set`: the real recordings of Debian's ``pocketsphinx-testdata`` with their transcripts.
+- The test sets that measure compression (`build_speech_test_sets`; each a ``DatasetDict`` with one ``test`` split,
+  cached like the others): `build_natural_dataset` (plain common-word sentences spoken clean by festival's HTS voice
+  and flite's four cmu voices; with ``noise_snr_db`` the same clips with mild noise) and `build_real_dataset`
+  (pocketsphinx-testdata plus the spoken words Debian's ``alsa-utils`` installs, `load_alsa_words`). festival
+  (``text2wave``) is a third engine, used only when named: the Debian packages ``festival`` and
+  ``festvox-us-slt-hts``.
 - `resample_or_error`, `speed_perturb`, `add_noise`, `read_audio`: the pieces.
 
 Both builders take ``cache_dir``: the built `DatasetDict` is saved there with ``save_to_disk``, in a folder named by a
@@ -71,7 +77,15 @@ ESPEAK_VARIANTS = ("",) + tuple(f"+m{i}" for i in range(1, 8)) + tuple(f"+f{i}" 
 FLITE_VOICES = ("kal16", "awb", "rms", "slt")  # kal16 stands for kal (same speaker); awb_time is a clock
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 DEFAULT_KEYWORDS = DIGIT_WORDS + ("yes", "no", "up", "down", "left", "right", "on", "off", "stop", "go")
-_DEBIAN_PACKAGE = {"espeak-ng": "espeak-ng", "flite": "flite"}
+_DEBIAN_PACKAGE = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "festival"}
+_ENGINE_PROGRAM = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "text2wave"}  # what must be on PATH
+# festival voices this module knows -> the Debian package that installs each, and where it goes
+FESTIVAL_VOICES = {"cmu_us_slt_arctic_hts": "festvox-us-slt-hts"}
+FESTIVAL_VOICE_DIRS = (Path("/usr/share/festival/voices"),)
+# The natural-voice test set (`build_natural_dataset`): festival's HTS voice and flite's four cmu voices.
+NATURAL_VOICES = (
+    ("festival", "cmu_us_slt_arctic_hts"), ("flite", "awb"), ("flite", "rms"), ("flite", "slt"), ("flite", "kal16"),
+)
 
 POCKETSPHINX_DATA = Path("/usr/share/pocketsphinx/test/data")
 POCKETSPHINX_SETS = ("librivox", "cards", "misc")
@@ -250,17 +264,38 @@ class Voice:
 
 
 def require_engine(engine: str) -> str:
-    """The path of the `engine` program, or a `UserInputError` naming the Debian package that provides it."""
+    """The path of the `engine` program (festival: ``text2wave``), or a `UserInputError` naming the Debian package
+    that provides it."""
     if engine not in _DEBIAN_PACKAGE:
         raise UserInputError(f"unknown speech engine {engine!r}; expected one of {sorted(_DEBIAN_PACKAGE)}")
-    path = shutil.which(engine)
+    program = _ENGINE_PROGRAM[engine]
+    path = shutil.which(program)
     if path is None:
         pkg = _DEBIAN_PACKAGE[engine]
         raise UserInputError(
-            f"{engine} is not installed (not found on PATH): install the Debian package {pkg!r} "
+            f"{engine} is not installed ({program} not found on PATH): install the Debian package {pkg!r} "
             f"(sudo apt-get install {pkg}) to synthesize speech"
         )
     return path
+
+
+def require_voice(voice: Voice) -> None:
+    """A `UserInputError` naming the Debian package when `voice`'s engine or the voice itself is not installed."""
+    require_engine(voice.engine)
+    if voice.engine == "festival":
+        if voice.name not in FESTIVAL_VOICES:
+            raise UserInputError(f"festival voice {voice.name!r} is unknown; expected one of {sorted(FESTIVAL_VOICES)}")
+        if not any(d.is_dir() and any(d.glob(f"*/{voice.name}")) for d in FESTIVAL_VOICE_DIRS):
+            pkg = FESTIVAL_VOICES[voice.name]
+            raise UserInputError(
+                f"festival voice {voice.name} is not installed (no {FESTIVAL_VOICE_DIRS[0]}/*/{voice.name}): install "
+                f"the Debian package {pkg!r} (sudo apt-get install {pkg})"
+            )
+    elif voice.engine == "flite":
+        names = _flite_voices(all_names=True)
+        if voice.name not in names:
+            raise UserInputError(f"flite has no voice {voice.name!r} (it lists {sorted(names)}); the Debian package "
+                                 "'flite' ships awb, kal, kal16, rms, slt")
 
 
 def _available_engines(engines) -> list[str]:
@@ -279,9 +314,11 @@ def _available_engines(engines) -> list[str]:
     return list(engines)
 
 
-def _flite_voices() -> list[str]:
+def _flite_voices(all_names: bool = False) -> list[str]:
     out = subprocess.run(["flite", "-lv"], capture_output=True, text=True, timeout=30).stdout
     names = out.split(":", 1)[-1].split()
+    if all_names:
+        return names
     voices = [v for v in FLITE_VOICES if v in names]
     if "kal16" not in names and "kal" in names:
         voices.insert(0, "kal")
@@ -289,11 +326,14 @@ def _flite_voices() -> list[str]:
 
 
 def list_voices(engines: str | Sequence[str] | None = "auto") -> list[Voice]:
-    """Every usable voice identity of the installed (``"auto"``) or named engines, in a fixed order."""
+    """Every usable voice identity of the installed (``"auto"``: espeak-ng and flite) or named engines (festival only
+    when named), in a fixed order."""
     voices: list[Voice] = []
     for engine in _available_engines(engines):
         if engine == "espeak-ng":
             voices += [Voice("espeak-ng", b + v) for b in ESPEAK_BASES for v in ESPEAK_VARIANTS]
+        elif engine == "festival":
+            voices += [Voice("festival", v) for v in FESTIVAL_VOICES]
         else:
             voices += [Voice("flite", v) for v in _flite_voices()]
     return voices
@@ -329,13 +369,18 @@ def synthesize(
     """Speak `text` with `voice`: ``(float32 samples, sampling rate of the engine)``.
 
     espeak-ng uses `rate` (words per minute) and `pitch` (0-99); flite uses `stretch` (its ``duration_stretch``: >1
-    is slower) and its voice's own pitch.
+    is slower) and its voice's own pitch; festival (``text2wave``, the text on stdin) uses `stretch` as its
+    ``Duration_Stretch`` and its voice's own pitch (the HTS voice speaks at 32 kHz).
     """
     require_engine(voice.engine)
     with tempfile.TemporaryDirectory(prefix="hfc-tts-") as tmp:
         path = os.path.join(tmp, "out.wav")
         if voice.engine == "espeak-ng":
             cmd = ["espeak-ng", "-v", voice.name, "-s", str(int(rate)), "-p", str(int(pitch)), "-w", path, "--stdin"]
+            res = subprocess.run(cmd, input=text, capture_output=True, text=True, timeout=120)
+        elif voice.engine == "festival":
+            setup = f"(voice_{voice.name}) (Parameter.set 'Duration_Stretch {stretch:.3f})"
+            cmd = ["text2wave", "-eval", setup, "-o", path, "-"]
             res = subprocess.run(cmd, input=text, capture_output=True, text=True, timeout=120)
         else:
             cmd = ["flite", "-voice", voice.name, "--setf", f"duration_stretch={stretch:.3f}", "-t", text, "-o", path]
@@ -351,8 +396,14 @@ def synthesize(
 _SENTENCE_OK = re.compile(r"^[A-Za-z][A-Za-z' ,;:!?\-]*[A-Za-z.!?]$")
 
 
-def _clean_sentence(text: str, max_words: int) -> str | None:
-    """A short plain-ASCII sentence as it will be spoken, or None when it does not qualify."""
+_PRONOUN_I = {"I", "I'm", "I'd", "I've", "I'll"}
+_WORD = re.compile(r"[a-z']+")
+
+
+def _clean_sentence(text: str, max_words: int, plain: bool = False, min_words: int = 3) -> str | None:
+    """A short plain-ASCII sentence as it will be spoken, or None when it does not qualify. ``plain`` also drops
+    sentences with a capitalized word after the first (names a recognizer cannot be expected to spell) or a colon or
+    semicolon."""
     text = text.replace("\u2019", "'").replace("\u2018", "'")
     text = " ".join(text.split())
     if not text.isascii() or "--" in text or " - " in text:
@@ -360,19 +411,26 @@ def _clean_sentence(text: str, max_words: int) -> str | None:
     if not _SENTENCE_OK.match(text) or "." in text[:-1]:  # one sentence, no abbreviations, no digits
         return None
     words = text.split()
-    if not 3 <= len(words) <= max_words:
+    if not min_words <= len(words) <= max_words:
         return None
     if any(len(w.strip(",;:!?.'")) > 1 and w.strip(",;:!?.'").isupper() for w in words):  # acronyms
+        return None
+    if plain and (":" in text or ";" in text
+                  or any(w[0].isupper() and w.strip(",!?.") not in _PRONOUN_I for w in words[1:])):
         return None
     return text
 
 
-def sentence_pools(source: str = "auto", max_words: int = 12, seed: int = 0) -> dict[str, list[str]]:
+def sentence_pools(source: str = "auto", max_words: int = 12, seed: int = 0, plain: bool = False,
+                   min_word_count: int = 0, min_words: int = 3) -> dict[str, list[str]]:
     """Sentences per split: ``{"train": [...], "validation": [...], "test": [...]}``, texts disjoint across splits.
 
     ``source``: ``"rotten-tomatoes"`` (the offline asset's own splits, filtered to 3..`max_words` words of plain
     ASCII without digits, abbreviations or acronyms), ``"harvard"`` (the 40 Harvard sentences of lists 1-4: 20
-    train, 10 validation, 10 test), or ``"auto"`` (the first when installed).
+    train, 10 validation, 10 test), or ``"auto"`` (the first when installed). ``plain``: see `_clean_sentence`.
+    ``min_word_count``: keep Rotten Tomatoes sentences whose every word occurs at least that often in the whole
+    corpus (all splits, lowercased): common words, no rare ones ("britches", "hokum") or typos ("filmbut").
+    ``min_words``: the shortest sentence kept (words).
     """
     from ..assets import is_installed
 
@@ -390,10 +448,18 @@ def sentence_pools(source: str = "auto", max_words: int = 12, seed: int = 0) -> 
     except FileNotFoundError as e:
         raise UserInputError(str(e)) from e
     pools = {}
+    counts: dict[str, int] = {}
+    if min_word_count > 0:
+        for split in ("train", "validation", "test"):
+            for t in dsd[split]["text"]:
+                for w in _WORD.findall(t.lower()):
+                    counts[w] = counts.get(w, 0) + 1
     for split in ("train", "validation", "test"):
         seen, pool = set(), []
         for t in dsd[split]["text"]:
-            c = _clean_sentence(t, max_words)
+            c = _clean_sentence(t, max_words, plain, min_words)
+            if c and min_word_count > 0 and any(counts.get(w, 0) < min_word_count for w in _WORD.findall(c.lower())):
+                continue
             if c and c.lower() not in seen:
                 seen.add(c.lower())
                 pool.append(c)
@@ -706,6 +772,83 @@ def build_keyword_dataset(
     return _cached(cache_dir, "keywords", settings, build)
 
 
+def build_natural_dataset(
+    per_voice: int = 64,
+    seed: int = 0,
+    noise_snr_db: float | tuple[float, float] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    voices: Sequence[tuple[str, str]] = NATURAL_VOICES,
+    sentences: Sequence[str] | str = "auto",
+    max_words: int = 12,
+    min_word_count: int = 8,
+    min_words: int = 5,
+    num_workers: int | None = None,
+):
+    """The natural-voice test set: `DatasetDict` with one ``test`` split of `per_voice` sentences per voice, spoken
+    clean (``speed`` 1, each voice at its own default rate and pitch) by `voices` (default `NATURAL_VOICES`:
+    festival's HTS voice ``cmu_us_slt_arctic_hts`` (32 kHz, resampled) and flite's ``awb``, ``rms``, ``slt``,
+    ``kal16``: 5 x 64 = 320 clips). The ``voice`` column (``festival:cmu_us_slt_arctic_hts``, ``flite:awb`` ...)
+    splits it by voice.
+
+    Sentences: the *test* pool of `sentence_pools` (``"auto"``: Rotten Tomatoes snippets when that asset is
+    installed, else Harvard; ``plain``: no names, no digits or acronyms, `min_words`..`max_words` words; every word
+    at least `min_word_count` times in the corpus: 68 sentences at the defaults), so no sentence is one a model
+    trained on the train pool has seen; or a list. (Without the word-count filter tiny.en scored 20% WER on 50
+    clips, most errors on rare words even with the clean HTS voice: a test of vocabulary, not of compression; with
+    it but 3-word fragments kept, 10.5%, many errors on fragments such as "a pure delight" -> "appear to light".) They are dealt out round-robin over the voices
+    (clip i of voice j says sentence ``i * len(voices) + j`` of the pool, wrapping), so the voices say different
+    sentences and a sentence repeats only once the pool is used up.
+
+    ``noise_snr_db`` (a number or a ``(low, high)`` range drawn per clip, seeded): the same clips with white or pink
+    noise at that SNR over the speech (`add_noise`), the mild-noise set at e.g. ``(15, 25)``. A missing engine or
+    voice is a `UserInputError` naming its Debian package (``festival``, ``festvox-us-slt-hts``, ``flite``) before
+    anything is synthesized. `cache_dir`: as in `build_transcription_dataset`.
+    """
+    speeds = _check_common(len(voices) or 1, per_voice, (1.0,), noise_snr_db)
+    voice_list = [Voice(str(e), str(n)) for e, n in voices]
+    if not voice_list or len(set(voice_list)) != len(voice_list):
+        raise UserInputError(f"voices: expected distinct (engine, name) pairs, got {list(voices)!r}")
+    for v in voice_list:
+        require_voice(v)
+    if isinstance(sentences, str):
+        pool = sentence_pools(sentences, max_words=max_words, seed=seed, plain=True,
+                              min_word_count=min_word_count, min_words=min_words)["test"]
+        source = sentences
+    else:
+        pool, source = [" ".join(str(t).split()) for t in sentences if str(t).strip()], "list"
+    if not pool:
+        raise UserInputError("sentences: no sentence to speak (an empty list, or none passed the filter)")
+    engines = sorted({v.engine for v in voice_list})
+    settings = {
+        "version": _CACHE_VERSION, "set": "natural", "per_voice": per_voice, "seed": seed,
+        "noise_snr_db": noise_snr_db, "voices": [v.id for v in voice_list], "sentences": source,
+        "pool": hashlib.sha256(json.dumps(pool).encode()).hexdigest(), "max_words": max_words,
+        "min_word_count": min_word_count, "min_words": min_words,
+        "engines": _engine_versions(engines),
+    }
+
+    def build():
+        from datasets import DatasetDict
+
+        specs = []
+        for j, voice in enumerate(voice_list):
+            for i in range(per_voice):
+                specs.append({
+                    "id": f"{voice.id}/{i:04d}", "voice": voice, "rate": 175, "pitch": 50, "stretch": 1.0,
+                    "speed": speeds[0], "kind": "sentence", "text": pool[(i * len(voice_list) + j) % len(pool)],
+                    "snr_db": _snr_for(np.random.default_rng([seed, zlib.crc32(voice.id.encode()), 4, i]),
+                                       noise_snr_db),
+                    "rng": [seed, zlib.crc32(voice.id.encode()), 5, i],
+                })
+        if len(voice_list) * per_voice > len(pool):
+            logger.info("%d clips from %d sentences: sentences repeat, each time by another voice",
+                        len(specs), len(pool))
+        name = "natural speech" + ("" if noise_snr_db is None else " + noise")
+        return DatasetDict({"test": _to_dataset(_render_all(specs, num_workers, name), _features())})
+
+    return _cached(cache_dir, "natural" if noise_snr_db is None else "natural-noisy", settings, build)
+
+
 # ---------------------------------------------------------------------------------------------------- pocketsphinx
 
 
@@ -728,6 +871,90 @@ _MISC_CLIPS = (
     ("goforward.raw", "go forward ten meters", "sentence"),
     ("tidigits/dhd.2934z.raw", "two nine three four zero", "digits"),
 )
+
+
+ALSA_SOUNDS = Path("/usr/share/sounds/alsa")
+_ALSA_NOT_SPEECH = ("Noise",)  # Noise.wav is a burst of noise, not a word
+
+
+def load_alsa_words(root: str | os.PathLike | None = None):
+    """The spoken-word WAV files that Debian's ``alsa-utils`` installs (``Front_Center.wav`` ... 8 of them, 48 kHz,
+    resampled to 16 kHz; ``Noise.wav`` is left out: not speech), transcript = file name ("front center"), as a
+    `Dataset` with the columns of the synthetic sets (``engine`` ``"real"``, ``voice`` ``"real:alsa"``).
+
+    `root` defaults to ``$HFCOMPRESS_ALSA_SOUNDS`` or ``/usr/share/sounds/alsa``.
+    """
+    root = Path(root or os.environ.get("HFCOMPRESS_ALSA_SOUNDS") or ALSA_SOUNDS)
+    files = sorted(p for p in root.glob("*.wav") if p.stem not in _ALSA_NOT_SPEECH) if root.is_dir() else []
+    if not files:
+        raise UserInputError(
+            f"the alsa-utils spoken-word recordings are missing (no WAV file in {root}): install the Debian package "
+            f"'alsa-utils' (sudo apt-get install alsa-utils) or set HFCOMPRESS_ALSA_SOUNDS"
+        )
+    rows = []
+    for path in files:
+        audio, rate = read_audio(path)
+        rows.append({
+            "id": f"alsa:{path.stem}", "audio": resample_or_error(audio, rate), "sampling_rate": TARGET_RATE,
+            "text": path.stem.replace("_", " ").lower(), "voice": "real:alsa", "engine": "real", "kind": "words",
+            "speed": 1.0, "snr_db": None,
+        })
+    return _to_dataset(rows, _features())
+
+
+REAL_SOURCES = ("pocketsphinx", "alsa")
+
+
+def build_real_dataset(sources: Sequence[str] = REAL_SOURCES, cache_dir: str | os.PathLike | None = None,
+                       pocketsphinx_root: str | os.PathLike | None = None,
+                       alsa_root: str | os.PathLike | None = None):
+    """The real-recordings test set: `DatasetDict` with one ``test`` split of every pocketsphinx-testdata clip with a
+    transcript (`load_pocketsphinx_set("all")`: LibriVox, cards, go forward, TIDIGITS: 12 clips) and the alsa-utils
+    words (`load_alsa_words`: 8), the ``voice`` column saying which. Cached under `cache_dir` like the others."""
+    unknown = [s for s in sources if s not in REAL_SOURCES]
+    if not sources or unknown:
+        raise UserInputError(f"real recording sources {list(sources)!r}: expected some of {list(REAL_SOURCES)}")
+
+    def load(source):
+        if source == "pocketsphinx":
+            return load_pocketsphinx_set("all", pocketsphinx_root)
+        return load_alsa_words(alsa_root)
+
+    parts = [load(s) for s in sources]  # errors (a missing Debian package) before anything is cached
+
+    def build():
+        from datasets import DatasetDict, concatenate_datasets
+
+        return DatasetDict({"test": concatenate_datasets(parts)})
+
+    settings = {"version": _CACHE_VERSION, "set": "real", "sources": list(sources),
+                "ids": [i for p in parts for i in p["id"]], "texts": [t for p in parts for t in p["text"]]}
+    return _cached(cache_dir, "real", settings, build)
+
+
+SPEECH_TEST_SETS = ("natural", "natural_noisy", "real")
+NATURAL_NOISE_SNR_DB = (15.0, 25.0)  # "mild": speech clearly above the noise
+
+
+def build_speech_test_sets(cache_dir: str | os.PathLike | None, names: Sequence[str] = SPEECH_TEST_SETS,
+                           per_voice: int = 64, seed: int = 0,
+                           noise_snr_db: float | tuple[float, float] = NATURAL_NOISE_SNR_DB,
+                           num_workers: int | None = None) -> dict:
+    """The test sets that measure speech compression, ``{name: Dataset}``: ``natural`` (`build_natural_dataset`,
+    clean), ``natural_noisy`` (the same clips with noise at `noise_snr_db`, seeded) and ``real``
+    (`build_real_dataset`). Each is saved under `cache_dir` (a folder `datasets.load_from_disk` reads) and reused."""
+    unknown = [n for n in names if n not in SPEECH_TEST_SETS]
+    if unknown:
+        raise UserInputError(f"speech test sets {unknown} are unknown; expected some of {list(SPEECH_TEST_SETS)}")
+    out = {}
+    for name in names:
+        if name == "real":
+            out[name] = build_real_dataset(cache_dir=cache_dir)["test"]
+        else:
+            out[name] = build_natural_dataset(per_voice=per_voice, seed=seed, cache_dir=cache_dir,
+                                              noise_snr_db=noise_snr_db if name == "natural_noisy" else None,
+                                              num_workers=num_workers)["test"]
+    return out
 
 
 def load_pocketsphinx_set(name: str = "librivox", root: str | os.PathLike | None = None):

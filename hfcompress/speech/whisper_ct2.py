@@ -558,8 +558,8 @@ def convert_whisper_ct2(ct2_dir: str | os.PathLike, output_dir: str | os.PathLik
             raise UserInputError(f"{ct2_dir / 'config.json'} has no lang_ids, needed for a multilingual model")
         gen["lang_to_id"] = {tok.id_to_token(i): i for i in lang_ids}
         gen["task_to_id"] = {t: _token_id(tok, f"<|{t}|>") for t in ("transcribe", "translate")}
-        logger.warning("multilingual Whisper: the conversion is only checked against CTranslate2 for English-only "
-                       "models")
+        logger.info("multilingual Whisper: generate detects the language unless one is set "
+                    "(hfcompress.arch.speech.set_transcription_language; hfcompress's own runs default to English)")
     model.generation_config = GenerationConfig(**gen)
 
     if config.max_source_positions * 2 * HOP_LENGTH != 30 * SAMPLING_RATE:

@@ -114,7 +114,10 @@ def test_packed_checkpoints_reload_in_a_fresh_process_with_the_same_logits(tmp_p
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     for folder in folders:
-        assert torch.equal(torch.load(folder + ".logits.pt"), expected[folder]), folder
+        # same weights, same ops; only float summation order may differ between processes (CPU kernels choose their
+        # vector path by memory alignment), so equal to float rounding, not bit for bit
+        torch.testing.assert_close(torch.load(folder + ".logits.pt"), expected[folder], rtol=0, atol=1e-6,
+                                   msg=folder)
     # the dense export holds the quantized weights for any tool (activations float there)
     dense = AutoModelForSequenceClassification.from_pretrained(str(tmp_path / "w2-dense"))
     assert torch.unique(dense.bert.encoder.layer[0].output.dense.weight[0]).numel() <= 3

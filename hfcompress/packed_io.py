@@ -71,6 +71,15 @@ def read_packed(directory: str, weights_name: str, fmt: str) -> tuple[dict, dict
         return meta, {k: fh.get_tensor(k) for k in fh.keys()}
 
 
+def refuse_disagreement(directory: str, key: str, bad: list[str], saver: str) -> None:
+    """One error listing (the first four of) `bad`, the ways a folder's packed file disagrees with its config's
+    `key`; nothing when `bad` is empty."""
+    if bad:
+        raise UserInputError(f"{directory}: the packed weights disagree with config.json's {key}: "
+                             f"{'; '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}. Save config and weights together "
+                             f"with {saver}")
+
+
 def packed_config(directory: str, key: str, what: str):
     """The folder's transformers config, which must record `key` (`what` says what is lost without it)."""
     from transformers import AutoConfig

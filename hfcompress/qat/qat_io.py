@@ -24,7 +24,15 @@ import torch.nn as nn
 
 from ..arch.base import unwrap_model
 from ..errors import UserInputError
-from ..packed_io import build_and_fill, packed_config, read_packed, save_dense_export, unique_tensors, write_packed
+from ..packed_io import (
+    build_and_fill,
+    packed_config,
+    read_packed,
+    refuse_disagreement,
+    save_dense_export,
+    unique_tensors,
+    write_packed,
+)
 from ..packing import pack_bits, packed_nbytes, unpack_bits
 from .config import QATConfig
 from .modules import QAT_KEY, apply_qat, qat_modules
@@ -99,10 +107,7 @@ def _read(directory: str, meta: dict) -> dict[str, torch.Tensor]:
             bad.append(f"{key}: {0 if codes is None else codes.numel()} code bytes for {count} weights of {bits} bits "
                        f"(expected {packed_nbytes(count, bits)}) and {0 if scales is None else scales.numel()} scales "
                        f"for {shape[0]} rows")
-    if bad:
-        raise UserInputError(f"{directory}: the packed weights disagree with config.json's {QAT_KEY}: "
-                             f"{'; '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}. Save config and weights together "
-                             "with save_qat")
+    refuse_disagreement(directory, QAT_KEY, bad, "save_qat")
     state = {}
     for key, info in packed.items():
         bits = int(info["bits"])

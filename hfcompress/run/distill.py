@@ -14,7 +14,7 @@ from ..report.record import RunRecord
 from . import steps
 from .arguments import DataArguments, ModelArguments
 from .data import cache_teacher_on_train, tokenize_for_distillation
-from .report import ReportArguments, measure_and_card
+from .report import ReportArguments, measure_against_teacher
 from .skeleton import Run, TaskAdapter, register_task, run_task, task_for
 
 logger = logging.getLogger(__name__)
@@ -123,9 +123,7 @@ class TextClassification(TaskAdapter):
         if not os.path.exists(os.path.join(model_dir, "config.json")):
             return
         schedule = (record.methods.get("pruning") or {}).get("schedule")  # every mask update, not the logging steps
-        measure_and_card(record, model_dir, run.teacher_path, run.model_args.teacher_model, run.dataset,
-                         run.data_args, report, run_name=os.path.basename(os.path.normpath(run.run_dir)),
-                         log_history=schedule or None)
+        measure_against_teacher(self, run, record, model_dir, report, log_history=schedule or None)
 
 
 register_task(TextClassification())

@@ -24,7 +24,6 @@ share a tokenizer (a student cut from the teacher does), else the windows would 
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import torch
@@ -270,11 +269,9 @@ class QuestionAnswering(TaskAdapter):
     def measure(self, run: Run, record, trainer, model_dir: str, report) -> None:
         """The saved reader against its teacher, both from disk: exact match and F1 (`evaluate_reader`, each with its
         own tokenizer's windows), size, latency, memory; then the card."""
-        from .report import measure_and_card
+        from .report import measure_against_teacher
 
-        measure_and_card(record, model_dir, run.teacher_path, run.model_args.teacher_model, run.dataset,
-                         run.data_args, report, run_name=os.path.basename(os.path.normpath(run.run_dir)),
-                         evaluate=self.evaluation(run.dataset, run.data_args, run.args.per_device_eval_batch_size))
+        measure_against_teacher(self, run, record, model_dir, report)
 
     def evaluation(self, dataset, data_args, batch_size: int = 32):
         allow = has_unanswerable(dataset)

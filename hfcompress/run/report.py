@@ -106,6 +106,15 @@ def compare_on_eval_split(model_dir: str, base_dir: str, base_source: str | None
     return comparison
 
 
+def measure_against_teacher(adapter, run, record, model_dir: str, report: ReportArguments, log_history=None) -> dict:
+    """A text run's measurement (classifier, tagger, reader): the saved model against its teacher, both from disk,
+    scored by the task adapter's `evaluation` (None: a classifier's accuracy), then the card."""
+    return measure_and_card(record, model_dir, run.teacher_path, run.model_args.teacher_model, run.dataset,
+                            run.data_args, report, run_name=os.path.basename(os.path.normpath(run.run_dir)),
+                            log_history=log_history,
+                            evaluate=adapter.evaluation(run.dataset, run.data_args, run.args.per_device_eval_batch_size))
+
+
 def measure_and_card(record, model_dir: str, base_dir: str, base_source: str | None, dataset, data_args,
                      report: ReportArguments, run_name: str | None = None, log_history=None,
                      variants: dict[str, str] | None = None, base_model: str | None = None,

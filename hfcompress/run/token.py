@@ -285,11 +285,9 @@ class TokenClassification(TaskAdapter):
     def measure(self, run: Run, record, trainer, model_dir: str, report) -> None:
         """The saved tagger against its teacher, both from disk: entity-level scores (`evaluate_tagger`), size,
         latency, memory; then the card."""
-        from .report import measure_and_card
+        from .report import measure_against_teacher
 
-        measure_and_card(record, model_dir, run.teacher_path, run.model_args.teacher_model, run.dataset,
-                         run.data_args, report, run_name=os.path.basename(os.path.normpath(run.run_dir)),
-                         evaluate=self.evaluation(run.dataset, run.data_args, run.args.per_device_eval_batch_size))
+        measure_against_teacher(self, run, record, model_dir, report)
 
     def evaluation(self, dataset, data_args, batch_size: int = 32):
         names = tag_names(dataset)

@@ -22,7 +22,15 @@ import torch.nn as nn
 
 from ..arch.base import unwrap_model
 from ..errors import UserInputError
-from ..packed_io import build_and_fill, packed_config, read_packed, save_dense_export, unique_tensors, write_packed
+from ..packed_io import (
+    build_and_fill,
+    packed_config,
+    read_packed,
+    refuse_disagreement,
+    save_dense_export,
+    unique_tensors,
+    write_packed,
+)
 from ..packing import pack_bits, packed_nbytes, unpack_bits
 from .sharing import SHARING_KEY
 
@@ -96,10 +104,7 @@ def load_shared_state_dict(directory: str, config_meta: dict) -> dict[str, torch
         elif indices.numel() != packed_nbytes(count, bits) or book.numel() > 2 ** bits:
             bad.append(f"{key}: {indices.numel()} index bytes and {book.numel()} values for {count} weights, while "
                        f"{bits}-bit indices take {packed_nbytes(count, bits)} bytes and address {2 ** bits} values")
-    if bad:
-        raise UserInputError(f"{directory}: the packed weights disagree with config.json's {SHARING_KEY}: "
-                             f"{'; '.join(bad[:4])}{' ...' if len(bad) > 4 else ''}. Save config and weights together "
-                             "with save_shared")
+    refuse_disagreement(directory, SHARING_KEY, bad, "save_shared")
     state = {}
     for key, shape in packed.items():
         indices = unpack_bits(raw.pop(f"{key}.__indices"), bits, int(torch.tensor(shape).prod()))

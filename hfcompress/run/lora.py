@@ -8,11 +8,8 @@ from __future__ import annotations
 import logging
 import os
 
-import torch
 from accelerate import PartialState
-from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from ..assets import resolve_model_path
 from ..errors import UserInputError
 from ..loading import load_model, save_model
 from ..lora import LoraArguments, apply_lora, check_lora, load_lora
@@ -54,11 +51,7 @@ class LoraMethod(RunMethod):
         self.info: dict = {}
 
     def check(self, model_args, data_args, args, train_rows: int) -> None:
-        source = resolve_model_path(model_args.student_model or model_args.teacher_model)
-        cfg = AutoConfig.from_pretrained(source)
-        with torch.device("meta"):  # module names only: a structured checkpoint has the same names, narrower
-            probe = AutoModelForSequenceClassification.from_config(cfg)
-        check_lora(probe, self.settings)
+        check_lora(self.probe_model(model_args), self.settings)
         if self.settings.bits and getattr(args, "gradient_checkpointing", False):
             raise UserInputError("--gradient_checkpointing with --lora_quantization is not supported here; drop one")
 

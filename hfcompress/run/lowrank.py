@@ -57,16 +57,7 @@ class LowRankMethod(RunMethod):
     def check(self, model_args, data_args, args, train_rows: int) -> None:
         if self.config.mode != "rank":
             return  # energy and budget need the real weights: checked in check_model
-        import torch
-        from transformers import AutoConfig
-
-        from ..arch.base import model_class_for
-        from ..assets import resolve_model_path
-
-        cfg = AutoConfig.from_pretrained(resolve_model_path(model_args.student_model or model_args.teacher_model))
-        with torch.device("meta"):  # the task's class (a tagger's, a reader's head), as the run will build it
-            probe = model_class_for(cfg).from_config(cfg)
-        plan_ranks(probe, self.config, show_progress=False)  # names matching nothing, ranks a matrix cannot have
+        plan_ranks(self.probe_model(model_args), self.config, show_progress=False)  # names matching nothing, ranks a matrix cannot have
 
     def check_model(self, model) -> None:
         plan_ranks(model, self.config, show_progress=False)

@@ -46,6 +46,20 @@ class RunMethod:
     def record(self) -> dict:
         return {}
 
+    def probe_model(self, model_args):
+        """An empty (meta-device) copy of the model the run will train (the student, else the teacher), built by the
+        run's auto class: its module names and shapes, for `check` to refuse bad settings before the teacher is
+        loaded or fine-tuned. No weights are read. A structured checkpoint gives the same names at full width."""
+        import torch
+        from transformers import AutoConfig
+
+        from ..arch.base import model_class_for
+        from ..assets import resolve_model_path
+
+        cfg = AutoConfig.from_pretrained(resolve_model_path(model_args.student_model or model_args.teacher_model))
+        with torch.device("meta"):
+            return (self.auto_class or model_class_for(cfg)).from_config(cfg)
+
 
 def refuse_quantized_source(model_args, what: str) -> None:
     """`UserInputError` when the model a training method starts from (the student, else the teacher) is a quantized

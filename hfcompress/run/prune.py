@@ -11,10 +11,6 @@ import math
 import os
 from dataclasses import dataclass
 
-import torch
-from transformers import AutoConfig, AutoModelForSequenceClassification
-
-from ..assets import resolve_model_path
 from ..distill.arguments import DistillationArguments
 from ..prune import PruningCallback, PruningConfig, save_dense, save_sparse, save_structured
 from ..prune.pruner import check_resume_config
@@ -71,10 +67,7 @@ class PruningMethod(RunMethod):
         self.config.steps(estimated_steps(args, train_rows))  # schedule fits the run
         # Targets on an empty (meta-device) copy of the model to prune: a pattern that matches nothing or an
         # unsupported architecture is reported before a teacher fine-tune or cache starts.
-        source = model_args.student_model or model_args.teacher_model
-        cfg = AutoConfig.from_pretrained(resolve_model_path(source))
-        with torch.device("meta"):
-            probe = (self.auto_class or AutoModelForSequenceClassification).from_config(cfg)
+        probe = self.probe_model(model_args)
         if self.config.structured:
             # heads/neurons per block, targets that leave a block (or the model) empty, a parameter budget that
             # cannot be met; a latency budget is measured on the real weights at train begin

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..distill.arguments import DistillationArguments
 from ..errors import UserInputError
 from ..qat import QATCallback, QATConfig, apply_qat, check_qat, save_qat, save_qat_dense
@@ -70,14 +68,7 @@ class QATMethod(RunMethod):
     def check(self, model_args, data_args, args, train_rows: int) -> None:
         check_teacher(model_args, self.config)
         refuse_quantized_source(model_args, "quantization-aware training")
-        from transformers import AutoConfig, AutoModelForSequenceClassification
-
-        from ..assets import resolve_model_path
-
-        cfg = AutoConfig.from_pretrained(resolve_model_path(model_args.student_model or model_args.teacher_model))
-        with torch.device("meta"):
-            probe = (self.auto_class or AutoModelForSequenceClassification).from_config(cfg)
-        qat_targets(probe, self.config)  # a pattern matching nothing, before the teacher is touched
+        qat_targets(self.probe_model(model_args), self.config)  # a pattern matching nothing, before the teacher is touched
 
     def check_model(self, model) -> None:
         check_qat(model, self.config)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from ..distill.arguments import DistillationArguments
 from ..share import WeightSharingCallback, WeightSharingConfig, check_sharing, save_shared, save_shared_dense
 from ..share.sharing import sharing_targets
@@ -54,14 +52,7 @@ class WeightSharingMethod(RunMethod):
 
     def check(self, model_args, data_args, args, train_rows: int) -> None:
         refuse_quantized_source(model_args, "weight sharing")
-        from transformers import AutoConfig, AutoModelForSequenceClassification
-
-        from ..assets import resolve_model_path
-
-        cfg = AutoConfig.from_pretrained(resolve_model_path(model_args.student_model or model_args.teacher_model))
-        with torch.device("meta"):
-            probe = (self.auto_class or AutoModelForSequenceClassification).from_config(cfg)
-        sharing_targets(probe, self.config)  # a pattern matching nothing, before the teacher is touched
+        sharing_targets(self.probe_model(model_args), self.config)  # a pattern matching nothing, before the teacher is touched
 
     def check_model(self, model) -> None:
         check_sharing(model, self.config)  # k larger than a matrix's distinct weights, quantized modules

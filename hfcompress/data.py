@@ -674,12 +674,15 @@ def tokenize(
             enc = tokenizer(batch[text_column], truncation=True, max_length=max_length)
         return {f"{prefix}{k}": v for k, v in enc.items()}
 
-    if text_pair_column and pair_truncation == "only_second":  # a first text too long is one clear error, now
+    if text_pair_column and pair_truncation in ("only_second", "only_first"):
+        # the text kept whole leaving no room for the one that is cut is one clear error, now
         splits = dataset.items() if isinstance(dataset, DatasetDict) else [("", dataset)]
+        kept, cut = (text_column, text_pair_column) if pair_truncation == "only_second" else (text_pair_column,
+                                                                                               text_column)
+        names = {text_column: f"first text ({text_column})", text_pair_column: f"second text ({text_pair_column})"}
         for name, split in splits:
-            check_first_texts_fit(tokenizer, split[text_column], split[text_pair_column], max_length,
-                                  what=f"first text ({text_column})", second=f"second text ({text_pair_column})",
-                                  where=f"{name} split, " if name else "")
+            check_first_texts_fit(tokenizer, split[kept], split[cut], max_length, what=names[kept], second=names[cut],
+                                  where=f"{name} split, " if name else "", truncation=pair_truncation)
     previous = tokenizer.truncation_side
     tokenizer.truncation_side = truncation_side  # before map(): it is part of the tokenizer hashed into the cache key
     try:
@@ -689,12 +692,14 @@ def tokenize(
 
 
 def check_first_texts_fit(tokenizer, firsts, seconds, max_length: int, stride: int = 0, what: str = "question",
-                          second: str = "passage", where: str = "", argument: str = "--max_length") -> None:
+                          second: str = "passage", where: str = "", argument: str = "--max_length",
+                          truncation: str = "only_second") -> None:
     """Under ``only_second`` truncation only the second text of a pair is cut, so a first text (a question) that
     leaves no room for any of the second one, with the special tokens, makes the tokenizer fail with its own error
     (``Sequence to truncate too short``; with a window stride, a panic). Refused here instead, naming the first such
     row and `argument`: for each pair longer than `max_length`, the first text must leave more than `stride` tokens
-    (at least 1) for the second."""
+    (at least 1) for the second. For ``only_first`` truncation pass the texts the other way round (`firsts` = the
+    texts that are kept whole) with ``truncation="only_first"``."""
     firsts = list(firsts)
     if not firsts:
         return
@@ -714,7 +719,7 @@ def check_first_texts_fit(tokenizer, firsts, seconds, max_length: int, stride: i
         raise UserInputError(
             f"{where}row {i + 1}: the {what} is {n} tokens long ({firsts[i][:60]!r}{'...' if len(firsts[i]) > 60 else ''}"
             f"); with {specials} special tokens it leaves {room} of {argument} {max_length} for the {second}, which "
-            f"needs {need}: only the {second} is cut (only_second truncation). Raise {argument} (to at least "
+            f"needs {need}: only the {second} is cut ({truncation} truncation). Raise {argument} (to at least "
             f"{n + specials + stride + 1}) or shorten the {what}")
 
 

@@ -102,3 +102,17 @@ def test_first_text_longer_than_max_length_is_one_clear_error(tmp_path):
                                              r"--max_length 6 .*Raise --max_length"):
         tokenize(ds, tok, "question", 6, text_pair_column="passage")
     tokenize(ds, tok, "question", 6, text_pair_column="passage", pair_truncation="longest_first")  # cuts both: fine
+
+
+def test_only_first_truncation_refuses_a_second_text_that_leaves_no_room(tmp_path):
+    """only_first cuts only the first text: a second text (the passage) too long for it to keep a token is refused the
+    same way, naming the passage and only_first truncation; longer --max_length passes."""
+    data = write_boolq_like(tmp_path / "boolq.jsonl")
+    ds = load_text_classification(data, "question", "answer", text_pair_column="passage")
+    tok = make_wordpiece_tokenizer()
+    lengths = [len(tok(p, add_special_tokens=False)["input_ids"]) for p in ds["train"]["passage"]]
+    short = min(lengths) + 3  # room for no question token beside the shortest passage, with [CLS] [SEP] [SEP]
+    with pytest.raises(UserInputError, match=r"train split, row \d+: the second text \(passage\) is \d+ tokens .*"
+                                             r"only_first truncation"):
+        tokenize(ds, tok, "question", short, text_pair_column="passage", pair_truncation="only_first")
+    tokenize(ds, tok, "question", max(lengths) + 4, text_pair_column="passage", pair_truncation="only_first")

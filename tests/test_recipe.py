@@ -183,3 +183,30 @@ def test_shipped_recipes_are_valid(tmp_path):
             check_recipe(recipe, str(tmp_path / name))
         except UserInputError as exc:  # only a missing offline asset may stop them here (CI installs them)
             assert "not installed" in str(exc) or "not found" in str(exc), exc
+
+
+def test_a_recipe_on_tagged_data_runs_as_token_classification(tmp_path):
+    """A recipe whose data is a CoNLL file: the base, every stage and the measurement are the tagger's (the adapter
+    the data calls for), entity F1 recorded per stage and in the card; the result reloads as a tagger."""
+    from tagging_assets import save_tagging_assets
+
+    teacher, conll, _ = save_tagging_assets(tmp_path / "tagging")
+    recipe = {"name": "tiny-ner", "base_model": teacher, "seed": 0, "data": {"dataset": conll, "max_length": 32},
+              "stages": [{"name": "distil", "method": "distill", "args": {"student_layers": "0,2", "max_steps": 3,
+                                                                          **FAST}},
+                         {"method": "quantize", "args": {"quantization": "torch_int8"}}],
+              "measure": {"latency_rounds": 1, "measure_memory": False}}
+    path = tmp_path / "ner.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    out = tmp_path / "out"
+    _main()(["--recipe", str(path), "--output_dir", str(out)])
+    summary = json.loads((out / "recipe_summary.json").read_text())
+    assert summary["data"]["pipeline_tag"] == "token-classification" and summary["data"]["metric"] == "f1"
+    c = summary["comparison"]
+    assert {"f1", "precision", "recall"} <= set(c["model"]["metrics"]) and "f1" in c["base"]["metrics"]
+    for stage in summary["stages"]:
+        assert stage["measured"]["metric"] == "f1" and stage["measured"]["f1"] is not None
+    assert summary["stages"][-1]["measured"]["f1"] == pytest.approx(c["model"]["metrics"]["f1"])
+    assert type(load_model(str(out / "model"))).__name__ == "BertForTokenClassification"
+    card = (out / "model" / "README.md").read_text()
+    assert f"f1 {summary['stages'][0]['measured']['f1']:.4f}" in card  # the stage lines say the tagger's metric

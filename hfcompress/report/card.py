@@ -110,8 +110,9 @@ def stage_line(entry: dict, number: int) -> str:
     described, _ = describe_methods(entry.get("methods") or {})
     got = entry.get("measured") or {}
     effect = ""
-    if got.get("accuracy") is not None:
-        effect = (f" -> accuracy {got['accuracy']:.4f}"
+    metric = got.get("metric") or "accuracy"  # a tagger's or a reader's F1 where the stage recorded it
+    if got.get(metric) is not None:
+        effect = (f" -> {metric} {got[metric]:.4f}"
                   + (f" ({got['accuracy_delta_points']:+.2f} points)" if got.get("accuracy_delta_points") is not None
                      else "")
                   + (f", {got['size_mb']:.1f} MB" if got.get("size_mb") is not None else "")

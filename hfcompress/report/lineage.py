@@ -53,8 +53,9 @@ def hub_id(source: str | None) -> str | None:
 
 def _measured(comparison: dict | None, summary: dict | None = None) -> dict:
     """What a stage measured against its own base: metric, size, speed (None where it did not measure)."""
-    if summary:
-        return {k: summary.get(k) for k in ("accuracy", "size_mb", "speedup")}
+    if summary:  # a recipe's stage: its main metric (a tagger's or a reader's F1) beside accuracy
+        return {k: summary.get(k) for k in ("accuracy", "size_mb", "speedup", "metric", summary.get("metric"))
+                if k is not None}
     if not comparison:
         return {}
     model = comparison.get("model", {})

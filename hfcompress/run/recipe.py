@@ -334,14 +334,19 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
     progress = _read_json(state_path) or {"recipe": recipe.name, "stages": {}}
 
     data_args = DataArguments(**recipe.data)
-    dataset = steps.load_data(data_args)
-    # The base: fine-tuned once on the data if it has no task head (cached, shared with the scripts' teachers).
+    # The base: fine-tuned once on the data if it has no task head (cached, shared with the scripts' teachers), by
+    # the task adapter the data and base call for (a classifier, a tagger, a reader), as every stage's script does.
     from types import SimpleNamespace
 
     from .arguments import ModelArguments
+    from .skeleton import Run, task_for
 
-    _, _, base_dir = steps.load_teacher(ModelArguments(teacher_model=recipe.base_model), data_args, dataset,
-                                        SimpleNamespace(seed=recipe.seed, bf16=False), state)
+    base_args = ModelArguments(teacher_model=recipe.base_model)
+    adapter = task_for(base_args, data_args, None)
+    base_run = Run(base_args, data_args, SimpleNamespace(seed=recipe.seed, bf16=False), state=state)
+    base_run.dataset, _ = adapter.load_data(base_run)
+    dataset = base_run.dataset
+    _, _, base_dir = adapter.load_teacher(base_run)
     logger.info("Recipe %s: base %s (%s), %d stages into %s", recipe.name, recipe.base_model, base_dir,
                 len(recipe.stages), output_dir)
 
@@ -405,7 +410,9 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
                                  "seed": recipe.seed, "data": recipe.data, "measure": recipe.measure,
                                  "stages": [{"name": s.name, "method": s.method, "args": s.args} for s in recipe.stages],
                                  "description": recipe.description, "text": recipe.text}
-    record.data = {"dataset": data_args.dataset, "splits": {s: len(d) for s, d in dataset.items()}}
+    record.data = {"dataset": data_args.dataset, "splits": {s: len(d) for s, d in dataset.items()},
+                   **adapter.record_data(base_run)}
+    metric = record.data.get("metric") or "accuracy"  # a tagger's or a reader's F1
     for s in stage_records:  # the methods of every stage, in order (a later stage's settings of a method win)
         for name, m in (s["record"].get("methods") or {}).items():
             record.methods[name] = m
@@ -418,7 +425,8 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
             record.stages.append({
                 "name": s["name"], "method": s["method"], "recipe_line": s["line"], "output_dir": s["dir"],
                 "model": s["model"], "run_record": s["summary"], "args": s["args"],
-                "measured": {"accuracy": measured["metrics"].get("accuracy"), "size_mb": measured["size_mb"],
+                "measured": {"accuracy": measured["metrics"].get("accuracy"), "metric": metric,
+                             metric: measured["metrics"].get(metric), "size_mb": measured["size_mb"],
                              "latency_ms": measured["latency_ms"], "parameters": measured["parameters"],
                              "size_ratio": measured.get("size_ratio", comparison["size_ratio"]),
                              "speedup": measured["speedup"] if s is not stage_records[-1] else comparison["speedup"]},
@@ -428,7 +436,7 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
 
     comparison = measure_and_card(
         record, model_dir, base_dir, recipe.base_model, dataset, data_args, report, run_name=recipe.name,
-        variants=variants, before_card=add_stages,
+        variants=variants, before_card=add_stages, evaluate=adapter.evaluation(dataset, data_args),
     )
     record.artifacts.update({"model": model_dir, "stages": os.path.join(output_dir, STAGES_DIR), "base": base_dir})
     summary = os.path.join(output_dir, SUMMARY)
@@ -436,9 +444,9 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
     publish(record, model_dir, output_dir, hub)
     record.save(summary)
     c = comparison
-    logger.info("Recipe %s: accuracy %.4f (base %.4f, %+.2f points), %.2fx smaller, %.2fx faster; %s",
-                recipe.name, c["model"]["metrics"].get("accuracy"), c["base"]["metrics"].get("accuracy"),
-                c["accuracy_delta_points"], c["size_ratio"], c["speedup"], model_dir)
+    logger.info("Recipe %s: %s %s (base %s), %.2fx smaller, %.2fx faster; %s", recipe.name, metric,
+                c["model"]["metrics"].get(metric), c["base"]["metrics"].get(metric), c["size_ratio"], c["speedup"],
+                model_dir)
     state.wait_for_everyone()
     return record
 

@@ -12,9 +12,11 @@ from hfcompress.loading import checkpoint_format, load_model
 
 pytest.importorskip("onnxruntime")
 
-FORMATS = {"onnx_int8": "onnx", "torch_int8": "torch_int8"}
-CLASSES = {"token": {"onnx_int8": "OnnxModelForTokenClassification", "torch_int8": "BertForTokenClassification"},
-           "qa": {"onnx_int8": "OnnxModelForQuestionAnswering", "torch_int8": "BertForQuestionAnswering"}}
+FORMATS = {"onnx_int8": "onnx", "torch_int8": "torch_int8", "bnb_8bit": "bnb"}
+CLASSES = {"token": {"onnx_int8": "OnnxModelForTokenClassification", "torch_int8": "BertForTokenClassification",
+                     "bnb_8bit": "BertForTokenClassification"},
+           "qa": {"onnx_int8": "OnnxModelForQuestionAnswering", "torch_int8": "BertForQuestionAnswering",
+                  "bnb_8bit": "BertForQuestionAnswering"}}
 
 
 @pytest.fixture(scope="module")
@@ -34,13 +36,15 @@ def _evaluation(task, model, data_args):
     return adapter.evaluation(load_task_data(adapter, model_args, data_args), data_args)
 
 
-@pytest.mark.parametrize("quantization", ["onnx_int8", "torch_int8"])
+@pytest.mark.parametrize("quantization", ["onnx_int8", "torch_int8", "bnb_8bit"])
 @pytest.mark.parametrize("task", ["token", "qa"])
 def test_quantize_token_and_qa_models_measured_and_carded(assets, tmp_path, task, quantization):
     from transformers import AutoTokenizer
 
     from hfcompress.run.arguments import DataArguments
 
+    if quantization == "bnb_8bit":
+        pytest.importorskip("bitsandbytes")
     model, data, extra = assets[task]
     out = tmp_path / "out"
     record = load_script("quantize").main(["--model", model, "--dataset", data, "--output_dir", str(out),

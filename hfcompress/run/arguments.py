@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..speech.decoding import DecodingArguments
+
 
 @dataclass
 class ModelArguments:
@@ -197,10 +199,10 @@ def _has_accelerator() -> bool:
 
 
 @dataclass
-class SpeechArguments:
+class SpeechArguments(DecodingArguments):
     """Options of speech runs: transcription (a Whisper teacher, sequence-to-sequence) and audio classification (a
     Whisper, wav2vec2 or HuBERT teacher on labelled audio). The mode is chosen from the teacher and the data, and these
-    options are read only then."""
+    options are read only then. The decoding guards of Whisper's evaluation come from `DecodingArguments`."""
 
     _argument_group_name = "Speech (chosen when the teacher is Whisper, wav2vec2 or HuBERT)"
 
@@ -260,31 +262,6 @@ class SpeechArguments:
                   "config. Default: the language the model's generation config names, else 'en' (logged). An "
                   "English-only (.en) Whisper takes 'en' only."},
     )
-    decoding_guards: bool = field(
-        default=False,
-        metadata={"help": "Evaluate with the guards real Whisper pipelines use: a clip whose tokens repeat "
-                  "(--compression_ratio_threshold) or are unlikely (--logprob_threshold) is decoded again at the next "
-                  "of --guard_temperatures (sampling). Off by default: greedy decoding is deterministic and loops are "
-                  "counted (looping_clips), not hidden."},
-    )
-    guard_temperatures: str = field(
-        default="0.0,0.2,0.4,0.6,0.8,1.0",
-        metadata={"help": "--decoding_guards: the temperatures tried in turn (0: greedy), comma-separated."},
-    )
-    compression_ratio_threshold: float | None = field(
-        default=1.35,
-        metadata={"help": "--decoding_guards: re-decode a clip whose generated token ids compress (zlib) by more "
-                  "than this (transformers' measure; openai-whisper's 2.4 is on text)."},
-    )
-    logprob_threshold: float | None = field(
-        default=-1.0,
-        metadata={"help": "--decoding_guards: re-decode a clip whose mean token log-probability is below this."},
-    )
-    no_speech_threshold: float | None = field(
-        default=None,
-        metadata={"help": "--decoding_guards: transcribe a clip as empty when its no-speech probability exceeds this "
-                  "and its log-probability is below --logprob_threshold (off by default)."},
-    )
     synth_num_voices: int = field(
         default=24, metadata={"help": "--dataset speech-synth: number of synthetic voices (split by voice)."}
     )
@@ -305,10 +282,7 @@ class SpeechArguments:
                                  "'audio-classification'")
         if self.audio_window_seconds < 0:
             raise UserInputError(f"--audio_window_seconds must be 0 (automatic) or more, got {self.audio_window_seconds}")
-        if self.decoding_guards:
-            from ..speech.decoding import generation_kwargs_of
-
-            generation_kwargs_of(self)  # the temperatures and thresholds, checked now
+        super().__post_init__()
         for name in ("student_num_decoder_layers", "generation_max_new_tokens", "synth_num_voices",
                      "synth_per_voice", "measure_clips"):
             if getattr(self, name) < 1:

@@ -43,8 +43,8 @@ from ..speech.dataset import (
     load_audio_classification_dataset,
     load_transcription_dataset,
 )
-from ..speech.decoding import generation_kwargs_of, whisper_generation_kwargs
-from ..speech.normalize import is_looping, normalize, word_error_rate
+from ..speech.decoding import count_looping, generation_kwargs_of, text_token_counts, whisper_generation_kwargs
+from ..speech.normalize import normalize, word_error_rate
 from . import steps
 from .arguments import DataArguments, ModelArguments, SpeechArguments
 from .skeleton import Run, TaskAdapter, register_task
@@ -276,22 +276,6 @@ def same_encoder(a, b) -> bool:
 
 
 # ---- evaluation by generation -------------------------------------------------------------------------------------
-
-def text_token_counts(ids, tokenizer) -> list[int]:
-    """Tokens of each generated row that are text (not the prompt, end-of-text, padding or other special tokens): a
-    row with as many as `max_new_tokens` never ended (a loop, `is_looping`)."""
-    special = set(tokenizer.all_special_ids)
-    first_added = min((i for t, i in tokenizer.get_added_vocab().items() if t.startswith("<|")), default=None)
-    return [sum(1 for t in row if t >= 0 and t not in special and (first_added is None or t < first_added))
-            for row in np.asarray(ids).tolist()]
-
-
-def count_looping(texts, token_counts, max_new_tokens: int | None) -> int:
-    """Clips whose transcript loops (`normalize.is_looping`: decoding ran to `max_new_tokens`, or the text compresses
-    by more than Whisper's 2.4)."""
-    counts = token_counts if token_counts is not None else [None] * len(texts)
-    return sum(is_looping(t, n, max_new_tokens) for t, n in zip(texts, counts))
-
 
 def wer_metrics(tokenizer, max_new_tokens: int | None = None):
     """`compute_metrics` for generated token ids: corpus WER and CER after `speech.normalize` (numbers as digits,

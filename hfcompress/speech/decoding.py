@@ -15,11 +15,53 @@ run it (their cost: a second decode of the clips that fail a guard, and per-step
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
+import numpy as np
+
 from ..errors import UserInputError
+from .normalize import is_looping
 
 GUARD_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 COMPRESSION_RATIO_THRESHOLD = 1.35  # of the token ids (transformers); openai-whisper's 2.4 is of the text
 LOGPROB_THRESHOLD = -1.0
+
+
+@dataclass
+class DecodingArguments:
+    """How a Whisper evaluation decodes (the speech runs' `SpeechArguments` and the speech benchmarks take these
+    fields): greedy, or with `decoding_guards` the temperature fallback and its thresholds."""
+
+    decoding_guards: bool = field(
+        default=False,
+        metadata={"help": "Evaluate with the guards real Whisper pipelines use: a clip whose tokens repeat "
+                  "(--compression_ratio_threshold) or are unlikely (--logprob_threshold) is decoded again at the next "
+                  "of --guard_temperatures (sampling). Off by default: greedy decoding is deterministic and loops are "
+                  "counted (looping_clips), not hidden."},
+    )
+    guard_temperatures: str = field(
+        default=",".join(map(str, GUARD_TEMPERATURES)),
+        metadata={"help": "--decoding_guards: the temperatures tried in turn (0: greedy), comma-separated."},
+    )
+    compression_ratio_threshold: float | None = field(
+        default=COMPRESSION_RATIO_THRESHOLD,
+        metadata={"help": "--decoding_guards: re-decode a clip whose generated token ids compress (zlib) by more "
+                  "than this (transformers' measure; openai-whisper's 2.4 is on text)."},
+    )
+    logprob_threshold: float | None = field(
+        default=LOGPROB_THRESHOLD,
+        metadata={"help": "--decoding_guards: re-decode a clip whose mean token log-probability is below this."},
+    )
+    no_speech_threshold: float | None = field(
+        default=None,
+        metadata={"help": "--decoding_guards: transcribe a clip as empty when its no-speech probability exceeds this "
+                  "and its log-probability is below --logprob_threshold (off by default)."},
+    )
+
+    def __post_init__(self):
+        if self.decoding_guards:
+            whisper_generation_kwargs(1, True, self.guard_temperatures, self.compression_ratio_threshold,
+                                      self.logprob_threshold, self.no_speech_threshold)  # checked now
 
 
 def parse_temperatures(text: str | tuple | list, what: str = "--guard_temperatures") -> tuple[float, ...]:
@@ -66,3 +108,19 @@ def generation_kwargs_of(speech, max_new_tokens: int | None = None) -> dict:
         guards=speech.decoding_guards, temperatures=speech.guard_temperatures,
         compression_ratio_threshold=speech.compression_ratio_threshold, logprob_threshold=speech.logprob_threshold,
         no_speech_threshold=speech.no_speech_threshold)
+
+
+def text_token_counts(ids, tokenizer) -> list[int]:
+    """Tokens of each generated row that are text (not the prompt, end-of-text, padding or other special tokens): a
+    row with as many as `max_new_tokens` never ended (a loop, `is_looping`)."""
+    special = set(tokenizer.all_special_ids)
+    first_added = min((i for t, i in tokenizer.get_added_vocab().items() if t.startswith("<|")), default=None)
+    return [sum(1 for t in row if t >= 0 and t not in special and (first_added is None or t < first_added))
+            for row in np.asarray(ids).tolist()]
+
+
+def count_looping(texts, token_counts, max_new_tokens: int | None) -> int:
+    """Clips whose transcript loops (`normalize.is_looping`: decoding ran to `max_new_tokens`, or the text compresses
+    by more than Whisper's 2.4)."""
+    counts = token_counts if token_counts is not None else [None] * len(texts)
+    return sum(is_looping(t, n, max_new_tokens) for t, n in zip(texts, counts))

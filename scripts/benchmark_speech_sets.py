@@ -32,6 +32,16 @@ one clip on the CPU with ``threads`` threads, every system on clip 1, then every
 rotating from clip to clip), after one warm-up clip each, one pass (the same pass gives the transcripts): the
 median over the set's clips, and ``speedup`` = the model's transformers fp32 latency / the system's (same clips, same
 run). The machine's load average is recorded: on a shared box absolute times are inflated, ratios less so.
+
+Decoding is greedy; ``--decoding_guards`` (`hfcompress.speech.decoding.DecodingArguments`, off by default) turns on
+the temperature fallback of real Whisper pipelines for every system: transformers' ``generate`` with its
+compression-ratio (on token ids, 1.35) and log-probability thresholds, faster-whisper with its own (compression ratio
+2.4 on text, the same log-probability threshold and temperatures).
+
+The JSON keeps ``results`` (model -> system -> per-set entries) and adds ``by_model`` (`by_model`): per model the
+speech issue's keys, ``model``, ``base`` (transformers fp32), ``variants`` and ``peer`` (faster-whisper), each row with
+``wer_<set>``, ``looping_clips``, ``latency_s_per_clip``, ``speedup``, ``size_mb``, ``params``. ``--rewrite_only``
+adds it to an older result file without measuring.
 """
 
 from __future__ import annotations
@@ -318,9 +328,42 @@ def main(argv=None):
     write_result(args.output, result)
 
 
+PEER_PREFIX = "faster_whisper_"
+BASE_SYSTEM = "transformers_fp32"
+
+
+def flat_row(entry: dict, sets: list[str]) -> dict:
+    """One system of one model in the speech benchmarks' flat keys: ``wer_<set>`` (+ ``wer_<set>_95ci``,
+    ``cer_<set>``, ``looping_clips_<set>``, ``latency_s_<set>``), ``looping_clips`` over every set,
+    ``latency_s_per_clip`` and ``speedup`` (every clip), ``size_mb``, ``params`` (None where not counted: the peer)."""
+    row: dict = {"system": entry["system"]}
+    for s in sets:
+        x = entry["sets"][s]
+        row.update({f"wer_{s}": x["wer"], f"wer_{s}_95ci": x["wer_95ci"], f"cer_{s}": x["cer"],
+                    f"looping_clips_{s}": x["looping_clips"], f"latency_s_{s}": x["latency_s_per_clip"]})
+    row.update({"looping_clips": sum(entry["sets"][s]["looping_clips"] for s in sets),
+                "latency_s_per_clip": entry["latency_s_per_clip"], "speedup": entry["speedup"],
+                "size_mb": entry["size_mb"], "params": entry.get("params")})
+    return row
+
+
+def by_model(result: dict) -> dict:
+    """The results in the speech issue's keys, per model: ``model``, ``base`` (transformers fp32), ``variants``
+    (every other transformers system; none yet in this benchmark) and ``peer`` (the faster-whisper rows), each a
+    `flat_row`. Derived from ``results`` (kept as it was), so an older result file gains it with --rewrite_only."""
+    out = {}
+    for model, systems in result["results"].items():
+        rows = {name: flat_row(e, result["sets"]) for name, e in systems.items()}
+        out[model] = {"model": model, "base": rows.get(BASE_SYSTEM),
+                      "variants": {n: r for n, r in rows.items() if n != BASE_SYSTEM and not n.startswith(PEER_PREFIX)},
+                      "peer": {n: r for n, r in rows.items() if n.startswith(PEER_PREFIX)}}
+    return out
+
+
 def write_result(path: str, result: dict) -> None:
-    """`result` with its diagnosis to `path` (JSON) and the markdown beside it."""
+    """`result` with its diagnosis and its per-model view (`by_model`) to `path` (JSON) and the markdown beside it."""
     result["diagnosis"] = diagnose(result)
+    result["by_model"] = by_model(result)
     write_json(path, result)
     md = os.path.splitext(path)[0] + ".md"
     with open(md, "w") as fh:

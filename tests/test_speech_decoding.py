@@ -208,3 +208,31 @@ def test_benchmark_guards_reach_generate_and_loops_are_counted(teacher_dir, monk
     assert spy.passes == 4  # a random decoder is unlikely: each clip is decoded again at 0.5
     assert [r[1] for r in rows] == [5, 5]
     assert bench.summarize("tiny", rows, clips, args)["looping_clips"] == 2
+
+
+def test_benchmark_result_in_the_issue_keys_also_from_an_older_file(tmp_path):
+    import os
+
+    from conftest import load_script
+
+    bench = load_script("benchmark_speech_sets")
+    old = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "results", "speech_sets.json")
+    with open(old) as fh:
+        result = json.load(fh)
+    result.pop("by_model", None)
+    view = bench.by_model(result)
+    for model in result["models"]:
+        entry = view[model]
+        assert entry["model"] == model and entry["variants"] == {}
+        assert set(entry["peer"]) == {"faster_whisper_int8", "faster_whisper_float32"}
+        base = entry["base"]
+        for s in result["sets"]:
+            assert base[f"wer_{s}"] == result["results"][model]["transformers_fp32"]["sets"][s]["wer"]
+        assert base["speedup"] == 1.0 and base["params"] > 0 and base["size_mb"] > 0
+        assert base["looping_clips"] == sum(base[f"looping_clips_{s}"] for s in result["sets"])
+        assert entry["peer"]["faster_whisper_int8"]["params"] is None
+    out = tmp_path / "r.json"
+    out.write_text(json.dumps(result))
+    bench.main(["--rewrite_only", "--output", str(out)])
+    assert json.loads(out.read_text())["by_model"] == json.loads(json.dumps(view))
+    assert "| whisper-base | faster_whisper_int8 |" in (tmp_path / "r.md").read_text()

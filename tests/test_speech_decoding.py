@@ -236,3 +236,33 @@ def test_benchmark_result_in_the_issue_keys_also_from_an_older_file(tmp_path):
     bench.main(["--rewrite_only", "--output", str(out)])
     assert json.loads(out.read_text())["by_model"] == json.loads(json.dumps(view))
     assert "| whisper-base | faster_whisper_int8 |" in (tmp_path / "r.md").read_text()
+
+
+# ------------------------------------------------------------------------------------- bad audio, data-level rules
+
+
+def test_classification_clips_longer_than_the_window_and_undecodable_bytes_are_refused(tmp_path):
+    import soundfile as sf
+    from datasets import DatasetDict
+
+    from hfcompress.speech.dataset import load_audio_classification_dataset, load_transcription_dataset
+
+    (tmp_path / "clips").mkdir()
+    lines = ["audio,label"]
+    for i in range(10):
+        sf.write(str(tmp_path / "clips" / f"{i}.wav"), clip(i, seconds=2.5 if i == 6 else 0.4), 16000)
+        lines.append(f"clips/{i}.wav,{'yes' if i % 2 else 'no'}")
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    assert len(load_audio_classification_dataset(str(tmp_path / "train.csv"), window_seconds=3)["train"]) > 0
+    with pytest.raises(UserInputError, match=r"1 clip\(s\) longer than the 2 s window .*first row 6 \(clips/6.wav\), "
+                                             r"2.50 s, longest row 6"):
+        load_audio_classification_dataset(str(tmp_path / "train.csv"), window_seconds=2)
+
+    # a saved dataset whose audio bytes are not audio: every such row named, nothing skipped
+    good = (tmp_path / "clips" / "0.wav").read_bytes()
+    entries = [{"bytes": good, "path": "a.wav"}, {"bytes": b"not audio", "path": "b.wav"},
+               {"bytes": b"\x00" * 10, "path": "c.wav"}]
+    DatasetDict(train=Dataset.from_dict({"audio": entries, "text": TEXTS[:3]})).save_to_disk(str(tmp_path / "saved"))
+    with pytest.raises(UserInputError, match=r"2 of 3 audio entries of split 'train' .* could not be decoded: .*row 1: "
+                                             r"could not decode the audio bytes \(b.wav\).*row 2: .*\(c.wav\)"):
+        load_transcription_dataset(str(tmp_path / "saved"))

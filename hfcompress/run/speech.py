@@ -111,7 +111,8 @@ def check_language(model_args: ModelArguments, speech: SpeechArguments) -> None:
 
     if speech.language is None:
         return
-    for what, name in (("--teacher_model", model_args.teacher_model), ("--student_model", model_args.student_model)):
+    for what, name in (("--teacher_model", model_args.teacher_model),
+                       ("--student_model", getattr(model_args, "student_model", None))):
         if not name:
             continue
         try:
@@ -164,7 +165,7 @@ def data_window_seconds(model_args: ModelArguments | None, speech: SpeechArgumen
     if model_args is None:
         return None
     windows = []
-    for name in (model_args.teacher_model, model_args.student_model):
+    for name in (model_args.teacher_model, getattr(model_args, "student_model", None)):
         if not name:
             continue
         try:

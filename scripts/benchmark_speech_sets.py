@@ -32,6 +32,16 @@ one clip on the CPU with ``threads`` threads, every system on clip 1, then every
 rotating from clip to clip), after one warm-up clip each, one pass (the same pass gives the transcripts): the
 median over the set's clips, and ``speedup`` = the model's transformers fp32 latency / the system's (same clips, same
 run). The machine's load average is recorded: on a shared box absolute times are inflated, ratios less so.
+
+Decoding is greedy; ``--decoding_guards`` (`hfcompress.speech.decoding.DecodingArguments`, off by default) turns on
+the temperature fallback of real Whisper pipelines for every system: transformers' ``generate`` with its
+compression-ratio (on token ids, 1.35) and log-probability thresholds, faster-whisper with its own (compression ratio
+2.4 on text, the same log-probability threshold and temperatures).
+
+The JSON keeps ``results`` (model -> system -> per-set entries) and adds ``by_model`` (`by_model`): per model the
+speech issue's keys, ``model``, ``base`` (transformers fp32), ``variants`` and ``peer`` (faster-whisper), each row with
+``wer_<set>``, ``looping_clips``, ``latency_s_per_clip``, ``speedup``, ``size_mb``, ``params``. ``--rewrite_only``
+adds it to an older result file without measuring.
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ from hfcompress.cli import parse_args, setup_logging
 from hfcompress.report.bench import write_json
 from hfcompress.report.measure import checkpoint_size_mb
 from hfcompress.report.record import environment
+from hfcompress.speech.decoding import DecodingArguments, generation_kwargs_of, parse_temperatures, text_token_counts
 from hfcompress.speech.normalize import is_looping, normalize, wer_interval, word_error_rate
 from hfcompress.speech.synth import SPEECH_TEST_SETS, build_speech_test_sets
 
@@ -61,7 +72,7 @@ PEER_TYPES = ("int8", "float32")
 
 
 @dataclass
-class SpeechSetsArguments:
+class SpeechSetsArguments(DecodingArguments):
     models: str = field(default="whisper-tiny-en,whisper-base", metadata={"help": "Comma list of Whisper assets."})
     sets: str = field(default=",".join(SPEECH_TEST_SETS), metadata={"help": "Comma list of test sets."})
     clips_per_set: int = field(default=50, metadata={"help": "Clips of each synthetic set (equal per voice, seeded); "
@@ -99,7 +110,7 @@ def seeded_subset(dataset, n: int, seed: int) -> list[int]:
 
 
 class TransformersWhisper:
-    def __init__(self, path: str, max_new_tokens: int):
+    def __init__(self, path: str, max_new_tokens: int, guards: dict | None = None):
         from transformers import AutoProcessor, GenerationConfig
 
         from hfcompress.arch.speech import set_transcription_language
@@ -110,29 +121,38 @@ class TransformersWhisper:
         self.gen = GenerationConfig.from_dict(self.model.generation_config.to_dict())
         self.gen.max_length = None  # max_new_tokens decides
         self.gen.max_new_tokens, self.gen.num_beams, self.gen.do_sample = max_new_tokens, 1, False
+        # --decoding_guards: temperature fallback and thresholds (`speech.decoding`), else plain greedy
+        self.guards = {k: v for k, v in (guards or {}).items() if k not in ("max_new_tokens", "num_beams", "do_sample")}
         self.params = sum(p.numel() for p in self.model.parameters())
 
     @torch.inference_mode()
     def __call__(self, audio) -> tuple[str, int]:
         feats = self.processor.feature_extractor([np.asarray(audio, np.float32)], sampling_rate=16000,
                                                  return_tensors="pt").input_features
-        ids = self.model.generate(feats, generation_config=self.gen)
-        return self.processor.tokenizer.decode(ids[0], skip_special_tokens=True), int(ids.shape[1])
+        ids = self.model.generate(feats, generation_config=self.gen, **self.guards)
+        tok = self.processor.tokenizer
+        return tok.decode(ids[0], skip_special_tokens=True), text_token_counts(ids[:1], tok)[0]
 
 
 class FasterWhisper:
-    def __init__(self, ct2_dir: str, compute_type: str, threads: int, max_new_tokens: int, multilingual: bool):
+    def __init__(self, ct2_dir: str, compute_type: str, threads: int, max_new_tokens: int, multilingual: bool,
+                 guards: DecodingArguments | None = None):
         from faster_whisper import WhisperModel
 
         self.model = WhisperModel(ct2_dir, device="cpu", compute_type=compute_type, cpu_threads=threads)
         self.max_new_tokens, self.language = max_new_tokens, "en"
+        # --decoding_guards: faster-whisper's own fallback, its compression ratio on text (2.4, openai-whisper's)
+        on = guards is not None and guards.decoding_guards
+        self.guards = {"temperature": list(parse_temperatures(guards.guard_temperatures)) if on else 0.0,
+                       "compression_ratio_threshold": 2.4 if on and guards.compression_ratio_threshold else None,
+                       "log_prob_threshold": guards.logprob_threshold if on else None,
+                       "no_speech_threshold": guards.no_speech_threshold if on else None}
 
     def __call__(self, audio) -> tuple[str, int]:
         segments, _ = self.model.transcribe(
             np.asarray(audio, np.float32), language=self.language, task="transcribe", beam_size=1, best_of=1,
-            temperature=0.0, condition_on_previous_text=False, without_timestamps=True, vad_filter=False,
-            compression_ratio_threshold=None, log_prob_threshold=None, no_speech_threshold=None,
-            max_new_tokens=self.max_new_tokens)
+            condition_on_previous_text=False, without_timestamps=True, vad_filter=False,
+            max_new_tokens=self.max_new_tokens, **self.guards)
         segments = list(segments)
         return "".join(s.text for s in segments).strip(), sum(len(s.tokens) for s in segments)
 
@@ -231,7 +251,8 @@ def main(argv=None):
     systems: dict = {}
     meta: dict = {}
     for m in models:
-        systems[f"{m}/transformers_fp32"] = TransformersWhisper(paths[m], args.max_new_tokens)
+        systems[f"{m}/transformers_fp32"] = TransformersWhisper(paths[m], args.max_new_tokens,
+                                                                generation_kwargs_of(args, args.max_new_tokens))
         meta[f"{m}/transformers_fp32"] = {"model": m, "system": "transformers_fp32",
                                           "size_mb": checkpoint_size_mb(paths[m]),
                                           "params": systems[f"{m}/transformers_fp32"].params,
@@ -242,7 +263,7 @@ def main(argv=None):
                 stage_source(m, ct2)
             for ct in PEER_TYPES:
                 key = f"{m}/faster_whisper_{ct}"
-                systems[key] = FasterWhisper(ct2, ct, args.threads, args.max_new_tokens, "en" not in m)
+                systems[key] = FasterWhisper(ct2, ct, args.threads, args.max_new_tokens, "en" not in m, args)
                 meta[key] = {"model": m, "system": f"faster_whisper_{ct}",
                              "size_mb": round(os.path.getsize(os.path.join(ct2, "model.bin")) / 2**20, 1),
                              "size_note": "the float16 model.bin on disk; CTranslate2 converts it at load time"}
@@ -285,7 +306,12 @@ def main(argv=None):
                                                                      else range(len(data[s]))))["voice"])),
                           "ids": [c[0] for c, x in zip(clips, set_of) if x == s],
                           "references": [c[2] for c, x in zip(clips, set_of) if x == s]} for s in sets},
-        "protocol": {"threads": args.threads, "decoding": "greedy, one clip at a time, no temperature fallback",
+        "protocol": {"threads": args.threads,
+                     "decoding": ("greedy first, one clip at a time, temperature fallback "
+                                  f"{args.guard_temperatures} (compression ratio > {args.compression_ratio_threshold} "
+                                  f"on token ids, faster-whisper 2.4 on text; mean log-probability < "
+                                  f"{args.logprob_threshold})") if args.decoding_guards else
+                                 "greedy, one clip at a time, no temperature fallback",
                      "max_new_tokens": args.max_new_tokens, "timed": "feature extraction + decoding of one clip",
                      "order": "interleaved clip by clip, rotating", "statistic": "median over the set's clips",
                      "wer_interval": f"95% percentile bootstrap over clips, {args.bootstrap} resamples",
@@ -302,9 +328,42 @@ def main(argv=None):
     write_result(args.output, result)
 
 
+PEER_PREFIX = "faster_whisper_"
+BASE_SYSTEM = "transformers_fp32"
+
+
+def flat_row(entry: dict, sets: list[str]) -> dict:
+    """One system of one model in the speech benchmarks' flat keys: ``wer_<set>`` (+ ``wer_<set>_95ci``,
+    ``cer_<set>``, ``looping_clips_<set>``, ``latency_s_<set>``), ``looping_clips`` over every set,
+    ``latency_s_per_clip`` and ``speedup`` (every clip), ``size_mb``, ``params`` (None where not counted: the peer)."""
+    row: dict = {"system": entry["system"]}
+    for s in sets:
+        x = entry["sets"][s]
+        row.update({f"wer_{s}": x["wer"], f"wer_{s}_95ci": x["wer_95ci"], f"cer_{s}": x["cer"],
+                    f"looping_clips_{s}": x["looping_clips"], f"latency_s_{s}": x["latency_s_per_clip"]})
+    row.update({"looping_clips": sum(entry["sets"][s]["looping_clips"] for s in sets),
+                "latency_s_per_clip": entry["latency_s_per_clip"], "speedup": entry["speedup"],
+                "size_mb": entry["size_mb"], "params": entry.get("params")})
+    return row
+
+
+def by_model(result: dict) -> dict:
+    """The results in the speech issue's keys, per model: ``model``, ``base`` (transformers fp32), ``variants``
+    (every other transformers system; none yet in this benchmark) and ``peer`` (the faster-whisper rows), each a
+    `flat_row`. Derived from ``results`` (kept as it was), so an older result file gains it with --rewrite_only."""
+    out = {}
+    for model, systems in result["results"].items():
+        rows = {name: flat_row(e, result["sets"]) for name, e in systems.items()}
+        out[model] = {"model": model, "base": rows.get(BASE_SYSTEM),
+                      "variants": {n: r for n, r in rows.items() if n != BASE_SYSTEM and not n.startswith(PEER_PREFIX)},
+                      "peer": {n: r for n, r in rows.items() if n.startswith(PEER_PREFIX)}}
+    return out
+
+
 def write_result(path: str, result: dict) -> None:
-    """`result` with its diagnosis to `path` (JSON) and the markdown beside it."""
+    """`result` with its diagnosis and its per-model view (`by_model`) to `path` (JSON) and the markdown beside it."""
     result["diagnosis"] = diagnose(result)
+    result["by_model"] = by_model(result)
     write_json(path, result)
     md = os.path.splitext(path)[0] + ".md"
     with open(md, "w") as fh:
@@ -359,7 +418,7 @@ def markdown(r: dict) -> str:
     out = ["# Whisper on the speech test sets: tiny.en and base, transformers fp32 and faster-whisper", "",
            "WER as a fraction with its 95% interval (bootstrap over clips). Sets: "
            + "; ".join(f"{s} {v['clips']} of {v['of']} clips" for s, v in ts.items())
-           + f". Greedy, one clip at a time, {p['threads']} threads, max_new_tokens {p['max_new_tokens']}; latency = "
+           + f". Decoding: {p['decoding']}; {p['threads']} threads, max_new_tokens {p['max_new_tokens']}; latency = "
            "features + decoding, median over the set's clips, systems interleaved clip by clip; speedup over the "
            f"same model's transformers fp32. Load average {p['load_average_before'][0]:.1f} before, "
            f"{p['load_average_after'][0]:.1f} after ({p['box']}).", ""]

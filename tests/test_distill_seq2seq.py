@@ -258,7 +258,7 @@ def _script():
     return load_script("distill")
 
 
-def _write_data(root, rate_of=lambda i: 16000, text_header="text"):
+def _write_data(root, rate_of=lambda i: 16000, text_header="text", seconds_of=lambda i: 0.4):
     import soundfile as sf
 
     os.makedirs(root / "clips", exist_ok=True)
@@ -266,7 +266,7 @@ def _write_data(root, rate_of=lambda i: 16000, text_header="text"):
         lines = [f"audio,{text_header}"]
         for i in ids:
             rate = rate_of(i)
-            sf.write(str(root / "clips" / f"{i}.wav"), clip(i, rate), rate, subtype="PCM_16")
+            sf.write(str(root / "clips" / f"{i}.wav"), clip(i, rate, seconds_of(i)), rate, subtype="PCM_16")
             lines.append(f"clips/{i}.wav,{TEXTS[i % len(TEXTS)]}")
         (root / f"{split}.csv").write_text("\n".join(lines) + "\n")
     return str(root)
@@ -384,19 +384,47 @@ def _other_tokenizer_student(teacher_dir, root):
     return str(path)
 
 
+def _short_window_student(teacher_dir, root, seconds: int = 2):
+    """A copy of the teacher whose encoder hears `seconds` (its position table cut, `fit_audio_window`)."""
+    import shutil
+
+    from hfcompress.arch.speech import fit_audio_window
+
+    path = root / "student_short_window"
+    shutil.copytree(teacher_dir, path)
+    model, processor = load(teacher_dir)
+    fe = fit_audio_window(model, processor.feature_extractor, seconds)
+    model.save_pretrained(path)
+    fe.save_pretrained(path)
+    return str(path)
+
+
 @pytest.mark.parametrize("case, message", [
     ("rate", r"8000 Hz but 16000 Hz is expected"),
     ("text_column", r"transcript column 'transcript' not found in split '\w+' \(file .*\); columns are \['audio', 'text'\]"),
     ("layers", r"--student_decoder_layers 0,7: decoder layers \[7\] out of range: the teacher's decoder has layers "
                r"0\.\.3"),
-    ("tokenizer", r"student tokenizer: it maps text to other token ids than the teacher's"),
+    ("tokenizer", r"the teacher's and the student's tokenizers differ: teacher \S+/teacher \(1769 tokens, .*\), student "
+                  r"\S+/student_other_tok \(1770 tokens, .*\); sequence-to-sequence distillation"),
+    ("english_only", r"--language 'de': this Whisper is English-only \(no language tokens\); expected 'en' or no "
+                     r"language \(--teacher_model \S+/teacher\)"),
+    ("window", r"split 'train' \(file \S+train.csv\): 1 clip\(s\) longer than the 2 s window the model hears .*first "
+               r"row 5 \(clips/5.wav\), 3.00 s, .*window of at least 3 s"),
+    ("undecodable", r"1 of 8 audio entries of split 'train' \(file \S+train.csv\) could not be decoded: split "
+                    r"'train' \(.*\), row 4: could not decode audio file \S+/clips/4.wav: \w+"),
 ])
 def test_bad_input_is_one_error_before_training(teacher_dir, tmp_path, monkeypatch, capsys, case, message):
     monkeypatch.setenv("HFCOMPRESS_HOME", str(tmp_path / "home"))
-    data = _write_data(tmp_path / "data", rate_of=lambda i: 8000 if (case == "rate" and i == 2) else 16000)
+    data = _write_data(tmp_path / "data", rate_of=lambda i: 8000 if (case == "rate" and i == 2) else 16000,
+                       seconds_of=lambda i: 3.0 if (case == "window" and i == 5) else 0.4)
+    if case == "undecodable":  # a file named .wav that is not audio: a header cut short
+        (tmp_path / "data" / "clips" / "4.wav").write_bytes(b"RIFF\x24\x00\x00\x00WAVEfmt ")
     flags = {"rate": ["--no_resample_audio"], "text_column": ["--text_column", "transcript"],
              "layers": ["--student_decoder_layers", "0,7"],
-             "tokenizer": ["--student_model", _other_tokenizer_student(teacher_dir, tmp_path)]}[case]
+             "tokenizer": ["--student_model", _other_tokenizer_student(teacher_dir, tmp_path)],
+             "english_only": ["--language", "de"],
+             "window": ["--student_model", _short_window_student(teacher_dir, tmp_path)] if case == "window" else [],
+             "undecodable": []}[case]
     out = tmp_path / "out"
     argv = ["--teacher_model", teacher_dir, "--dataset", data, "--output_dir", str(out), *FAST, *flags]
     with pytest.raises(SystemExit) as exit_:

@@ -121,35 +121,50 @@ def decoder_prompt_ids(tokenizer) -> list[int]:
     return [int(i) for i in prefix]
 
 
-def is_multilingual_whisper(model) -> bool:
+def is_multilingual_whisper(model_or_generation_config) -> bool:
     """True for a Whisper whose generation config knows languages (``lang_to_id``): it needs a language token."""
-    gen = getattr(model, "generation_config", None)
+    gen = getattr(model_or_generation_config, "generation_config", model_or_generation_config)
     return bool(gen is not None and getattr(gen, "is_multilingual", False) and getattr(gen, "lang_to_id", None))
 
 
-def set_transcription_language(model, tokenizer=None, language: str | None = None, default: str = "en") -> str | None:
-    """Fix what a Whisper transcribes as: for a multilingual model, ``language`` (a code such as ``"en"``; default
-    the one its generation config already names, else `default`, logged) and the task ``transcribe``, in its
-    generation config and in `tokenizer`'s decoder prompt (`decoder_prompt_ids`), so that training targets and
-    `generate` start from the same ``<|startoftranscript|><|en|><|transcribe|><|notimestamps|>``. Without it
-    `generate` would detect the language clip by clip. An English-only model (``.en``) takes no language token:
-    returns None (and refuses a language other than English). Returns the language code used."""
+def transcription_language(model_or_generation_config, language: str | None = None, default: str = "en",
+                           what: str = "language") -> str | None:
+    """The language a Whisper will transcribe in, checked, without changing anything: for a multilingual model
+    ``language`` (a code such as ``"en"`` or ``"<|de|>"``), else the one its generation config already names, else
+    `default` (logged: the project's data is English); None for an English-only model (``.en``), which takes no
+    language token and refuses any language but English. `what` names the option in the error (``--language``)."""
     from ..errors import UserInputError
 
-    gen = model.generation_config
-    if not is_multilingual_whisper(model):
-        if language not in (None, "en", "english"):
-            raise UserInputError(f"language {language!r}: this Whisper is English-only (no language tokens)")
+    gen = getattr(model_or_generation_config, "generation_config", model_or_generation_config)
+    if not is_multilingual_whisper(gen):
+        if language is not None and str(language).strip("<|>").lower() not in ("en", "english"):
+            raise UserInputError(f"{what} {language!r}: this Whisper is English-only (no language tokens); expected "
+                                 "'en' or no language")
         return None
     chosen = language or getattr(gen, "language", None)
     if chosen is None:
         chosen = default
         logger.info("multilingual Whisper without a language: transcribing as %r (the project's data is English); "
-                    "pass a language to change it", default)
+                    "pass --language to change it", default)
     code = str(chosen).strip("<|>").lower()
     if f"<|{code}|>" not in gen.lang_to_id:
-        raise UserInputError(f"language {chosen!r}: not one of this Whisper's languages "
+        raise UserInputError(f"{what} {chosen!r}: not one of this Whisper's languages "
                              f"({', '.join(sorted(t.strip('<|>') for t in gen.lang_to_id)[:20])}, ...)")
+    return code
+
+
+def set_transcription_language(model, tokenizer=None, language: str | None = None, default: str = "en",
+                               what: str = "language") -> str | None:
+    """Fix what a Whisper transcribes as: for a multilingual model, the language `transcription_language` chooses
+    (``language``, else the generation config's, else `default`, logged) and the task ``transcribe``, in its
+    generation config and in `tokenizer`'s decoder prompt (`decoder_prompt_ids`), so that training targets and
+    `generate` start from the same ``<|startoftranscript|><|en|><|transcribe|><|notimestamps|>``. Without it
+    `generate` would detect the language clip by clip. An English-only model (``.en``) takes no language token:
+    returns None (and refuses a language other than English). Returns the language code used."""
+    code = transcription_language(model, language, default, what)
+    if code is None:
+        return None
+    gen = model.generation_config
     gen.language, gen.task = code, "transcribe"
     if tokenizer is not None and hasattr(tokenizer, "set_prefix_tokens"):
         tokenizer.set_prefix_tokens(language=code, task="transcribe", predict_timestamps=False)

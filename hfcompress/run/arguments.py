@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..speech.decoding import DecodingArguments
+
 
 @dataclass
 class ModelArguments:
@@ -197,10 +199,10 @@ def _has_accelerator() -> bool:
 
 
 @dataclass
-class SpeechArguments:
+class SpeechArguments(DecodingArguments):
     """Options of speech runs: transcription (a Whisper teacher, sequence-to-sequence) and audio classification (a
     Whisper, wav2vec2 or HuBERT teacher on labelled audio). The mode is chosen from the teacher and the data, and these
-    options are read only then."""
+    options are read only then. The decoding guards of Whisper's evaluation come from `DecodingArguments`."""
 
     _argument_group_name = "Speech (chosen when the teacher is Whisper, wav2vec2 or HuBERT)"
 
@@ -253,6 +255,13 @@ class SpeechArguments:
     generation_max_new_tokens: int = field(
         default=128, metadata={"help": "Most tokens generated per clip when evaluating (greedy decoding)."}
     )
+    language: str | None = field(
+        default=None,
+        metadata={"help": "Language a multilingual Whisper transcribes (a code: 'en', 'de', ...), for teacher and "
+                  "student alike: the training targets' prompt, pseudo-labels, evaluation and the saved generation "
+                  "config. Default: the language the model's generation config names, else 'en' (logged). An "
+                  "English-only (.en) Whisper takes 'en' only."},
+    )
     synth_num_voices: int = field(
         default=24, metadata={"help": "--dataset speech-synth: number of synthetic voices (split by voice)."}
     )
@@ -273,6 +282,7 @@ class SpeechArguments:
                                  "'audio-classification'")
         if self.audio_window_seconds < 0:
             raise UserInputError(f"--audio_window_seconds must be 0 (automatic) or more, got {self.audio_window_seconds}")
+        super().__post_init__()
         for name in ("student_num_decoder_layers", "generation_max_new_tokens", "synth_num_voices",
                      "synth_per_voice", "measure_clips"):
             if getattr(self, name) < 1:

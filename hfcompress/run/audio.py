@@ -357,7 +357,7 @@ class AudioEncoderTask(TaskAdapter):
     def load_data(self, run: Run):
         from .speech import load_speech_data
 
-        return load_speech_data(run.data_args, run.speech, classification=not self.ctc)
+        return load_speech_data(run.data_args, run.speech, classification=not self.ctc, model_args=run.model_args)
 
     def check_layers(self, run: Run) -> None:
         super().check_layers(run)

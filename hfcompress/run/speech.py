@@ -20,11 +20,13 @@ import torch
 from transformers import AutoConfig
 
 from ..arch.speech import (
+    audio_window_seconds,
     decoder_prompt_ids,
     is_speech_seq2seq,
     num_decoder_layers,
     set_transcription_language,
     transcript_ids,
+    transcription_language,
 )
 from ..assets import resolve_model_path
 from ..distill import (
@@ -41,6 +43,7 @@ from ..speech.dataset import (
     load_audio_classification_dataset,
     load_transcription_dataset,
 )
+from ..speech.decoding import count_looping, generation_kwargs_of, text_token_counts, whisper_generation_kwargs
 from ..speech.normalize import normalize, word_error_rate
 from . import steps
 from .arguments import DataArguments, ModelArguments, SpeechArguments
@@ -95,14 +98,101 @@ def check_speech_settings(model_args: ModelArguments, speech: SpeechArguments) -
             check_decoder_layers(layers, total)
         except UserInputError as e:
             raise UserInputError(f"--student_decoder_layers {speech.student_decoder_layers}: {e}") from None
+    check_language(model_args, speech)
+    if model_args.student_model:
+        check_same_tokenizer(resolve_model_path(model_args.teacher_model), resolve_model_path(model_args.student_model))
+
+
+def check_language(model_args: ModelArguments, speech: SpeechArguments) -> None:
+    """--language against the teacher's (and a given student's) generation config: a language the model knows, or
+    'en' for an English-only model. Without --language a multilingual model transcribes as its generation config
+    says, else English (logged when the models load)."""
+    from transformers import GenerationConfig
+
+    if speech.language is None:
+        return
+    for what, name in (("--teacher_model", model_args.teacher_model),
+                       ("--student_model", getattr(model_args, "student_model", None))):
+        if not name:
+            continue
+        try:
+            gen = GenerationConfig.from_pretrained(resolve_model_path(name))
+        except OSError:  # no generation_config.json: `generate` would use the config's; nothing to check here
+            continue
+        try:
+            transcription_language(gen, speech.language, what="--language")
+        except UserInputError as e:
+            raise UserInputError(f"{e} ({what} {name})") from None
+
+
+def _tokenizer_summary(tokenizer) -> str:
+    specials = {k: getattr(tokenizer, k, None) for k in ("bos_token_id", "eos_token_id", "pad_token_id")}
+    return f"{len(tokenizer)} tokens, " + ", ".join(f"{k} {v}" for k, v in specials.items())
+
+
+def check_same_tokenizer(teacher_path: str, student_path: str) -> None:
+    """A Whisper student distils token by token from its teacher: both must map text to the same ids (one
+    vocabulary, the same special tokens and the same decoder prompt). Compared from the tokenizer files alone, before
+    any data or model is loaded; the error names both models and what differs."""
+    from transformers import AutoTokenizer
+
+    from ..distill.checks import teacher_needs_own_inputs
+
+    tokenizers = {}
+    for what, path in (("teacher", teacher_path), ("student", student_path)):
+        try:
+            tokenizers[what] = AutoTokenizer.from_pretrained(path)
+        except Exception as e:
+            raise UserInputError(f"{what} {path}: no tokenizer could be loaded from it: {type(e).__name__}: {e}") \
+                from e
+    teacher, student = tokenizers["teacher"], tokenizers["student"]
+    if teacher_needs_own_inputs(None, None, student, teacher) or set(teacher.all_special_tokens) != set(
+            student.all_special_tokens):
+        raise UserInputError(
+            f"the teacher's and the student's tokenizers differ: teacher {teacher_path} ({_tokenizer_summary(teacher)})"
+            f", student {student_path} ({_tokenizer_summary(student)}); sequence-to-sequence distillation compares the "
+            "two decoders' next-token distributions token by token, so the student must use the teacher's tokenizer "
+            "(vocabulary and special tokens)")
 
 
 # ---- data ---------------------------------------------------------------------------------------------------------
 
-def load_speech_data(data_args: DataArguments, speech: SpeechArguments, classification: bool = False):
+def data_window_seconds(model_args: ModelArguments | None, speech: SpeechArguments,
+                        classification: bool = False) -> float | None:
+    """The longest clip the run's models can hear whole: the shortest fixed window of the teacher and a given student
+    (Whisper: ``max_source_positions`` / 50 s; wav2vec2 and HuBERT have none: None), or for classification an explicit
+    ``--audio_window_seconds``. Read from the configs alone, before any audio is loaded."""
+    if model_args is None:
+        return None
+    windows = []
+    for name in (model_args.teacher_model, getattr(model_args, "student_model", None)):
+        if not name:
+            continue
+        try:
+            config = AutoConfig.from_pretrained(resolve_model_path(name))
+        except Exception:  # not a local model: the model loading reports it
+            continue
+        window = audio_window_seconds(config)
+        if window is not None:
+            windows.append(window)
+    if not windows:
+        return None
+    full = min(windows)
+    asked = speech.audio_window_seconds if classification else 0
+    if asked:
+        if asked > full or asked != int(asked):
+            raise UserInputError(f"--audio_window_seconds {asked:g}: expected whole seconds from 1 to {full:g} (the "
+                                 "window this Whisper hears)")
+        return float(asked)
+    return full
+
+
+def load_speech_data(data_args: DataArguments, speech: SpeechArguments, classification: bool = False,
+                     model_args: ModelArguments | None = None):
     """The speech dataset, limited as asked: audio + transcript (``text``), or with `classification` audio + class
     (``label``, from `--label_column`). The text classifiers' default dataset means the synthesized speech set here
-    (``speech-synth``; ``speech-keywords`` for classification)."""
+    (``speech-synth``; ``speech-keywords`` for classification). With `model_args`, clips longer than the window the
+    models hear (`data_window_seconds`) are refused, naming the clip."""
     if classification:
         default, load, target = KEYWORDS_NAME, load_audio_classification_dataset, data_args.label_column
     else:
@@ -114,6 +204,7 @@ def load_speech_data(data_args: DataArguments, speech: SpeechArguments, classifi
     dataset = load(
         name, speech.audio_column, target, seed=data_args.split_seed, resample=speech.resample_audio,
         synth_settings={"num_voices": speech.synth_num_voices, "per_voice": speech.synth_per_voice},
+        window_seconds=data_window_seconds(model_args, speech, classification),
     )
     return steps.limit_splits(dataset, data_args), name
 
@@ -138,7 +229,7 @@ def add_targets(dataset, tokenizer, max_target_positions: int, prompt_length: in
 
 # ---- models -------------------------------------------------------------------------------------------------------
 
-def _load(path: str, what: str):
+def _load(path: str, what: str, language: str | None = None):
     from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
 
     model = AutoModelForSpeechSeq2Seq.from_pretrained(path)
@@ -150,13 +241,14 @@ def _load(path: str, what: str):
     if not hasattr(processor, "feature_extractor") or not hasattr(processor, "tokenizer"):
         raise UserInputError(f"{what} {path}: expected a speech processor with a feature extractor and a tokenizer, "
                              f"found {type(processor).__name__}")
-    set_transcription_language(model, processor.tokenizer)  # multilingual: English unless the model names another
+    # multilingual: --language, else the language the model names, else English (logged)
+    set_transcription_language(model, processor.tokenizer, language, what="--language")
     return model, processor
 
 
-def load_speech_teacher(model_args: ModelArguments):
+def load_speech_teacher(model_args: ModelArguments, speech: SpeechArguments | None = None):
     path = resolve_model_path(model_args.teacher_model)
-    teacher, processor = _load(path, "teacher")
+    teacher, processor = _load(path, "teacher", speech.language if speech is not None else None)
     return teacher, processor, path
 
 
@@ -165,7 +257,9 @@ def build_speech_student(model_args: ModelArguments, speech: SpeechArguments, te
     checkpoint (cut to --student_decoder_layers if given)."""
     layers = speech.decoder_layer_list()
     if model_args.student_model:
-        student, processor = _load(resolve_model_path(model_args.student_model), "student")
+        # the teacher's language (--language, else the teacher's own, else English): one prompt for both decoders
+        language = speech.language or getattr(teacher.generation_config, "language", None)
+        student, processor = _load(resolve_model_path(model_args.student_model), "student", language)
         if layers is not None:
             return init_seq2seq_student(student, layers, freeze_encoder=speech.freeze_encoder), processor
         if speech.freeze_encoder:
@@ -184,9 +278,9 @@ def same_encoder(a, b) -> bool:
 
 # ---- evaluation by generation -------------------------------------------------------------------------------------
 
-def wer_metrics(tokenizer):
+def wer_metrics(tokenizer, max_new_tokens: int | None = None):
     """`compute_metrics` for generated token ids: corpus WER and CER after `speech.normalize` (numbers as digits,
-    punctuation and case dropped); references are the labels' text."""
+    punctuation and case dropped), references the labels' text; and ``looping_clips`` (`count_looping`)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def compute(eval_pred) -> dict:
@@ -194,71 +288,88 @@ def wer_metrics(tokenizer):
         hyps = tokenizer.batch_decode(np.where(preds < 0, pad, preds), skip_special_tokens=True)
         refs = tokenizer.batch_decode(np.where(labels < 0, pad, labels), skip_special_tokens=True)
         rates = word_error_rate(refs, hyps, normalizer=normalize)
-        return {"wer": rates["wer"], "cer": rates["cer"]}
+        loops = count_looping(hyps, text_token_counts(preds, tokenizer), max_new_tokens)
+        return {"wer": rates["wer"], "cer": rates["cer"], "looping_clips": loops}
 
     return compute
 
 
 def generation_kwargs(speech: SpeechArguments) -> dict:
-    return {"max_new_tokens": speech.generation_max_new_tokens, "num_beams": 1, "do_sample": False}
+    """`generate`'s arguments for evaluation: greedy, or with --decoding_guards the temperature fallback
+    (`speech.decoding`)."""
+    return generation_kwargs_of(speech)
 
 
 @torch.inference_mode()
-def transcribe(model, processor, audios, batch_size: int = 16, max_new_tokens: int = 128) -> list[str]:
-    """Greedy transcripts of 16 kHz float arrays."""
+def transcribe(model, processor, audios, batch_size: int = 16, max_new_tokens: int = 128,
+               generate_kwargs: dict | None = None, token_counts: list | None = None) -> list[str]:
+    """Transcripts of 16 kHz float arrays: greedy, or as `generate_kwargs` say (`speech.decoding`). With
+    `token_counts` (a list), each clip's number of generated text tokens is appended to it."""
     model.eval()
     device = next(model.parameters()).device
+    kwargs = generate_kwargs or whisper_generation_kwargs(max_new_tokens)
     out = []
     for start in range(0, len(audios), batch_size):
         chunk = [np.asarray(a, dtype=np.float32) for a in audios[start : start + batch_size]]
         features = processor.feature_extractor(chunk, sampling_rate=16000, return_tensors="pt").input_features
-        ids = model.generate(features.to(device), max_new_tokens=max_new_tokens, num_beams=1, do_sample=False)
+        ids = model.generate(features.to(device), **kwargs)
         out.extend(processor.tokenizer.batch_decode(ids, skip_special_tokens=True))
+        if token_counts is not None:
+            token_counts.extend(text_token_counts(ids.cpu(), processor.tokenizer))
     return out
 
 
-def transcription_metrics(model, processor, split, max_new_tokens: int, batch_size: int = 16) -> dict:
-    hyps = transcribe(model, processor, split["audio"], batch_size, max_new_tokens)
+def transcription_metrics(model, processor, split, max_new_tokens: int, batch_size: int = 16,
+                          generate_kwargs: dict | None = None) -> dict:
+    counts: list[int] = []
+    kwargs = generate_kwargs or whisper_generation_kwargs(max_new_tokens)
+    hyps = transcribe(model, processor, split["audio"], batch_size, max_new_tokens, kwargs, counts)
     rates = word_error_rate(split["text"], hyps, normalizer=normalize)
     return {"wer": rates["wer"], "cer": rates["cer"], "num_utterances": rates["num_utterances"],
-            "num_ref_words": rates["num_ref_words"]}
+            "num_ref_words": rates["num_ref_words"],
+            "looping_clips": count_looping(hyps, counts, kwargs["max_new_tokens"])}
 
 
 def measure_per_clip(model_dirs: dict[str, str], split, clips: int, threads: int, rounds: int,
-                     max_new_tokens: int, name: str = "test") -> dict:
-    """Each saved model (reloaded from disk) transcribes `clips` clips one at a time, greedily, on the CPU with
-    `threads` threads, interleaved over `rounds` rounds (teacher, student, teacher, ...): the median time per clip
-    (features + encoder + decoding) of each round, then the median of rounds; WER/CER of those clips."""
+                     max_new_tokens: int, name: str = "test", language: str | None = None,
+                     generate_kwargs: dict | None = None) -> dict:
+    """Each saved model (reloaded from disk, transcribing in `language`) transcribes `clips` clips one at a time,
+    greedily (or as `generate_kwargs` say), on the CPU with `threads` threads, interleaved over `rounds` rounds
+    (teacher, student, teacher, ...): the median time per clip (features + encoder + decoding) of each round, then
+    the median of rounds; WER/CER and looping clips of those clips."""
     rows = split.select(range(min(clips, len(split))))
     audios, refs = rows["audio"], rows["text"]
-    models = {role: _load(d, role) for role, d in model_dirs.items()}
+    kwargs = generate_kwargs or whisper_generation_kwargs(max_new_tokens)
+    models = {role: _load(d, role, language) for role, d in model_dirs.items()}
     for model, _ in models.values():
         model.eval()
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     per_round: dict[str, list[float]] = {r: [] for r in models}
     texts: dict[str, list[str]] = {}
+    counts: dict[str, list[int]] = {}
     try:
         for role, (model, processor) in models.items():  # warm-up
-            transcribe(model, processor, audios[:1], 1, max_new_tokens)
+            transcribe(model, processor, audios[:1], 1, max_new_tokens, kwargs)
         for _ in range(rounds):
             for role, (model, processor) in models.items():
-                times, hyps = [], []
+                times, hyps, tokens = [], [], []
                 for audio in audios:
                     t0 = time.perf_counter()
-                    hyps.extend(transcribe(model, processor, [audio], 1, max_new_tokens))
+                    hyps.extend(transcribe(model, processor, [audio], 1, max_new_tokens, kwargs, tokens))
                     times.append(time.perf_counter() - t0)
                 per_round[role].append(statistics.median(times) * 1000)
-                texts[role] = hyps
+                texts[role], counts[role] = hyps, tokens
     finally:
         torch.set_num_threads(previous)
     out = {"split": name, "clips": len(audios), "threads": threads, "rounds": rounds,
-           "protocol": "one clip at a time, greedy decoding, features + encoder + decoder, median per round, median "
-                       "of rounds"}
+           "decoding": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
+           "protocol": "one clip at a time, features + encoder + decoder, median per round, median of rounds"}
     for role in models:
         rates = word_error_rate(refs, texts[role], normalizer=normalize)
         out[role] = {"median_ms_per_clip": statistics.median(per_round[role]), "rounds_ms": per_round[role],
                      "wer": rates["wer"], "cer": rates["cer"],
+                     "looping_clips": count_looping(texts[role], counts[role], kwargs["max_new_tokens"]),
                      "parameters": sum(p.numel() for p in models[role][0].parameters()), "transcripts": texts[role]}
     out["references"] = list(refs)
     if "teacher" in out and "student" in out:
@@ -292,13 +403,13 @@ class SpeechSeq2SeqTask(TaskAdapter):
         check_speech_settings(run.model_args, run.speech)
 
     def load_data(self, run: Run):
-        return load_speech_data(run.data_args, run.speech)
+        return load_speech_data(run.data_args, run.speech, model_args=run.model_args)
 
     def check_layers(self, run: Run) -> None:
         """The decoder layers are checked when the student is built (`build_speech_student`)."""
 
     def load_teacher(self, run: Run):
-        return load_speech_teacher(run.model_args)
+        return load_speech_teacher(run.model_args, run.speech)
 
     def build_student(self, run: Run):
         return build_speech_student(run.model_args, run.speech, run.teacher, run.teacher_processor)
@@ -323,7 +434,9 @@ class SpeechSeq2SeqTask(TaskAdapter):
         cache_meta, cache_dir = None, data_args.teacher_cache_dir or os.path.join(run.run_dir, steps.TEACHER_CACHE_DIR)
         if store_encoder or speech.pseudo_labels:
             pseudo = ({"prompt_ids": prompt, "eos_token_id": tokenizer.eos_token_id,
-                       "pad_token_id": collator.pad_token_id, **generation_kwargs(speech)}
+                       # greedy whatever --decoding_guards says: deterministic targets, cached
+                       "pad_token_id": collator.pad_token_id,
+                       **whisper_generation_kwargs(speech.generation_max_new_tokens)}
                       if speech.pseudo_labels else None)
             teacher.to(args.device)
             with args.main_process_first(desc="encoder output cache"):
@@ -344,7 +457,7 @@ class SpeechSeq2SeqTask(TaskAdapter):
         return run.processor.feature_extractor
 
     def compute_metrics(self, run: Run):
-        return wer_metrics(run.processor.tokenizer)
+        return wer_metrics(run.processor.tokenizer, run.speech.generation_max_new_tokens)
 
     def settings(self, run: Run) -> dict:
         return {"speech": run.speech}
@@ -376,7 +489,8 @@ class SpeechSeq2SeqTask(TaskAdapter):
 
     def teacher_metrics(self, run: Run) -> dict:
         return transcription_metrics(run.teacher, run.teacher_processor, run.data["test"],
-                                     run.speech.generation_max_new_tokens, run.args.per_device_eval_batch_size)
+                                     run.speech.generation_max_new_tokens, run.args.per_device_eval_batch_size,
+                                     generation_kwargs(run.speech))
 
     def artifacts(self, run: Run) -> dict:
         return {"teacher_cache": run.extras["cache_dir"] if run.extras["cache_meta"] else None}
@@ -384,11 +498,14 @@ class SpeechSeq2SeqTask(TaskAdapter):
     def measure(self, run: Run, record, trainer, model_dir: str, report) -> None:
         record.metrics["per_clip"] = measure_per_clip(
             {"teacher": run.teacher_path, "student": model_dir}, run.data["test"], run.speech.measure_clips,
-            report.latency_threads, report.latency_rounds, run.speech.generation_max_new_tokens)
+            report.latency_threads, report.latency_rounds, run.speech.generation_max_new_tokens,
+            language=run.speech.language or getattr(run.teacher.generation_config, "language", None),
+            generate_kwargs=generation_kwargs(run.speech))
         m = record.metrics["per_clip"]
-        logger.info("Per clip (%d test clips, %d threads): teacher %.0f ms WER %.3f, student %.0f ms WER %.3f "
-                    "(%.2fx faster)", m["clips"], m["threads"], m["teacher"]["median_ms_per_clip"],
-                    m["teacher"]["wer"], m["student"]["median_ms_per_clip"], m["student"]["wer"], m["speedup"])
+        logger.info("Per clip (%d test clips, %d threads): teacher %.0f ms WER %.3f (%d looping), student %.0f ms WER "
+                    "%.3f (%d looping) (%.2fx faster)", m["clips"], m["threads"], m["teacher"]["median_ms_per_clip"],
+                    m["teacher"]["wer"], m["teacher"]["looping_clips"], m["student"]["median_ms_per_clip"],
+                    m["student"]["wer"], m["student"]["looping_clips"], m["speedup"])
         logger.info("No model card for a speech model yet (cards describe text classifiers); the measurement is "
                     "in the run record")
 

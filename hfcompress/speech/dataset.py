@@ -14,9 +14,14 @@
   `datasets.Audio` column is read undecoded: datasets 5 would decode it through torchcodec), or file paths.
 
 Audio at another rate is resampled to 16 kHz (logged once per pair of rates), or, with ``resample=False``, refused
-with an error naming both rates. Rows with an empty transcript, or longer than `max_seconds` (Whisper hears 30 s),
-are dropped with one warning per split. A missing validation or test split is carved out of train (10% each,
-seeded). Every other problem (a missing column or file, no rows) is a `UserInputError` naming what was found.
+with an error naming both rates. Rows with an empty transcript, or longer than `max_seconds`, are dropped with one
+warning per split. A clip longer than `window_seconds` (the fixed window a Whisper hears: 30 s, less for a student
+with a cut window) is refused: one error naming the first such clip (split, row, file), its length, the window and
+how many clips are too long. Clips are not chunked: a transcript cannot be cut where the audio is cut without word
+timings. An audio file that cannot be decoded stops the load: one error per split naming every such file (up to
+ten, with their count) and the decoder's message; no row is skipped silently, so every model is measured on the
+same clips. A missing validation or test split is carved out of train (10% each, seeded). Every other problem (a
+missing column or file, no rows) is a `UserInputError` naming what was found.
 """
 
 from __future__ import annotations
@@ -46,8 +51,12 @@ def _features(label_feature=None):
     return Features({"audio": List(Value("float32")), "text": Value("string")})
 
 
+class UndecodableAudio(UserInputError):
+    """An audio file or byte string that the decoder (soundfile) cannot read."""
+
+
 def _read_entry(value, rate_column_value, base_dirs: list[str], where: str) -> tuple[np.ndarray, int]:
-    """One audio cell as (samples, rate)."""
+    """One audio cell as (samples, rate); `UndecodableAudio` for a file or bytes that do not decode."""
     if isinstance(value, str):
         path = value if os.path.isabs(value) else next(
             (os.path.join(d, value) for d in base_dirs if os.path.exists(os.path.join(d, value))), value)
@@ -58,7 +67,7 @@ def _read_entry(value, rate_column_value, base_dirs: list[str], where: str) -> t
         except UserInputError:
             raise
         except Exception as e:  # soundfile's own errors (not an audio file, unknown format)
-            raise UserInputError(f"{where}: could not read audio file {path}: {type(e).__name__}: {e}") from e
+            raise UndecodableAudio(f"{where}: could not decode audio file {path}: {type(e).__name__}: {e}") from e
     if isinstance(value, dict):
         if value.get("array") is not None:
             return np.asarray(value["array"], dtype=np.float32), int(value.get("sampling_rate") or rate_column_value
@@ -67,7 +76,12 @@ def _read_entry(value, rate_column_value, base_dirs: list[str], where: str) -> t
             require_extra("speech", "reading audio files")
             import soundfile
 
-            data, rate = soundfile.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
+            try:
+                data, rate = soundfile.read(io.BytesIO(value["bytes"]), dtype="float32", always_2d=True)
+            except Exception as e:
+                name = f" ({value['path']})" if value.get("path") else ""
+                raise UndecodableAudio(f"{where}: could not decode the audio bytes{name}: {type(e).__name__}: {e}") \
+                    from e
             return data.mean(axis=1), int(rate)
         if value.get("path"):
             return _read_entry(value["path"], rate_column_value, base_dirs, where)
@@ -78,9 +92,11 @@ def _read_entry(value, rate_column_value, base_dirs: list[str], where: str) -> t
 
 
 def _convert_split(ds, split: str, source: str, audio_column: str, text_column: str | None, base_dirs: list[str],
-                   resample: bool, max_seconds: float, label_column: str | None = None):
+                   resample: bool, max_seconds: float, label_column: str | None = None,
+                   window_seconds: float | None = None):
     """One split as rows of 16 kHz float32 audio and text (or, with `label_column`, the label column as it is: the
-    label rules of `hfcompress.data.encode_labels` follow), incomplete or too long rows dropped (with a warning)."""
+    label rules of `hfcompress.data.encode_labels` follow), incomplete or too long rows dropped (with a warning);
+    clips longer than `window_seconds` and undecodable files refused (see the module docstring)."""
     from datasets import Audio, Dataset, List, Value
 
     target_role, target = ("label", label_column) if label_column else ("transcript", text_column)
@@ -109,10 +125,16 @@ def _convert_split(ds, split: str, source: str, audio_column: str, text_column: 
         if target != ("label" if label_column else "text"):
             out = out.rename_column(target, "label" if label_column else "text")
     else:
-        audios, lengths = [], []
+        audios, lengths, undecodable = [], [], []
         for i, value in enumerate(ds[audio_column]):
             where = f"split {split!r} ({source}), row {i}"
-            audio, rate = _read_entry(value, rates[i] if rates is not None else None, base_dirs, where)
+            try:
+                audio, rate = _read_entry(value, rates[i] if rates is not None else None, base_dirs, where)
+            except UndecodableAudio as e:
+                undecodable.append(str(e))
+                audios.append(np.zeros(0, np.float32))
+                lengths.append(0)
+                continue
             try:
                 audio = resample_or_error(audio, rate, TARGET_RATE, resample=resample)
             except UserInputError as e:
@@ -120,6 +142,12 @@ def _convert_split(ds, split: str, source: str, audio_column: str, text_column: 
                 raise UserInputError(f"{where}{name}: {e}; or pass --resample_audio to resample") from None
             audios.append(audio)
             lengths.append(len(audio))
+        if undecodable:
+            shown = "; ".join(undecodable[:10]) + ("; ..." if len(undecodable) > 10 else "")
+            raise UndecodableAudio(f"{len(undecodable)} of {len(ds)} audio entries of split {split!r} ({source}) "
+                                   f"could not be decoded: {shown}. Expected audio soundfile reads (WAV, FLAC, OGG, ...) "
+                                   "or 16-bit .raw; fix or remove those rows (hfcompress does not skip them: every "
+                                   "model must be measured on the same clips)")
         if rates is None and len(ds) and not isinstance(ds[0][audio_column], (str, dict)):
             logger.info("split %r (%s): audio arrays without a 'sampling_rate' column are taken as %d Hz", split,
                         source, TARGET_RATE)
@@ -130,6 +158,8 @@ def _convert_split(ds, split: str, source: str, audio_column: str, text_column: 
             out = Dataset.from_dict({"audio": audios, "text": texts}, features=_features())
         lengths = np.asarray(lengths)
     no_text = np.asarray([not t for t in texts])
+    if window_seconds is not None:
+        _refuse_longer_than_window(ds, audio_column, split, source, np.asarray(lengths), no_text, window_seconds)
     too_long = np.asarray(lengths) > max_seconds * TARGET_RATE
     empty = np.asarray(lengths) == 0
     drop = no_text | too_long | empty
@@ -142,6 +172,28 @@ def _convert_split(ds, split: str, source: str, audio_column: str, text_column: 
                        target, int(empty.sum()), int(too_long.sum()), max_seconds)
         out = out.select(np.flatnonzero(~drop))
     return out
+
+
+def _refuse_longer_than_window(ds, audio_column: str, split: str, source: str, lengths: np.ndarray, no_text,
+                               window_seconds: float) -> None:
+    """One error for the clips of a split longer than the window the model hears (rows dropped anyway for an empty
+    transcript do not count): the first and the longest named, with their lengths and how many there are."""
+    over = np.flatnonzero((lengths > window_seconds * TARGET_RATE) & ~np.asarray(no_text))
+    if not len(over):
+        return
+
+    def name(i: int) -> str:
+        value = ds[int(i)][audio_column]
+        return f"row {int(i)}" + (f" ({value})" if isinstance(value, str) else "") + \
+            f", {lengths[int(i)] / TARGET_RATE:.2f} s"
+
+    longest = over[np.argmax(lengths[over])]
+    raise UserInputError(
+        f"split {split!r} ({source}): {len(over)} clip(s) longer than the {window_seconds:g} s window the model hears "
+        f"(Whisper's encoder window, max_source_positions): first {name(over[0])}, longest {name(longest)}. Clips "
+        "are not chunked (a transcript cannot be cut where the audio is cut): cut or drop those clips, or use a "
+        "model (or --audio_window_seconds) with a window of at least "
+        f"{int(np.ceil(lengths[longest] / TARGET_RATE))} s")
 
 
 def _carve(train, validation_size: float, test_size: float, seed: int, missing: list[str]) -> dict:
@@ -195,6 +247,7 @@ def load_audio_classification_dataset(
     test_size: float = 0.1,
     synth_settings: dict | None = None,
     cache_dir: str | os.PathLike | None = None,
+    window_seconds: float | None = None,
 ):
     """An audio-classification `DatasetDict` (train/validation/test; columns ``audio``, 16 kHz float32 samples, and
     ``label``). ``speech-keywords`` is the project's synthesized keyword set (`synth.build_keyword_dataset`: twenty
@@ -211,10 +264,18 @@ def load_audio_classification_dataset(
         from .synth import build_keyword_dataset
 
         built = build_keyword_dataset(cache_dir=cache_dir or hfcompress_home() / "speech", **(synth_settings or {}))
-        return DatasetDict({s: built[s].select_columns(["audio", "label"]) for s in _SPLITS})
+        out = DatasetDict({s: built[s].select_columns(["audio", "label"]) for s in _SPLITS})
+        if window_seconds is not None:
+            import pyarrow.compute as pc
+
+            for s, ds in out.items():
+                lengths = pc.list_value_length(ds.data.column("audio")).to_numpy(zero_copy_only=False)
+                _refuse_longer_than_window(ds, "audio", s, KEYWORDS_NAME, lengths, np.zeros(len(ds), bool),
+                                           window_seconds)
+        return out
     splits, src, base_dirs = _read_splits(name_or_path)
     out = {s: _convert_split(ds, s, src[s], audio_column, None, base_dirs, resample, max_seconds,
-                             label_column=label_column) for s, ds in splits.items()}
+                             label_column=label_column, window_seconds=window_seconds) for s, ds in splits.items()}
     encoded = encode_labels(out, src, "label", seed=seed, validation_size=validation_size, test_size=test_size)
     return DatasetDict({s: encoded[s] for s in _SPLITS})
 
@@ -230,9 +291,10 @@ def load_transcription_dataset(
     test_size: float = 0.1,
     synth_settings: dict | None = None,
     cache_dir: str | os.PathLike | None = None,
+    window_seconds: float | None = None,
 ):
     """A speech-recognition `DatasetDict` (train/validation/test; columns ``audio``, ``text``). See the module
-    docstring for what is accepted. `synth_settings` go to `build_transcription_dataset` for ``speech-synth``
+    docstring for what is accepted; `window_seconds`: refuse clips longer than it. `synth_settings` go to `build_transcription_dataset` for ``speech-synth``
     (cached in `cache_dir`, default ``$HFCOMPRESS_HOME/speech``)."""
     from datasets import DatasetDict
 
@@ -246,8 +308,8 @@ def load_transcription_dataset(
         base_dirs = [os.getcwd()]
     else:
         splits, src, base_dirs = _read_splits(name_or_path)
-    out = {s: _convert_split(ds, s, src[s], audio_column, text_column, base_dirs, resample, max_seconds)
-           for s, ds in splits.items()}
+    out = {s: _convert_split(ds, s, src[s], audio_column, text_column, base_dirs, resample, max_seconds,
+                             window_seconds=window_seconds) for s, ds in splits.items()}
     missing = [s for s in ("validation", "test") if s not in out]
     if missing:
         out.update(_carve(out["train"], validation_size, test_size, seed, missing))

@@ -131,6 +131,45 @@ def load_script(name: str):
     return module
 
 
+def command_fails(script_name: str, argv: list[str], tmp_path, fresh_process: bool = False) -> str:
+    """Run ``scripts/<script_name>.py`` as its command line does (`hfcompress.cli.run_script`) on a user's mistake: it
+    must end with exit status 2 and exactly one error line on stderr, no traceback. Returns the error line.
+
+    In this process by default (the same `run_script` wrapper, without an interpreter start per case); with
+    `fresh_process` as a real ``python scripts/...`` subprocess, so one case of each table still checks the command
+    end to end."""
+    import contextlib
+    import io
+    import subprocess
+    import sys
+
+    from hfcompress.cli import run_script
+
+    if fresh_process:
+        env = dict(os.environ, HFCOMPRESS_HOME=str(tmp_path / "home"), HF_HUB_OFFLINE="1",
+                   TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+        res = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", f"{script_name}.py"), *argv], env=env,
+                             capture_output=True, text=True, timeout=300, cwd=ROOT)
+        code, err = res.returncode, res.stderr
+    else:
+        stream, home = io.StringIO(), os.environ.get("HFCOMPRESS_HOME")
+        os.environ["HFCOMPRESS_HOME"] = str(tmp_path / "home")
+        try:
+            with contextlib.redirect_stderr(stream), pytest.raises(SystemExit) as exit_info:
+                run_script(load_script(script_name).main, argv)
+        finally:
+            if home is None:
+                os.environ.pop("HFCOMPRESS_HOME", None)
+            else:
+                os.environ["HFCOMPRESS_HOME"] = home
+        code, err = exit_info.value.code, stream.getvalue()
+    assert code == 2, f"exit {code}:\n{err[-3000:]}"
+    assert "Traceback" not in err, "a user's mistake ends with one line, not a traceback:\n" + err[-3000:]
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1, err[-3000:]
+    return errors[0]
+
+
 def save_tiny_assets(root, teacher_kind="bert", teacher_offset=0):
     """Write a tiny teacher (with a trained-looking task head), its tokenizer and a JSON dataset to `root`.
     Returns (teacher_dir, data_file)."""

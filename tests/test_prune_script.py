@@ -25,9 +25,9 @@ import sys
 
 import pytest
 import torch
-from conftest import check_publishable_card, save_tiny_assets, write_reviews_csv
+from conftest import check_publishable_card, command_fails, save_tiny_assets, write_reviews_csv
 from safetensors.torch import load_file
-from test_script import ROOT, _env, _run, accelerate_launcher
+from test_script import ROOT, _run, accelerate_launcher
 
 SCRIPT = os.path.join(ROOT, "scripts", "prune.py")
 # The Linear weights pruned by default: q/k/v, attention output and both feed-forward projections of every block.
@@ -39,16 +39,6 @@ def _pruned_keys(state: dict) -> list[str]:
     keys = [k for k in state if ".encoder.layer." in k and k.endswith(PRUNED_SUFFIXES)]
     assert len(keys) == 4 * 6, keys  # tiny teacher: 4 blocks, all kept (the model pruned is a full copy)
     return keys
-
-
-def _fails(cmd, tmp_path, timeout=300):
-    """Run a command that must fail on a user's mistake: exit 2, one error line, no traceback."""
-    res = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    assert res.returncode == 2, f"exit {res.returncode}:\n{res.stderr[-3000:]}"
-    assert "Traceback" not in res.stderr, "a user's mistake ends with one line, not a traceback:\n" + res.stderr[-3000:]
-    errors = [line for line in res.stderr.splitlines() if "error:" in line]
-    assert len(errors) == 1, res.stderr[-3000:]
-    return errors[0]
 
 
 @pytest.fixture(scope="module")
@@ -257,8 +247,8 @@ def test_resume_with_another_pruning_config_is_refused_before_training(tiny, ful
     shutil.copytree(full_run / "checkpoints" / "checkpoint-4", out / "checkpoints" / "checkpoint-4")
     args = [a if a != "0.8" else "0.5" for a in RESUME_ARGS]
     assert "0.5" in args
-    line = _fails([sys.executable, SCRIPT, "--output_dir", str(out), "--teacher_model", teacher, "--dataset", data,
-                   *args, "--resume_from_checkpoint", "latest"], tmp_path)
+    line = command_fails("prune", ["--output_dir", str(out), "--teacher_model", teacher, "--dataset", data,
+                                   *args, "--resume_from_checkpoint", "latest"], tmp_path)
     assert "different pruning configuration" in line and "target_sparsity: checkpoint 0.8, now 0.5" in line, line
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-4"], "no training may start"
     assert not (out / "model").exists() and not (out / "prune_summary.json").exists()
@@ -279,8 +269,9 @@ def test_resume_with_another_pruning_config_is_refused_before_training(tiny, ful
 def test_bad_input_fails_before_training(tiny, tmp_path, flags, message):
     teacher, data = tiny
     out = tmp_path / "bad"
-    line = _fails([sys.executable, SCRIPT, "--output_dir", str(out), "--teacher_model", teacher, "--dataset", data,
-                   "--use_cpu", *flags], tmp_path)
+    line = command_fails("prune", ["--output_dir", str(out), "--teacher_model", teacher, "--dataset", data,
+                                   "--use_cpu", *flags], tmp_path,
+                         fresh_process=flags == ["--target_sparsity", "1.0"])  # one case as a real command line
     assert message in line, line
     if "--target_modules" in flags:  # the user is shown which names exist
         assert "bert.encoder.layer.0.attention.self.query" in line and "intermediate.dense" in line, line

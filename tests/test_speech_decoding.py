@@ -141,6 +141,24 @@ def test_guards_reach_generate_and_fall_back(teacher_dir, monkeypatch):  # noqa:
     assert spy.passes == 3 and metrics["num_utterances"] == 3
 
 
+def test_evaluation_with_fallback_sampling_leaves_the_training_generator_alone(teacher_dir):  # noqa: F811
+    """The trainer's evaluation decodes through `generate_keeping_rng`: with the temperature fallback sampling, the
+    random state training continues from is the one it had before the evaluation."""
+    from hfcompress.distill.trainer import generate_keeping_rng
+
+    model, processor = WhisperForConditionalGeneration.from_pretrained(teacher_dir).eval(), \
+        WhisperProcessor.from_pretrained(teacher_dir)
+    features = processor.feature_extractor([np.asarray(a, np.float32) for a in _split(2)["audio"]],
+                                           sampling_rate=16000, return_tensors="pt").input_features
+    kwargs = whisper_generation_kwargs(6, guards=True, temperatures="0.0,0.5,1.0")
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    generate_keeping_rng(model, {"input_features": features}, kwargs)
+    assert torch.equal(torch.get_rng_state(), before)
+    model.generate(input_features=features, **kwargs)  # what the evaluation did before: it samples, the state moves
+    assert not torch.equal(torch.get_rng_state(), before)
+
+
 # ------------------------------------------------------------------------------------------------ looping clips
 
 

@@ -161,7 +161,8 @@ class DistillationTrainer(Trainer):
                           if k != "labels" and not k.startswith(("decoder_", TEACHER_PREFIX))}
         with torch.no_grad():
             loss = self.compute_loss(model, dict(inputs)).detach() if labels is not None else None
-            generated = self.accelerator.unwrap_model(model).generate(**encoder_inputs, **self.generation_kwargs)
+            generated = generate_keeping_rng(self.accelerator.unwrap_model(model), encoder_inputs,
+                                             self.generation_kwargs)
         return loss, generated, labels
 
     def log(self, logs, start_time=None):
@@ -172,3 +173,13 @@ class DistillationTrainer(Trainer):
             if self.distillation_loss.config.staged:
                 logs["distill_stage"] = self.distillation_loss.stage  # the stage of the last step logged
         super().log(logs, start_time)
+
+
+def generate_keeping_rng(model, inputs: dict, generation_kwargs: dict):
+    """`model.generate(**inputs, **generation_kwargs)` with torch's random state put back afterwards: a decoding
+    that samples (Whisper's temperature fallback, `--decoding_guards`) during an evaluation must not move the
+    generator that training draws its dropout masks and batches from, or a run that evaluates would train
+    differently from one that does not (and a resumed run from the uninterrupted one)."""
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return model.generate(**inputs, **generation_kwargs)

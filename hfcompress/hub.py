@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 
 from .errors import UserInputError
+from .files import public_json_text
 from .tokens import held_token
 
 logger = logging.getLogger(__name__)
@@ -234,6 +235,20 @@ def _default_message(model_dir: str) -> str:
     return f"Upload {os.path.basename(os.path.abspath(model_dir))} with hfcompress"
 
 
+def upload_content(model_dir: str, rel: str):
+    """What a push uploads for the file `rel` of `model_dir`: its path, or for a JSON file that names local paths
+    (the run record, an export's metadata) its bytes with those paths shortened to their last two names
+    (``.../prune/model``): a published model does not show the machine's folders or user name. The local file is
+    left as it is."""
+    path = os.path.join(model_dir, *rel.split("/"))
+    if not rel.endswith(".json") or os.path.getsize(path) > 64 * 2**20:
+        return path
+    with open(path, encoding="utf-8", errors="surrogateescape") as fh:
+        text = fh.read()
+    public = public_json_text(text)
+    return path if public == text else public.encode("utf-8", errors="surrogateescape")
+
+
 def write_dry_run(model_dir: str, out_dir: str, settings: HubSettings, commit_message: str | None = None) -> str:
     """Copy exactly the files `upload_plan(model_dir)` lists into `out_dir`, and write `out_dir/push_plan.json`
     (repo_id, revision, private, commit_message, and the files with their sizes and sha256). push_plan.json sits
@@ -259,7 +274,12 @@ def write_dry_run(model_dir: str, out_dir: str, settings: HubSettings, commit_me
         for rel in files:
             src, dst = os.path.join(model_dir, *rel.split("/")), os.path.join(tmp, *rel.split("/"))
             os.makedirs(os.path.dirname(dst), exist_ok=True)
-            shutil.copyfile(src, dst)
+            content = upload_content(model_dir, rel)
+            if isinstance(content, bytes):
+                with open(dst, "wb") as fh:
+                    fh.write(content)
+            else:
+                shutil.copyfile(src, dst)
             entries.append({"path": rel, "size": os.path.getsize(dst), "sha256": _sha256(dst)})
         plan = {
             "repo_id": settings.repo_id,
@@ -383,7 +403,7 @@ def push_folder(model_dir: str, settings: HubSettings, commit_message: str | Non
 
     def commit():
         # fresh operations on each attempt: the client marks them as it goes (upload mode, committed)
-        operations = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=os.path.join(model_dir, *rel.split("/")))
+        operations = [CommitOperationAdd(path_in_repo=rel, path_or_fileobj=upload_content(model_dir, rel))
                       for rel in files]
         return api.create_commit(repo_id, operations=operations, commit_message=message, revision=revision)
 

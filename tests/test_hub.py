@@ -338,3 +338,33 @@ def test_push_command(hub, model_dir, monkeypatch, tmp_path):  # (h)
         run_push(parser.parse_args([model_dir, "--hub_model_id", "bad..id"]))
     with pytest.raises(SystemExit):  # --hub_model_id is required
         parser.parse_args([model_dir])
+
+
+def test_json_files_go_up_without_the_machines_folders(hub, model_dir, tmp_path):
+    """A record or export metadata naming local folders is uploaded (and dry-run) with each folder shortened to its
+    last two names; the local files keep the full paths, files without local paths go up byte for byte."""
+    home = "/home/alice/projects/run7"
+    record = {"settings": {"data": {"dataset": f"{home}/data/reviews.csv"}},
+              "command": f"hfcompress prune --teacher_model {home}/teacher --output_dir={home}/out",
+              "artifacts": {"model": f"{home}/out/model"}, "note": "a/relative/path stays", "url": "https://x/y/z"}
+    with open(os.path.join(model_dir, "hfcompress_record.json"), "w") as fh:
+        json.dump(record, fh, indent=2)
+    before = snapshot(model_dir)
+    plan = upload_plan(model_dir)
+    push_folder(model_dir, check_hub_settings(settings(), model_dir), backoff=0.01, endpoint=hub.endpoint)
+    push(model_dir, HubSettings(repo_id="user/tiny", dry_run=True), output_dir=str(tmp_path))
+    for uploaded in (hub.files("user/tiny"), local_bytes(str(tmp_path / "hub_upload"), plan)):
+        text = uploaded["hfcompress_record.json"].decode()
+        assert "alice" not in text and "/home/" not in text
+        public = json.loads(text)
+        assert public["settings"]["data"]["dataset"] == ".../data/reviews.csv"
+        assert public["command"] == "hfcompress prune --teacher_model .../run7/teacher --output_dir=.../run7/out"
+        assert public["artifacts"]["model"] == ".../out/model" and public["note"] == record["note"]
+        assert public["url"] == record["url"]
+        others = {rel: body for rel, body in uploaded.items() if rel != "hfcompress_record.json"}
+        assert others == {rel: b for rel, b in local_bytes(model_dir, plan).items() if rel != "hfcompress_record.json"}
+    plan_entry = next(f for f in json.load(open(tmp_path / "hub_upload" / "push_plan.json"))["files"]
+                      if f["path"] == "hfcompress_record.json")  # the plan describes what goes up
+    assert plan_entry["sha256"] == hashlib.sha256((tmp_path / "hub_upload" / "hfcompress_record.json").read_bytes()
+                                                  ).hexdigest()
+    assert snapshot(model_dir) == before and json.load(open(os.path.join(model_dir, "hfcompress_record.json"))) == record

@@ -13,6 +13,8 @@ from hub_stand_in import HubStandIn
 from huggingface_hub import constants
 from huggingface_hub.utils import close_session
 
+from hfcompress.hub import upload_content
+
 FAST = ["--latency_rounds", "1", "--no_measure_memory"]
 TRAIN = ["--max_steps", "4", "--eval_strategy", "no", "--save_strategy", "steps", "--save_steps", "2", "--use_cpu",
          "--per_device_train_batch_size", "8", "--dataloader_num_workers", "0", "--student_num_layers", "1"]
@@ -37,6 +39,12 @@ def _env(tmp_path, endpoint=None):
     return env
 
 
+def _uploaded(model_dir, name) -> bytes:
+    """The bytes a push sends for `name`: the file's, or a JSON file's with local folders shortened."""
+    content = upload_content(str(model_dir), name)
+    return content if isinstance(content, bytes) else open(content, "rb").read()
+
+
 def test_training_script_pushes_its_model_folder_in_one_commit(hub, tmp_path):
     teacher, _ = save_tiny_assets(tmp_path / "assets")
     data = write_reviews_csv(tmp_path / "reviews.csv", n=60)
@@ -50,8 +58,9 @@ def test_training_script_pushes_its_model_folder_in_one_commit(hub, tmp_path):
     model = out / "model"
     files = hub.files("user/tiny-distilled")
     assert set(files) == set(os.listdir(model)) >= {"README.md", "compression.png", "config.json", "model.safetensors"}
-    for name, data in files.items():
-        assert (model / name).read_bytes() == data, name
+    for name, data in files.items():  # as on disk; JSON naming the machine's folders with those shortened
+        assert _uploaded(model, name) == data, name
+    assert str(tmp_path) not in files["hfcompress_record.json"].decode()
     assert hub.repos["user/tiny-distilled"].private is True
     summary = json.loads((out / "distill_summary.json").read_text())
     assert summary["artifacts"]["hub"]["repo_id"] == "user/tiny-distilled"
@@ -69,7 +78,8 @@ def test_quantize_push_dry_run_is_the_exact_upload(tmp_path):
     upload = out / "hub_upload"
     assert set(os.listdir(upload)) - {"push_plan.json"} == set(os.listdir(out / "model"))
     for name in os.listdir(out / "model"):
-        assert (upload / name).read_bytes() == (out / "model" / name).read_bytes()
+        assert (upload / name).read_bytes() == _uploaded(out / "model", name), name
+    assert str(tmp_path) not in (upload / "hfcompress_record.json").read_text()
     plan = json.loads((upload / "push_plan.json").read_text())
     assert plan["repo_id"] == "me/tiny-int8" and "token" not in json.dumps(plan).lower().replace("tokenizer", "")
 

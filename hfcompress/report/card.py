@@ -20,7 +20,7 @@ import os
 import re
 
 from ..errors import UserInputError
-from ..files import atomic_path
+from ..files import atomic_path, local_paths, public_text, short_path  # noqa: F401 (public names of cards)
 from ..registry import get_format, get_method, number_text, settings_text
 from .lineage import dataset_id, entries_of, hub_id, original_base_id, record_max_length, record_seed
 from .plot import SCHEDULE_PNG, TRADEOFF_PNG
@@ -349,37 +349,6 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
     if repo_id:  # published: the machine's folders by their last names only
         card.content = public_text(card.content, record)
     return card
-
-
-def local_paths(value) -> set[str]:
-    """Every absolute local path a record names: its values, and the words of its command lines."""
-    found: set[str] = set()
-    if isinstance(value, dict):
-        for v in value.values():
-            found |= local_paths(v)
-    elif isinstance(value, (list, tuple)):
-        for v in value:
-            found |= local_paths(v)
-    elif isinstance(value, str):
-        for word in value.replace("=", " ").split():
-            word = word.strip("'\"`(),;:")
-            if len(word) > 1 and os.path.isabs(word) and "://" not in word:
-                found.add(word.rstrip("/"))
-    return found
-
-
-def short_path(path: str) -> str:
-    """A local folder as a published card names it: its last two names (``.../prune/model``), which say what it was
-    without the machine's layout (a home folder, a user name)."""
-    parts = [p for p in path.replace("\\", "/").split("/") if p]
-    return ".../" + "/".join(parts[-2:]) if len(parts) > 2 else path
-
-
-def public_text(text: str, record: dict) -> str:
-    """`text` with every local path of `record` shortened (`short_path`): what a card published on the Hub shows."""
-    for path in sorted(local_paths(record), key=len, reverse=True):
-        text = re.sub(r"(?<![\w./-])" + re.escape(path) + r"(?![\w.-])", short_path(path), text)
-    return text
 
 
 def save_card(card, folder: str, what: str = "model card") -> str:

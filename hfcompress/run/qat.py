@@ -7,6 +7,7 @@ into int8 kernels for an int8-trained model)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -14,7 +15,8 @@ import torch
 from ..distill.arguments import DistillationArguments
 from ..errors import UserInputError
 from ..qat import QATCallback, QATConfig, apply_qat, check_qat, save_qat, save_qat_dense
-from ..qat.modules import qat_targets
+from ..qat.modules import QAT_KEY, QATLinear, qat_modules, qat_targets
+from ..qat.split import check_ternary_weights, split_ternary
 from .methods import RunMethod, refuse_quantized_source, save_packed_and_dense
 
 METHOD_DIR = "qat"
@@ -83,6 +85,13 @@ class QATMethod(RunMethod):
         check_qat(model, self.config)
 
     def prepare_model(self, model, run_dir: str, tokenizer=None):
+        if self.config.qat_split_ternary:  # the student is a ternary model: ternary layers first, then split
+            ternary = QATConfig.from_any({**self.config.to_dict(), "qat_weight_bits": 2, "qat_split_ternary": False})
+            apply_qat(model, ternary)
+            check_ternary_weights(model, [n for n, m in qat_modules(model).items() if isinstance(m, QATLinear)])
+            split_ternary(model)
+            self.layers = dict(getattr(model.config, QAT_KEY)["modules"])
+            return model
         self.layers = apply_qat(model, self.config)  # before the trainer: evaluations see the quantized model
         return model
 
@@ -90,13 +99,34 @@ class QATMethod(RunMethod):
         artifacts, sizes = save_packed_and_dense(trainer, tokenizer, run_dir, METHOD_DIR, self.config, save_qat,
                                                  save_qat_dense)
         self.sizes = sizes or self.sizes
+        if self.config.qat_weight_bits in (7, 8) and self.config.qat_activation_bits == 8:
+            artifacts["model_onnx"] = self._save_onnx(trainer, tokenizer, run_dir)
         return artifacts
+
+    def _save_onnx(self, trainer, tokenizer, run_dir: str) -> str:
+        """int8 runs: ``model_onnx/``, the ONNX Runtime int8 graph with the trained scales (`export_qat_onnx`)."""
+        from accelerate import PartialState
+
+        from ..qat.onnx_export import export_qat_onnx
+        from ..report.measure import folder_size_mb
+
+        directory = os.path.join(run_dir, "model_onnx")
+        if trainer.is_world_process_zero():
+            export_qat_onnx(trainer.model, directory, tokenizer)
+            self.sizes = {**self.sizes, "model_onnx_mb": folder_size_mb(directory, ".onnx")}
+        PartialState().wait_for_everyone()
+        return directory
 
     def record(self) -> dict:
         bits = sorted(set(self.layers.values()))
-        return {**self.config.to_dict(), "scheme": self.config.scheme, "layers": len(self.layers),
+        split = self.config.qat_split_ternary
+        return {**self.config.to_dict(), "scheme": "binary (split from ternary)" if split else self.config.scheme,
+                "layers": len(self.layers),
                 "layer_bits": bits, "saved_mb": self.sizes,
                 "loading": "model/: hfcompress.qat.load_qat(path) (packed codes, same logits as trained); model_dense/: "
                            "AutoModelForSequenceClassification.from_pretrained(path) (the quantized weights in float32, "
                            "activations not quantized; for int8 kernels: hfcompress quantize --model model_dense "
-                           "--quantization onnx_int8)"}
+                           "--quantization onnx_int8)" + ("; model_onnx/: OnnxModelForSequenceClassification."
+                                                         "from_pretrained(path) (int8 ONNX Runtime graph, static "
+                                                         "activation scales from training)"
+                                                         if self.config.qat_weight_bits in (7, 8) else "")}

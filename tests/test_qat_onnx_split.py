@@ -208,3 +208,40 @@ def test_split_settings_and_students_are_checked():
         split_ternary(plain)
     with pytest.raises(UserInputError, match="more than three values per row"):
         check_ternary_weights(plain, ["bert.encoder.layer.0.output.dense"])
+
+
+def _args(teacher, data_file, out, *flags):
+    return ["--teacher_model", teacher, "--dataset", data_file, "--output_dir", str(out), "--max_steps", "2",
+            "--eval_strategy", "no", "--save_strategy", "no", "--use_cpu", "--learning_rate", "1e-3",
+            "--dataloader_num_workers", "0", "--no_measure", *flags]
+
+
+def test_split_and_int8_runs_end_to_end(tmp_path, monkeypatch):
+    from conftest import save_tiny_assets
+
+    from hfcompress.run.scripts import command_main
+
+    monkeypatch.setenv("HFCOMPRESS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    teacher, data_file = save_tiny_assets(tmp_path / "assets")
+    qat = command_main("qat")
+    # a non-ternary student for splitting: one clear error before any work
+    with pytest.raises(UserInputError, match="more than three values per row"):
+        qat(_args(teacher, data_file, tmp_path / "bad", "--qat_weight_bits", "1", "--qat_split_ternary",
+                  "--student_model", teacher))
+    assert not (tmp_path / "bad" / "model").exists()
+    ternary = AutoModelForSequenceClassification.from_pretrained(teacher)  # as a ternary run's model_dense/ holds it
+    apply_qat(ternary, QATConfig(qat_weight_bits=2))
+    save_qat_dense(ternary, str(tmp_path / "ternary_dense"))
+    qat(_args(teacher, data_file, tmp_path / "split", "--qat_weight_bits", "1", "--qat_split_ternary",
+              "--student_model", str(tmp_path / "ternary_dense")))
+    record = json.loads((tmp_path / "split" / "qat_summary.json").read_text())["methods"]["qat"]
+    assert record["scheme"] == "binary (split from ternary)" and record["layer_bits"] == [1, 2]  # embeddings: 2
+    model = load_model(str(tmp_path / "split" / "model"))
+    layer = model.bert.encoder.layer[0].intermediate.dense
+    assert layer.split and layer.weight.shape[1] == 2 * layer.in_features
+    # int8 (7-bit grid): the run writes the ONNX Runtime int8 graph beside the packed model
+    qat(_args(teacher, data_file, tmp_path / "q7", "--qat_weight_bits", "7"))
+    onnx_dir = str(tmp_path / "q7" / "model_onnx")
+    assert read_onnx_metadata(onnx_dir)["quantization"]["mode"] == "qat_static_qdq"
+    assert isinstance(load_model(onnx_dir), OnnxModelForSequenceClassification)

@@ -57,6 +57,28 @@ def check_teacher(model_args, config: QATConfig) -> None:
                              "student unless --student_model is given); with --qat_distill false it is only copied")
 
 
+def check_ternary_student(path: str, linears: list[str]) -> None:
+    """Ternary weight splitting: the student's weights (its model.safetensors) must be ternary per row, before any
+    work (`check_ternary_weights` on the stored tensors)."""
+    weights = os.path.join(path, "model.safetensors")
+    if not os.path.exists(weights):
+        raise UserInputError(f"--qat_split_ternary splits a ternary model: the student {path} has no model.safetensors "
+                             "(give the model_dense/ folder of a --qat_weight_bits 2 run)")
+    from safetensors import safe_open
+
+    with safe_open(weights, "pt") as fh:
+        keys = set(fh.keys())
+        holder = torch.nn.Module()
+        for name in linears:
+            key = next((k for k in (f"{name}.weight", f"{name.split('.', 1)[-1]}.weight") if k in keys), None)
+            if key is None:
+                raise UserInputError(f"--qat_split_ternary: {path} holds no weight for {name}")
+            layer = torch.nn.Module()
+            layer.weight = fh.get_tensor(key)
+            holder.add_module(name.replace(".", "_"), layer)
+    check_ternary_weights(holder, [n.replace(".", "_") for n in linears])
+
+
 class QATMethod(RunMethod):
     name = "qat"
 
@@ -76,10 +98,13 @@ class QATMethod(RunMethod):
 
         from ..assets import resolve_model_path
 
-        cfg = AutoConfig.from_pretrained(resolve_model_path(model_args.student_model or model_args.teacher_model))
+        source = resolve_model_path(model_args.student_model or model_args.teacher_model)
+        cfg = AutoConfig.from_pretrained(source)
         with torch.device("meta"):
             probe = (self.auto_class or AutoModelForSequenceClassification).from_config(cfg)
-        qat_targets(probe, self.config)  # a pattern matching nothing, before the teacher is touched
+        targets = qat_targets(probe, self.config)  # a pattern matching nothing, before the teacher is touched
+        if self.config.qat_split_ternary:
+            check_ternary_student(source, [n for n in targets if isinstance(probe.get_submodule(n), torch.nn.Linear)])
 
     def check_model(self, model) -> None:
         check_qat(model, self.config)

@@ -8,10 +8,12 @@ their weights set to the stored quantized values (``qat_frozen``), so its logits
 saved. A file whose code widths or sizes disagree with the config is refused before any weight is used.
 
 Size, not speed: PyTorch and ONNX Runtime have no CPU kernels for 1- or 2-bit weights, so the reloaded model
-computes in float32 (its activations fake-quantized) at the speed of the float model, or a little slower. An int8
-model (``qat_weight_bits=8``) is fast once converted: `save_qat_dense` writes its quantized weights as a plain
-transformers checkpoint, which ``hfcompress quantize --quantization onnx_int8`` (or ``torch_int8``) turns into int8
-kernels; being on a per-row int8 grid already, the weights lose nothing more there.
+computes in float32 (its activations fake-quantized)
+at the speed of the float model, or a little slower. An int8 model (``qat_weight_bits=7`` or 8) is fast once
+converted: `hfcompress.qat.onnx_export.export_qat_onnx` writes the ONNX Runtime int8 graph with its trained scales and
+static activation ranges (an int8 run writes it as ``model_onnx/``); `save_qat_dense` writes its quantized weights as
+a plain transformers checkpoint, which ``hfcompress quantize --quantization onnx_int8`` (or ``torch_int8``) turns
+into dynamic int8 kernels.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ default a full copy of the fine-tuned teacher) gets fake-quantized layers before
 binary or int8 weights per row, 8-bit activations), then trains with distillation from the full-precision teacher
 (TernaryBERT's recipe: logits and hidden states, through the shared `DistillationLoss`). Saved packed (`model/`,
 `load_qat`) and dense (`model_dense/`: the quantized weights as a plain checkpoint, which `hfcompress quantize` turns
-into int8 kernels for an int8-trained model)."""
+into int8 kernels for an int8-trained model); an int8 run also writes `model_onnx/` (`export_qat_onnx`: the ONNX
+Runtime int8 graph with the trained scales). ``--qat_split_ternary`` starts a binary run from a ternary run's
+`model_dense/` split into a binary model of twice the width (`hfcompress.qat.split`)."""
 
 from __future__ import annotations
 

@@ -271,6 +271,9 @@ def main(argv=None):
             if name not in variants:
                 note = row.get("earlier_run") or {"command": earlier.get("command"), "fp32": earlier.get("fp32")}
                 variants[name] = {**row, "earlier_run": note}
+        for name, value in earlier.get("floors", {}).items():  # a floor this run did not measure: the earlier one
+            if result["floors"].get(name) is None and value is not None:
+                result["floors"][name] = value
     write_json(args.output, result)
     md = os.path.splitext(args.output)[0] + ".md"
     with open(md, "w") as fh:

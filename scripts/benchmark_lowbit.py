@@ -55,11 +55,15 @@ KD_SHARE = {"alpha": 0.9, "temperature": 2.0}  # logit KD, as the trained low-ra
 NO_KD = {"alpha": 0.0}
 KD_TERNARY = {"alpha": 1.0, "temperature": 1.0, "hidden_weight": 1.0}  # TernaryBERT: logits + hidden states
 
-# name -> (kind, settings, bits). kind: "ptq" (post-training, no seeds), "share", "qat", "qat_export", "prune_share"
+# name -> (kind, settings, bits). kind: "ptq" (post-training, no seeds), "share", "qat", "qat_export", "qat_onnx",
+# "qat_split", "prune_share"
 VARIANTS = {
     "onnx_int8_ptq": ("ptq", {"quantization": "onnx_int8"}, 8),
     "qat_int8_onnx": ("qat_export", {"qat_weight_bits": 8, **KD_SHARE, "quantization": "onnx_int8"}, 8),
     "qat_int8_torch": ("qat_export", {"qat_weight_bits": 8, **KD_SHARE, "quantization": "torch_int8"}, 8),
+    # int8 weights on a 7-bit grid (exact in ONNX Runtime's x86 int8 kernels without VNNI), static activation scales
+    # from training, ONNX QDQ (export_qat_onnx): faster here than torch dynamic int8 (see the README)
+    "qat_int8_qdq": ("qat_onnx", {"qat_weight_bits": 7, **KD_SHARE}, 8),
     "share_k16_kd": ("share", {"weight_sharing_k": 16, **KD_SHARE}, 4),
     "share_k16": ("share", {"weight_sharing_k": 16, **NO_KD}, 4),
     "share_k4_kd": ("share", {"weight_sharing_k": 4, **KD_SHARE}, 2),
@@ -67,6 +71,8 @@ VARIANTS = {
     "structured50_share_k16_kd": ("prune_share", {"weight_sharing_k": 16, **KD_SHARE}, 4),
     "ternary_kd": ("qat", {"qat_weight_bits": 2, **KD_TERNARY}, 2),
     "binary_kd": ("qat", {"qat_weight_bits": 1, **KD_TERNARY}, 1),
+    # BinaryBERT: the ternary_kd row's model split into a binary model of twice the width (1 bit x 2 per weight)
+    "binary_split_kd": ("qat_split", {"qat_weight_bits": 1, "qat_split_ternary": True, **KD_TERNARY}, 2),
 }
 
 
@@ -90,6 +96,8 @@ class LowBitBenchmarkArguments:
     latency_runs: int = field(default=5, metadata={"help": "Timed forward passes per model and round (median)."})
     latency_rounds: int = field(default=3, metadata={"help": "Interleaved rounds over all models."})
     measure_only: bool = field(default=False, metadata={"help": "Do not build or train: measure cached rows."})
+    keep_rows: bool = field(default=True, metadata={"help": "Keep the rows of the existing --output that this run does "
+                                                               "not measure (marked as from their own, earlier run)."})
     bf16: bool = field(default=False, metadata={"help": "Train under bf16 autocast on CPU (on the 2-core box of 2026-12-06 a "
                                                         "MiniLM step took ~88 s under autocast, ~10 s without)."})
 
@@ -165,10 +173,16 @@ def build(args, name: str, seed: int, fp32_dir: str, data) -> str:
         shutil.move(record.artifacts["model"], model_dir)
     else:
         quant, qat_settings = _split(settings, ("quantization",))
+        student = None
+        if kind == "qat_split":  # the ternary row's quantized weights as a plain checkpoint
+            ternary = build(args, "ternary_kd", seed, fp32_dir, data)
+            student = os.path.join(os.path.dirname(ternary), "run", "model_dense")
         targs = QATArguments(**_train_kwargs(args, out, seed), **qat_settings)
-        record = run_qat(_models(args), _data(args, seed, qat_settings), targs)
-        if kind == "qat":
+        record = run_qat(_models(args, student), _data(args, seed, qat_settings), targs)
+        if kind in ("qat", "qat_split"):
             shutil.move(record.artifacts["model"], model_dir)
+        elif kind == "qat_onnx":
+            shutil.move(record.artifacts["model_onnx"], model_dir)
         else:  # int8 kernels from the QAT weights (already on a per-row int8 grid)
             dense = record.artifacts["model_dense"]
             compress_to(load_model(dense), AutoTokenizer.from_pretrained(dense), data, DataArguments(),
@@ -239,8 +253,8 @@ def main(argv=None):
         return bool(row["accuracy_delta_points"] >= -points and (ratio is None or row["size_ratio"] >= ratio)
                     and (speed is None or row["speedup"] >= speed))
 
-    qat_int8 = [x for x in (floor("qat_int8_onnx", 0.3, speed=1.9), floor("qat_int8_torch", 0.3, speed=1.9))
-                if x is not None]
+    qat_int8 = [x for x in (floor("qat_int8_onnx", 0.3, speed=1.9), floor("qat_int8_torch", 0.3, speed=1.9),
+                            floor("qat_int8_qdq", 0.3, speed=1.9)) if x is not None]
     result = {
         "fp32": fp32, "variants": variants,
         "floors": {"qat_int8_within_0.3_points_and_1.9x": any(qat_int8) if qat_int8 else None,
@@ -251,6 +265,15 @@ def main(argv=None):
         "command": "python scripts/benchmark_lowbit.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "environment": {**environment(), "gpu_used": False},
     }
+    if args.keep_rows and os.path.exists(args.output):
+        earlier = json.load(open(args.output))
+        for name, row in earlier.get("variants", {}).items():
+            if name not in variants:
+                note = row.get("earlier_run") or {"command": earlier.get("command"), "fp32": earlier.get("fp32")}
+                variants[name] = {**row, "earlier_run": note}
+        for name, value in earlier.get("floors", {}).items():  # a floor this run did not measure: the earlier one
+            if result["floors"].get(name) is None and value is not None:
+                result["floors"][name] = value
     write_json(args.output, result)
     md = os.path.splitext(args.output)[0] + ".md"
     with open(md, "w") as fh:
@@ -271,9 +294,15 @@ def markdown(r: dict) -> str:
            f"| fp32 | 32 | {r['fp32']['accuracy']:.4f} | | | {r['fp32']['size_mb']:.1f} | 1.00x | "
            f"{r['fp32']['latency_ms']:.0f} | 1.00x |"]
     for name, v in r["variants"].items():
-        out.append(f"| {name} | {v['bits']} | {v['accuracy']:.4f} | {v['accuracy_std']:.4f} | "
+        out.append(f"| {name}{' *' if v.get('earlier_run') else ''} | {v['bits']} | {v['accuracy']:.4f} | {v['accuracy_std']:.4f} | "
                    f"{v['accuracy_delta_points']:+.2f} | {v['size_mb']:.1f} | {v['size_ratio']:.2f}x | "
                    f"{v['latency_ms']:.0f} | {v['speedup']:.2f}x |")
+    if any(v.get("earlier_run") for v in r["variants"].values()):
+        out += ["", "\\* from an earlier run of this script (its own fp32 and latency round; on a loaded box the "
+                "absolute latencies of two runs are not comparable, the speedups against each run's own fp32 are)."]
+    if "binary_split_kd" in r["variants"]:
+        out += ["", "binary_split_kd: 1-bit weights at twice the width (BinaryBERT's ternary weight splitting of the "
+                "ternary_kd model): 2 stored bits per original weight, the ternary model's size."]
     out += ["", f"Floors: {json.dumps(r['floors'])}"]
     return "\n".join(out) + "\n"
 

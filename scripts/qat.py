@@ -4,8 +4,9 @@ int8 (Q8BERT) weights per row, 8-bit activations, packed checkpoints.
 
     accelerate launch scripts/qat.py --output_dir out/ternary                               # offline default: ternary
     accelerate launch scripts/qat.py --qat_weight_bits 1 --output_dir out/binary
-    accelerate launch scripts/qat.py --qat_weight_bits 8 --output_dir out/q8
-    python scripts/quantize.py --model out/q8/model_dense --quantization onnx_int8 --output_dir out/q8-onnx  # int8 kernels
+    accelerate launch scripts/qat.py --qat_weight_bits 7 --output_dir out/q8      # int8 (7-bit grid): out/q8/model_onnx
+    accelerate launch scripts/qat.py --qat_weight_bits 1 --qat_split_ternary --student_model out/ternary/model_dense \
+        --output_dir out/binary-split                                          # BinaryBERT's ternary weight splitting
 
 Default: Rotten Tomatoes; teacher = MiniLM-L6 fine-tuned on it (done once and cached); the student is a full copy of
 the teacher whose Linear layers outside the task head and word embeddings are fake-quantized (2-bit ternary by

@@ -138,7 +138,7 @@ def test_packed_widths_that_disagree_with_the_config_are_refused(tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"qat_weight_bits": 4}, "qat_weight_bits must be one of 1, 2, 8, got 4"),
+    ({"qat_weight_bits": 4}, "qat_weight_bits must be one of 1, 2, 7, 8, got 4"),
     ({"qat_activation_bits": 1}, "qat_activation_bits must be 0"),
     ({"qat_modules": ["nothing_here"]}, "matches no nn.Linear"),
 ])

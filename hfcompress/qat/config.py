@@ -10,8 +10,8 @@ from ..configs import MethodConfig
 from ..errors import UserInputError
 
 CONFIG_NAME = "qat_config.json"
-WEIGHT_BITS = (1, 2, 8)  # binary {-a, +a}, ternary {-a, 0, +a}, int8 (symmetric, per row)
-EMBEDDING_BITS = (1, 2, 8, 32)  # 32: left in full precision
+WEIGHT_BITS = (1, 2, 7, 8)  # binary {-a, +a}, ternary {-a, 0, +a}, int8 on a 7-bit grid (+-63), int8 (+-127), per row
+EMBEDDING_BITS = (1, 2, 7, 8, 32)  # 32: left in full precision
 
 
 @dataclass
@@ -23,7 +23,11 @@ class QATConfig(MethodConfig):
     * ``qat_weight_bits=2``: ternary {-a, 0, +a} (TernaryBERT, Zhang et al. 2020; TWN threshold 0.7 * mean|W| and
       a = mean of the |W| above it, per row);
     * ``qat_weight_bits=1``: binary {-a, +a}, a = mean|W| per row (BinaryBERT's baseline, Bai et al. 2021);
-    * ``qat_weight_bits=8``: int8, symmetric per row (scale max|W| / 127; Q8BERT, Zafrir et al. 2019).
+    * ``qat_weight_bits=8``: int8, symmetric per row (scale max|W| / 127; Q8BERT, Zafrir et al. 2019);
+    * ``qat_weight_bits=7``: int8 kernels' weights on a 7-bit grid (-63..63, scale max|W| / 63; ONNX Runtime's
+      "reduce range"): what ONNX Runtime's x86 int8 kernels compute exactly on CPUs without VNNI, where 8-bit weights
+      overflow their 16-bit sums (see `hfcompress.qat.onnx_export`); stored in 7 bits per weight;
+    * ``qat_weight_bits=1, qat_split_ternary=True``: BinaryBERT's ternary weight splitting (`hfcompress.qat.split`).
 
     Activations (the input of every quantized Linear) are fake-quantized symmetric per tensor from the batch's own
     range (``qat_activation_bits``, 0 turns it off). The word embeddings use ``qat_embedding_bits`` (default: the
@@ -34,7 +38,8 @@ class QATConfig(MethodConfig):
     qat_weight_bits: int = field(
         default=2,
         metadata={"help": "Bits of the quantized Linear weights: 2 = ternary (TernaryBERT), 1 = binary (BinaryBERT), "
-                  "8 = int8 per row (Q8BERT)."},
+                  "8 = int8 per row (Q8BERT), 7 = int8 on a 7-bit grid (exact in ONNX Runtime's int8 kernels on CPUs "
+                  "without VNNI)."},
     )
     qat_activation_bits: int = field(
         default=8,
@@ -50,6 +55,13 @@ class QATConfig(MethodConfig):
         default=None,
         metadata={"help": "Names of the nn.Linear layers to quantize (name, '.'-suffix or regular expression; "
                   "comma-separated in one word works). Default: every nn.Linear outside the task head."},
+    )
+    qat_split_ternary: bool = field(
+        default=False,
+        metadata={"help": "BinaryBERT's ternary weight splitting (with qat_weight_bits=1): the student is a "
+                  "ternary-trained model (the model_dense/ folder of a --qat_weight_bits 2 run); each ternary Linear is "
+                  "split into a binary one of twice the width computing the same function, which then trains as "
+                  "binary. The word embeddings keep their bits (qat_embedding_bits, default 2 here)."},
     )
     qat_distill: bool = field(
         default=True,
@@ -73,6 +85,12 @@ class QATConfig(MethodConfig):
             errors.append(f"qat_activation_bits must be 0 (off) or 2..16, got {a!r}")
         else:
             self.qat_activation_bits = int(a)
+        self.qat_split_ternary = bool(self.qat_split_ternary)
+        if self.qat_split_ternary and self.qat_weight_bits != 1:
+            errors.append(f"qat_split_ternary splits a ternary model into a binary one: it needs qat_weight_bits=1, got "
+                          f"{self.qat_weight_bits!r}")
+        if self.qat_split_ternary and self.qat_embedding_bits is None:
+            self.qat_embedding_bits = 2  # the ternary model's embeddings, kept as they are
         if self.qat_embedding_bits is None and isinstance(self.qat_weight_bits, int):
             self.qat_embedding_bits = self.qat_weight_bits
         if isinstance(self.qat_modules, str):
@@ -93,4 +111,4 @@ class QATConfig(MethodConfig):
 
     @property
     def scheme(self) -> str:
-        return {1: "binary", 2: "ternary", 8: "int8"}[self.qat_weight_bits]
+        return {1: "binary", 2: "ternary", 7: "int8-7bit", 8: "int8"}[self.qat_weight_bits]

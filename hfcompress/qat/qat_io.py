@@ -8,10 +8,12 @@ their weights set to the stored quantized values (``qat_frozen``), so its logits
 saved. A file whose code widths or sizes disagree with the config is refused before any weight is used.
 
 Size, not speed: PyTorch and ONNX Runtime have no CPU kernels for 1- or 2-bit weights, so the reloaded model
-computes in float32 (its activations fake-quantized) at the speed of the float model, or a little slower. An int8
-model (``qat_weight_bits=8``) is fast once converted: `save_qat_dense` writes its quantized weights as a plain
-transformers checkpoint, which ``hfcompress quantize --quantization onnx_int8`` (or ``torch_int8``) turns into int8
-kernels; being on a per-row int8 grid already, the weights lose nothing more there.
+computes in float32 (its activations fake-quantized)
+at the speed of the float model, or a little slower. An int8 model (``qat_weight_bits=7`` or 8) is fast once
+converted: `hfcompress.qat.onnx_export.export_qat_onnx` writes the ONNX Runtime int8 graph with its trained scales and
+static activation ranges (an int8 run writes it as ``model_onnx/``); `save_qat_dense` writes its quantized weights as
+a plain transformers checkpoint, which ``hfcompress quantize --quantization onnx_int8`` (or ``torch_int8``) turns
+into dynamic int8 kernels.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from ..packed_io import (
 )
 from ..packing import pack_bits, packed_nbytes, unpack_bits
 from .config import QATConfig
-from .modules import QAT_KEY, apply_qat, qat_modules
+from .modules import QAT_KEY, RANGE_BUFFER, QATLinear, apply_qat, qat_modules
 from .quantizers import dequantize, quantize_rows
 
 logger = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ def quantized_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """The model's state dict with every quantized layer's weight replaced by its quantized values (what the forward
     pass uses): the weights of `save_qat_dense`."""
     model = unwrap_model(model)
-    state = {k: v.detach() for k, v in model.state_dict().items()}
+    state = {k: v.detach() for k, v in model.state_dict().items() if not k.endswith("." + RANGE_BUFFER)}
     for name, module in qat_modules(model).items():
         state[f"{name}.weight"] = module.quantized_weight().detach()
     return state
@@ -130,8 +132,14 @@ def load_qat(directory: str, model_class=None) -> nn.Module:
     state = _read(directory, meta)
     qconfig = QATConfig(qat_weight_bits=meta["weight_bits"], qat_activation_bits=meta["activation_bits"],
                         qat_embedding_bits=meta.get("embedding_bits"))
-    model = build_and_fill(directory, config, state, model_class,
-                           prepare=lambda m: apply_qat(m, qconfig, targets=meta["modules"]))
+
+    def prepare(m):
+        apply_qat(m, qconfig, targets=meta["modules"])
+        for name, module in qat_modules(m).items():  # saved before ranges were kept: none observed
+            if isinstance(module, QATLinear):
+                state.setdefault(f"{name}.{RANGE_BUFFER}", torch.zeros(()))
+
+    model = build_and_fill(directory, config, state, model_class, prepare=prepare)
     for module in qat_modules(model).values():
         module.qat_frozen = True
     return model.eval()

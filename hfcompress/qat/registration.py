@@ -8,7 +8,7 @@ import os
 
 from ..registry import CheckpointFormat, Method, StageOrderError, register_format, register_method
 
-SCHEMES = {1: "binary {-a, +a}", 2: "ternary {-a, 0, +a}", 8: "int8"}
+SCHEMES = {1: "binary {-a, +a}", 2: "ternary {-a, 0, +a}", 7: "int8 on a 7-bit grid", 8: "int8"}
 
 
 def _is_qat(path: str, config: dict) -> bool:
@@ -28,8 +28,13 @@ def describe(m: dict) -> tuple[str, list[str]]:
     line = (f"quantization-aware training: {SCHEMES.get(bits, bits)} weights ({bits}-bit, a scale per row) in "
             f"{m.get('layers')} layers, {f'{act}-bit' if act else 'float'} activations, word embeddings "
             f"{'float' if emb == 32 else f'{emb}-bit'}, straight-through gradients"
-            + (", with distillation from the full-precision model" if m.get("qat_distill") else ""))
-    return line, ["quantized", "qat", {1: "binary", 2: "ternary", 8: "int8"}.get(bits, f"{bits}-bit")]
+            + (", with distillation from the full-precision model" if m.get("qat_distill") else "")
+            + ("; the binary layers were split from a ternary-trained model (BinaryBERT's ternary weight splitting: "
+               "twice the width, 1 bit per weight, the same outputs before fine-tuning)" if m.get("qat_split_ternary")
+               else "")
+            + ("; model_onnx/ holds the int8 ONNX Runtime graph (QDQ) with the trained weight scales and static "
+               "activation ranges" if bits in (7, 8) and act == 8 else ""))
+    return line, ["quantized", "qat", {1: "binary", 2: "ternary", 7: "int8", 8: "int8"}.get(bits, f"{bits}-bit")]
 
 
 def follows(shape: str, args) -> str:

@@ -3,16 +3,22 @@ default a full copy of the fine-tuned teacher) gets fake-quantized layers before
 binary or int8 weights per row, 8-bit activations), then trains with distillation from the full-precision teacher
 (TernaryBERT's recipe: logits and hidden states, through the shared `DistillationLoss`). Saved packed (`model/`,
 `load_qat`) and dense (`model_dense/`: the quantized weights as a plain checkpoint, which `hfcompress quantize` turns
-into int8 kernels for an int8-trained model)."""
+into int8 kernels for an int8-trained model); an int8 run also writes `model_onnx/` (`export_qat_onnx`: the ONNX
+Runtime int8 graph with the trained scales). ``--qat_split_ternary`` starts a binary run from a ternary run's
+`model_dense/` split into a binary model of twice the width (`hfcompress.qat.split`)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+
+import torch
 
 from ..distill.arguments import DistillationArguments
 from ..errors import UserInputError
 from ..qat import QATCallback, QATConfig, apply_qat, check_qat, save_qat, save_qat_dense
-from ..qat.modules import qat_targets
+from ..qat.modules import QAT_KEY, QATLinear, qat_modules, qat_targets
+from ..qat.split import check_ternary_weights, split_ternary
 from .methods import RunMethod, refuse_quantized_source, save_packed_and_dense
 
 METHOD_DIR = "qat"
@@ -53,6 +59,28 @@ def check_teacher(model_args, config: QATConfig) -> None:
                              "student unless --student_model is given); with --qat_distill false it is only copied")
 
 
+def check_ternary_student(path: str, linears: list[str]) -> None:
+    """Ternary weight splitting: the student's weights (its model.safetensors) must be ternary per row, before any
+    work (`check_ternary_weights` on the stored tensors)."""
+    weights = os.path.join(path, "model.safetensors")
+    if not os.path.exists(weights):
+        raise UserInputError(f"--qat_split_ternary splits a ternary model: the student {path} has no model.safetensors "
+                             "(give the model_dense/ folder of a --qat_weight_bits 2 run)")
+    from safetensors import safe_open
+
+    with safe_open(weights, "pt") as fh:
+        keys = set(fh.keys())
+        holder = torch.nn.Module()
+        for name in linears:
+            key = next((k for k in (f"{name}.weight", f"{name.split('.', 1)[-1]}.weight") if k in keys), None)
+            if key is None:
+                raise UserInputError(f"--qat_split_ternary: {path} holds no weight for {name}")
+            layer = torch.nn.Module()
+            layer.weight = fh.get_tensor(key)
+            holder.add_module(name.replace(".", "_"), layer)
+    check_ternary_weights(holder, [n.replace(".", "_") for n in linears])
+
+
 class QATMethod(RunMethod):
     name = "qat"
 
@@ -68,12 +96,25 @@ class QATMethod(RunMethod):
     def check(self, model_args, data_args, args, train_rows: int) -> None:
         check_teacher(model_args, self.config)
         refuse_quantized_source(model_args, "quantization-aware training")
-        qat_targets(self.probe_model(model_args), self.config)  # a pattern matching nothing, before the teacher is touched
+        probe = self.probe_model(model_args)
+        targets = qat_targets(probe, self.config)  # a pattern matching nothing, before the teacher is touched
+        if self.config.qat_split_ternary:
+            from ..assets import resolve_model_path
+
+            source = resolve_model_path(model_args.student_model or model_args.teacher_model)
+            check_ternary_student(source, [n for n in targets if isinstance(probe.get_submodule(n), torch.nn.Linear)])
 
     def check_model(self, model) -> None:
         check_qat(model, self.config)
 
     def prepare_model(self, model, run_dir: str, tokenizer=None):
+        if self.config.qat_split_ternary:  # the student is a ternary model: ternary layers first, then split
+            ternary = QATConfig.from_any({**self.config.to_dict(), "qat_weight_bits": 2, "qat_split_ternary": False})
+            apply_qat(model, ternary)
+            check_ternary_weights(model, [n for n, m in qat_modules(model).items() if isinstance(m, QATLinear)])
+            split_ternary(model)
+            self.layers = dict(getattr(model.config, QAT_KEY)["modules"])
+            return model
         self.layers = apply_qat(model, self.config)  # before the trainer: evaluations see the quantized model
         return model
 
@@ -81,13 +122,34 @@ class QATMethod(RunMethod):
         artifacts, sizes = save_packed_and_dense(trainer, tokenizer, run_dir, METHOD_DIR, self.config, save_qat,
                                                  save_qat_dense)
         self.sizes = sizes or self.sizes
+        if self.config.qat_weight_bits in (7, 8) and self.config.qat_activation_bits == 8:
+            artifacts["model_onnx"] = self._save_onnx(trainer, tokenizer, run_dir)
         return artifacts
+
+    def _save_onnx(self, trainer, tokenizer, run_dir: str) -> str:
+        """int8 runs: ``model_onnx/``, the ONNX Runtime int8 graph with the trained scales (`export_qat_onnx`)."""
+        from accelerate import PartialState
+
+        from ..qat.onnx_export import export_qat_onnx
+        from ..report.measure import folder_size_mb
+
+        directory = os.path.join(run_dir, "model_onnx")
+        if trainer.is_world_process_zero():
+            export_qat_onnx(trainer.model, directory, tokenizer)
+            self.sizes = {**self.sizes, "model_onnx_mb": folder_size_mb(directory, ".onnx")}
+        PartialState().wait_for_everyone()
+        return directory
 
     def record(self) -> dict:
         bits = sorted(set(self.layers.values()))
-        return {**self.config.to_dict(), "scheme": self.config.scheme, "layers": len(self.layers),
+        split = self.config.qat_split_ternary
+        return {**self.config.to_dict(), "scheme": "binary (split from ternary)" if split else self.config.scheme,
+                "layers": len(self.layers),
                 "layer_bits": bits, "saved_mb": self.sizes,
                 "loading": "model/: hfcompress.qat.load_qat(path) (packed codes, same logits as trained); model_dense/: "
                            "AutoModelForSequenceClassification.from_pretrained(path) (the quantized weights in float32, "
                            "activations not quantized; for int8 kernels: hfcompress quantize --model model_dense "
-                           "--quantization onnx_int8)"}
+                           "--quantization onnx_int8)" + ("; model_onnx/: OnnxModelForSequenceClassification."
+                                                         "from_pretrained(path) (int8 ONNX Runtime graph, static "
+                                                         "activation scales from training)"
+                                                         if self.config.qat_weight_bits in (7, 8) else "")}

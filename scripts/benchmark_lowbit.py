@@ -244,22 +244,8 @@ def main(argv=None):
             "latency_ms": latency[name]["median_ms"], "speedup": latency[name]["speedup"], "bits": VARIANTS[name][2],
             "settings": VARIANTS[name][1], "paths": ps,
         }
-    v = variants.get
-
-    def floor(name, points, ratio=None, speed=None):
-        row = v(name)
-        if row is None:
-            return None
-        return bool(row["accuracy_delta_points"] >= -points and (ratio is None or row["size_ratio"] >= ratio)
-                    and (speed is None or row["speedup"] >= speed))
-
-    qat_int8 = [x for x in (floor("qat_int8_onnx", 0.3, speed=1.9), floor("qat_int8_torch", 0.3, speed=1.9),
-                            floor("qat_int8_qdq", 0.3, speed=1.9)) if x is not None]
     result = {
         "fp32": fp32, "variants": variants,
-        "floors": {"qat_int8_within_0.3_points_and_1.9x": any(qat_int8) if qat_int8 else None,
-                   "share_k16_6x_smaller_within_1.0_point": floor("share_k16_kd", 1.0, ratio=6.0),
-                   "ternary_kd_10x_smaller_within_2.0_points": floor("ternary_kd", 2.0, ratio=10.0)},
         "latency": {**lat, "threads": args.threads, "rounds": args.latency_rounds, "dtype": "fp32 input ids, CPU"},
         "settings": {**asdict(args), "seeds": seeds},
         "command": "python scripts/benchmark_lowbit.py " + " ".join(sys.argv[1:] if argv is None else argv),
@@ -271,14 +257,29 @@ def main(argv=None):
             if name not in variants:
                 note = row.get("earlier_run") or {"command": earlier.get("command"), "fp32": earlier.get("fp32")}
                 variants[name] = {**row, "earlier_run": note}
-        for name, value in earlier.get("floors", {}).items():  # a floor this run did not measure: the earlier one
-            if result["floors"].get(name) is None and value is not None:
-                result["floors"][name] = value
+    result["floors"] = floors(variants)  # every row, this run's and the earlier ones kept, against its own fp32
     write_json(args.output, result)
     md = os.path.splitext(args.output)[0] + ".md"
     with open(md, "w") as fh:
         fh.write(markdown(result))
     logger.info("Wrote %s and %s", args.output, md)
+
+
+def floors(variants: dict) -> dict:
+    """The issue's floors from the rows (each row's accuracy change and ratios are against the fp32 of its own run);
+    None where no row measures a floor."""
+    def floor(name, points, ratio=None, speed=None):
+        row = variants.get(name)
+        if row is None:
+            return None
+        return bool(row["accuracy_delta_points"] >= -points and (ratio is None or row["size_ratio"] >= ratio)
+                    and (speed is None or row["speedup"] >= speed))
+
+    qat_int8 = [x for x in (floor(n, 0.3, speed=1.9) for n in ("qat_int8_onnx", "qat_int8_torch", "qat_int8_qdq"))
+                if x is not None]
+    return {"qat_int8_within_0.3_points_and_1.9x": any(qat_int8) if qat_int8 else None,
+            "share_k16_6x_smaller_within_1.0_point": floor("share_k16_kd", 1.0, ratio=6.0),
+            "ternary_kd_10x_smaller_within_2.0_points": floor("ternary_kd", 2.0, ratio=10.0)}
 
 
 def markdown(r: dict) -> str:

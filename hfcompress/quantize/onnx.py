@@ -429,6 +429,7 @@ def quantize_onnx(
     MiniLM-L6 Rotten Tomatoes classifier (2 threads, batch 32 x 128) it runs 1.7-1.9x faster than float32 ONNX and
     loses 0.5 accuracy points per channel (1.1 per tensor, 2.6 with `reduce_range`). Static int8 (``quantize_static``,
     QDQ, 256 calibration texts) was tried and left out: 1.6 points lost and barely faster than float32 (1.05x).
+    Static int8 with ranges *learned in training* is the QAT method's export (`hfcompress.qat.onnx_export`).
     `quantize_embeddings` also stores the embedding tables (the Gather inputs; half of MiniLM-L6's weights) as 8-bit:
     91 MB -> 23 MB instead of 59 MB. `float_modules` are regular expressions searched in the module names
     (``bert.encoder.layer.0.output.dense``) of the graph's nodes: those modules stay float32, as the task head

@@ -1,6 +1,8 @@
-"""`QATCallback`: quantization-aware training in any `Trainer`. At train begin it makes the model's layers
-fake-quantized (`apply_qat`: a class change, no new parameter, so the optimizer the Trainer built stays valid; a
-no-op when the run already did it). With distillation from a plain `Trainer`, add hfcompress's `DistillationLoss`
+"""`QATCallback`: quantization-aware training in any `Trainer`. When the Trainer is built (or, for a callback added
+later, at train begin) it makes the model's layers fake-quantized (`apply_qat`: a class change, no new parameter, so
+an optimizer built from the model stays valid; a no-op when the run already did it). Applied when the Trainer is
+built, the layers' learned activation ranges (buffers) exist before `train(resume_from_checkpoint=...)` loads a
+checkpoint, so a resumed run continues from the ranges it saved instead of starting them again. With distillation from a plain `Trainer`, add hfcompress's `DistillationLoss`
 (``compute_loss_func=kd.attach(student)``) and `DistillationCallback` as usual.
 
     trainer = Trainer(model=model, args=args, train_dataset=train, callbacks=[QATCallback(QATConfig(qat_weight_bits=2))])
@@ -21,5 +23,10 @@ class QATCallback(TrainerCallback):
         self.config = config or QATConfig(**kwargs)
         self.layers: dict[str, int] = {}
 
+    def on_init_end(self, args, state, control, model=None, **kwargs):
+        if model is not None:
+            self.layers = apply_qat(model, self.config)
+
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        self.layers = apply_qat(model, self.config)
+        if not self.layers:  # added after the Trainer was built
+            self.layers = apply_qat(model, self.config)

@@ -47,7 +47,8 @@ class Args:
     skip_latency: bool = field(default=False, metadata={"help": "Only WER (e.g. when adding students)."})
     output: str = field(default="benchmarks/results/speech_window.json", metadata={"help": "Result JSON."})
     rewrite_only: bool = field(default=False, metadata={"help": "Measure nothing: write the .md from the JSON."})
-    note: list[str] = field(default_factory=list, metadata={"help": "Notes to record (commands, training runs)."})
+    note: list[str] = field(default_factory=list, metadata={"help": "Notes to record (commands, training runs): "
+                            "--note 'one' 'two' (a repeated --note keeps the last)."})
 
 
 def seeded_subset(dataset, n, seed=0):

@@ -168,6 +168,11 @@ class SpeechSeq2SeqDistillationCollator:
       `feature_extractor` (Whisper: log-mel over a 30 s window), or, when every row of the batch carries the cached
       output of the frozen encoder (`encoder_last_hidden_state`, see `compute_encoder_outputs`), that output as
       `encoder_outputs` and no features: then neither model runs its encoder.
+    * A teacher with a longer window than the student's (a student with a cut encoder window,
+      ``--student_window_seconds``): `teacher_feature_extractor` makes the teacher's own features of the same clips
+      (``teacher_input_features``, e.g. `[B, 80, 3000]` beside the student's `[B, 80, 1000]`) and the teacher gets the
+      same ``teacher_decoder_input_ids``; the loss runs the teacher on those. A teacher extractor with the student's
+      window adds nothing.
     * Decoder side: a row's `labels` are its target tokens (the transcript, then end-of-text). `decoder_input_ids`
       are `decoder_prompt_ids` followed by the targets shifted right; `labels` hold the next token at each position,
       -100 where the prompt's own tokens would be predicted (`generate` forces them) and on padding. So the loss
@@ -179,15 +184,28 @@ class SpeechSeq2SeqDistillationCollator:
     pad_token_id: int
     audio_column: str = "audio"
     sampling_rate: int = 16000
+    teacher_feature_extractor: object = None
 
     @property
     def dataset_columns(self) -> tuple[str, ...]:
         """The dataset columns this collator reads (a Trainer must not drop them as unused)."""
         return (self.audio_column, "labels", CACHED_ENCODER)
 
-    def input_features(self, audios) -> torch.Tensor:
+    @property
+    def teacher_reads_own_features(self) -> bool:
+        """True if the teacher's feature extractor pads to another window than the student's."""
+        fe = self.teacher_feature_extractor
+        return fe is not None and getattr(fe, "nb_max_frames", None) != getattr(self.feature_extractor,
+                                                                                "nb_max_frames", None)
+
+    def input_features(self, audios, feature_extractor=None) -> torch.Tensor:
         arrays = [np.asarray(a, dtype=np.float32) for a in audios]
-        return self.feature_extractor(arrays, sampling_rate=self.sampling_rate, return_tensors="pt").input_features
+        fe = feature_extractor or self.feature_extractor
+        return fe(arrays, sampling_rate=self.sampling_rate, return_tensors="pt").input_features
+
+    def teacher_input_features(self, audios) -> torch.Tensor:
+        """The teacher's features of `audios` (its own window; the student's if no teacher extractor is given)."""
+        return self.input_features(audios, self.teacher_feature_extractor)
 
     def decoder_tensors(self, targets: list) -> tuple[torch.Tensor, torch.Tensor]:
         """`(decoder_input_ids, labels)` of a batch of target-token lists."""
@@ -208,9 +226,14 @@ class SpeechSeq2SeqDistillationCollator:
             stacked = np.stack([decode_array(f[CACHED_ENCODER]) for f in features]).astype(np.float32)
             batch["encoder_outputs"] = (torch.from_numpy(stacked),)
         else:
-            batch["input_features"] = self.input_features([f[self.audio_column] for f in features])
+            audios = [f[self.audio_column] for f in features]
+            batch["input_features"] = self.input_features(audios)
+            if self.teacher_reads_own_features:
+                batch[f"{TEACHER_PREFIX}input_features"] = self.teacher_input_features(audios)
         if features and "labels" in features[0]:
             batch["decoder_input_ids"], batch["labels"] = self.decoder_tensors([f["labels"] for f in features])
+            if f"{TEACHER_PREFIX}input_features" in batch:
+                batch[f"{TEACHER_PREFIX}decoder_input_ids"] = batch["decoder_input_ids"]
         return batch
 
 

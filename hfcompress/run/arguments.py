@@ -240,6 +240,16 @@ class SpeechArguments(DecodingArguments):
     student_num_decoder_layers: int = field(
         default=2, metadata={"help": "Student decoder depth when --student_decoder_layers is not given."}
     )
+    student_window_seconds: float = field(
+        default=0,
+        metadata={"help": "Whisper transcription: the student's encoder window in whole seconds (e.g. 10; the "
+                  "teacher's is 30). Its position table keeps the first 50 positions per second and its feature "
+                  "extractor pads clips to that window, so the encoder costs about a third (attention less still) on "
+                  "short clips (whisper.cpp's audio_ctx, trained): the teacher reads its usual 30 s features, the "
+                  "student the short ones of the same clip. Clips longer than the window are refused, not chunked. "
+                  "With the encoder frozen, only the decoder adapts; --no_freeze_encoder trains the encoder too. "
+                  "0: the teacher's window. Refused for other models."},
+    )
     freeze_encoder: bool = field(
         default=True,
         metadata={"help": "Keep the student's encoder (the teacher's) frozen; its outputs on the training set are then "
@@ -282,6 +292,9 @@ class SpeechArguments(DecodingArguments):
                                  "'audio-classification'")
         if self.audio_window_seconds < 0:
             raise UserInputError(f"--audio_window_seconds must be 0 (automatic) or more, got {self.audio_window_seconds}")
+        if self.student_window_seconds < 0 or self.student_window_seconds != int(self.student_window_seconds):
+            raise UserInputError(f"--student_window_seconds {self.student_window_seconds:g}: expected whole seconds "
+                                 "(0: the teacher's window)")
         super().__post_init__()
         for name in ("student_num_decoder_layers", "generation_max_new_tokens", "synth_num_voices",
                      "synth_per_voice", "measure_clips"):

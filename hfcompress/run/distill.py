@@ -40,6 +40,10 @@ def run_distillation(
     `--speech_task audio-classification`) audio classification, a wav2vec2/HuBERT CTC teacher CTC (`run/audio.py`).
     """
     adapter = task_for(model_args, data_args, speech)
+    if speech is not None:
+        from .speech import refuse_student_window
+
+        refuse_student_window(adapter.name, speech)
     return run_task(adapter, model_args, data_args, args, speech=speech, callbacks=callbacks, task=task,
                     methods=methods, report=report, push=push)
 

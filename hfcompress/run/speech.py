@@ -22,6 +22,7 @@ from transformers import AutoConfig
 from ..arch.speech import (
     audio_window_seconds,
     decoder_prompt_ids,
+    fit_audio_window,
     is_speech_seq2seq,
     num_decoder_layers,
     set_transcription_language,
@@ -98,9 +99,39 @@ def check_speech_settings(model_args: ModelArguments, speech: SpeechArguments) -
             check_decoder_layers(layers, total)
         except UserInputError as e:
             raise UserInputError(f"--student_decoder_layers {speech.student_decoder_layers}: {e}") from None
+    check_student_window(model_args, speech)
     check_language(model_args, speech)
     if model_args.student_model:
         check_same_tokenizer(resolve_model_path(model_args.teacher_model), resolve_model_path(model_args.student_model))
+
+
+def refuse_student_window(task_name: str, speech: SpeechArguments | None) -> None:
+    """--student_window_seconds cuts a Whisper student's encoder window for transcription; any other run (a text
+    teacher, an audio classifier, a wav2vec2/HuBERT model) would ignore it: refused, before any work."""
+    seconds = getattr(speech, "student_window_seconds", 0) if speech is not None else 0
+    if seconds and task_name != SpeechSeq2SeqTask.name:
+        raise UserInputError(f"--student_window_seconds {seconds:g}: a shorter encoder window is for Whisper "
+                             f"transcription students (a Whisper teacher); this is a {task_name} run. For a Whisper "
+                             "audio classifier use --audio_window_seconds; wav2vec2 and HuBERT have no fixed window")
+
+
+def check_student_window(model_args: ModelArguments, speech: SpeechArguments) -> None:
+    """--student_window_seconds: whole seconds, shorter than the teacher's window (else nothing to cut) and no longer
+    than a given student's."""
+    seconds = speech.student_window_seconds
+    if not seconds:
+        return
+    for what, name in (("--teacher_model", model_args.teacher_model),
+                       ("--student_model", getattr(model_args, "student_model", None))):
+        if not name:
+            continue
+        window = audio_window_seconds(AutoConfig.from_pretrained(resolve_model_path(name)))
+        if window is None:
+            raise UserInputError(f"--student_window_seconds {seconds:g}: {what} {name} has no fixed audio window "
+                                 "(expected Whisper)")
+        if seconds > window or (what == "--teacher_model" and seconds == window):
+            raise UserInputError(f"--student_window_seconds {seconds:g}: expected whole seconds from 1 to "
+                                 f"{window - 1:g}, shorter than the {window:g} s window of {what} {name}")
 
 
 def check_language(model_args: ModelArguments, speech: SpeechArguments) -> None:
@@ -178,6 +209,8 @@ def data_window_seconds(model_args: ModelArguments | None, speech: SpeechArgumen
     if not windows:
         return None
     full = min(windows)
+    if not classification and speech.student_window_seconds and speech.student_window_seconds < full:
+        return float(speech.student_window_seconds)
     asked = speech.audio_window_seconds if classification else 0
     if asked:
         if asked > full or asked != int(asked):
@@ -205,6 +238,8 @@ def load_speech_data(data_args: DataArguments, speech: SpeechArguments, classifi
         name, speech.audio_column, target, seed=data_args.split_seed, resample=speech.resample_audio,
         synth_settings={"num_voices": speech.synth_num_voices, "per_voice": speech.synth_per_voice},
         window_seconds=data_window_seconds(model_args, speech, classification),
+        window_option=(f"--student_window_seconds {speech.student_window_seconds:g}"
+                       if speech.student_window_seconds and not classification else None),
     )
     return steps.limit_splits(dataset, data_args), name
 
@@ -254,20 +289,39 @@ def load_speech_teacher(model_args: ModelArguments, speech: SpeechArguments | No
 
 def build_speech_student(model_args: ModelArguments, speech: SpeechArguments, teacher, teacher_processor):
     """The teacher's encoder (frozen unless --no_freeze_encoder) and the chosen decoder layers; or a given student
-    checkpoint (cut to --student_decoder_layers if given)."""
+    checkpoint (cut to --student_decoder_layers if given). With --student_window_seconds, its encoder window is then
+    cut (`shorten_student_window`)."""
     layers = speech.decoder_layer_list()
     if model_args.student_model:
         # the teacher's language (--language, else the teacher's own, else English): one prompt for both decoders
         language = speech.language or getattr(teacher.generation_config, "language", None)
         student, processor = _load(resolve_model_path(model_args.student_model), "student", language)
         if layers is not None:
-            return init_seq2seq_student(student, layers, freeze_encoder=speech.freeze_encoder), processor
-        if speech.freeze_encoder:
+            student = init_seq2seq_student(student, layers, freeze_encoder=speech.freeze_encoder)
+        elif speech.freeze_encoder:
             student.get_encoder().requires_grad_(False)
+    else:
+        count = min(speech.student_num_decoder_layers, num_decoder_layers(teacher))
+        student = init_seq2seq_student(teacher, layers, count, freeze_encoder=speech.freeze_encoder)
+        processor = teacher_processor
+    return shorten_student_window(student, processor, speech.student_window_seconds)
+
+
+def shorten_student_window(student, processor, seconds: float):
+    """``(student, processor)`` with the student's encoder window cut to `seconds` (`arch.speech.fit_audio_window`:
+    the first ``seconds * 50`` rows of the position table, ``max_source_positions``) and a new processor whose feature
+    extractor pads and cuts clips to that window (``chunk_length``, ``n_samples``, ``nb_max_frames``), the tokenizer
+    shared. Both are saved with the model, so plain transformers reloads it with the short window. Unchanged when
+    `seconds` is 0 or not shorter than the student's window."""
+    window = audio_window_seconds(student)
+    if not seconds or window is None or seconds >= window:
         return student, processor
-    count = min(speech.student_num_decoder_layers, num_decoder_layers(teacher))
-    student = init_seq2seq_student(teacher, layers, count, freeze_encoder=speech.freeze_encoder)
-    return student, teacher_processor
+    feature_extractor = fit_audio_window(student, processor.feature_extractor, seconds)
+    student.config.hfcompress_student_window_seconds = int(seconds)
+    logger.info("Student encoder window: %d s (%d positions, %d mel frames), the teacher's %g s; clips are padded to "
+                "%d s for the student", seconds, student.config.max_source_positions, feature_extractor.nb_max_frames,
+                window, seconds)
+    return student, type(processor)(feature_extractor=feature_extractor, tokenizer=processor.tokenizer)
 
 
 def same_encoder(a, b) -> bool:
@@ -425,6 +479,8 @@ class SpeechSeq2SeqTask(TaskAdapter):
         collator = SpeechSeq2SeqDistillationCollator(
             processor.feature_extractor, prompt, tokenizer.pad_token_id if tokenizer.pad_token_id is not None
             else tokenizer.eos_token_id, audio_column="audio", sampling_rate=processor.feature_extractor.sampling_rate,
+            # a student with a shorter window (--student_window_seconds): the teacher reads its own, longer features
+            teacher_feature_extractor=run.teacher_processor.feature_extractor,
         )
         shared = speech.freeze_encoder and same_encoder(run.student, teacher)
         store_encoder = bool(data_args.cache_teacher and shared)
@@ -443,7 +499,7 @@ class SpeechSeq2SeqTask(TaskAdapter):
                 data["train"], cache_meta = load_or_compute_encoder_cache(
                     cache_dir, run.teacher_path, data["train"], lambda: teacher,
                     # at most 16 clips at once: a 30 s window is 1,500 encoder frames per clip
-                    lambda rows: collator.input_features(rows["audio"]),
+                    lambda rows: collator.teacher_input_features(rows["audio"]),
                     batch_size=min(data_args.teacher_batch_size, 16), store_encoder=store_encoder,
                     pseudo_labels=pseudo,
                 )
@@ -471,6 +527,8 @@ class SpeechSeq2SeqTask(TaskAdapter):
             "teacher": run.teacher_path,
             "decoder_layers": getattr(trainer.model.config, "hfcompress_student_decoder_layers", None),
             "encoder": "frozen" if speech.freeze_encoder else "trained",
+            "student_window_seconds": audio_window_seconds(trainer.model),
+            "teacher_window_seconds": audio_window_seconds(run.teacher),
             "encoder_outputs": "cached" if run.extras["store_encoder"] else "online",
             "targets": "teacher pseudo-labels (greedy)" if speech.pseudo_labels else "transcripts",
             "teacher_cache": {k: v for k, v in (run.extras["cache_meta"] or {}).items()} or None,

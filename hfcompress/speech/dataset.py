@@ -93,7 +93,7 @@ def _read_entry(value, rate_column_value, base_dirs: list[str], where: str) -> t
 
 def _convert_split(ds, split: str, source: str, audio_column: str, text_column: str | None, base_dirs: list[str],
                    resample: bool, max_seconds: float, label_column: str | None = None,
-                   window_seconds: float | None = None):
+                   window_seconds: float | None = None, window_option: str | None = None):
     """One split as rows of 16 kHz float32 audio and text (or, with `label_column`, the label column as it is: the
     label rules of `hfcompress.data.encode_labels` follow), incomplete or too long rows dropped (with a warning);
     clips longer than `window_seconds` and undecodable files refused (see the module docstring)."""
@@ -159,7 +159,8 @@ def _convert_split(ds, split: str, source: str, audio_column: str, text_column: 
         lengths = np.asarray(lengths)
     no_text = np.asarray([not t for t in texts])
     if window_seconds is not None:
-        _refuse_longer_than_window(ds, audio_column, split, source, np.asarray(lengths), no_text, window_seconds)
+        _refuse_longer_than_window(ds, audio_column, split, source, np.asarray(lengths), no_text, window_seconds,
+                                   window_option)
     too_long = np.asarray(lengths) > max_seconds * TARGET_RATE
     empty = np.asarray(lengths) == 0
     drop = no_text | too_long | empty
@@ -175,9 +176,10 @@ def _convert_split(ds, split: str, source: str, audio_column: str, text_column: 
 
 
 def _refuse_longer_than_window(ds, audio_column: str, split: str, source: str, lengths: np.ndarray, no_text,
-                               window_seconds: float) -> None:
+                               window_seconds: float, window_option: str | None = None) -> None:
     """One error for the clips of a split longer than the window the model hears (rows dropped anyway for an empty
-    transcript do not count): the first and the longest named, with their lengths and how many there are."""
+    transcript do not count): the first and the longest named, with their lengths and how many there are.
+    `window_option` names the option that set the window (e.g. ``--student_window_seconds 10``)."""
     over = np.flatnonzero((lengths > window_seconds * TARGET_RATE) & ~np.asarray(no_text))
     if not len(over):
         return
@@ -188,12 +190,17 @@ def _refuse_longer_than_window(ds, audio_column: str, split: str, source: str, l
             f", {lengths[int(i)] / TARGET_RATE:.2f} s"
 
     longest = over[np.argmax(lengths[over])]
+    needed = int(np.ceil(lengths[longest] / TARGET_RATE))
+    if window_option:
+        what, fix = f"the student's {window_seconds:g} s encoder window ({window_option})", \
+            f"or pass a window of at least {needed} s (or 0: the teacher's)"
+    else:
+        what, fix = f"the {window_seconds:g} s window the model hears (Whisper's encoder window, max_source_positions)", \
+            f"or use a model (or --audio_window_seconds) with a window of at least {needed} s"
     raise UserInputError(
-        f"split {split!r} ({source}): {len(over)} clip(s) longer than the {window_seconds:g} s window the model hears "
-        f"(Whisper's encoder window, max_source_positions): first {name(over[0])}, longest {name(longest)}. Clips "
-        "are not chunked (a transcript cannot be cut where the audio is cut): cut or drop those clips, or use a "
-        "model (or --audio_window_seconds) with a window of at least "
-        f"{int(np.ceil(lengths[longest] / TARGET_RATE))} s")
+        f"split {split!r} ({source}): {len(over)} clip(s) longer than {what}: first {name(over[0])}, longest "
+        f"{name(longest)}. Clips are not chunked (a transcript cannot be cut where the audio is cut): cut or drop "
+        f"those clips, {fix}")
 
 
 def _carve(train, validation_size: float, test_size: float, seed: int, missing: list[str]) -> dict:
@@ -248,6 +255,7 @@ def load_audio_classification_dataset(
     synth_settings: dict | None = None,
     cache_dir: str | os.PathLike | None = None,
     window_seconds: float | None = None,
+    window_option: str | None = None,
 ):
     """An audio-classification `DatasetDict` (train/validation/test; columns ``audio``, 16 kHz float32 samples, and
     ``label``). ``speech-keywords`` is the project's synthesized keyword set (`synth.build_keyword_dataset`: twenty
@@ -271,11 +279,12 @@ def load_audio_classification_dataset(
             for s, ds in out.items():
                 lengths = pc.list_value_length(ds.data.column("audio")).to_numpy(zero_copy_only=False)
                 _refuse_longer_than_window(ds, "audio", s, KEYWORDS_NAME, lengths, np.zeros(len(ds), bool),
-                                           window_seconds)
+                                           window_seconds, window_option)
         return out
     splits, src, base_dirs = _read_splits(name_or_path)
     out = {s: _convert_split(ds, s, src[s], audio_column, None, base_dirs, resample, max_seconds,
-                             label_column=label_column, window_seconds=window_seconds) for s, ds in splits.items()}
+                             label_column=label_column, window_seconds=window_seconds, window_option=window_option)
+           for s, ds in splits.items()}
     encoded = encode_labels(out, src, "label", seed=seed, validation_size=validation_size, test_size=test_size)
     return DatasetDict({s: encoded[s] for s in _SPLITS})
 
@@ -292,9 +301,11 @@ def load_transcription_dataset(
     synth_settings: dict | None = None,
     cache_dir: str | os.PathLike | None = None,
     window_seconds: float | None = None,
+    window_option: str | None = None,
 ):
     """A speech-recognition `DatasetDict` (train/validation/test; columns ``audio``, ``text``). See the module
-    docstring for what is accepted; `window_seconds`: refuse clips longer than it. `synth_settings` go to `build_transcription_dataset` for ``speech-synth``
+    docstring for what is accepted; `window_seconds`: refuse clips longer than it (`window_option`: the option that
+    set it, named in the error). `synth_settings` go to `build_transcription_dataset` for ``speech-synth``
     (cached in `cache_dir`, default ``$HFCOMPRESS_HOME/speech``)."""
     from datasets import DatasetDict
 
@@ -309,7 +320,7 @@ def load_transcription_dataset(
     else:
         splits, src, base_dirs = _read_splits(name_or_path)
     out = {s: _convert_split(ds, s, src[s], audio_column, text_column, base_dirs, resample, max_seconds,
-                             window_seconds=window_seconds) for s, ds in splits.items()}
+                             window_seconds=window_seconds, window_option=window_option) for s, ds in splits.items()}
     missing = [s for s in ("validation", "test") if s not in out]
     if missing:
         out.update(_carve(out["train"], validation_size, test_size, seed, missing))

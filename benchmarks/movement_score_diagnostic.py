@@ -9,7 +9,7 @@ prunes every encoder Linear matrix to sparsity s by (a), (b), |W| and a random s
 and measures accuracy on 300 validation rows; also the rank correlation of each score with |W|. Writes
 benchmarks/results/movement_score_diagnostic.json.
 
-    python benchmarks/movement_score_diagnostic.py [--steps 64]
+    python benchmarks/movement_score_diagnostic.py [--steps 64] [--model DIR] [--fp32]
 """
 
 from __future__ import annotations
@@ -42,6 +42,7 @@ def main():
     ap.add_argument("--model", default="benchmarks/cache/student6_finetune-s42")
     ap.add_argument("--steps", type=int, default=64)
     ap.add_argument("--output", default="benchmarks/results/movement_score_diagnostic.json")
+    ap.add_argument("--fp32", action="store_true", help="Train in fp32 (no bf16 autocast), for CPUs without bf16.")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO)
     torch.manual_seed(0)
@@ -65,7 +66,7 @@ def main():
     for i in range(a.steps):
         b = train[i * 32:(i + 1) * 32]
         enc = tok(b["text"], padding=True, truncation=True, max_length=128, return_tensors="pt")
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=not a.fp32):
             loss = model(**enc, labels=torch.tensor(b["label"])).loss
         loss.backward()
         grads = pruner.step_gradients()  # dL/dW' * W of this step (no clipping, constant learning rate here)
@@ -74,7 +75,8 @@ def main():
         pruner.adam_step(grads, pruner.config.score_learning_rate)
         opt.step()
         opt.zero_grad()
-    result = {"model": a.model, "steps": a.steps, "dense_validation300_accuracy": acc(model), "pruned": {}}
+    result = {"model": a.model, "steps": a.steps, "precision": "fp32" if a.fp32 else "bf16 autocast",
+              "dense_validation300_accuracy": acc(model), "pruned": {}}
     weights = {n: m.weight.detach().clone() for n, m in pruner.targets.items()}
     g = torch.Generator().manual_seed(0)
     for s in (0.1, 0.23, 0.5):

@@ -147,6 +147,13 @@ def main(argv=None):
 
     # Hard or soft movement for the `movement_*` keys: chosen on validation, not test.
     cands = [m for m in ("movement", "soft_movement") if rows.get(m)]
+    # a variant that did not reach the target sparsity (soft movement's regulariser decides its own) is no candidate
+    reached = {m: mean_std([r["reached_sparsity"] for r in rows[m]])[0] for m in cands}
+    short = {m: reached[m] for m in cands if abs(reached[m] - (1 - pct / 100)) > 0.02}
+    cands = [m for m in cands if m not in short]
+    if short:
+        result[f"movement_{pct}pct_not_candidates"] = {m: f"reached sparsity {v:.4f}, target {1 - pct / 100:.2f}"
+                                                       for m, v in short.items()}
     if cands:
         best = max(cands, key=lambda m: mean_std([r["validation_accuracy"] for r in rows[m]])[0])
         for suffix in ("accuracy", "accuracy_std", "size_mb", "nonzero_parameters", "seeds"):
@@ -166,7 +173,7 @@ def main(argv=None):
     floors = {}
     if f"movement_{pct}pct_accuracy" in result:
         mv, mv_std = result[f"movement_{pct}pct_accuracy"], result[f"movement_{pct}pct_accuracy_std"]
-        floors[f"movement_{pct}pct_ge_0.95x_dense"] = mv >= 0.95 * d
+        floors[f"movement_{pct}pct_ge_0.93x_dense"] = mv >= 0.93 * d  # the issue's floor (0.95 before issue 26)
         if f"magnitude_{pct}pct_accuracy" in result:
             floors[f"movement_{pct}pct_minus_magnitude_gt_std"] = (
                 mv - result[f"magnitude_{pct}pct_accuracy"] > max(mv_std, result[f"magnitude_{pct}pct_accuracy_std"]))

@@ -196,3 +196,21 @@ def test_resuming_a_checkpoint_of_the_raw_sum_rule_is_refused(tmp_path):
     with safe_open(str(tmp_path / "new" / STATE_NAME), "pt") as fh:
         assert json.loads(fh.metadata()["meta"])["score_rule"] == "adamw-v1"
         assert any(k.startswith("exp_avg_sq.") for k in fh.keys()), "hard movement's Adam moments are checkpointed"
+
+
+def test_soft_movement_too_short_to_prune_is_said_before_training(caplog):
+    """A score must fall from 0 below logit(tau) (-2.2 for tau 0.1) and AdamW moves it ~score_learning_rate a step:
+    128 steps at 1e-2 (the MiniLM benchmark's budget, which pruned nothing) are too few, and the run says so when
+    its schedule is set; 500 steps, or a higher rate, are not; hard movement and magnitude never warn."""
+    config = PruningConfig(method="soft_movement", target_sparsity=0.9)
+    message = config.soft_movement_shortfall(128)
+    assert message and "at least 440 steps" in message and "--score_learning_rate" in message
+    assert config.soft_movement_shortfall(500) is None
+    assert PruningConfig(method="soft_movement", target_sparsity=0.9, score_learning_rate=0.05).soft_movement_shortfall(
+        128) is None
+    for method in ("movement", "magnitude"):
+        assert PruningConfig(method=method, target_sparsity=0.9).soft_movement_shortfall(10) is None
+    pruner = Pruner(tiny_bert(), config)
+    with caplog.at_level("WARNING", logger="hfcompress.prune.pruner"):
+        pruner.set_total_steps(128)
+    assert any("soft_movement cannot prune in this run" in r.getMessage() for r in caplog.records)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from ..configs import MethodConfig
@@ -277,6 +278,23 @@ class PruningConfig(MethodConfig):
         if start >= max_steps and self.target_sparsity > 0:
             raise UserInputError(f"pruning_start (step {start}) is at or beyond the end of training ({max_steps} steps)")
         return start, end
+
+    def soft_movement_shortfall(self, max_steps: int) -> str | None:
+        """soft_movement: why no weight can be pruned in a run of `max_steps`, or None. A score starts at 0
+        (sigmoid 0.5) and is pruned below logit(soft_threshold) (-2.2 for 0.1); AdamW moves it at most about its
+        learning rate per step, on the weights' schedule (about half the steps at the full rate under linear
+        decay), so a run shorter than ``2 * |logit(tau)| / score_learning_rate`` steps keeps every weight."""
+        if self.method != "soft_movement" or self.target_sparsity <= 0:
+            return None
+        need = abs(math.log(self.soft_threshold / (1 - self.soft_threshold)))
+        reach = self.score_learning_rate * max_steps / 2
+        if reach >= need:
+            return None
+        return (f"soft_movement cannot prune in this run: a score moves at most ~{reach:.2f} in {max_steps} steps at "
+                f"score_learning_rate {self.score_learning_rate:g}, and must fall by {need:.2f} (below "
+                f"logit(soft_threshold {self.soft_threshold:g})) before a weight goes. Train for at least "
+                f"{math.ceil(2 * need / self.score_learning_rate)} steps, raise --score_learning_rate, or use "
+                "--method movement (hard: top-k at the scheduled sparsity)")
 
     def differences(self, other: "PruningConfig") -> dict:
         a, b = self.to_dict(), other.to_dict()

@@ -68,6 +68,9 @@ class ScheduledPruner:
 
     def set_total_steps(self, max_steps: int) -> CubicSchedule:
         start, end = self.config.steps(max_steps)
+        shortfall = self.config.soft_movement_shortfall(max_steps)
+        if shortfall:
+            logger.warning(shortfall)
         self.schedule = CubicSchedule(self.schedule_final, start, end)
         return self.schedule
 

@@ -16,9 +16,9 @@ import sys
 
 import pytest
 import torch
-from conftest import save_tiny_assets
+from conftest import command_fails, save_tiny_assets
 from safetensors.torch import load_file
-from test_prune_script import SCRIPT, _fails, _write_csv_folder
+from test_prune_script import SCRIPT, _write_csv_folder
 from test_script import _run
 
 STRUCTURED = ["--granularity", "structured", "--target_sparsity", "0.5", "--scope", "global", "--use_cpu",
@@ -107,7 +107,7 @@ def test_killed_structured_run_resumes_to_the_same_model(tiny, tmp_path):
 def test_bad_structured_targets_fail_before_training(tiny, tmp_path, flags, message):
     teacher, data = tiny
     out = tmp_path / "bad"
-    line = _fails([sys.executable, SCRIPT, "--output_dir", str(out), "--teacher_model", teacher, "--dataset", data,
-                   "--use_cpu", "--granularity", "structured", *flags], tmp_path)
+    line = command_fails("prune", ["--output_dir", str(out), "--teacher_model", teacher, "--dataset", data,
+                                   "--use_cpu", "--granularity", "structured", *flags], tmp_path)  # in this process
     assert message in line, line
     assert not (out / "checkpoints").exists() and not (out / "teacher_cache").exists()

@@ -170,6 +170,28 @@ def command_fails(script_name: str, argv: list[str], tmp_path, fresh_process: bo
     return errors[0]
 
 
+def whole_and_resumed(tmp_path, tokenizer, make_callback, seed=2):
+    """A plain `Trainer` with the callback `make_callback()` trains a tiny classifier for 4 steps (checkpoints every
+    2), and again resumed from the first run's checkpoint-2 in another folder: (uninterrupted model, resumed model),
+    for a method's resume test."""
+    from transformers import Trainer, TrainingArguments
+
+    data = make_dataset().map(lambda b: tokenizer(b["text"], truncation=True), batched=True).remove_columns("text")
+
+    def train(out, resume=None):
+        model = tiny_bert(seed=seed)
+        args = TrainingArguments(str(out), max_steps=4, save_steps=2, save_strategy="steps", report_to=[],
+                                 per_device_train_batch_size=16, learning_rate=1e-2, use_cpu=True,
+                                 logging_strategy="no", seed=0)
+        trainer = Trainer(model=model, args=args, train_dataset=data["train"], processing_class=tokenizer,
+                          callbacks=[make_callback()])
+        trainer.train(resume_from_checkpoint=resume)
+        return model
+
+    whole = train(tmp_path / "whole")
+    return whole, train(tmp_path / "resumed", resume=str(tmp_path / "whole" / "checkpoint-2"))
+
+
 def save_tiny_assets(root, teacher_kind="bert", teacher_offset=0):
     """Write a tiny teacher (with a trained-looking task head), its tokenizer and a JSON dataset to `root`.
     Returns (teacher_dir, data_file)."""

@@ -203,24 +203,11 @@ def test_qat_command_end_to_end_and_its_bad_input(tmp_path):
 def test_a_resumed_plain_trainer_run_ends_where_the_uninterrupted_one_does(tmp_path, tokenizer):
     """QATCallback on a plain Trainer: a run resumed from its checkpoint ends with the weights and the learned
     activation ranges of the uninterrupted run (the ranges are buffers of the checkpoint: they must not restart)."""
-    from conftest import make_dataset
+    from conftest import whole_and_resumed
 
     from hfcompress.qat.modules import RANGE_BUFFER
 
-    data = make_dataset().map(lambda b: tokenizer(b["text"], truncation=True), batched=True).remove_columns("text")
-
-    def train(out, resume=None):
-        model = tiny_bert(seed=2)
-        args = TrainingArguments(str(out), max_steps=4, save_steps=2, save_strategy="steps", report_to=[],
-                                 per_device_train_batch_size=16, learning_rate=1e-2, use_cpu=True,
-                                 logging_strategy="no", seed=0)
-        trainer = Trainer(model=model, args=args, train_dataset=data["train"], processing_class=tokenizer,
-                          callbacks=[QATCallback(qat_weight_bits=8)])
-        trainer.train(resume_from_checkpoint=resume)
-        return model
-
-    whole = train(tmp_path / "whole")
-    resumed = train(tmp_path / "resumed", resume=str(tmp_path / "whole" / "checkpoint-2"))
+    whole, resumed = whole_and_resumed(tmp_path, tokenizer, lambda: QATCallback(qat_weight_bits=8))
     for (name, a), b in zip(whole.named_parameters(), resumed.parameters()):
         assert torch.allclose(a, b, atol=1e-6), name
     ranges = {n: b for n, b in whole.named_buffers() if n.endswith(RANGE_BUFFER)}

@@ -242,20 +242,9 @@ def test_share_command_refuses_a_bad_k_before_any_work(tmp_path):
 def test_a_resumed_run_ends_where_the_uninterrupted_one_does(tmp_path, tokenizer):
     """Resuming needs no saved state of the method: the checkpoint's weights already hold k values per matrix and
     are adopted as they are (k-means would move them)."""
-    data = make_dataset().map(lambda b: tokenizer(b["text"], truncation=True), batched=True).remove_columns("text")
+    from conftest import whole_and_resumed
 
-    def train(out, resume=None):
-        model = tiny_bert(seed=2)
-        args = TrainingArguments(str(out), max_steps=4, save_steps=2, save_strategy="steps", report_to=[],
-                                 per_device_train_batch_size=16, learning_rate=1e-2, use_cpu=True,
-                                 logging_strategy="no", seed=0)
-        trainer = Trainer(model=model, args=args, train_dataset=data["train"], processing_class=tokenizer,
-                          callbacks=[WeightSharingCallback(weight_sharing_k=8)])
-        trainer.train(resume_from_checkpoint=resume)
-        return model
-
-    whole = train(tmp_path / "whole")
-    resumed = train(tmp_path / "resumed", resume=str(tmp_path / "whole" / "checkpoint-2"))
+    whole, resumed = whole_and_resumed(tmp_path, tokenizer, lambda: WeightSharingCallback(weight_sharing_k=8))
     for (name, a), b in zip(whole.named_parameters(), resumed.parameters()):
         assert torch.allclose(a, b, atol=1e-6), name
     assert _distinct(resumed.bert.encoder.layer[1].output.dense.weight) <= 8

@@ -111,7 +111,7 @@ def test_packed_checkpoints_reload_in_a_fresh_process_with_the_same_logits(tmp_p
     script.write_text(_FRESH)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, os.path.join(ROOT, "tests")]))
     res = subprocess.run([sys.executable, str(script), str(torch.get_num_threads()), "-", *folders], env=env,
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     for folder in folders:
         # same weights, same ops; only float summation order may differ between processes (CPU kernels choose their

@@ -4,13 +4,12 @@ the learned projections and the teacher cache survive the resume."""
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import torch
-from conftest import save_tiny_assets
+from conftest import command_fails, save_tiny_assets
 from safetensors.torch import load_file
-from test_script import ROOT, SCRIPT, _run
+from test_script import SCRIPT, _run
 
 ARGS = ["--student_model", None, "--max_steps", "8", "--save_steps", "4", "--save_strategy", "steps", "--eval_strategy", "no",
         "--per_device_train_batch_size", "8", "--seed", "5", "--use_cpu", "--hidden_weight", "1.0", "--layer_map", "1:2,2:4",
@@ -65,7 +64,6 @@ def test_killed_run_resumes_to_the_same_result(tmp_path):
 
 def test_resume_without_checkpoint_is_a_clear_error(tmp_path):
     teacher, data = save_tiny_assets(tmp_path / "assets")
-    res = subprocess.run([sys.executable, SCRIPT, "--output_dir", str(tmp_path / "none"), "--teacher_model", teacher,
-                          "--dataset", data, "--resume_from_checkpoint", "latest", "--use_cpu"],
-                         capture_output=True, text=True, timeout=300, cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT))
-    assert res.returncode == 2 and "no checkpoint in" in res.stderr and "Traceback" not in res.stderr
+    line = command_fails("distill", ["--output_dir", str(tmp_path / "none"), "--teacher_model", teacher, "--dataset",
+                                     data, "--resume_from_checkpoint", "latest", "--use_cpu"], tmp_path)
+    assert "no checkpoint in" in line, line

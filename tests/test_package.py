@@ -46,7 +46,7 @@ def test_the_wheel_holds_templates_recipes_and_metrics_and_runs_outside_the_chec
 
 
 @pytest.mark.parametrize("extra, call", [
-    ("onnx", lambda tmp: __import__("hfcompress.quantize.onnx", fromlist=["x"])._session(str(tmp / "m.onnx"))),
+    ("onnx", lambda tmp: __import__("hfcompress.onnx_io", fromlist=["x"]).ort_session(str(tmp / "m.onnx"))),
     ("lora", lambda tmp: __import__("hfcompress.lora.adapter", fromlist=["x"]).load_lora(str(tmp))),
     ("bnb", lambda tmp: __import__("hfcompress.quantize.bnb", fromlist=["x"])._import_bnb()),
     ("plots", lambda tmp: __import__("hfcompress.report.plot", fromlist=["x"])._pyplot()),

@@ -2,7 +2,7 @@
 
 `export_qat_onnx(model, directory)` exports a model trained with ``qat_weight_bits=8`` and 8-bit activations to a
 folder that ``OnnxModelForSequenceClassification`` (and the token-classification / QA classes, `load_model`, the
-pipelines) load like any folder of `hfcompress.quantize.onnx`; the export itself is that module's `export_onnx`. The
+pipelines) load like any folder of `hfcompress.quantize.onnx`; the export itself is `hfcompress.onnx_io.export_onnx`. The
 graph is QDQ: every quantized Linear is ``DequantizeLinear(int8 weight, a scale per output unit) ->
 MatMul <- DequantizeLinear(QuantizeLinear(input))``, which ONNX Runtime fuses into int8 kernels.
 
@@ -144,21 +144,21 @@ def export_qat_onnx(model: nn.Module, directory: str, tokenizer=None, opset: int
     `tokenizer` and ``hfcompress_onnx.json`` (``quantization.mode = "qat_static_qdq"``); returns `directory`. ONNX
     Runtime's logits on a padded random batch must be within `atol` of the PyTorch QAT model's in eval mode
     (``None``: only logged and recorded)."""
-    from ..quantize.onnx import (
+    from ..onnx_io import (
         DEFAULT_OPSET,
         METADATA_FILE,
         ONNX_FILE,
-        _check_shapes,
-        _commit,
-        _run_logits,
-        _sample_inputs,
-        _session,
-        _temp_dir_beside,
-        _torch_logits,
-        _write_json,
+        check_shapes,
+        commit_folder,
         export_onnx,
         onnx_size_mb,
+        ort_session,
         read_onnx_metadata,
+        run_logits,
+        sample_inputs,
+        temp_dir_beside,
+        torch_logits,
+        write_json,
     )
 
     ranges = check_int8_exportable(model)
@@ -168,7 +168,7 @@ def export_qat_onnx(model: nn.Module, directory: str, tokenizer=None, opset: int
     frozen = _frozen_copy(base)
     emb_bits = embeddings[0].weight_bits if embeddings else 32
     emb = frozen.get_input_embeddings().weight.detach().cpu().numpy() if emb_bits in (7, 8) else None
-    with _temp_dir_beside(directory) as tmp:
+    with temp_dir_beside(directory) as tmp:
         export_onnx(frozen, tmp, tokenizer, opset=opset or DEFAULT_OPSET, atol=None, seed=seed)
         float_mb = onnx_size_mb(tmp)
         counts = _quantize_graph(os.path.join(tmp, ONNX_FILE), 2 ** (bits - 1) - 1, emb, 2 ** (emb_bits - 1) - 1)
@@ -176,16 +176,16 @@ def export_qat_onnx(model: nn.Module, directory: str, tokenizer=None, opset: int
             raise UserInputError(f"export_qat_onnx: {counts['linear']} int8 MatMuls in the graph for {len(ranges)} "
                                  "quantized Linear layers: this architecture's trace is not supported")
         meta = read_onnx_metadata(tmp)
-        check = _sample_inputs(base.config, meta["inputs"], *_check_shapes(base.config)[1], seed + 1)
+        check = sample_inputs(base.config, meta["inputs"], *check_shapes(base.config)[1], seed + 1)
         was_training = base.training
         base.eval()
         try:
             with torch.no_grad():
-                expected = _torch_logits(base, {k: torch.from_numpy(v).to(next(base.parameters()).device)
+                expected = torch_logits(base, {k: torch.from_numpy(v).to(next(base.parameters()).device)
                                                 for k, v in check.items()})
         finally:
             base.train(was_training)
-        diff = float(np.abs(_run_logits(_session(os.path.join(tmp, ONNX_FILE)), check) - expected).max())
+        diff = float(np.abs(run_logits(ort_session(os.path.join(tmp, ONNX_FILE)), check) - expected).max())
         logger.info("Exported the int8 QAT model to ONNX QDQ: %d int8 Linear layers, %d int8 embedding tables, "
                     "%.1f MB -> %.1f MB, max |logits - PyTorch QAT| = %.3g", counts["linear"], counts["embedding"],
                     float_mb, onnx_size_mb(tmp), diff)
@@ -201,6 +201,6 @@ def export_qat_onnx(model: nn.Module, directory: str, tokenizer=None, opset: int
             "onnxruntime": onnxruntime.__version__,
         }
         meta["source"] = getattr(base.config, "_name_or_path", None) or meta.get("source")
-        _write_json(os.path.join(tmp, METADATA_FILE), meta)
-        _commit(tmp, directory)
+        write_json(os.path.join(tmp, METADATA_FILE), meta)
+        commit_folder(tmp, directory)
     return directory

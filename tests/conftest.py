@@ -166,7 +166,7 @@ def command_fails(script_name: str, argv: list[str], tmp_path, fresh_process: bo
     assert code == 2, f"exit {code}:\n{err[-3000:]}"
     assert "Traceback" not in err, "a user's mistake ends with one line, not a traceback:\n" + err[-3000:]
     errors = [line for line in err.splitlines() if "error:" in line]
-    assert len(errors) == 1, err[-3000:]
+    assert len(errors) == 1 and err.count("error:") == 1, err[-3000:]
     return errors[0]
 
 

@@ -23,11 +23,10 @@ from hfcompress.run.speech import (
     _load,
     build_speech_student,
     check_language,
-    generation_kwargs,
     transcription_metrics,
     wer_metrics,
 )
-from hfcompress.speech.decoding import whisper_generation_kwargs
+from hfcompress.speech.decoding import generation_kwargs_of, whisper_generation_kwargs
 
 
 @pytest.fixture(scope="module")
@@ -110,9 +109,9 @@ def test_language_option_is_checked_against_both_models(multilingual_dir, teache
 
 
 def test_guard_options_are_checked_and_off_by_default():
-    assert generation_kwargs(SpeechArguments(generation_max_new_tokens=7)) == {
+    assert generation_kwargs_of(SpeechArguments(generation_max_new_tokens=7)) == {
         "max_new_tokens": 7, "num_beams": 1, "do_sample": False}
-    on = generation_kwargs(SpeechArguments(decoding_guards=True, guard_temperatures="0,0.5"))
+    on = generation_kwargs_of(SpeechArguments(decoding_guards=True, guard_temperatures="0,0.5"))
     assert on == {"max_new_tokens": 128, "num_beams": 1, "temperature": (0.0, 0.5), "compression_ratio_threshold": 1.35,
                   "logprob_threshold": -1.0}
     with pytest.raises(UserInputError, match="--guard_temperatures '0.4,0.2': expected one or more temperatures"):
@@ -210,8 +209,6 @@ def test_script_evaluates_with_guards_and_records_loops(teacher_dir, tmp_path, m
 
 def test_benchmark_guards_reach_generate_and_loops_are_counted(teacher_dir, monkeypatch):  # noqa: F811
     from conftest import load_script
-
-    from hfcompress.speech.decoding import generation_kwargs_of
 
     bench = load_script("benchmark_speech_sets")
     args = bench.SpeechSetsArguments(decoding_guards=True, guard_temperatures="0.0,0.5", max_new_tokens=5,

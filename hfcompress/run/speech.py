@@ -348,12 +348,6 @@ def wer_metrics(tokenizer, max_new_tokens: int | None = None):
     return compute
 
 
-def generation_kwargs(speech: SpeechArguments) -> dict:
-    """`generate`'s arguments for evaluation: greedy, or with --decoding_guards the temperature fallback
-    (`speech.decoding`)."""
-    return generation_kwargs_of(speech)
-
-
 @torch.inference_mode()
 def transcribe(model, processor, audios, batch_size: int = 16, max_new_tokens: int = 128,
                generate_kwargs: dict | None = None, token_counts: list | None = None) -> list[str]:
@@ -505,7 +499,7 @@ class SpeechSeq2SeqTask(TaskAdapter):
                 )
         run.data, run.collator = data, collator
         run.extras.update(store_encoder=store_encoder, cache_meta=cache_meta, cache_dir=cache_dir)
-        run.trainer_kwargs = {"distillation_loss": kd, "generation_kwargs": generation_kwargs(speech)}
+        run.trainer_kwargs = {"distillation_loss": kd, "generation_kwargs": generation_kwargs_of(speech)}
 
     def processing_class(self, run: Run):
         # Not the processor: the Trainer would "align" the model's bos_token_id with the tokenizer's (<|endoftext|>,
@@ -548,7 +542,7 @@ class SpeechSeq2SeqTask(TaskAdapter):
     def teacher_metrics(self, run: Run) -> dict:
         return transcription_metrics(run.teacher, run.teacher_processor, run.data["test"],
                                      run.speech.generation_max_new_tokens, run.args.per_device_eval_batch_size,
-                                     generation_kwargs(run.speech))
+                                     generation_kwargs_of(run.speech))
 
     def artifacts(self, run: Run) -> dict:
         return {"teacher_cache": run.extras["cache_dir"] if run.extras["cache_meta"] else None}
@@ -558,7 +552,7 @@ class SpeechSeq2SeqTask(TaskAdapter):
             {"teacher": run.teacher_path, "student": model_dir}, run.data["test"], run.speech.measure_clips,
             report.latency_threads, report.latency_rounds, run.speech.generation_max_new_tokens,
             language=run.speech.language or getattr(run.teacher.generation_config, "language", None),
-            generate_kwargs=generation_kwargs(run.speech))
+            generate_kwargs=generation_kwargs_of(run.speech))
         m = record.metrics["per_clip"]
         logger.info("Per clip (%d test clips, %d threads): teacher %.0f ms WER %.3f (%d looping), student %.0f ms WER "
                     "%.3f (%d looping) (%.2fx faster)", m["clips"], m["threads"], m["teacher"]["median_ms_per_clip"],

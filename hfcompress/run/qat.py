@@ -17,7 +17,7 @@ import torch
 from ..distill.arguments import DistillationArguments
 from ..errors import UserInputError
 from ..qat import QATCallback, QATConfig, apply_qat, check_qat, save_qat, save_qat_dense
-from ..qat.modules import QAT_KEY, QATLinear, qat_modules, qat_targets
+from ..qat.modules import QAT_KEY, qat_targets
 from ..qat.split import check_ternary_weights, split_ternary
 from .methods import RunMethod, refuse_quantized_source, save_packed_and_dense
 
@@ -110,8 +110,7 @@ class QATMethod(RunMethod):
     def prepare_model(self, model, run_dir: str, tokenizer=None):
         if self.config.qat_split_ternary:  # the student is a ternary model: ternary layers first, then split
             ternary = QATConfig.from_any({**self.config.to_dict(), "qat_weight_bits": 2, "qat_split_ternary": False})
-            apply_qat(model, ternary)
-            check_ternary_weights(model, [n for n, m in qat_modules(model).items() if isinstance(m, QATLinear)])
+            apply_qat(model, ternary)  # its weights were checked ternary in `check` (check_ternary_student)
             split_ternary(model)
             self.layers = dict(getattr(model.config, QAT_KEY)["modules"])
             return model
@@ -122,9 +121,14 @@ class QATMethod(RunMethod):
         artifacts, sizes = save_packed_and_dense(trainer, tokenizer, run_dir, METHOD_DIR, self.config, save_qat,
                                                  save_qat_dense)
         self.sizes = sizes or self.sizes
-        if self.config.qat_weight_bits in (7, 8) and self.config.qat_activation_bits == 8:
+        if self.exports_onnx:
             artifacts["model_onnx"] = self._save_onnx(trainer, tokenizer, run_dir)
         return artifacts
+
+    @property
+    def exports_onnx(self) -> bool:
+        """An int8 run (7- or 8-bit weights, 8-bit activations) also writes ``model_onnx/``."""
+        return self.config.qat_weight_bits in (7, 8) and self.config.qat_activation_bits == 8
 
     def _save_onnx(self, trainer, tokenizer, run_dir: str) -> str:
         """int8 runs: ``model_onnx/``, the ONNX Runtime int8 graph with the trained scales (`export_qat_onnx`)."""
@@ -152,4 +156,4 @@ class QATMethod(RunMethod):
                            "--quantization onnx_int8)" + ("; model_onnx/: OnnxModelForSequenceClassification."
                                                          "from_pretrained(path) (int8 ONNX Runtime graph, static "
                                                          "activation scales from training)"
-                                                         if self.config.qat_weight_bits in (7, 8) else "")}
+                                                         if self.exports_onnx else "")}

@@ -280,7 +280,7 @@ def check_publishable_card(model_dir, run_dir=None, local_path=None, run_code=Tr
         record = json.load(fh)
     assert "<redacted>" not in card.text or "--hub_token <redacted>" in card.text
     if "# the Hub repository" in card.text:  # published: no folder of the machine that made it
-        from hfcompress.report.card import local_paths
+        from hfcompress.files import local_paths
 
         leaked = [p for p in local_paths(record) if p.count("/") > 2 and p in card.content]
         assert not leaked, leaked

@@ -20,7 +20,7 @@ import os
 import re
 
 from ..errors import UserInputError
-from ..files import atomic_path, local_paths, public_text, short_path  # noqa: F401 (public names of cards)
+from ..files import atomic_path, public_text
 from ..registry import get_format, get_method, number_text, settings_text
 from .lineage import dataset_id, entries_of, hub_id, original_base_id, record_max_length, record_seed
 from .plot import SCHEDULE_PNG, TRADEOFF_PNG
@@ -239,7 +239,7 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
                repo_id: str | None = None):
     """The `ModelCard` of a run, from its record (a `RunRecord` as a dict) holding a ``comparison``. `repo_id`: the
     Hub repository the card is pushed to (its loading code names it, and local folders are shown by their last two
-    names, `short_path`; without one, the local folder, and every path as it is)."""
+    names, `files.short_path`; without one, the local folder, and every path as it is)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
     comparison = record.get("comparison")

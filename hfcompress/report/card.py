@@ -24,6 +24,7 @@ from ..files import atomic_path, public_text
 from ..registry import get_format, get_method, number_text, settings_text
 from .lineage import dataset_id, entries_of, hub_id, original_base_id, record_max_length, record_seed
 from .plot import SCHEDULE_PNG, TRADEOFF_PNG
+from .record import main_metric
 
 logger = logging.getLogger(__name__)
 
@@ -327,7 +328,7 @@ def build_card(record: dict, model_dir: str, model_name: str | None = None, base
                 + (f" in {len(lineage) + max(1, len(record.get('stages') or []))} stages" if lineage else "")
                 + f": {comparison['size_ratio']:.2f}x smaller on disk and {comparison['speedup']:.2f}x "
                 f"faster on a CPU than {'its input `' + str(base.get('source') or base['path']) + '`' if lineage else 'the base'}, "
-                + headline_change(comparison, record.get("data", {}).get("metric") or "accuracy")
+                + headline_change(comparison, main_metric(record.get("data")))
                 + chain_summary(lineage, comparison, dataset, origin),
         comparison_table=comparison_table(comparison),
         plots="\n\n".join(plots),

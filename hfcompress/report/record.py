@@ -54,6 +54,12 @@ def environment() -> dict:
     return env
 
 
+def main_metric(data: dict | None) -> str:
+    """The metric a run is judged by: its task's (a record's ``data["metric"]``: a tagger's or a reader's F1), else
+    accuracy (a classifier)."""
+    return (data or {}).get("metric") or "accuracy"
+
+
 @dataclass
 class RunRecord:
     """One run, as data.
@@ -93,6 +99,11 @@ class RunRecord:
     base_model_id: str | None = None
     environment: dict = field(default_factory=environment)
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    @property
+    def metric(self) -> str:
+        """`main_metric` of this run."""
+        return main_metric(self.data)
 
     def add_settings(self, **groups) -> None:
         for name, value in groups.items():

@@ -270,7 +270,7 @@ def run_quantization(model_args: QuantizeModelArguments, data_args: DataArgument
         from .skeleton import Run
 
         record.data.update(adapter.record_data(Run(_as_teacher(model_args), data_args, None, dataset=dataset)))
-    metric = record.data.get("metric") or "accuracy"
+    metric = record.metric
 
     if os.path.exists(model_dir):
         shutil.rmtree(model_dir)

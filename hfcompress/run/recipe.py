@@ -412,7 +412,7 @@ def run_recipe(recipe_path: str, output_dir: str | None = None, hub_overrides: d
                                  "description": recipe.description, "text": recipe.text}
     record.data = {"dataset": data_args.dataset, "splits": {s: len(d) for s, d in dataset.items()},
                    **adapter.record_data(base_run)}
-    metric = record.data.get("metric") or "accuracy"  # a tagger's or a reader's F1
+    metric = record.metric
     for s in stage_records:  # the methods of every stage, in order (a later stage's settings of a method win)
         for name, m in (s["record"].get("methods") or {}).items():
             record.methods[name] = m

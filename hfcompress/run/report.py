@@ -153,7 +153,7 @@ def measure_and_card(record, model_dir: str, base_dir: str, base_source: str | N
     record.artifacts["card"] = write_card(record.to_dict(), model_dir, model_name=run_name)
     write_model_record(record.to_dict(), model_dir)
     c = comparison
-    metric = (record.data or {}).get("metric") or "accuracy"  # a tagger's or a reader's F1
+    metric = record.metric
     delta = (c["changes"].get(f"metric_{metric}") or {}).get("delta")
     logger.info("Measured against %s: %s %s %s (%s points), %.2fx smaller, %.2fx faster; card %s",
                 base_source or base_dir, split, metric, c["model"]["metrics"].get(metric),

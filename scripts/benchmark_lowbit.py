@@ -125,11 +125,12 @@ def _models(args, student: str | None = None) -> ModelArguments:
                           student_num_layers=0)
 
 
-def _data(args, seed: int, kd: dict) -> DataArguments:
+def _data(args, kd: dict) -> DataArguments:
     kind = "hidden" if kd.get("hidden_weight") else "logits"
     rows = f"-n{args.max_train_samples}" if args.max_train_samples else ""
     return DataArguments(evaluate_teacher=False, max_train_samples=args.max_train_samples,
-                         teacher_cache_dir=os.path.join(args.cache_dir, "teacher-outputs", f"{kind}{rows}-s{seed}"))
+                         # the cache's own key (teacher, data, layers) checks it; the seed only orders the batches
+                         teacher_cache_dir=os.path.join(args.cache_dir, "teacher-outputs", f"{kind}{rows}"))
 
 
 def _split(settings: dict, keys: tuple) -> tuple[dict, dict]:
@@ -144,7 +145,7 @@ def train_structured(args, seed: int) -> str:
     if not done:
         targs = PruningArguments(**_train_kwargs(args, out, seed), granularity="structured", target_sparsity=0.5,
                                  **KD_SHARE)
-        run_pruning(_models(args), _data(args, seed, KD_SHARE), targs)
+        run_pruning(_models(args), _data(args, KD_SHARE), targs)
         _mark(key_path, key, settings)
     return os.path.join(out, "run", "model")
 
@@ -169,7 +170,7 @@ def build(args, name: str, seed: int, fp32_dir: str, data) -> str:
         student = train_structured(args, seed) if kind == "prune_share" else None
         targs = WeightSharingArguments(**_train_kwargs(args, out, seed), weight_sharing_embeddings=args.share_embeddings,
                                        **settings)
-        record = run_weight_sharing(_models(args, student), _data(args, seed, settings), targs)
+        record = run_weight_sharing(_models(args, student), _data(args, settings), targs)
         shutil.move(record.artifacts["model"], model_dir)
     else:
         quant, qat_settings = _split(settings, ("quantization",))
@@ -178,7 +179,7 @@ def build(args, name: str, seed: int, fp32_dir: str, data) -> str:
             ternary = build(args, "ternary_kd", seed, fp32_dir, data)
             student = os.path.join(os.path.dirname(ternary), "run", "model_dense")
         targs = QATArguments(**_train_kwargs(args, out, seed), **qat_settings)
-        record = run_qat(_models(args, student), _data(args, seed, qat_settings), targs)
+        record = run_qat(_models(args, student), _data(args, qat_settings), targs)
         if kind in ("qat", "qat_split"):
             shutil.move(record.artifacts["model"], model_dir)
         elif kind == "qat_onnx":

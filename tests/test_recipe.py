@@ -210,3 +210,39 @@ def test_a_recipe_on_tagged_data_runs_as_token_classification(tmp_path):
     assert type(load_model(str(out / "model"))).__name__ == "BertForTokenClassification"
     card = (out / "model" / "README.md").read_text()
     assert f"f1 {summary['stages'][0]['measured']['f1']:.4f}" in card  # the stage lines say the tagger's metric
+
+
+def test_a_recipe_on_questions_runs_as_question_answering(tmp_path):
+    """A recipe whose data is a flat QA JSON Lines file: every stage is the reader's (windows, start/end KD), each is
+    measured with SQuAD EM/F1, the ONNX int8 stage exports the reader, and the result reloads as one that answers."""
+    from qa_assets import save_qa_assets
+
+    from transformers import AutoTokenizer
+
+    from hfcompress.run.qa import answer_questions
+
+    teacher, jsonl, _ = save_qa_assets(tmp_path / "qa")
+    recipe = {"name": "tiny-qa", "base_model": teacher, "seed": 0,
+              "data": {"dataset": jsonl, "max_length": 48, "doc_stride": 16},
+              "stages": [{"name": "distil", "method": "distill", "args": {"student_layers": "0,2", "max_steps": 3,
+                                                                          **FAST}},
+                         {"method": "quantize", "args": {"quantization": "onnx_int8"}}],
+              "measure": {"latency_rounds": 1, "measure_memory": False}}
+    path = tmp_path / "qa.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    out = tmp_path / "out"
+    _main()(["--recipe", str(path), "--output_dir", str(out)])
+    summary = json.loads((out / "recipe_summary.json").read_text())
+    assert summary["data"]["pipeline_tag"] == "question-answering" and summary["data"]["metric"] == "f1"
+    c = summary["comparison"]
+    assert {"exact_match", "f1"} <= set(c["model"]["metrics"]) and "f1" in c["base"]["metrics"]
+    for stage in summary["stages"]:
+        assert stage["measured"]["metric"] == "f1" and stage["measured"]["f1"] is not None
+    assert summary["stages"][-1]["measured"]["f1"] == pytest.approx(c["model"]["metrics"]["f1"])
+    model = load_model(str(out / "model"))
+    assert type(model).__name__ == "OnnxModelForQuestionAnswering"
+    rows = [json.loads(line) for line in open(jsonl)][:3]
+    answers = answer_questions(model, AutoTokenizer.from_pretrained(str(out / "model")),
+                               [r["question"] for r in rows], [r["passage"] for r in rows], max_length=48,
+                               doc_stride=16)
+    assert len(answers) == 3 and all(a and a in r["passage"] for a, r in zip(answers, rows))

@@ -52,9 +52,11 @@ def _script(name):
 RUNS = {
     "distill_projections": lambda a: [*_script("distill"), "--teacher_model", a["teacher"], "--dataset", a["data"],
                                       "--student_model", a["narrow"], "--hidden_weight", "1", "--relation_weight", "1"],
-    "prune_unstructured_kd": lambda a: [*_script("prune"), "--teacher_model", a["teacher"], "--dataset", a["data"],
-                                        "--target_sparsity", "0.5", "--alpha", "0.5", "--pruning_start", "0",
-                                        "--pruning_end", "0.9"],
+    # magnitude pruning's kill and resume: test_prune_script.py::test_killed_run_resumes_to_the_same_masks
+    "qat_ternary_kd": lambda a: [*_script("qat"), "--teacher_model", a["teacher"], "--dataset", a["data"],
+                                 "--qat_weight_bits", "2", "--hidden_weight", "1"],  # learned activation ranges too
+    "share_k4_kd": lambda a: [*_script("share"), "--teacher_model", a["teacher"], "--dataset", a["data"],
+                              "--weight_sharing_k", "4", "--alpha", "0.5"],
     "prune_movement_kd": lambda a: [*_script("prune"), "--teacher_model", a["teacher"], "--dataset", a["data"],
                                     "--method", "movement", "--target_sparsity", "0.5", "--alpha", "0.5",
                                     "--pruning_start", "0", "--pruning_end", "0.9"],  # Adam-trained scores resume too
@@ -130,7 +132,8 @@ def _assert_same_result(full, resumed):
 
 @pytest.mark.parametrize("name, pause, resumed_from", [
     ("distill_projections", "save:10", "checkpoint-5"),    # killed while checkpoint-10 was written: it is skipped
-    ("prune_unstructured_kd", "step:12", "checkpoint-10"),  # resumed on an epoch boundary (evaluation came after)
+    ("qat_ternary_kd", "step:12", "checkpoint-10"),         # resumed on an epoch boundary (evaluation came after)
+    ("share_k4_kd", "save:10", "checkpoint-5"),
     ("prune_structured_kd", "save:10", "checkpoint-5"),
     ("prune_movement_kd", "step:8", "checkpoint-5"),
     ("lora", "step:8", "checkpoint-5"),                     # resumed inside an epoch

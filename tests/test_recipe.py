@@ -216,7 +216,6 @@ def test_a_recipe_on_questions_runs_as_question_answering(tmp_path):
     """A recipe whose data is a flat QA JSON Lines file: every stage is the reader's (windows, start/end KD), each is
     measured with SQuAD EM/F1, the ONNX int8 stage exports the reader, and the result reloads as one that answers."""
     from qa_assets import save_qa_assets
-
     from transformers import AutoTokenizer
 
     from hfcompress.run.qa import answer_questions

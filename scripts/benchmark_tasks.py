@@ -1,127 +1,200 @@
 #!/usr/bin/env python
-"""Measure a finished token-classification distillation run against its teacher, both reloaded from disk, and write
-benchmarks/results/tasks.json and tasks.md (issue 28's keys: ``tasks`` -> task -> ``base`` and ``variants``, each with
-metric, metric_name, size_mb, latency_ms, speedup, params).
+"""BERT's other tasks, compressed and measured: writes benchmarks/results/tasks.json and tasks.md (issue 28's keys:
+``tasks`` -> task -> ``base`` and ``variants``, each with metric, metric_name, size_mb, latency_ms, speedup, params).
 
-    python scripts/benchmark_tasks.py --run_dir RUN --command "the command that made RUN" [--onnx_int8]
+    python scripts/benchmark_tasks.py --task ner                      # MiniLM-L6 tagger on WNUT-16
+    python scripts/benchmark_tasks.py --task ner --base mpnet-base
+    python scripts/benchmark_tasks.py --task boolq --base mpnet-base  # sentence pairs
+    python scripts/benchmark_tasks.py --task disflqa --base mpnet-base
 
-RUN is the ``--output_dir`` of an ``hfcompress distill`` run on token-tagged data: its record gives the teacher folder
-and the test entity F1 of teacher and student (the run's own evaluation, per type); this script adds, each model
-loaded fresh from disk by `hfcompress.loading.load_model`:
+Everything goes through the library's own runs, as a user's would:
 
-  size_mb     every file of the checkpoint folder (weights, config, tokenizer)
-  latency_ms  one forward of 32 x 128 random token ids, median of 7 runs after 2 warm-ups on `--threads` threads, the
-              models measured in `--rounds` interleaved rounds in this process; speedup = median over rounds of that
-              round's base / variant
-  params      parameters of the loaded model
+  base                  `--base` fine-tuned on the task (`--base_epochs`) by the task adapter the data calls for
+                        (a tagger, a pair classifier, a QA reader), cached under `--cache_dir` by a key of its settings
+  distilled             recipe stage ``distill``: a `--student_layers`-block student cut from the base, KD from it
+  distilled_onnx_int8   recipe stage ``quantize`` after it: ONNX Runtime dynamic int8
+  structured50          recipe stage ``prune``: `--structured_sparsity` of the heads and FFN neurons removed, KD
+  structured50_onnx_int8
 
-With ``--onnx_int8`` the student is also exported to ONNX and quantized (dynamic int8) and its test entity F1 measured
-on the same split (`run.token.evaluate_tagger`). The figures are what they are: the issue's floors are recorded next to
-them, met or not.
+The two recipes (``<cache_dir>/<task>-<base>-<key>/{distil,structured}``) measure every stage from disk against the
+base with the adapter's own metric (entity F1 for NER, accuracy for pairs, SQuAD F1 for QA) on the test split; a
+killed benchmark resumes where its recipes were (finished stages are kept). Then all five checkpoints are loaded
+fresh and timed here in one session (`saved_models_latency`: batch 32 x 128 for NER and pairs, 32 x 384 windows
+for QA, `--threads` threads, `--rounds` interleaved rounds; speedup = base / variant within this session).
+
+Floors (the issue's; recorded, not tuned for): NER one variant >= 2.5x faster within 2.0 entity-F1 points; BoolQ
+>= 2.5x within 1.5 accuracy points; QA >= 2x within 2.0 F1 points.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
-import platform
 import sys
+from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 
-import torch
+import yaml
 
+from hfcompress.cli import parse_args, setup_logging
 from hfcompress.costs import checkpoint_size_mb, parameter_counts
 from hfcompress.files import write_text_atomic
 from hfcompress.loading import load_model
-from hfcompress.report.bench import write_json
+from hfcompress.report.bench import cache_key, write_json
 from hfcompress.report.measure import saved_models_latency
+from hfcompress.report.record import environment
 
-logger = logging.getLogger("benchmark_tasks")
+logger = logging.getLogger("hfcompress.benchmark")
 
-FLOORS = {"ner": "one variant >= 2.5x faster on CPU within 2.0 entity-F1 points of its base"}
+# task -> (recipe data section, latency sequence length, floor: (speedup, points), metric's name)
+TASKS = {
+    "ner": ({"dataset": "wnut16-ner", "max_length": 128}, 128, (2.5, 2.0), "entity F1"),
+    "boolq": ({"dataset": "boolq", "text_column": "question", "text_pair_column": "passage", "label_column": "answer",
+               "max_length": 256}, 128, (2.5, 1.5), "accuracy"),
+    "disflqa": ({"dataset": "disfl-qa", "max_length": 384, "doc_stride": 128}, 384, (2.0, 2.0), "SQuAD F1"),
+}
+
+
+@dataclass
+class TasksBenchmarkArguments:
+    task: str = field(default="ner", metadata={"help": f"One of {', '.join(TASKS)}."})
+    base: str = field(default="minilm-l6", metadata={"help": "The encoder to fine-tune as the base (an asset name "
+                                                             "or a folder; one with a trained task head is used as is)."})
+    base_epochs: float = field(default=10.0, metadata={"help": "Epochs of fine-tuning the base."})
+    base_lr: float = field(default=1e-4, metadata={"help": "Learning rate of fine-tuning the base."})
+    epochs: float = field(default=10.0, metadata={"help": "Epochs of each compressed row (distillation, pruning)."})
+    lr: float = field(default=1e-4, metadata={"help": "Learning rate of the compressed rows."})
+    batch_size: int = field(default=32, metadata={"help": "Training batch size."})
+    student_layers: int = field(default=3, metadata={"help": "Blocks of the distilled student."})
+    structured_sparsity: float = field(default=0.5, metadata={"help": "Share of heads and FFN neurons removed."})
+    seed: int = field(default=42, metadata={"help": "Seed of the base and every row."})
+    cache_dir: str = field(default="benchmarks/cache/tasks", metadata={"help": "Where the base and recipes are kept."})
+    output: str = field(default="benchmarks/results/tasks.json", metadata={"help": "Result JSON (other tasks' "
+                                                                                   "entries in it are kept)."})
+    threads: int = field(default=2, metadata={"help": "CPU threads for latency."})
+    rounds: int = field(default=3, metadata={"help": "Interleaved latency rounds."})
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise SystemExit(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
+
+
+def fine_tuned_base(args, data: dict) -> str:
+    """The base fine-tuned on the task by its adapter (cached: `load_teacher` reuses a fine-tune of the same key)."""
+    from accelerate import PartialState
+
+    from hfcompress.run import DataArguments, ModelArguments
+    from hfcompress.run.skeleton import Run, task_for
+
+    key = cache_key({"base": args.base, "epochs": args.base_epochs, "lr": args.base_lr, "seed": args.seed, **data})
+    model_args = ModelArguments(teacher_model=args.base, teacher_finetune_epochs=args.base_epochs,
+                                teacher_learning_rate=args.base_lr,
+                                teacher_dir=os.path.join(args.cache_dir, f"base-{args.task}-{key}"))
+    data_args = DataArguments(**data)
+    adapter = task_for(model_args, data_args, None)
+    run = Run(model_args, data_args, SimpleNamespace(seed=args.seed, bf16=False), state=PartialState())
+    run.dataset, _ = adapter.load_data(run)
+    _, _, base_dir = adapter.load_teacher(run)
+    return base_dir
+
+
+def run_recipe_file(name: str, base_dir: str, data: dict, stages: list, args, folder: str) -> dict:
+    from hfcompress.run.recipe import run_recipe
+
+    recipe = {"name": name, "base_model": base_dir, "seed": args.seed, "data": data, "stages": stages,
+              "measure": {"latency_rounds": 1, "measure_memory": False}}
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, "recipe.yaml")
+    with open(path, "w") as fh:
+        yaml.safe_dump(recipe, fh, sort_keys=False)
+    run_recipe(path, os.path.join(folder, "run"))
+    with open(os.path.join(folder, "run", "recipe_summary.json")) as fh:
+        return json.load(fh)
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run_dir", required=True, help="The finished distill run (its distill_summary.json).")
-    p.add_argument("--command", required=True, help="The command that produced --run_dir (recorded).")
-    p.add_argument("--task_name", default="ner", help="Key of the task in the results.")
-    p.add_argument("--onnx_int8", action="store_true", help="Also measure the student exported to ONNX int8.")
-    p.add_argument("--threads", type=int, default=2, help="CPU threads of the latency measurement.")
-    p.add_argument("--rounds", type=int, default=3, help="Interleaved latency rounds.")
-    p.add_argument("--output", default="benchmarks/results/tasks.json", help="Where the JSON goes (.md beside it).")
-    args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    (args,) = parse_args((TasksBenchmarkArguments,), argv, description=__doc__.split("\n\n")[0])
+    setup_logging()
+    data, seq_len, (floor_speed, floor_points), metric_label = TASKS[args.task]
+    base_dir = fine_tuned_base(args, data)
+    train = {"num_train_epochs": args.epochs, "learning_rate": args.lr, "per_device_train_batch_size": args.batch_size,
+             "eval_strategy": "no", "save_strategy": "epoch", "save_total_limit": 1, "logging_steps": 20}
+    int8 = {"method": "quantize", "args": {"quantization": "onnx_int8"}}
+    key = cache_key({"base": base_dir, "train": train, "layers": args.student_layers,
+                     "sparsity": args.structured_sparsity, "seed": args.seed, **data})
+    root = os.path.join(args.cache_dir, f"{args.task}-{os.path.basename(os.path.normpath(args.base))}-{key}")
+    distil = run_recipe_file(f"{args.task}-distil", base_dir, data, [
+        {"name": "distilled", "method": "distill", "args": {"student_num_layers": args.student_layers, **train}},
+        {"name": "distilled_onnx_int8", **int8}], args, os.path.join(root, "distil"))
+    pruned = run_recipe_file(f"{args.task}-structured", base_dir, data, [
+        {"name": "structured50", "method": "prune", "args": {"granularity": "structured",
+                                                             "target_sparsity": args.structured_sparsity, **train}},
+        {"name": "structured50_onnx_int8", **int8}], args, os.path.join(root, "structured"))
 
-    with open(os.path.join(args.run_dir, "distill_summary.json")) as fh:
-        record = json.load(fh)
-    data = record["data"]
-    teacher_dir, student_dir = record["models"]["teacher"]["path"], record["artifacts"]["model"]
-    metric = data.get("metric", "f1")
-    paths = {"base": teacher_dir, "distilled": student_dir}
-    metrics = {"base": record["metrics"]["teacher"]["test"],
-               "distilled": {k[len("test_"):]: v for k, v in record["metrics"]["student"]["test"].items()}}
-    if args.onnx_int8:
-        from datasets import DatasetDict
-        from transformers import AutoTokenizer
-
-        from hfcompress.quantize import export_onnx, quantize_onnx
-        from hfcompress.run.token import evaluate_tagger
-        from hfcompress.tagging import load_token_classification, tag_names
-
-        onnx32, onnx8 = (os.path.join(args.run_dir, f"model_onnx_{k}") for k in ("fp32", "int8"))
-        tokenizer = AutoTokenizer.from_pretrained(student_dir)
-        export_onnx(load_model(student_dir), onnx32, tokenizer)
-        quantize_onnx(onnx32, onnx8)
-        settings = record["settings"]["data"]
-        dataset = load_token_classification(settings["dataset"], settings["tokens_column"], settings["tags_column"],
-                                            seed=settings["split_seed"])
-        metrics["distilled_onnx_int8"] = evaluate_tagger(load_model(onnx8), tokenizer, DatasetDict(dataset)["test"],
-                                                         tag_names(dataset), settings["max_length"])
-        paths["distilled_onnx_int8"] = onnx8
-    latency = saved_models_latency(paths, threads=args.threads, rounds=args.rounds)
+    metric = distil["data"]["metric"]
+    paths, metrics = {"base": base_dir}, {"base": distil["comparison"]["base"]["metrics"]}
+    for summary in (distil, pruned):
+        c = summary["comparison"]
+        for stage in summary["stages"]:
+            paths[stage["name"]] = stage["model"]
+            measured = c["variants"].get(stage["name"]) or c["model"]
+            metrics[stage["name"]] = measured["metrics"]
+    latency = saved_models_latency(paths, threads=args.threads, rounds=args.rounds, seq_len=seq_len)
     rows = {}
     for name, path in paths.items():
-        rows[name] = {"metric": metrics[name].get(metric), "metric_name": data.get("metric_name", metric),
-                      "metric_per_type": {k: v for k, v in metrics[name].items() if k.endswith("_f1") and k != "f1"},
+        rows[name] = {"metric": metrics[name].get(metric), "metric_name": metric,
+                      "metrics": {k: v for k, v in metrics[name].items() if isinstance(v, (int, float))},
                       "size_mb": checkpoint_size_mb(path), "latency_ms": latency[name]["median_ms"],
-                      "speedup": latency[name].get("speedup"), "params": parameter_counts(load_model(path))["parameters"],
-                      "path": path}
+                      "speedup": latency[name].get("speedup") or 1.0,
+                      "params": parameter_counts(load_model(path))["parameters"], "path": path}
     base = rows.pop("base")
     for row in rows.values():
         row["metric_delta_points"] = 100 * (row["metric"] - base["metric"])
-    met = [n for n, r in rows.items() if (r["speedup"] or 0) >= 2.5 and r["metric_delta_points"] >= -2.0]
-    result = {
-        "tasks": {args.task_name: {
-            "base": base, "variants": rows, "dataset": data.get("dataset"), "splits": data.get("splits"),
-            "pipeline_tag": data.get("pipeline_tag"), "floor": FLOORS.get(args.task_name),
-            "floor_met_by": met,
-            "training": {"student": record["models"]["student"].get("source"),
-                         "distillation": {k: record["methods"]["distillation"].get(k) for k in
-                                          ("alpha", "temperature", "hidden_weight", "relation_weight")},
-                         "steps": record["training"].get("steps"), "runtime_s": record["training"].get(
-                             "runtime_s_this_invocation")},
-        }},
-        "latency": {"threads": args.threads, "rounds": args.rounds, "batch": "32 x 128 random ids", "runs": 7},
-        "command": args.command,
-        "measured_with": "python scripts/benchmark_tasks.py " + " ".join(sys.argv[1:] if argv is None else argv),
-        "environment": {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor(),
-                        "note": "2-core CPU box shared with other jobs while measured: ratios from one interleaved "
-                                "session are meaningful, absolute milliseconds less so"},
+        row["size_ratio"] = base["size_mb"] / row["size_mb"]
+    met = [n for n, r in rows.items() if r["speedup"] >= floor_speed and r["metric_delta_points"] >= -floor_points]
+    entry = {
+        "base": base, "variants": rows, "base_model": args.base, "data": data, "splits": distil["data"].get("splits"),
+        "pipeline_tag": distil["data"].get("pipeline_tag"), "metric_label": metric_label,
+        "floor": f"one variant >= {floor_speed}x faster on CPU within {floor_points} {metric_label} points",
+        "floor_met_by": met,
+        "latency": {"threads": args.threads, "rounds": args.rounds, "batch_size": 32, "seq_len": seq_len, "runs": 7},
+        "settings": asdict(args), "recipes": [os.path.join(root, "distil", "recipe.yaml"),
+                                              os.path.join(root, "structured", "recipe.yaml")],
+        "command": "python scripts/benchmark_tasks.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "environment": {**environment(), "gpu_used": False},
     }
+    result = {"tasks": {}}
+    if os.path.exists(args.output):
+        with open(args.output) as fh:
+            result = json.load(fh)
+        # entries of this script's own layout only (the first version measured a single distill run)
+        result = {"tasks": {k: v for k, v in result.get("tasks", {}).items() if "settings" in v}}
+    result["tasks"][f"{args.task}-{os.path.basename(os.path.normpath(args.base))}"] = entry
     write_json(args.output, result)
-    lines = [f"# Tasks beyond single-text classification ({args.task_name})", "",
-             f"Data: {data.get('dataset')} {data.get('splits')}; command: `{args.command}`", "",
-             "| model | entity F1 | size MB | latency ms (32x128, %d threads) | speedup | params |" % args.threads,
-             "|---|---|---|---|---|---|"]
-    for name, r in {"base (teacher)": base, **rows}.items():
-        lines.append(f"| {name} | {100 * r['metric']:.1f} | {r['size_mb']:.1f} | {r['latency_ms']:.0f} | "
-                     f"{(r['speedup'] or 1.0):.2f}x | {r['params'] / 1e6:.1f}M |")
-    lines += ["", f"Floor: {FLOORS.get(args.task_name)}; met by: {', '.join(met) if met else 'none'}.", ""]
-    write_text_atomic(os.path.splitext(args.output)[0] + ".md", "\n".join(lines))
-    logger.info("wrote %s", args.output)
+    write_text_atomic(os.path.splitext(args.output)[0] + ".md", markdown(result))
+    logger.info("Wrote %s", args.output)
     return result
+
+
+def markdown(result: dict) -> str:
+    out = ["# BERT's other tasks, compressed (scripts/benchmark_tasks.py)", ""]
+    for name, t in result["tasks"].items():
+        s, lat = t.get("settings", {}), t.get("latency", {})
+        out += [f"## {name}", "",
+                f"Data {t['data']['dataset']} {t.get('splits')}; base {t.get('base_model')} fine-tuned "
+                f"{s.get('base_epochs')} epochs; rows {s.get('epochs')} epochs, lr {s.get('lr')}, seed {s.get('seed')}. "
+                f"Latency: batch {lat.get('batch_size')} x {lat.get('seq_len')}, {lat.get('threads')} threads, "
+                f"{lat.get('rounds')} interleaved rounds. Command: `{t.get('command')}`", "",
+                f"| model | {t.get('metric_label', t['base']['metric_name'])} | Δ points | size MB | size ratio | latency ms | speedup | params |",
+                "|---|---|---|---|---|---|---|---|",
+                f"| base | {100 * t['base']['metric']:.1f} | | {t['base']['size_mb']:.1f} | 1.00x | "
+                f"{t['base']['latency_ms']:.0f} | 1.00x | {t['base']['params'] / 1e6:.1f}M |"]
+        for v, r in t["variants"].items():
+            out.append(f"| {v} | {100 * r['metric']:.1f} | {r['metric_delta_points']:+.1f} | {r['size_mb']:.1f} | "
+                       f"{r['size_ratio']:.2f}x | {r['latency_ms']:.0f} | {r['speedup']:.2f}x | {r['params'] / 1e6:.1f}M |")
+        out += ["", f"Floor: {t['floor']}; met by: {', '.join(t['floor_met_by']) or 'none'}.", ""]
+    return "\n".join(out)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import time
 
 import pytest
 import torch
-from conftest import ROOT, make_tokenizer, save_tiny_assets, tiny_bert
+from conftest import ROOT, command_fails, make_tokenizer, save_tiny_assets, tiny_bert
 from safetensors.torch import load_file
 
 # 78 training rows / batch 8 = 10 steps an epoch; checkpoints every 5 steps; 20 steps = 2 epochs
@@ -210,8 +210,7 @@ def test_a_second_run_into_a_used_output_dir_is_refused_unless_told(assets, tmp_
            "--output_dir", str(tmp_path / "out")]
     _run(cmd, tmp_path)
     first = (tmp_path / "out" / "model" / "model.safetensors").read_bytes()
-    res = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert res.returncode == 2 and "already holds a run (model, distill_summary.json)" in res.stderr, res.stderr[-2000:]
-    assert "--overwrite_output_dir" in res.stderr
+    line = command_fails("distill", cmd[2:], tmp_path)  # the refusal, in this process (no interpreter start)
+    assert "already holds a run (model, distill_summary.json)" in line and "--overwrite_output_dir" in line, line
     assert (tmp_path / "out" / "model" / "model.safetensors").read_bytes() == first  # nothing touched
     _run([*cmd, "--overwrite_output_dir"], tmp_path)

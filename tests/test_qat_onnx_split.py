@@ -245,3 +245,29 @@ def test_split_and_int8_runs_end_to_end(tmp_path, monkeypatch):
     onnx_dir = str(tmp_path / "q7" / "model_onnx")
     assert read_onnx_metadata(onnx_dir)["quantization"]["mode"] == "qat_static_qdq"
     assert isinstance(load_model(onnx_dir), OnnxModelForSequenceClassification)
+
+
+def test_an_int8_run_whose_onnx_graph_fails_its_check_keeps_the_trained_model(tmp_path, monkeypatch, caplog):
+    """An 8-bit run on a CPU whose int8 kernels saturate (no VNNI, as this box) used to end in an error after
+    training. Now the check's failure (forced here: ONNX Runtime's logits shifted) leaves model_onnx/ out with one
+    warning naming why, and the run ends with model/, model_dense/ and a record that says so."""
+    from conftest import save_tiny_assets
+
+    import hfcompress.onnx_io as onnx_io
+    from hfcompress.run.scripts import command_main
+
+    monkeypatch.setenv("HFCOMPRESS_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    teacher, data_file = save_tiny_assets(tmp_path / "assets")
+    real = onnx_io.run_logits
+    monkeypatch.setattr(onnx_io, "run_logits", lambda *a, **k: real(*a, **k) + 1.0)
+    with caplog.at_level("WARNING", logger="hfcompress.run.qat"):
+        command_main("qat")(_args(teacher, data_file, tmp_path / "q8", "--qat_weight_bits", "8"))
+    out = tmp_path / "q8"
+    assert not (out / "model_onnx").exists() and not list(out.glob(".hfc-*"))  # no half-written folder either
+    assert checkpoint_format(str(out / "model")) == "qat" and (out / "model_dense" / "model.safetensors").exists()
+    summary = json.loads((out / "qat_summary.json").read_text())
+    assert "model_onnx" not in summary["artifacts"]
+    assert "differ from the QAT model's by" in summary["methods"]["qat"]["model_onnx_skipped"]
+    assert "model_onnx/" not in summary["methods"]["qat"]["loading"]
+    assert any("model_onnx/ is not" in r.getMessage() for r in caplog.records)

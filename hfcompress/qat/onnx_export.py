@@ -138,6 +138,22 @@ def _quantize_graph(path: str, qmax: int, embedding: np.ndarray | None, embeddin
     return counts
 
 
+class OnnxMismatchError(UserInputError):
+    """The exported int8 graph does not compute what the QAT model does (checked on a random batch)."""
+
+
+def cpu_has_vnni() -> bool:
+    """True where ONNX Runtime's x86 int8 kernels have VNNI (AVX-512 VNNI or AVX-VNNI: exact 32-bit sums with
+    full-range int8 weights), or where this cannot be read (not Linux x86): then nothing is assumed missing."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            text = fh.read()
+    except OSError:
+        return True
+    flags = next((line for line in text.splitlines() if line.startswith("flags")), None)
+    return flags is None or "vnni" in flags
+
+
 def export_qat_onnx(model: nn.Module, directory: str, tokenizer=None, opset: int | None = None,
                     atol: float | None = 1e-2, seed: int = 0) -> str:
     """Export an int8 QAT model (see the module docstring) to ``<directory>/model.onnx`` with config.json, the
@@ -190,8 +206,10 @@ def export_qat_onnx(model: nn.Module, directory: str, tokenizer=None, opset: int
                     "%.1f MB -> %.1f MB, max |logits - PyTorch QAT| = %.3g", counts["linear"], counts["embedding"],
                     float_mb, onnx_size_mb(tmp), diff)
         if atol is not None and not diff <= atol:
-            raise UserInputError(f"export_qat_onnx: ONNX Runtime's logits differ from the QAT model's by {diff:.3g} "
-                                 f"(> atol={atol}); nothing was written to {directory}")
+            hint = (" (8-bit weights on a CPU without VNNI: ONNX Runtime's int8 kernels saturate their 16-bit sums; "
+                    "train with qat_weight_bits=7)" if bits == 8 and not cpu_has_vnni() else "")
+            raise OnnxMismatchError(f"export_qat_onnx: ONNX Runtime's logits differ from the QAT model's by "
+                                    f"{diff:.3g} (> atol={atol}){hint}; nothing was written to {directory}")
         import onnxruntime
 
         meta["quantization"] = {

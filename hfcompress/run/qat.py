@@ -9,6 +9,7 @@ Runtime int8 graph with the trained scales). ``--qat_split_ternary`` starts a bi
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 
@@ -20,6 +21,8 @@ from ..qat import QATCallback, QATConfig, apply_qat, check_qat, save_qat, save_q
 from ..qat.modules import QAT_KEY, qat_targets
 from ..qat.split import check_ternary_weights, split_ternary
 from .methods import RunMethod, refuse_quantized_source, save_packed_and_dense
+
+logger = logging.getLogger(__name__)
 
 METHOD_DIR = "qat"
 KD_TERMS = ("alpha", "hidden_weight", "relation_weight", "attention_weight")
@@ -89,12 +92,20 @@ class QATMethod(RunMethod):
         self._callback = QATCallback(config)
         self.layers: dict = {}
         self.sizes: dict = {}
+        self.onnx_skipped: str | None = None  # why model_onnx/ was not written (its check failed), if so
 
     def callback(self):
         return self._callback
 
     def check(self, model_args, data_args, args, train_rows: int) -> None:
         check_teacher(model_args, self.config)
+        if self.exports_onnx and self.config.qat_weight_bits == 8:
+            from ..qat.onnx_export import cpu_has_vnni
+
+            if not cpu_has_vnni():
+                logger.warning("qat_weight_bits=8 on a CPU without VNNI: ONNX Runtime's int8 kernels here saturate "
+                               "with full-range 8-bit weights, so model_onnx/ will likely fail its check against the "
+                               "PyTorch model and be left out; --qat_weight_bits 7 exports exactly")
         refuse_quantized_source(model_args, "quantization-aware training")
         probe = self.probe_model(model_args)
         targets = qat_targets(probe, self.config)  # a pattern matching nothing, before the teacher is touched
@@ -122,7 +133,9 @@ class QATMethod(RunMethod):
                                                  save_qat_dense)
         self.sizes = sizes or self.sizes
         if self.exports_onnx:
-            artifacts["model_onnx"] = self._save_onnx(trainer, tokenizer, run_dir)
+            onnx_dir = self._save_onnx(trainer, tokenizer, run_dir)
+            if onnx_dir is not None:
+                artifacts["model_onnx"] = onnx_dir
         return artifacts
 
     @property
@@ -134,15 +147,23 @@ class QATMethod(RunMethod):
         """int8 runs: ``model_onnx/``, the ONNX Runtime int8 graph with the trained scales (`export_qat_onnx`)."""
         from accelerate import PartialState
 
-        from ..qat.onnx_export import export_qat_onnx
+        from ..qat.onnx_export import OnnxMismatchError, export_qat_onnx
         from ..report.measure import folder_size_mb
 
         directory = os.path.join(run_dir, "model_onnx")
+        written = True
         if trainer.is_world_process_zero():
-            export_qat_onnx(trainer.model, directory, tokenizer)
-            self.sizes = {**self.sizes, "model_onnx_mb": folder_size_mb(directory, ".onnx")}
+            try:
+                export_qat_onnx(trainer.model, directory, tokenizer)
+                self.sizes = {**self.sizes, "model_onnx_mb": folder_size_mb(directory, ".onnx")}
+            except OnnxMismatchError as err:  # the trained model/ and model_dense/ are saved: keep the run
+                logger.warning("%s. model/ and model_dense/ are saved; model_onnx/ is not (`hfcompress quantize "
+                               "--model %s --quantization onnx_int8` makes a dynamic int8 graph of the QAT weights)",
+                               err, os.path.join(run_dir, "model_dense"))
+                self.onnx_skipped = str(err)
+                written = False
         PartialState().wait_for_everyone()
-        return directory
+        return directory if written else None
 
     def record(self) -> dict:
         bits = sorted(set(self.layers.values()))
@@ -156,4 +177,5 @@ class QATMethod(RunMethod):
                            "--quantization onnx_int8)" + ("; model_onnx/: OnnxModelForSequenceClassification."
                                                          "from_pretrained(path) (int8 ONNX Runtime graph, static "
                                                          "activation scales from training)"
-                                                         if self.exports_onnx else "")}
+                                                         if self.exports_onnx and not self.onnx_skipped else ""),
+                **({"model_onnx_skipped": self.onnx_skipped} if self.onnx_skipped else {})}

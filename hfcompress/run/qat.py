@@ -151,7 +151,6 @@ class QATMethod(RunMethod):
         from ..report.measure import folder_size_mb
 
         directory = os.path.join(run_dir, "model_onnx")
-        written = True
         if trainer.is_world_process_zero():
             try:
                 export_qat_onnx(trainer.model, directory, tokenizer)
@@ -161,9 +160,8 @@ class QATMethod(RunMethod):
                                "--model %s --quantization onnx_int8` makes a dynamic int8 graph of the QAT weights)",
                                err, os.path.join(run_dir, "model_dense"))
                 self.onnx_skipped = str(err)
-                written = False
         PartialState().wait_for_everyone()
-        return directory if written else None
+        return None if self.onnx_skipped else directory
 
     def record(self) -> dict:
         bits = sorted(set(self.layers.values()))

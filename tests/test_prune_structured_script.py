@@ -4,20 +4,17 @@ Covered:
   * a run on a user's CSV folder with string labels: the summary (heads and neurons per block, parameters before and
     after), `model/` with its modeling file, reloaded both through hfcompress and with trust_remote_code to the same
     logits, labels kept; the pruning state in the checkpoint; heads/neurons in the log history;
-  * a run killed after a checkpoint taken mid-ramp and resumed with `--resume_from_checkpoint latest` ends with the
-    same heads, neurons, scores, weights and test metrics as the uninterrupted run;
+  * (a killed and resumed structured run: test_kill_resume.py, which kills it from outside);
   * bad targets (every head of a block without --allow_layer_removal, an unreachable parameter budget) end with exit
     2 and one line before the teacher cache or any training.
 """
 
 import json
-import shutil
 import sys
 
 import pytest
 import torch
 from conftest import command_fails, save_tiny_assets
-from safetensors.torch import load_file
 from test_prune_script import SCRIPT, _write_csv_folder
 from test_script import _run
 
@@ -64,37 +61,8 @@ def test_structured_run_on_csv_reloads_both_ways(tiny, tmp_path):
     assert [b.intermediate.dense.out_features for b in ours.bert.encoder.layer] == p["ffn_per_layer"]
 
 
-RESUME = [*STRUCTURED, "--max_steps", "8", "--save_strategy", "steps", "--save_steps", "4", "--pruning_start", "0",
-          "--pruning_end", "0.9", "--mask_update_every", "1"]
-
-
-def test_killed_structured_run_resumes_to_the_same_model(tiny, tmp_path):
-    teacher, data = tiny
-    full, killed = tmp_path / "full", tmp_path / "killed"
-    _run([sys.executable, SCRIPT, "--output_dir", str(full), "--teacher_model", teacher, "--dataset", data, *RESUME],
-         tmp_path)
-    killed.mkdir()
-    shutil.copytree(full / "checkpoints" / "checkpoint-4", killed / "checkpoints" / "checkpoint-4")
-    shutil.copytree(full / "teacher_cache", killed / "teacher_cache")
-    _run([sys.executable, SCRIPT, "--output_dir", str(killed), "--teacher_model", teacher, "--dataset", data, *RESUME,
-          "--resume_from_checkpoint", "latest"], tmp_path)
-    a, b = json.load(open(full / "prune_summary.json")), json.load(open(killed / "prune_summary.json"))
-    assert b["training"]["steps_this_invocation"] == 4
-    pa, pb = a["methods"]["pruning"], b["methods"]["pruning"]
-    for key in ("heads_per_layer", "ffn_per_layer", "parameters_after"):
-        assert pa[key] == pb[key], key
-    for key in ("test_loss", "test_accuracy"):
-        assert abs(a["metrics"]["student"]["test"][key] - b["metrics"]["student"]["test"][key]) < 1e-6, key
-    wa, wb = load_file(full / "model" / "model.safetensors"), load_file(killed / "model" / "model.safetensors")
-    assert wa.keys() == wb.keys()
-    for k in wa:
-        assert wa[k].shape == wb[k].shape and torch.allclose(wa[k], wb[k], atol=1e-6), k
-    sa = load_file(full / "checkpoints" / "checkpoint-8" / "pruning_state.safetensors")
-    sb = load_file(killed / "checkpoints" / "checkpoint-8" / "pruning_state.safetensors")
-    s4 = load_file(full / "checkpoints" / "checkpoint-4" / "pruning_state.safetensors")
-    for k in sa:
-        assert torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6), k
-    assert any(not torch.equal(sa[k], s4[k]) for k in sa if k.startswith("mask.")), "masks changed after step 4"
+# A structured run killed from outside and resumed: test_kill_resume.py (prune_structured_kd, killed inside a
+# checkpoint's save; same weights and test metrics as the uninterrupted run).
 
 
 @pytest.mark.parametrize(

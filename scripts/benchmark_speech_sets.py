@@ -19,6 +19,9 @@ drawn with ``subset_seed`` (the noisy set takes the very clips of the clean one)
 
 Systems, per model (``models``): ``transformers_fp32`` (the converted asset, `load_model`, greedy ``generate``, the
 model's own generation config; a multilingual model transcribes as English, `set_transcription_language`),
+``transformers_int8`` (``--int8``, default on: the asset in PyTorch dynamic int8, every Linear with per-channel
+weight scales, `quantize_dynamic_int8` + `save_dynamic_int8`, reloaded from disk by `load_model`; no training), the
+compressed Whispers named by ``--variants model:name=folder`` (any folder hfcompress saved), measured the same way, and
 ``faster_whisper_int8`` and ``faster_whisper_float32`` (faster-whisper 1.2.1 / CTranslate2 4.8.5 reading the asset's
 original CTranslate2 folder, `hfcompress.assets.stage_source`; ``cpu_threads`` = ``threads``, beam 1, temperature 0
 with no fallback, no timestamps, no VAD, no previous-text conditioning, language ``en``). faster-whisper is an optional
@@ -37,6 +40,10 @@ Decoding is greedy; ``--decoding_guards`` (`hfcompress.speech.decoding.DecodingA
 the temperature fallback of real Whisper pipelines for every system: transformers' ``generate`` with its
 compression-ratio (on token ids, 1.35) and log-probability thresholds, faster-whisper with its own (compression ratio
 2.4 on text, the same log-probability threshold and temperatures).
+
+Floors (`floors`, computed, never typed): Whisper base, a compressed variant >= 2.0x faster than transformers fp32
+within +1.0 WER point on the natural and the real set; each model, a variant faster than faster-whisper int8 with
+natural-set WER at most the peer's or inside the peer's 95% interval.
 
 The JSON keeps ``results`` (model -> system -> per-set entries) and adds ``by_model`` (`by_model`): per model the
 speech issue's keys, ``model``, ``base`` (transformers fp32), ``variants`` and ``peer`` (faster-whisper), each row with
@@ -69,6 +76,47 @@ from hfcompress.speech.synth import SPEECH_TEST_SETS, build_speech_test_sets
 logger = logging.getLogger("hfcompress.benchmark")
 
 PEER_TYPES = ("int8", "float32")
+INT8_SETTING = {"skip_modules": [], "per_channel": True}  # quantize_dynamic_int8 keywords of the int8 system
+
+
+def build_int8(model_name: str, source: str, cache_dir: str) -> str:
+    """The model in PyTorch dynamic int8 (`INT8_SETTING`), saved once under `cache_dir`/int8/<model> as a user saves
+    it (`save_dynamic_int8`, with the processor); returns the folder (rebuilt when the source's weights change)."""
+    from transformers import AutoProcessor
+
+    from hfcompress.loading import load_model
+    from hfcompress.quantize.dynamic import quantize_dynamic_int8, save_dynamic_int8
+
+    out = os.path.join(cache_dir, "int8", canonical_name(model_name))
+    stamp = {"source": source, "setting": INT8_SETTING,
+             "weights": sorted([f, os.path.getsize(os.path.join(source, f))] for f in os.listdir(source)
+                               if f.endswith(".safetensors"))}
+    key_path = os.path.join(out, "bench_key.json")
+    if os.path.exists(key_path) and json.load(open(key_path)) == json.loads(json.dumps(stamp)):
+        return os.path.join(out, "model")
+    logger.info("Building the dynamic int8 of %s in %s", model_name, out)
+    model = quantize_dynamic_int8(load_model(source), **INT8_SETTING, inplace=True)
+    save_dynamic_int8(model, os.path.join(out, "model"), AutoProcessor.from_pretrained(source))
+    with open(key_path, "w") as fh:
+        json.dump(stamp, fh, indent=2)
+    return os.path.join(out, "model")
+
+
+def parse_variants(text: str, models: list[str]) -> list[tuple[str, str, str]]:
+    """``model:name=folder,...`` as (model, name, folder); one clear error for a malformed entry, a model not
+    measured in this run or a folder without a saved model."""
+    out = []
+    for item in (x.strip() for x in text.split(",") if x.strip()):
+        model, sep, rest = item.partition(":")
+        name, eq, folder = rest.partition("=")
+        if not (sep and eq and name and folder):
+            raise SystemExit(f"--variants: {item!r} is not model:name=folder")
+        if model not in models:
+            raise SystemExit(f"--variants: {item!r} names model {model!r}, which --models does not measure ({models})")
+        if not os.path.exists(os.path.join(folder, "config.json")):
+            raise SystemExit(f"--variants: {folder} holds no saved model (no config.json)")
+        out.append((model, name, folder))
+    return out
 
 
 @dataclass
@@ -87,6 +135,12 @@ class SpeechSetsArguments(DecodingArguments):
     output: str = field(default="benchmarks/results/speech_sets.json", metadata={"help": "Result JSON (.md beside)."})
     rewrite_only: bool = field(default=False, metadata={"help": "Measure nothing: recompute the diagnosis and the "
                                "markdown from the existing result JSON (--output)."})
+    int8: bool = field(default=True, metadata={"help": "Also measure each model in PyTorch dynamic int8 (every Linear, "
+                       "per-channel weight scales: the best int8 setting of benchmarks/results/speech.json), built "
+                       "once under --cache_dir/int8 and reloaded from disk."})
+    variants: str = field(default="", metadata={"help": "More compressed Whispers to measure, a comma list of "
+                          "model:name=folder (a folder hfcompress saved: distilled, pruned, int8...), e.g. "
+                          "whisper-base:dec2=out/dec2/model. Each is a variant of that model's row."})
 
 
 def seeded_subset(dataset, n: int, seed: int) -> list[int]:
@@ -223,6 +277,7 @@ def main(argv=None):
     if bad:
         raise SystemExit(f"--models: {bad} are not Whisper assets (known: whisper-tiny-en, whisper-base)")
     paths = {m: str(asset_path(m)) for m in models}  # not installed: the error says how
+    extra = parse_variants(args.variants, models)  # checked before anything is measured
     notes = []
     peer = peer_version() if args.peer else None
     if args.peer and peer is None:
@@ -257,6 +312,14 @@ def main(argv=None):
                                           "size_mb": checkpoint_size_mb(paths[m]),
                                           "params": systems[f"{m}/transformers_fp32"].params,
                                           "language": systems[f"{m}/transformers_fp32"].language}
+        folders = [("transformers_int8", build_int8(m, paths[m], args.cache_dir))] if args.int8 else []
+        folders += [(name, folder) for model, name, folder in extra if model == m]
+        for name, folder in folders:
+            key = f"{m}/{name}"
+            systems[key] = TransformersWhisper(folder, args.max_new_tokens,
+                                               generation_kwargs_of(args, args.max_new_tokens))
+            meta[key] = {"model": m, "system": name, "path": folder, "size_mb": checkpoint_size_mb(folder),
+                         "params": systems[key].params, "language": systems[key].language}
         if peer:
             ct2 = os.path.join(args.cache_dir, "ct2", canonical_name(m))
             if not os.path.exists(os.path.join(ct2, "model.bin")):
@@ -349,7 +412,7 @@ def flat_row(entry: dict, sets: list[str]) -> dict:
 
 def by_model(result: dict) -> dict:
     """The results in the speech issue's keys, per model: ``model``, ``base`` (transformers fp32), ``variants``
-    (every other transformers system; none yet in this benchmark) and ``peer`` (the faster-whisper rows), each a
+    (every other transformers system: int8, the --variants folders) and ``peer`` (the faster-whisper rows), each a
     `flat_row`. Derived from ``results`` (kept as it was), so an older result file gains it with --rewrite_only."""
     out = {}
     for model, systems in result["results"].items():
@@ -360,10 +423,40 @@ def by_model(result: dict) -> dict:
     return out
 
 
+def floors(views: dict) -> dict:
+    """The speech issue's floors from `by_model` rows (never typed): ``base_2x_within_1pt`` (Whisper base: a
+    compressed transformers variant >= 2.0x faster than fp32 with WER within +1.0 point on the natural and the real
+    set) and, per model, ``<model>_beats_faster_whisper_int8`` (a variant faster than faster-whisper int8 with WER
+    on the natural set at most the peer's, or inside the peer's 95% interval). None where a row is missing; each
+    floor lists the variants that meet it."""
+    out = {}
+    for model, v in views.items():
+        base, rows, peer = v["base"], v["variants"], v["peer"].get(PEER_PREFIX + "int8")
+        if base is None:
+            continue
+        if canonical_name(model) == canonical_name("whisper-base"):
+            if not all(f"wer_{s}" in base for s in ("natural", "real")):
+                out["base_2x_within_1pt"] = None
+            else:
+                met = [n for n, r in rows.items() if r["speedup"] >= 2.0
+                       and all(r[f"wer_{s}"] - base[f"wer_{s}"] <= 0.01 for s in ("natural", "real"))]
+                out["base_2x_within_1pt"] = {"met": bool(met), "by": met}
+        if peer is None or "wer_natural" not in base:
+            out[f"{model}_beats_faster_whisper_int8"] = None
+            continue
+        met = [n for n, r in rows.items() if r["speedup"] > peer["speedup"]
+               and r["wer_natural"] <= max(peer["wer_natural"], peer["wer_natural_95ci"][1])]
+        out[f"{model}_beats_faster_whisper_int8"] = {"met": bool(met), "by": met,
+                                                     "peer_speedup": peer["speedup"],
+                                                     "peer_wer_natural": peer["wer_natural"]}
+    return out
+
+
 def write_result(path: str, result: dict) -> None:
     """`result` with its diagnosis and its per-model view (`by_model`) to `path` (JSON) and the markdown beside it."""
     result["diagnosis"] = diagnose(result)
     result["by_model"] = by_model(result)
+    result["floors"] = floors(result["by_model"])
     write_json(path, result)
     md = os.path.splitext(path)[0] + ".md"
     with open(md, "w") as fh:
@@ -443,6 +536,8 @@ def markdown(r: dict) -> str:
         for s, d in r["diagnosis"].items():
             own = ", ".join(f"{m} {v:.3f}" for m, v in d["wer_on_the_other_clips"].items())
             out.append(f"- {s}: alike {d['wer_on_clips_all_models_transcribe_alike']:.3f}; disagreeing: {own}")
+    if r.get("floors"):
+        out += ["", f"Floors (computed from the rows above): {json.dumps(r['floors'])}"]
     if r.get("peer"):
         out += ["", f"Peer: {r['peer']}."]
     for note in r["notes"]:

@@ -425,3 +425,39 @@ def test_speech_sets_benchmark_subset_and_diagnosis():
     # clip 2: both models alike (2 errors of 8 words); clip 1: they disagree, base has 1 error
     assert d["wer_on_clips_all_models_transcribe_alike"] == 2 / 8
     assert d["wer_on_the_other_clips"] == {"tiny": 0.0, "base": 1 / 8}
+
+
+def test_speech_sets_floors_come_from_the_rows_and_variants_are_checked_first(tmp_path):
+    from conftest import load_script
+
+    bench = load_script("benchmark_speech_sets")
+
+    def row(speedup, natural, real, ci=None):
+        return {"speedup": speedup, "wer_natural": natural, "wer_real": real,
+                "wer_natural_95ci": ci or [natural - 0.02, natural + 0.02]}
+
+    views = {"whisper-base": {"base": row(1.0, 0.080, 0.042),
+                              "variants": {"transformers_int8": row(1.6, 0.085, 0.042), "dec2": row(2.3, 0.089, 0.050)},
+                              "peer": {"faster_whisper_int8": row(1.5, 0.103, 0.034, [0.07, 0.13])}},
+             "whisper-tiny-en": {"base": row(1.0, 0.126, 0.050),
+                                 "variants": {"transformers_int8": row(1.2, 0.140, 0.05)},
+                                 "peer": {"faster_whisper_int8": row(1.4, 0.129, 0.076, [0.10, 0.16])}}}
+    f = bench.floors(views)
+    # dec2 is 2.3x but 0.9 natural and 0.8 real points worse: within +1.0 on both
+    assert f["base_2x_within_1pt"] == {"met": True, "by": ["dec2"]}
+    assert f["whisper-base_beats_faster_whisper_int8"]["by"] == ["transformers_int8", "dec2"]
+    assert f["whisper-tiny-en_beats_faster_whisper_int8"]["met"] is False  # int8 is slower than the peer
+    views["whisper-base"]["variants"]["dec2"]["wer_real"] = 0.060  # +1.8 points on the real set
+    assert bench.floors(views)["base_2x_within_1pt"] == {"met": False, "by": []}
+    views["whisper-base"]["peer"] = {}
+    assert bench.floors(views)["whisper-base_beats_faster_whisper_int8"] is None
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text("{}")
+    assert bench.parse_variants(f"whisper-base:dec2={tmp_path / 'm'}", ["whisper-base"]) == [
+        ("whisper-base", "dec2", str(tmp_path / "m"))]
+    for text, says in ((f"dec2={tmp_path / 'm'}", "is not model:name=folder"),
+                       (f"whisper-tiny-en:dec2={tmp_path / 'm'}", "which --models does not measure"),
+                       (f"whisper-base:dec2={tmp_path / 'none'}", "holds no saved model")):
+        with pytest.raises(SystemExit, match=says):
+            bench.parse_variants(text, ["whisper-base"])

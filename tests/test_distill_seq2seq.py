@@ -431,3 +431,35 @@ def test_bad_input_is_one_error_before_training(teacher_dir, tmp_path, monkeypat
 
     assert re.search(message, line), line
     assert not (out / "checkpoints").exists() and not (out / "teacher_cache").exists()  # nothing trained or cached
+
+
+def test_pseudo_labels_above_the_wer_threshold_are_dropped_and_counted():
+    from datasets import Dataset
+
+    from hfcompress.errors import UserInputError
+    from hfcompress.run.arguments import SpeechArguments
+    from hfcompress.run.speech import filter_pseudo_labels
+
+    class Words:  # label ids stand for the words of a small vocabulary
+        vocab = ["the", "film", "is", "good", "bad", "a", "loop", "loop"]
+
+        def batch_decode(self, ids, skip_special_tokens=True):
+            return [" ".join(self.vocab[i] for i in row) for row in ids]
+
+    data = Dataset.from_dict({
+        "text": ["The film is good.", "the film is bad", "a film", "The film is good"],
+        "labels": [[0, 1, 2, 3], [0, 1, 2, 3], [6, 7, 6, 7, 6], [0, 1, 2, 4]],  # right, 1 of 4 wrong, a loop, 1 wrong
+        "audio": [[0.0], [0.1], [0.2], [0.3]],
+    })
+    kept, report = filter_pseudo_labels(data, Words(), 0.25)
+    assert kept["text"] == ["The film is good.", "the film is bad", "The film is good"]
+    assert kept["audio"] == [[0.0], [0.1], [0.3]]  # the rows' other columns travel with them
+    assert report["kept"] == 3 and report["dropped"] == 1 and report["max_wer"] == 0.25
+    assert report["wer_of_kept_labels"] == pytest.approx(2 / 12) and report["wer_of_all_labels"] > 2 / 12
+    assert filter_pseudo_labels(data, Words(), 0.0)[1]["kept"] == 1
+    with pytest.raises(UserInputError, match=r"every one of the 3 training clips' pseudo-labels is above it"):
+        filter_pseudo_labels(data.select([1, 2, 3]), Words(), 0.1)
+    with pytest.raises(UserInputError, match="--pseudo_label_max_wer filters pseudo-labels: it needs --pseudo_labels"):
+        SpeechArguments(pseudo_label_max_wer=0.1)
+    with pytest.raises(UserInputError, match="must be a WER fraction of 0 or more"):
+        SpeechArguments(pseudo_labels=True, pseudo_label_max_wer=-1)

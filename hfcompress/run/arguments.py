@@ -262,6 +262,12 @@ class SpeechArguments(DecodingArguments):
                   "transcript column (distil-whisper's pseudo-labels; computed once, cached). Validation and test "
                   "keep the true transcripts."},
     )
+    pseudo_label_max_wer: float | None = field(
+        default=None,
+        metadata={"help": "With --pseudo_labels: drop the training clips whose pseudo-label's WER against the "
+                  "clip's own transcript (normalized) is above this fraction (distil-whisper's filter: 0.1 = 10 "
+                  "percent); the count dropped is logged and recorded. Default: keep every clip."},
+    )
     generation_max_new_tokens: int = field(
         default=128, metadata={"help": "Most tokens generated per clip when evaluating (greedy decoding)."}
     )
@@ -295,6 +301,12 @@ class SpeechArguments(DecodingArguments):
         if self.student_window_seconds < 0 or self.student_window_seconds != int(self.student_window_seconds):
             raise UserInputError(f"--student_window_seconds {self.student_window_seconds:g}: expected whole seconds "
                                  "(0: the teacher's window)")
+        if self.pseudo_label_max_wer is not None:
+            if not self.pseudo_labels:
+                raise UserInputError("--pseudo_label_max_wer filters pseudo-labels: it needs --pseudo_labels")
+            if not self.pseudo_label_max_wer >= 0:
+                raise UserInputError(f"--pseudo_label_max_wer must be a WER fraction of 0 or more (0.1 = 10 "
+                                     f"percent), got {self.pseudo_label_max_wer}")
         super().__post_init__()
         for name in ("student_num_decoder_layers", "generation_max_new_tokens", "synth_num_voices",
                      "synth_per_voice", "measure_clips"):

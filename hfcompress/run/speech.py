@@ -262,6 +262,38 @@ def add_targets(dataset, tokenizer, max_target_positions: int, prompt_length: in
     return out
 
 
+def filter_pseudo_labels(dataset, tokenizer, max_wer: float):
+    """`dataset` (a train split with pseudo-label ``labels`` and the reference ``text``) without the rows whose
+    pseudo-label's WER against the reference (`normalize`d) exceeds `max_wer` (distil-whisper's filter: the teacher's
+    hallucinations and loops are not learned), and a report (kept, dropped, the kept labels' corpus WER). Every row
+    dropped is one clear error: the threshold, or the teacher, does not fit the data."""
+    hyps = tokenizer.batch_decode(dataset["labels"], skip_special_tokens=True)
+    refs = dataset["text"]
+    def wer(ref: str, hyp: str) -> float:  # a reference of no words: right when the label is empty too
+        if not normalize(ref).split():
+            return 0.0 if not normalize(hyp).split() else float("inf")
+        return word_error_rate([ref], [hyp], normalizer=normalize)["wer"]
+
+    wers = [wer(r, h) for r, h in zip(refs, hyps)]
+    keep = [i for i, w in enumerate(wers) if w <= max_wer]
+    if not keep:
+        raise UserInputError(f"--pseudo_label_max_wer {max_wer:g}: every one of the {len(refs)} training clips' "
+                             f"pseudo-labels is above it (median WER {statistics.median(wers):.3f}); raise it or "
+                             "check the teacher on this data")
+    dropped = len(refs) - len(keep)
+    logger.info("Pseudo-labels: dropped %d of %d training clips whose teacher transcript is above %.3g WER "
+                "(median WER of all %.3f)", dropped, len(refs), max_wer, statistics.median(wers))
+    def corpus(rows: list[int]) -> float | None:  # None: references of no words
+        try:
+            return word_error_rate([refs[i] for i in rows], [hyps[i] for i in rows], normalizer=normalize)["wer"]
+        except ValueError:
+            return None
+
+    report = {"max_wer": max_wer, "kept": len(keep), "dropped": dropped, "wer_of_kept_labels": corpus(keep),
+              "wer_of_all_labels": corpus(list(range(len(refs))))}
+    return (dataset.select(keep) if dropped else dataset), report
+
+
 # ---- models -------------------------------------------------------------------------------------------------------
 
 def _load(path: str, what: str, language: str | None = None):
@@ -497,8 +529,12 @@ class SpeechSeq2SeqTask(TaskAdapter):
                     batch_size=min(data_args.teacher_batch_size, 16), store_encoder=store_encoder,
                     pseudo_labels=pseudo,
                 )
+        filtered = None
+        if speech.pseudo_labels and speech.pseudo_label_max_wer is not None:
+            data["train"], filtered = filter_pseudo_labels(data["train"], tokenizer, speech.pseudo_label_max_wer)
         run.data, run.collator = data, collator
-        run.extras.update(store_encoder=store_encoder, cache_meta=cache_meta, cache_dir=cache_dir)
+        run.extras.update(store_encoder=store_encoder, cache_meta=cache_meta, cache_dir=cache_dir,
+                          pseudo_label_filter=filtered)
         run.trainer_kwargs = {"distillation_loss": kd, "generation_kwargs": generation_kwargs_of(speech)}
 
     def processing_class(self, run: Run):
@@ -525,6 +561,7 @@ class SpeechSeq2SeqTask(TaskAdapter):
             "teacher_window_seconds": audio_window_seconds(run.teacher),
             "encoder_outputs": "cached" if run.extras["store_encoder"] else "online",
             "targets": "teacher pseudo-labels (greedy)" if speech.pseudo_labels else "transcripts",
+            "pseudo_label_filter": run.extras.get("pseudo_label_filter"),
             "teacher_cache": {k: v for k, v in (run.extras["cache_meta"] or {}).items()} or None,
         }
 

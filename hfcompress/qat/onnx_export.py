@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from ..arch.base import unwrap_model
 from ..errors import UserInputError
+from ..hardware import cpu_has_vnni
 from .modules import QAT_KEY, QATEmbedding, QATLinear, qat_modules
 
 logger = logging.getLogger(__name__)
@@ -140,18 +141,6 @@ def _quantize_graph(path: str, qmax: int, embedding: np.ndarray | None, embeddin
 
 class OnnxMismatchError(UserInputError):
     """The exported int8 graph does not compute what the QAT model does (checked on a random batch)."""
-
-
-def cpu_has_vnni() -> bool:
-    """True where ONNX Runtime's x86 int8 kernels have VNNI (AVX-512 VNNI or AVX-VNNI: exact 32-bit sums with
-    full-range int8 weights), or where this cannot be read (not Linux x86): then nothing is assumed missing."""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            text = fh.read()
-    except OSError:
-        return True
-    flags = next((line for line in text.splitlines() if line.startswith("flags")), None)
-    return flags is None or "vnni" in flags
 
 
 def export_qat_onnx(model: nn.Module, directory: str, tokenizer=None, opset: int | None = None,

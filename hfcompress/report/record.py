@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..files import write_json_atomic
+from ..hardware import cpu_info
 from ..tokens import command_line, redact
 
 
@@ -42,6 +43,7 @@ def environment() -> dict:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
+        "cpu": cpu_info(),  # model and the int8/bf16 instruction sets: what a speedup here depends on
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }

@@ -100,7 +100,7 @@ class QATMethod(RunMethod):
     def check(self, model_args, data_args, args, train_rows: int) -> None:
         check_teacher(model_args, self.config)
         if self.exports_onnx and self.config.qat_weight_bits == 8:
-            from ..qat.onnx_export import cpu_has_vnni
+            from ..hardware import cpu_has_vnni
 
             if not cpu_has_vnni():
                 logger.warning("qat_weight_bits=8 on a CPU without VNNI: ONNX Runtime's int8 kernels here saturate "

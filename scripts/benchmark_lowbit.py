@@ -62,7 +62,7 @@ VARIANTS = {
     "qat_int8_onnx": ("qat_export", {"qat_weight_bits": 8, **KD_SHARE, "quantization": "onnx_int8"}, 8),
     "qat_int8_torch": ("qat_export", {"qat_weight_bits": 8, **KD_SHARE, "quantization": "torch_int8"}, 8),
     # int8 weights on a 7-bit grid (exact in ONNX Runtime's x86 int8 kernels without VNNI), static activation scales
-    # from training, ONNX QDQ (export_qat_onnx): faster here than torch dynamic int8 (see the README)
+    # from training, ONNX QDQ (export_qat_onnx); qat_int8_torch is the other int8 path (which is faster: the CPU's)
     "qat_int8_qdq": ("qat_onnx", {"qat_weight_bits": 7, **KD_SHARE}, 8),
     "share_k16_kd": ("share", {"weight_sharing_k": 16, **KD_SHARE}, 4),
     "share_k16": ("share", {"weight_sharing_k": 16, **NO_KD}, 4),

@@ -169,6 +169,42 @@ def test_per_token_kd_4x8_accumulated_equals_1x32(tmp_path):
     assert {"loss_kd", "loss_ce", "loss_hidden", "loss_relation"} <= set(one.logs[0])
 
 
+def test_cached_per_token_teacher_logits_give_the_online_loss(tmp_path):
+    from hfcompress import TokenDistillationCollator
+    from hfcompress.distill import DistillationConfig, DistillationLoss, TeacherOutputs
+    from hfcompress.distill.cache import load_or_compute_teacher_cache
+    from hfcompress.distill.loss import CACHED_LOGITS
+
+    student, teacher = tiny_tagger(num_layers=2, seed=0).eval(), tiny_tagger(num_layers=4, seed=1).eval()
+    collator = TokenDistillationCollator(make_wordpiece_tokenizer())
+    rows = _tagged_rows(24)
+    cached, meta = load_or_compute_teacher_cache(str(tmp_path / "cache"), "teacher", rows, lambda: teacher,
+                                                 lambda f: collator.tokenizer.pad(f, return_tensors="pt"),
+                                                 batch_size=5, per_token=True)
+    assert meta["per_token"] is True and len(cached) == 24
+    written = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp_path / "cache" / "data") for f in fs)
+    assert abs(meta["estimate"]["total_bytes"] - written) <= 0.15 * written, (meta["estimate"], written)
+    lengths = [sum(m) for m in rows["attention_mask"]]
+    assert [len(x) for x in cached[CACHED_LOGITS]] == lengths  # one row of label scores per real token, unpadded
+    again, _ = load_or_compute_teacher_cache(str(tmp_path / "cache"), "teacher", rows, lambda: 1 / 0,
+                                             lambda f: None, per_token=True)  # reused: the teacher is not loaded
+    assert again[CACHED_LOGITS] == cached[CACHED_LOGITS]
+    kd = DistillationLoss(DistillationConfig(alpha=0.7, temperature=2.0), student.config, teacher)
+    online_batch = collator([rows[i] for i in range(8, 16)])
+    cached_batch = collator([cached[i] for i in range(8, 16)])
+    assert cached_batch[CACHED_LOGITS].shape == (8, online_batch["input_ids"].shape[1], len(TAGS))
+    labels = online_batch.pop("labels")
+    assert torch.equal(cached_batch.pop("labels"), labels)
+    with torch.no_grad():
+        t_logits = teacher(**online_batch).logits
+        s_out = student(**online_batch)
+        m = labels.ne(-100)
+        assert torch.allclose(cached_batch[CACHED_LOGITS][m], t_logits[m], atol=1e-5)
+        online = kd(s_out, labels, teacher_outputs=TeacherOutputs(logits=t_logits))
+        from_cache = kd(s_out, labels, teacher_outputs=TeacherOutputs(logits=cached_batch[CACHED_LOGITS]))
+    assert float(from_cache) == pytest.approx(float(online), rel=1e-5)
+
+
 def test_per_token_kd_counts_labelled_positions_only():
     from hfcompress.distill import DistillationConfig, DistillationLoss, TeacherOutputs
 
@@ -236,6 +272,9 @@ def test_distill_command_on_conll_and_pipeline_on_plain_onnx_int8_and_torch_int8
     assert {"test_f1", "test_precision", "test_recall", "test_PER_f1", "test_LOC_number"} <= set(test)
     assert "f1" in s["metrics"]["teacher"]["test"]
     assert s["models"]["student"]["source"].startswith("blocks [1, 3]")
+    kd = s["methods"]["distillation"]
+    assert kd["teacher_outputs"] == "cached" and kd["teacher_cache"]["per_token"] is True  # computed once, reused
+    assert (out / "teacher_cache" / "teacher_cache.json").exists()
     model_dir = str(out / "model")
     cfg = json.load(open(os.path.join(model_dir, "config.json")))
     assert cfg["architectures"] == ["BertForTokenClassification"] and list(cfg["id2label"].values()) == TAGS

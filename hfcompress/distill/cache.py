@@ -43,12 +43,15 @@ CACHE_FORMAT = 2
 
 
 def cache_key(
-    teacher_name: str, dataset: Dataset, hidden_layers: list[int], input_prefix: str, relation_layers: list[int] | None = None
+    teacher_name: str, dataset: Dataset, hidden_layers: list[int], input_prefix: str, relation_layers: list[int] | None = None,
+    per_token: bool = False,
 ) -> str:
     blob = {"teacher": teacher_name, "data": content_fingerprint(dataset), "hidden": list(hidden_layers),
             "prefix": input_prefix, "format": CACHE_FORMAT}
     if relation_layers:
         blob["relation_qkv"] = list(relation_layers)
+    if per_token:
+        blob["per_token"] = True
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -126,10 +129,12 @@ def estimate_teacher_cache(
     relation_layers: list[int] | None = None,
     input_prefix: str = "",
     batch_size: int = 10_000,
+    per_token: bool = False,
 ) -> CacheEstimate:
     """What `compute_teacher_outputs` will write for `dataset`, from the real token lengths of its
-    `{input_prefix}input_ids` (not `max_length`), the teacher's width and label count, and the layers asked for.
-    Reads the dataset in Arrow batches of `batch_size` rows (memory does not grow with the rows)."""
+    `{input_prefix}input_ids` (not `max_length`), the teacher's width and label count, and the layers asked for
+    (`per_token`: logits for every token, a token classifier's). Reads the dataset in Arrow batches of `batch_size`
+    rows (memory does not grow with the rows)."""
     import pyarrow.compute as pc
 
     from ..arch import get_adapter
@@ -144,15 +149,17 @@ def estimate_teacher_cache(
     rows = len(dataset)
     width = int(get_adapter(teacher_config).hidden_size(teacher_config))
     n_hidden, n_rel = len(hidden_layers or []), len(relation_layers or [])
-    per_token = width * 2  # float16
+    token_bytes = width * 2  # float16
 
     def arrays(layers: int) -> int:
-        return layers * tokens * per_token + rows * _ARRAY_ROW_OVERHEAD if layers else 0
+        return layers * tokens * token_bytes + rows * _ARRAY_ROW_OVERHEAD if layers else 0
 
     return CacheEstimate(
         rows=rows, tokens=tokens, width=width, hidden_layers=n_hidden, relation_layers=n_rel,
         input_bytes=int(input_bytes) + _SAVED_DATASET_OVERHEAD,
-        logits_bytes=rows * (4 * int(teacher_config.num_labels) + 4),  # float32 list + its int32 offset
+        # float32 lists + their int32 offsets (per token: one list of label scores per token)
+        logits_bytes=((tokens if per_token else rows) * (4 * int(teacher_config.num_labels) + 4)
+                      + (rows * 4 if per_token else 0)),
         hidden_bytes=arrays(n_hidden), qkv_bytes=arrays(3 * n_rel),
     )
 
@@ -180,8 +187,10 @@ def compute_teacher_outputs(
     batch_size: int = 64,
     relation_layers: list[int] | None = None,
     cache_file_name: str | None = None,
+    per_token: bool = False,
 ) -> Dataset:
-    """Add `teacher_logits` (float32) to `dataset`; for `hidden_layers`, `teacher_hidden_states` (float16, unpadded
+    """Add `teacher_logits` (float32; `per_token`: a token classifier's, one list of label scores per real token,
+    unpadded `[T_i, C]`) to `dataset`; for `hidden_layers`, `teacher_hidden_states` (float16, unpadded
     `[L, T_i, D]` per row); for `relation_layers` (1-based blocks), `teacher_relation_qkv` (float16, unpadded
     `[3 * len(relation_layers), T_i, D]` per row: query, key, value of each block in turn). Both are stored as
     `encode_array` bytes; `DistillationDataCollator` decodes and pads them.
@@ -203,7 +212,7 @@ def compute_teacher_outputs(
     if "input_ids" not in names:
         raise ValueError(f"dataset has no {input_prefix}input_ids column to run the teacher on: {dataset.column_names}")
     features = dataset.features.copy()
-    features[CACHED_LOGITS] = Sequence(Value("float32"))
+    features[CACHED_LOGITS] = Sequence(Sequence(Value("float32"))) if per_token else Sequence(Value("float32"))
     for name, layers in ((CACHED_HIDDEN, hidden_layers), (CACHED_QKV, relation_layers)):
         if layers:
             features[name] = Value("large_binary")
@@ -214,8 +223,9 @@ def compute_teacher_outputs(
         feats = [{k: rows[f"{input_prefix}{k}"][i] for k in names} for i in range(n)]
         batch = {k: v.to(device) for k, v in pad_fn(feats).items()}
         res = teacher(**batch, output_hidden_states=bool(hidden_layers) or None)
-        out = {CACHED_LOGITS: res.logits.float().cpu().numpy().tolist()}
         lengths = batch["attention_mask"].sum(-1).tolist()
+        logits = res.logits.float().cpu().numpy()
+        out = {CACHED_LOGITS: [logits[i, : lengths[i]].tolist() for i in range(n)] if per_token else logits.tolist()}
         if hidden_layers:
             stacked = torch.stack([res.hidden_states[j] for j in hidden_layers], 1).half().cpu().numpy()
             out[CACHED_HIDDEN] = [encode_array(stacked[i, :, : lengths[i]]) for i in range(n)]
@@ -225,7 +235,7 @@ def compute_teacher_outputs(
             out[CACHED_QKV] = [encode_array(stacked[i, :, : lengths[i]]) for i in range(n)]
         return out
 
-    blob = json.dumps([dataset._fingerprint, hidden_layers, relation_layers, input_prefix, CACHE_FORMAT])
+    blob = json.dumps([dataset._fingerprint, hidden_layers, relation_layers, input_prefix, CACHE_FORMAT, per_token])
     try:
         return dataset.map(
             run, batched=True, batch_size=batch_size, writer_batch_size=batch_size, features=features,
@@ -249,11 +259,13 @@ def load_or_compute_teacher_cache(
     relation_layers: list[int] | None = None,
     teacher_config=None,
     max_bytes: int | None = None,
+    per_token: bool = False,
 ) -> tuple[Dataset, dict]:
     """The cached dataset from `cache_dir` if its key matches, else compute it (loading the teacher lazily through
     `teacher_loader()`), save it atomically and return it. Returns `(dataset, metadata)`; `metadata["hidden_layers"]`
     and `metadata["relation_layers"]` say what the rows hold (pass them to `DistillationTrainer` as
-    `cached_hidden_layers` / `cached_relation_layers`).
+    `cached_hidden_layers` / `cached_relation_layers`). `per_token`: the teacher is a token classifier, whose logits
+    are cached for every token (`compute_teacher_outputs`).
 
     Before computing, the size is estimated (`estimate_teacher_cache`, from `teacher_config`, else the loaded
     teacher's) and logged in one line. When hidden states or relations are asked for and the estimate exceeds
@@ -264,7 +276,7 @@ def load_or_compute_teacher_cache(
         raise UserInputError(f"teacher cache limit (--cache_max_gb) must be 0 or more, got {max_bytes / 1e9:g} GB")
     hidden_layers = list(hidden_layers or [])
     relation_layers = list(relation_layers or [])
-    key = cache_key(teacher_name, dataset, hidden_layers, input_prefix, relation_layers)
+    key = cache_key(teacher_name, dataset, hidden_layers, input_prefix, relation_layers, per_token)
     reused = _load_if_key(cache_dir, key)
     if reused is not None:
         return reused
@@ -277,7 +289,7 @@ def load_or_compute_teacher_cache(
         return teacher
 
     estimate = estimate_teacher_cache(dataset, teacher_config or load_teacher().config, hidden_layers,
-                                      relation_layers, input_prefix)
+                                      relation_layers, input_prefix, per_token=per_token)
     limit = default_cache_limit_bytes(cache_dir) if max_bytes is None else int(max_bytes)
     limit_note = "--cache_max_gb" if max_bytes is not None else "half the free disk less 2 GiB"
     logger.info("teacher cache: ~%s estimated for %s rows (%s); limit %s (%s)", _gb(estimate.total_bytes),
@@ -291,13 +303,15 @@ def load_or_compute_teacher_cache(
             " and ".join(t.replace("_", " ") for t in online_terms),
         )
         hidden_layers, relation_layers = [], []
-        key = cache_key(teacher_name, dataset, hidden_layers, input_prefix, relation_layers)
+        key = cache_key(teacher_name, dataset, hidden_layers, input_prefix, relation_layers, per_token)
 
     def compute(workdir: str):
         t = load_teacher()
         cached = compute_teacher_outputs(t, dataset, pad_fn, input_prefix, hidden_layers, batch_size,
-                                         relation_layers, cache_file_name=os.path.join(workdir, "rows.arrow"))
+                                         relation_layers, cache_file_name=os.path.join(workdir, "rows.arrow"),
+                                         per_token=per_token)
         meta = {"teacher": teacher_name, "hidden_layers": hidden_layers, "relation_layers": relation_layers,
+                "per_token": per_token,
                 "format": CACHE_FORMAT, "teacher_config": t.config.to_dict(), "num_rows": len(cached),
                 "estimate": estimate.to_dict(), "limit_bytes": limit, "online_terms": online_terms}
         return cached, meta

@@ -59,12 +59,19 @@ class DistillationDataCollator:
 @dataclass
 class TokenDistillationCollator:
     """Batches for token classification: student inputs padded by the student's tokenizer, `teacher_*` inputs by the
-    teacher's (when its tokenizer differs), and the per-sub-token `labels` padded with -100 to the student's length
-    (so padding is neither trained on nor counted as an item)."""
+    teacher's (when its tokenizer differs), the per-sub-token `labels` padded with -100 to the student's length
+    (so padding is neither trained on nor counted as an item), and cached teacher outputs: per-token
+    `teacher_logits` (`[T_i, C]` per row) zero-padded to `[B, T, C]`, hidden states and q/k/v as
+    `DistillationDataCollator` pads them. The two tokenizations put every labelled sub-token at the same position
+    (checked by the token adapter), so the teacher's rows line up with the student's."""
 
     tokenizer: object
     teacher_tokenizer: object | None = None
     pad_to_multiple_of: int | None = None
+
+    def pad_teacher(self, features: list[dict]) -> dict:
+        tok = self.teacher_tokenizer or self.tokenizer
+        return tok.pad(features, padding=True, return_tensors="pt", pad_to_multiple_of=self.pad_to_multiple_of)
 
     @staticmethod
     def pad_labels(rows: list, length: int) -> torch.Tensor:
@@ -77,22 +84,35 @@ class TokenDistillationCollator:
 
     def __call__(self, features: list[dict]) -> dict:
         student, teacher, labels = [], [], []
+        cached: dict[str, list] = {CACHED_LOGITS: [], CACHED_HIDDEN: [], CACHED_QKV: []}
         for f in features:
             f = {k: v for k, v in f.items() if not isinstance(v, str)}
             if "labels" in f:
                 labels.append(f.pop("labels"))
+            for name, rows in cached.items():
+                if name in f:
+                    value = f.pop(name)
+                    rows.append(np.asarray(value, np.float32) if name == CACHED_LOGITS else decode_array(value))
             student.append({k: v for k, v in f.items() if not k.startswith(TEACHER_PREFIX)})
             t = {k[len(TEACHER_PREFIX):]: v for k, v in f.items() if k.startswith(TEACHER_PREFIX)}
             if t:
                 teacher.append(t)
         batch = dict(self.tokenizer.pad(student, padding=True, return_tensors="pt",
                                         pad_to_multiple_of=self.pad_to_multiple_of))
+        length = batch["input_ids"].shape[1]
         if labels:
-            batch["labels"] = self.pad_labels(labels, batch["input_ids"].shape[1])
+            batch["labels"] = self.pad_labels(labels, length)
         if teacher:
-            tok = self.teacher_tokenizer or self.tokenizer
-            padded = tok.pad(teacher, padding=True, return_tensors="pt", pad_to_multiple_of=self.pad_to_multiple_of)
-            batch.update({f"{TEACHER_PREFIX}{k}": v for k, v in padded.items()})
+            batch.update({f"{TEACHER_PREFIX}{k}": v for k, v in self.pad_teacher(teacher).items()})
+        if cached[CACHED_LOGITS]:
+            rows = cached[CACHED_LOGITS]
+            out = np.zeros((len(rows), length, rows[0].shape[-1]), np.float32)
+            for i, r in enumerate(rows):
+                out[i, : min(len(r), length)] = r[:length]
+            batch[CACHED_LOGITS] = torch.from_numpy(out)
+        for name in (CACHED_HIDDEN, CACHED_QKV):
+            if cached[name]:
+                batch[name] = _pad_stack(cached[name], length)
         return batch
 
 

@@ -9,7 +9,7 @@ from datasets import ClassLabel, DatasetDict
 from ..data import label_names, tokenize
 from ..distill.cache import drop_teacher_inputs, load_or_compute_teacher_cache
 from ..distill.collator import DistillationDataCollator
-from ..distill.loss import TEACHER_PREFIX
+from ..distill.loss import TEACHER_PREFIX, DistillationLoss
 from ..errors import UserInputError
 
 logger = logging.getLogger(__name__)
@@ -105,3 +105,30 @@ def cache_teacher_on_train(
     out = DatasetDict(dict(tokenized))
     out["train"] = train if teacher_runs_online or meta.get("online_terms") else drop_teacher_inputs(train)
     return out, meta
+
+
+def attach_teacher_cache(run, data: DatasetDict, collator, separate_tokenizer: bool, cache_dir: str,
+                         per_token: bool = False):
+    """With ``--cache_teacher``: the teacher's outputs on the train split of `data`, computed once into `cache_dir`
+    (the adapter's `teacher_cache_dir`) or reused from it (`cache_teacher_on_train`; the hidden states and
+    q/k/v its loss maps too; `per_token`: a token classifier's logits for every token), recorded in
+    ``run.extras["cache_meta"]``. Returns `(data, trainer keyword arguments)`: the teacher model is handed to the
+    trainer only where some term still needs it online. Without the cache: `data` as it was, the teacher online."""
+    run.extras["cache_meta"] = None
+    teacher = run.teacher
+    if not run.data_args.cache_teacher:
+        return data, {"teacher_model": teacher}
+    probe = DistillationLoss(run.cfg, run.student.config, teacher_config=teacher.config)  # which layers to keep
+    data, meta = cache_teacher_on_train(
+        data, run.teacher_path, lambda: teacher, collator, cache_dir,
+        probe.teacher_hidden_layers, separate_tokenizer, run.data_args.teacher_batch_size,
+        run.args.main_process_first, teacher_config=teacher.config, cache_max_gb=run.data_args.cache_max_gb,
+        teacher_runs_online=probe.needs_online_teacher(), per_token=per_token, **probe.cache_request(),
+    )
+    run.extras["cache_meta"] = meta
+    return data, {
+        "teacher_model": teacher if probe.needs_online_teacher(meta) else None,
+        "teacher_config": teacher.config,
+        "cached_hidden_layers": meta["hidden_layers"],
+        "cached_relation_layers": meta.get("relation_layers"),
+    }

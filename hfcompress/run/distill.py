@@ -8,12 +8,12 @@ import logging
 import os
 
 from ..data import set_input_length
-from ..distill import DistillationDataCollator, DistillationLoss
+from ..distill import DistillationDataCollator
 from ..metrics import compute_classification_metrics
 from ..report.record import RunRecord
 from . import steps
 from .arguments import DataArguments, ModelArguments
-from .data import cache_teacher_on_train, tokenize_for_distillation
+from .data import attach_teacher_cache, tokenize_for_distillation
 from .report import ReportArguments, measure_against_teacher
 from .skeleton import Run, TaskAdapter, register_task, run_task, task_for
 
@@ -70,47 +70,17 @@ class TextClassification(TaskAdapter):
         return student, set_input_length(tokenizer, run.data_args.max_length)
 
     def prepare(self, run: Run) -> None:
-        data_args, teacher = run.data_args, run.teacher
+        data_args = run.data_args
         tokenized, separate = tokenize_for_distillation(
             run.dataset, run.processor, run.teacher_processor, data_args.text_column, data_args.label_column,
             data_args.max_length, data_args.truncation_side, data_args.text_pair_column, data_args.pair_truncation,
         )
         run.collator = collator = DistillationDataCollator(run.processor, run.teacher_processor if separate else None)
-        run.trainer_kwargs = {"teacher_model": teacher}
-        run.extras["cache_meta"] = None
-        if data_args.cache_teacher:
-            probe = DistillationLoss(run.cfg, run.student.config, teacher_config=teacher.config)  # which layers to keep
-            tokenized, cache_meta = cache_teacher_on_train(
-                tokenized, run.teacher_path, lambda: teacher, collator, self.cache_dir(run),
-                probe.teacher_hidden_layers, separate, data_args.teacher_batch_size, run.args.main_process_first,
-                teacher_config=teacher.config, cache_max_gb=data_args.cache_max_gb,
-                teacher_runs_online=probe.needs_online_teacher(), **probe.cache_request(),
-            )
-            run.extras["cache_meta"] = cache_meta
-            run.trainer_kwargs = {
-                "teacher_model": teacher if probe.needs_online_teacher(cache_meta) else None,
-                "teacher_config": teacher.config,
-                "cached_hidden_layers": cache_meta["hidden_layers"],
-                "cached_relation_layers": cache_meta.get("relation_layers"),
-            }
-        run.data = tokenized
-
-    @staticmethod
-    def cache_dir(run: Run) -> str:
-        return run.data_args.teacher_cache_dir or os.path.join(run.run_dir, steps.TEACHER_CACHE_DIR)
+        run.data, run.trainer_kwargs = attach_teacher_cache(run, tokenized, collator, separate,
+                                                            self.teacher_cache_dir(run))
 
     def compute_metrics(self, run: Run):
         return compute_classification_metrics
-
-    def distillation_entry(self, run: Run, trainer) -> dict:
-        meta = run.extras.get("cache_meta")
-        return {
-            **super().distillation_entry(run, trainer),
-            "teacher_outputs": "online" if not run.data_args.cache_teacher else (
-                f"logits cached, {' and '.join(online)} online" if (online := (meta or {}).get("online_terms"))
-                else "cached"),
-            "teacher_cache": {k: v for k, v in (meta or {}).items() if k != "teacher_config"} or None,
-        }
 
     def data_entry(self, run: Run, trainer) -> dict:
         return {**super().data_entry(run, trainer), "label_names": trainer.model.config.id2label}
@@ -118,10 +88,6 @@ class TextClassification(TaskAdapter):
     def teacher_metrics(self, run: Run) -> dict:
         return steps.evaluate_on_texts(run.teacher, run.teacher_processor, run.dataset, run.data_args,
                                        device=run.args.device)
-
-    def artifacts(self, run: Run) -> dict:
-        return {"teacher_cache": self.cache_dir(run) if run.data_args.cache_teacher else None,
-                **super().artifacts(run)}
 
     def measure(self, run: Run, record, trainer, model_dir: str, report) -> None:
         if not os.path.exists(os.path.join(model_dir, "config.json")):

@@ -124,10 +124,20 @@ class TaskAdapter:
         return {}
 
     def distillation_entry(self, run: Run, trainer) -> dict:
-        """The record's ``methods["distillation"]``."""
+        """The record's ``methods["distillation"]``: the resolved settings, and where the teacher's outputs came from
+        (``run.extras["cache_meta"]``: the cache `run.data.attach_teacher_cache` made, None when it ran online)."""
         method_dir, resolved = steps.save_distillation_config(trainer, run.cfg, run.run_dir)
         run.extras["distillation_dir"] = method_dir
-        return {**resolved, "teacher": run.teacher_path, "teacher_outputs": "online"}
+        meta = run.extras.get("cache_meta")
+        outputs = "online" if meta is None else (
+            f"logits cached, {' and '.join(online)} online" if (online := meta.get("online_terms")) else "cached")
+        return {**resolved, "teacher": run.teacher_path, "teacher_outputs": outputs,
+                "teacher_cache": {k: v for k, v in (meta or {}).items() if k != "teacher_config"} or None}
+
+    @staticmethod
+    def teacher_cache_dir(run: Run) -> str:
+        """Where this run's teacher outputs are cached: ``--teacher_cache_dir``, else ``<output_dir>/teacher_cache``."""
+        return run.data_args.teacher_cache_dir or os.path.join(run.run_dir, steps.TEACHER_CACHE_DIR)
 
     def data_entry(self, run: Run, trainer) -> dict:
         return {"dataset": run.dataset_name, "splits": {s: len(d) for s, d in run.dataset.items()},
@@ -148,7 +158,10 @@ class TaskAdapter:
         raise NotImplementedError
 
     def artifacts(self, run: Run) -> dict:
-        return {"distillation": run.extras.get("distillation_dir")} if run.extras.get("distillation_dir") else {}
+        out = {"teacher_cache": self.teacher_cache_dir(run)} if run.extras.get("cache_meta") is not None else {}
+        if run.extras.get("distillation_dir"):
+            out["distillation"] = run.extras["distillation_dir"]
+        return out
 
     def measure(self, run: Run, record, trainer, model_dir: str, report) -> None:
         """Measure the saved model against its base, card it (``--measure``)."""

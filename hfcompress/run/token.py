@@ -15,9 +15,11 @@ token-tagged (a CoNLL-style file, JSON Lines with token and tag lists, a saved d
     metric  = entity-level precision / recall / F1 (seqeval's default mode), overall and per type, through the
               local ``entity_f1`` evaluate module
 
-The teacher runs alongside the student (its per-token outputs are not cached). A teacher whose tokenizer differs from
-the student's reads its own token ids; the per-token terms then need both tokenizers to put each word's first
-sub-token at the same position (MPNet and MiniLM do), which is checked on every row before training.
+The teacher's outputs on the training split are computed once and cached (`--cache_teacher`, as for classifiers):
+its logits for every token (`[T_i, C]` per sentence), and the hidden states the loss maps; attention-map terms still
+run it online. A teacher whose tokenizer differs from the student's reads its own token ids; the per-token terms then
+need both tokenizers to put each word's first sub-token at the same position (MPNet and MiniLM do), which is checked
+on every row before training.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from ..errors import UserInputError
 from ..metrics import entity_metrics
 from ..tagging import labelled_positions, load_token_classification, looks_tagged, tag_names, tokenize_tagged
 from . import steps
-from .data import tokenizers_align
+from .data import attach_teacher_cache, tokenizers_align
 from .finetune import FinetuneConfig, _cache_key, cached_finetune, finetune_and_save, has_task_head
 from .skeleton import Run, TaskAdapter, register_task
 
@@ -182,11 +184,6 @@ class TokenClassification(TaskAdapter):
         dataset = load_token_classification(d.dataset, d.tokens_column, d.tags_column, seed=d.split_seed)
         return steps.limit_splits(dataset, d), d.dataset
 
-    def before_teacher(self, run: Run) -> None:
-        if run.data_args.cache_teacher:
-            logger.info("Token classification: the teacher runs alongside the student (per-token outputs are not "
-                        "cached)")
-
     # ---- models
     def load_teacher(self, run: Run):
         model_args, data_args = run.model_args, run.data_args
@@ -250,9 +247,11 @@ class TokenClassification(TaskAdapter):
         keep = {"labels", *student_tok.model_input_names}
         if separate:
             keep |= {f"teacher_{k}" for k in teacher_tok.model_input_names}
-        run.data = train.remove_columns([c for c in train["train"].column_names if c not in keep])
+        data = train.remove_columns([c for c in train["train"].column_names if c not in keep])
         run.collator = TokenDistillationCollator(student_tok, teacher_tok if separate else None)
-        run.trainer_kwargs = {"teacher_model": run.teacher}
+        # the teacher's logits for every token of the train split, cached once (and the hidden states the loss maps)
+        run.data, run.trainer_kwargs = attach_teacher_cache(run, data, run.collator, separate,
+                                                            self.teacher_cache_dir(run), per_token=True)
 
     @staticmethod
     def check_positions(data) -> None:

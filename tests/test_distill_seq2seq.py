@@ -433,9 +433,10 @@ def test_bad_input_is_one_error_before_training(teacher_dir, tmp_path, monkeypat
     assert not (out / "checkpoints").exists() and not (out / "teacher_cache").exists()  # nothing trained or cached
 
 
-def test_pseudo_labels_above_the_wer_threshold_are_dropped_and_counted():
+def test_pseudo_labels_above_the_wer_threshold_are_dropped_and_counted(teacher_dir):
     from datasets import Dataset
 
+    from hfcompress.arch.speech import transcript_ids
     from hfcompress.errors import UserInputError
     from hfcompress.run.arguments import SpeechArguments
     from hfcompress.run.speech import filter_pseudo_labels
@@ -443,8 +444,8 @@ def test_pseudo_labels_above_the_wer_threshold_are_dropped_and_counted():
     class Words:  # label ids stand for the words of a small vocabulary
         vocab = ["the", "film", "is", "good", "bad", "a", "loop", "loop"]
 
-        def batch_decode(self, ids, skip_special_tokens=True):
-            return [" ".join(self.vocab[i] for i in row) for row in ids]
+        def decode(self, ids, skip_special_tokens=True):
+            return " ".join(self.vocab[i] for i in ids)
 
     data = Dataset.from_dict({
         "text": ["The film is good.", "the film is bad", "a film", "The film is good"],
@@ -459,6 +460,12 @@ def test_pseudo_labels_above_the_wer_threshold_are_dropped_and_counted():
     assert filter_pseudo_labels(data, Words(), 0.0)[1]["kept"] == 1
     with pytest.raises(UserInputError, match=r"every one of the 3 training clips' pseudo-labels is above it"):
         filter_pseudo_labels(data.select([1, 2, 3]), Words(), 0.1)
+    # a real Whisper tokenizer on a saved dataset's label column: its own transcript tokens are 0 WER
+    tok = WhisperProcessor.from_pretrained(teacher_dir).tokenizer
+    texts = ["the film is good", "a waste of time"]
+    real = Dataset.from_dict({"text": texts, "labels": [transcript_ids(tok, t) for t in texts]})
+    kept, report = filter_pseudo_labels(real, tok, 0.0)
+    assert report["kept"] == 2 and report["wer_of_all_labels"] == 0.0
     with pytest.raises(UserInputError, match="--pseudo_label_max_wer filters pseudo-labels: it needs --pseudo_labels"):
         SpeechArguments(pseudo_label_max_wer=0.1)
     with pytest.raises(UserInputError, match="must be a WER fraction of 0 or more"):

@@ -267,8 +267,8 @@ def filter_pseudo_labels(dataset, tokenizer, max_wer: float):
     pseudo-label's WER against the reference (`normalize`d) exceeds `max_wer` (distil-whisper's filter: the teacher's
     hallucinations and loops are not learned), and a report (kept, dropped, the kept labels' corpus WER). Every row
     dropped is one clear error: the threshold, or the teacher, does not fit the data."""
-    hyps = tokenizer.batch_decode(dataset["labels"], skip_special_tokens=True)
-    refs = dataset["text"]
+    hyps = [tokenizer.decode(list(ids), skip_special_tokens=True) for ids in dataset["labels"]]
+    refs = list(dataset["text"])
     def wer(ref: str, hyp: str) -> float:  # a reference of no words: right when the label is empty too
         if not normalize(ref).split():
             return 0.0 if not normalize(hyp).split() else float("inf")

@@ -238,7 +238,10 @@ def test_benchmark_result_in_the_issue_keys_also_from_an_older_file(tmp_path):
     view = bench.by_model(result)
     for model in result["models"]:
         entry = view[model]
-        assert entry["model"] == model and entry["variants"] == {}
+        others = {n for n in result["results"][model] if n != "transformers_fp32" and not n.startswith("faster_")}
+        assert entry["model"] == model and set(entry["variants"]) == others  # int8 and --variants rows
+        for name in others:
+            assert entry["variants"][name]["wer_natural"] == result["results"][model][name]["sets"]["natural"]["wer"]
         assert set(entry["peer"]) == {"faster_whisper_int8", "faster_whisper_float32"}
         base = entry["base"]
         for s in result["sets"]:

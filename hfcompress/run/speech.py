@@ -265,8 +265,8 @@ def add_targets(dataset, tokenizer, max_target_positions: int, prompt_length: in
 def filter_pseudo_labels(dataset, tokenizer, max_wer: float):
     """`dataset` (a train split with pseudo-label ``labels`` and the reference ``text``) without the rows whose
     pseudo-label's WER against the reference (`normalize`d) exceeds `max_wer` (distil-whisper's filter: the teacher's
-    hallucinations and loops are not learned), and a report (kept, dropped, the kept labels' corpus WER). Every row
-    dropped is one clear error: the threshold, or the teacher, does not fit the data."""
+    hallucinations and loops are not learned), and a report (kept, dropped, the kept labels' corpus WER). A threshold
+    that drops every row is one clear error: the threshold, or the teacher, does not fit the data."""
     hyps = [tokenizer.decode(list(ids), skip_special_tokens=True) for ids in dataset["labels"]]
     refs = list(dataset["text"])
     def wer(ref: str, hyp: str) -> float:  # a reference of no words: right when the label is empty too
@@ -513,7 +513,7 @@ class SpeechSeq2SeqTask(TaskAdapter):
         if speech.freeze_encoder and not shared:
             logger.info("The student's encoder differs from the teacher's: encoder outputs are not cached; both "
                         "encoders run at every step")
-        cache_meta, cache_dir = None, data_args.teacher_cache_dir or os.path.join(run.run_dir, steps.TEACHER_CACHE_DIR)
+        cache_meta, cache_dir = None, self.teacher_cache_dir(run)
         if store_encoder or speech.pseudo_labels:
             pseudo = ({"prompt_ids": prompt, "eos_token_id": tokenizer.eos_token_id,
                        # greedy whatever --decoding_guards says: deterministic targets, cached

@@ -72,7 +72,7 @@ def main():
         grads = pruner.step_gradients()  # dL/dW' * W of this step (no clipping, constant learning rate here)
         for n, g in grads.items():
             raw[n].sub_(g)
-        pruner.adam_step(grads, pruner.config.score_learning_rate)
+        pruner.adam.step(pruner.scores, grads, pruner.config.score_learning_rate)
         opt.step()
         opt.zero_grad()
     result = {"model": a.model, "steps": a.steps, "precision": "fp32" if a.fp32 else "bf16 autocast",

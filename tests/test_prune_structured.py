@@ -6,7 +6,9 @@ Covered:
     model after `fold` give the same outputs; `save_structured` -> `load_structured` and -> `from_pretrained(...,
     trust_remote_code=True)` give the same outputs again; the attention modules' head counts are kept true;
   * Taylor scores are the per-example |sum x * dL/dx| over a head's output (checked example by example), and the
-    signed variant equals sum(dL/dW * W) over the head's output-projection columns (block movement);
+    signed variant equals sum(dL/dW * W) over the head's output-projection columns;
+  * block movement scores take the AdamW steps of a parameter group of straight-through block scores (nn_pruning),
+    removed blocks keep learning, and their Adam state is checkpointed (an older raw-sum checkpoint is refused);
   * 4 x 8 accumulated micro-batches == 1 x 32 (scores and masks), inside DistillationTrainer (distil + prune in one run);
   * blocks emptied with allow_layer_removal are skipped while training and removed at the end (config follows);
     a checkpoint with uneven heads and a removed block reloads in a fresh process *without hfcompress importable*
@@ -16,6 +18,7 @@ Covered:
     layout (GPT-2), a checkpoint whose saved shapes differ from its config.
 """
 
+import copy
 import json
 import os
 import shutil
@@ -162,6 +165,124 @@ def test_taylor_and_block_movement_scores_match_their_definitions():
     for g in pruner.groups:
         assert torch.allclose(pending[g.key][0], ref_abs[g.key], rtol=1e-4, atol=1e-6), g.key
         assert torch.allclose(pending[g.key][1], ref_sum[g.key], rtol=1e-4, atol=1e-6), g.key
+
+
+def test_block_movement_scores_take_the_adamw_steps_of_a_param_group():
+    """nn_pruning's block scores, one per head / neuron: W' = W * expand(M + S - S.detach()) over the block's
+    output-projection columns (straight-through), S a torch.optim.AdamW group (lr 1e-2, no weight decay) beside the
+    weights' on one linear schedule, the weights' clipping factor applied to the scores' gradient. The pruner, driven
+    the way the callback drives it, ends with the same scores; its masks are the top blocks of those scores; blocks
+    already removed keep learning (their scores still move)."""
+    from torch.func import functional_call
+    from transformers import get_linear_schedule_with_warmup
+
+    from hfcompress.prune.masks import topk_mask
+
+    steps, lr, max_norm = 10, 3e-3, 0.3
+    model = tiny_bert(num_layers=2)  # no dropout
+    ref = copy.deepcopy(model)
+    gen = torch.Generator().manual_seed(0)
+    ids, labels = torch.randint(5, 64, (8, 7), generator=gen), torch.randint(0, 2, (8,), generator=gen)
+    pruner = StructuredPruner(model, _structured(method="movement", pruning_start=0.2, pruning_end=0.8,
+                                                 mask_update_every=1))
+    pruner.set_total_steps(steps)
+    names = {id(m): n for n, m in model.named_modules()}
+    blocks = [(g.key, names[id(g.consumer)], g.width) for g in pruner.groups]
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    sched = get_linear_schedule_with_warmup(opt, 0, steps)
+    S = {key: torch.nn.Parameter(torch.zeros(g.size)) for (key, _, _), g in zip(blocks, pruner.groups)}
+    ref_opt = torch.optim.AdamW([{"params": list(ref.parameters()), "lr": lr, "weight_decay": 0.0},
+                                 {"params": list(S.values()), "lr": 1e-2, "weight_decay": 0.0}])
+    ref_sched = get_linear_schedule_with_warmup(ref_opt, 0, steps)
+    ce = torch.nn.functional.cross_entropy
+    masks = {key: torch.ones_like(s, dtype=torch.bool) for key, s in S.items()}
+    clipped, first_removed = 0, {}
+    for t in range(1, steps + 1):
+        ce(model(input_ids=ids).logits, labels).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+        pruner.before_optimizer_step(lr_scale=sched.get_last_lr()[0] / lr)
+        opt.step()
+        sched.step()
+        opt.zero_grad()
+        pruner.step(t)
+
+        weights = {}
+        for key, name, width in blocks:
+            m = (masks[key].float() + S[key] - S[key].detach()).repeat_interleave(width)
+            weights[f"{name}.weight"] = ref.get_submodule(name).weight * m[None, :]
+        ce(functional_call(ref, weights, (), {"input_ids": ids}).logits, labels).backward()
+        norm = float(torch.nn.utils.clip_grad_norm_(ref.parameters(), max_norm))
+        c = min(1.0, max_norm / (norm + 1e-6))
+        clipped += c < 1
+        for p in S.values():
+            p.grad.mul_(c)
+        ref_opt.step()
+        ref_sched.step()
+        ref_opt.zero_grad()
+        masks = {g.key: g.mask.clone() for g in pruner.groups}
+        for g in pruner.groups:
+            if not g.mask.all() and g.key not in first_removed:
+                first_removed[g.key] = (~g.mask, g.score.clone())
+    assert clipped >= steps // 2, "the case must exercise clipping"
+    for g in pruner.groups:
+        assert torch.allclose(g.score, S[g.key].detach(), rtol=1e-4, atol=1e-7), (g.key, g.score, S[g.key])
+        k = int(round(0.5 * g.size))
+        assert torch.equal(g.mask, topk_mask(S[g.key].detach(), k / g.size)), g.key
+    assert first_removed, "blocks were removed during the run"
+    for key, (removed, score) in first_removed.items():
+        g = next(x for x in pruner.groups if x.key == key)
+        assert not torch.equal(g.score[removed], score[removed]), "a removed block's score keeps moving"
+
+
+def test_block_movement_checkpoint_keeps_its_adam_state_and_refuses_the_raw_sum_rule(tmp_path):
+    from hfcompress.prune.pruner import save_state
+
+    config = _structured(method="movement")
+    model = tiny_bert(num_layers=1)
+    pruner = StructuredPruner(model, config)
+    _train(model, pruner, {"input_ids": torch.randint(5, 64, (2, 6))}, steps=3)
+    pruner.save(str(tmp_path / "new"))
+    again = StructuredPruner(tiny_bert(num_layers=1), config)
+    assert again.load(str(tmp_path / "new")) and again.adam.steps == pruner.adam.steps == 3
+    for key, m in pruner.adam.exp_avg_sq.items():
+        assert torch.equal(again.adam.exp_avg_sq[key], m) and m.abs().sum() > 0
+    meta = {k: v for k, v in pruner.meta().items() if k not in ("score_rule", "adam_steps")}
+    save_state(str(tmp_path / "old"), config, pruner.state_dict(), meta)
+    with pytest.raises(UserInputError, match="older hfcompress"):
+        StructuredPruner(tiny_bert(num_layers=1), config).load(str(tmp_path / "old"))
+
+
+def _movement_trainer(out, resume=None):
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    from hfcompress import PruningCallback
+
+    tok, train = _train_data()
+    cb = PruningCallback(_structured(method="movement", pruning_start=0.1, pruning_end=0.9, mask_update_every=1),
+                         fold_at_end=False)
+    args = TrainingArguments(output_dir=str(out), per_device_train_batch_size=8, max_steps=8, save_strategy="steps",
+                             save_steps=4, report_to="none", use_cpu=True, seed=3, logging_steps=1)
+    Trainer(model=tiny_bert(seed=2), args=args, train_dataset=train, data_collator=DataCollatorWithPadding(tok),
+            callbacks=[cb]).train(resume_from_checkpoint=resume)
+    return cb.pruner
+
+
+def test_block_movement_run_resumed_from_a_checkpoint_ends_with_the_same_scores_and_masks(tmp_path):
+    from safetensors.torch import load_file
+
+    full = _movement_trainer(tmp_path / "full")
+    killed = tmp_path / "killed"
+    shutil.copytree(tmp_path / "full" / "checkpoint-4", killed / "checkpoint-4")
+    resumed = _movement_trainer(killed, resume=str(killed / "checkpoint-4"))
+    s4 = load_file(tmp_path / "full" / "checkpoint-4" / "pruning_state.safetensors")
+    assert resumed.adam.steps == full.adam.steps == 8
+    changed = False
+    for a, b in zip(full.groups, resumed.groups):
+        assert torch.equal(a.mask, b.mask), a.key
+        assert torch.allclose(a.score, b.score, rtol=1e-5, atol=1e-8), a.key
+        assert torch.allclose(full.adam.exp_avg_sq[a.key], resumed.adam.exp_avg_sq[a.key], rtol=1e-5, atol=1e-12)
+        changed |= not torch.equal(a.mask, s4[f"mask.{a.key}"].bool())
+    assert changed, "masks moved after the checkpoint: the resume mattered"
 
 
 def _distill_structured(bs, ga, tmp_path):

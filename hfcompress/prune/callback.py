@@ -105,10 +105,9 @@ class PruningCallback(TrainerCallback):
         if state.max_steps <= 0:
             raise UserInputError("pruning needs a known number of training steps (set num_train_epochs or max_steps)")
         schedule = pruner.set_total_steps(state.max_steps)
-        if isinstance(pruner, Pruner):
-            pruner.adam_betas = (args.adam_beta1, args.adam_beta2)
-            pruner.adam_eps = args.adam_epsilon
-            pruner.loss_scaled = bool(args.fp16)
+        pruner.adam.betas = (args.adam_beta1, args.adam_beta2)
+        pruner.adam.eps = args.adam_epsilon
+        pruner.loss_scaled = bool(args.fp16)
         if state.global_step > 0:
             candidates = resume_checkpoint_dirs(args, state)
             for c in candidates:
@@ -130,10 +129,7 @@ class PruningCallback(TrainerCallback):
                         schedule.start, schedule.final, schedule.end, state.max_steps)
 
     def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
-        if isinstance(self.pruner, Pruner):
-            self.pruner.before_optimizer_step(lr_scale=lr_ratio(optimizer, args.learning_rate))
-        else:
-            self.pruner.before_optimizer_step()
+        self.pruner.before_optimizer_step(lr_scale=lr_ratio(optimizer, args.learning_rate))
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.pruner.step(state.global_step) and state.is_world_process_zero:

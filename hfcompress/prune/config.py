@@ -43,8 +43,10 @@ class PruningConfig(MethodConfig):
     goes on, and cut out of every matrix at the end (`structure.apply_structure`):
       * ``taylor`` (default): Michel et al. 2019 without head masks: for each example, the product of a head's
         (neuron's) output with the loss gradient at that output, summed, in absolute value, summed over training;
-      * ``movement``: the same product signed and summed, negated: ``-sum(dL/dW * W)`` over the group's
-        output-projection columns, i.e. block movement pruning of those columns;
+      * ``movement``: block movement pruning (nn_pruning's hybrid pruning, Lagunas et al. 2021): one score per
+        head (its output-projection columns) or neuron (its down-projection column), trained like the weights'
+        movement scores (AdamW at `score_learning_rate` on the weights' schedule, from ``sum over the block of
+        dL/dW' * W``), the top blocks kept;
       * ``magnitude``: summed absolute weights of the group.
     """
 
@@ -62,7 +64,8 @@ class PruningConfig(MethodConfig):
                   "need long runs: Sanh et al. train 10 epochs). Structured: one of "
                   f"{', '.join(STRUCTURED_METHODS)}; default taylor (Michel et al. 2019: per example, the absolute "
                   "first-order change of the loss if the head or neuron were removed, summed over training), "
-                  "movement = the same product signed and summed over the batch (block movement pruning), "
+                  "movement = block movement pruning (one score per head or neuron, trained by AdamW like the weights' "
+                  "movement scores), "
                   "magnitude = summed absolute weights of the head or neuron."},
     )
     target_sparsity: float = field(

@@ -53,6 +53,69 @@ def mean_over_processes(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     return out
 
 
+class ScoreAdam:
+    """AdamW without weight decay on named score tensors: the update `torch.optim.AdamW` makes on a parameter group
+    holding them, as Sanh et al.'s reference trains its ``mask_scores`` (one score per weight) and nn_pruning its
+    block scores (one per head or neuron, `StructuredPruner`'s ``movement``). Kept outside the weights' optimizer so
+    that a plain `Trainer` needs none of its own; `betas` and `eps` are the weights' (the callback copies them from
+    `TrainingArguments`). The moments and the step count go into checkpoints (`state_dict`)."""
+
+    def __init__(self):
+        self.betas = ADAM_BETAS
+        self.eps = ADAM_EPS
+        self.steps = 0
+        self.exp_avg: dict[str, torch.Tensor] = {}
+        self.exp_avg_sq: dict[str, torch.Tensor] = {}
+
+    def add(self, name: str, score: torch.Tensor) -> None:
+        """Zero moments for one score tensor (so that a checkpoint has them from the first save)."""
+        self.exp_avg[name] = torch.zeros_like(score, dtype=torch.float32)
+        self.exp_avg_sq[name] = torch.zeros_like(score, dtype=torch.float32)
+
+    def step(self, scores: dict[str, torch.Tensor], grads: dict[str, torch.Tensor], lr: float) -> None:
+        """One AdamW step, in place, of every ``scores[name]`` from ``grads[name]``."""
+        self.steps += 1
+        b1, b2 = self.betas
+        c1, c2 = 1 - b1 ** self.steps, 1 - b2 ** self.steps
+        for name, g in grads.items():
+            s = scores[name]
+            if name not in self.exp_avg:
+                self.add(name, s)
+            m = self.exp_avg[name] = self.exp_avg[name].to(s.device).lerp_(g, 1 - b1)
+            v = self.exp_avg_sq[name] = self.exp_avg_sq[name].to(s.device).mul_(b2).addcmul_(g, g, value=1 - b2)
+            denom = (v.sqrt() / math.sqrt(c2)).add_(self.eps)
+            s.addcdiv_(m, denom, value=-lr / c1)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**{f"exp_avg.{n}": t.cpu().contiguous() for n, t in self.exp_avg.items()},
+                **{f"exp_avg_sq.{n}": t.cpu().contiguous() for n, t in self.exp_avg_sq.items()}}
+
+    def load_state_dict(self, tensors: dict[str, torch.Tensor], steps: int, names: list[str]) -> None:
+        self.steps = int(steps)
+        self.exp_avg = {n: tensors[f"exp_avg.{n}"] for n in names if f"exp_avg.{n}" in tensors}
+        self.exp_avg_sq = {n: tensors[f"exp_avg_sq.{n}"] for n in names if f"exp_avg_sq.{n}" in tensors}
+
+
+def clip_factor(layers: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> float:
+    """The factor between the gradients the weights' optimizer is about to use and the ones the backward produced:
+    the clipping coefficient (and, under fp16, one over the loss scale). `layers`: ``(weight, dL/dW' * W, mask)`` of
+    masked layers, where ``weight.grad = c * dL/dW' * M``, so ``c = ||W.grad * W|| / ||dL/dW' * W * M||``. 1 when no
+    weight has a gradient (a loop calling this before backward, or frozen weights)."""
+    nums, dens = [], []
+    for w, g, mask in layers:
+        if w.grad is None:
+            continue
+        nums.append((w.grad.detach().float() * w.detach().float()).to(g.device).square().sum())
+        dens.append((g * mask.to(g.device)).square().sum())
+    if not nums:
+        return 1.0
+    num, den = (float(torch.stack([t.to(nums[0].device) for t in ts]).sum()) for ts in (nums, dens))  # one sync
+    if den == 0.0:
+        return 1.0 if math.isfinite(num) else float("nan")
+    c = math.sqrt(num / den)
+    return 1.0 if abs(c - 1.0) < 1e-4 else c  # no clipping: float noise of the two sums, not a factor
+
+
 class ScheduledPruner:
     """What every pruner shares: the cubic schedule, when masks move on it, and the state kept in checkpoints.
 
@@ -120,14 +183,8 @@ class Pruner(ScheduledPruner):
         self.targets = find_targets(model, config)
         self.states = {name: mask_module(m) for name, m in self.targets.items()}
         self.scores: dict[str, torch.Tensor] = {}
-        self.exp_avg: dict[str, torch.Tensor] = {}
-        self.exp_avg_sq: dict[str, torch.Tensor] = {}
         self.thresholds: dict[str, float] = {}
-        self.adam_steps = 0
-        # The weights' AdamW settings (the callback copies them from TrainingArguments, as the reference's one
-        # optimizer shares them between weights and scores).
-        self.adam_betas = ADAM_BETAS
-        self.adam_eps = ADAM_EPS
+        self.adam = ScoreAdam()
         # True under fp16 loss scaling: the ratio of optimizer gradient to hook gradient then holds the loss scale,
         # and the regulariser (not scaled) is added unclipped.
         self.loss_scaled = False
@@ -139,8 +196,7 @@ class Pruner(ScheduledPruner):
         if config.method != "magnitude":
             for name, m in self.targets.items():
                 self.scores[name] = torch.zeros_like(m.weight, dtype=torch.float32)
-                self.exp_avg[name] = torch.zeros_like(self.scores[name])
-                self.exp_avg_sq[name] = torch.zeros_like(self.scores[name])
+                self.adam.add(name, self.scores[name])
                 self.states[name].track = True
         n = sum(m.weight.numel() for m in self.targets.values())
         logger.info("Pruning %d layers (%s weights) by %s, %s threshold, to sparsity %.2f",
@@ -172,7 +228,7 @@ class Pruner(ScheduledPruner):
             if name in reg:
                 g.add_(reg[name], alpha=reg_scale)
             grads[name] = g
-        self.adam_step(grads, self.config.score_learning_rate * float(lr_scale))
+        self.adam.step({n: self._score(n) for n in grads}, grads, self.config.score_learning_rate * float(lr_scale))
 
     def step_gradients(self) -> dict[str, torch.Tensor]:
         """This optimizer step's straight-through score gradients ``dL/dW' * W`` (summed over the micro-batches,
@@ -186,24 +242,8 @@ class Pruner(ScheduledPruner):
 
     def optimizer_grad_scale(self, grads: dict[str, torch.Tensor]) -> float:
         """The factor between the gradients the weights' optimizer is about to use and the ones the backward
-        produced: the clipping coefficient (and, under fp16, one over the loss scale). Measured on the pruned
-        layers, where ``W.grad = c * dL/dW' * M``: ``c = ||W.grad * W|| / ||dL/dW' * W * M||``. 1 when no weight
-        has a gradient (a loop calling this before backward, or frozen weights)."""
-        nums, dens = [], []
-        for name, g in grads.items():
-            w = self.targets[name].weight
-            if w.grad is None:
-                continue
-            m = self.states[name].mask.to(g.device)
-            nums.append((w.grad.detach().float() * w.detach().float()).to(g.device).square().sum())
-            dens.append((g * m).square().sum())
-        if not nums:
-            return 1.0
-        num, den = (float(torch.stack([t.to(nums[0].device) for t in ts]).sum()) for ts in (nums, dens))  # one sync
-        if den == 0.0:
-            return 1.0 if math.isfinite(num) else float("nan")
-        c = math.sqrt(num / den)
-        return 1.0 if abs(c - 1.0) < 1e-4 else c  # no clipping: float noise of the two sums, not a factor
+        produced (`clip_factor` over the pruned layers)."""
+        return clip_factor([(self.targets[n].weight, g, self.states[n].mask) for n, g in grads.items()])
 
     def regularizer_gradients(self) -> dict[str, torch.Tensor]:
         """d/dS of ``lambda_t * R``, the reference's l1 regulariser ``R = mean over matrices of mean(sigmoid(S))``,
@@ -216,18 +256,6 @@ class Pruner(ScheduledPruner):
             sig = torch.sigmoid(self._score(name))
             out[name] = sig.mul_(1 - sig).mul_(lam / (len(self.scores) * sig.numel()))
         return out
-
-    def adam_step(self, grads: dict[str, torch.Tensor], lr: float) -> None:
-        """`torch.optim.AdamW`'s update (weight decay 0) of the scores, one state per score tensor."""
-        self.adam_steps += 1
-        b1, b2 = self.adam_betas
-        c1, c2 = 1 - b1 ** self.adam_steps, 1 - b2 ** self.adam_steps
-        for name, g in grads.items():
-            s = self._score(name)
-            m = self.exp_avg[name] = self.exp_avg[name].to(s.device).lerp_(g, 1 - b1)
-            v = self.exp_avg_sq[name] = self.exp_avg_sq[name].to(s.device).mul_(b2).addcmul_(g, g, value=1 - b2)
-            denom = (v.sqrt() / math.sqrt(c2)).add_(self.adam_eps)
-            s.addcdiv_(m, denom, value=-lr / c1)
 
     def _score(self, name: str) -> torch.Tensor:
         s = self.scores[name]
@@ -329,13 +357,13 @@ class Pruner(ScheduledPruner):
         out = {}
         for n, st in self.states.items():
             out[f"mask.{n}"] = st.mask.to(torch.uint8).cpu().contiguous()
-        for prefix, table in (("score", self.scores), ("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
-            for n, t in table.items():
-                out[f"{prefix}.{n}"] = t.cpu().contiguous()
+        for n, t in self.scores.items():
+            out[f"score.{n}"] = t.cpu().contiguous()
+        out.update(self.adam.state_dict())
         return out
 
     def meta(self) -> dict:
-        return {"last_step": self.last_step, "current_target": self.current_target, "adam_steps": self.adam_steps,
+        return {"last_step": self.last_step, "current_target": self.current_target, "adam_steps": self.adam.steps,
                 "thresholds": self.thresholds, "score_rule": SCORE_RULE}
 
     def _restore(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
@@ -345,11 +373,11 @@ class Pruner(ScheduledPruner):
                                  "start a new run instead of resuming it")
         for n, st in self.states.items():
             st.mask = tensors[f"mask.{n}"].to(torch.bool).to(self.targets[n].weight.device)
-        for prefix, table in (("score", self.scores), ("exp_avg", self.exp_avg), ("exp_avg_sq", self.exp_avg_sq)):
-            for n in table:
-                table[n] = tensors[f"{prefix}.{n}"].to(self.targets[n].weight.device)
+        for n in self.scores:
+            self.scores[n] = tensors[f"score.{n}"].to(self.targets[n].weight.device)
+        self.adam.load_state_dict(tensors, meta["adam_steps"], list(self.scores))
         self.last_step, self.current_target = meta["last_step"], meta["current_target"]
-        self.adam_steps, self.thresholds = meta["adam_steps"], meta["thresholds"]
+        self.thresholds = meta["thresholds"]
 
 def save_state(directory: str, config: PruningConfig, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     """A pruner's state (tensors + JSON metadata) and its configuration, beside a Trainer checkpoint."""

@@ -13,16 +13,22 @@ projection (a removed neuron: its column of the down projection). The model's ou
 model with the head cut out, which `fold` makes true (`structure.apply_structure`). A block removed with
 `allow_layer_removal` is skipped (its input passes through) from the moment it is emptied.
 
-Scores come from one hook per group: the input ``x`` of the output projection (the heads' concatenated outputs, or
-the neurons' activations) and its gradient ``g``. Per example, ``c = sum over tokens and the head's dims of x * g``
-is the first-order change of the loss if the head were removed (Michel et al. 2019, without head masks), and also
-``sum(dL/dW * W)`` over the head's output-projection columns (so ``-sum c`` is the block movement score).
+Taylor scores come from one hook per group: the input ``x`` of the output projection (the heads' concatenated
+outputs, or the neurons' activations) and its gradient ``g``. Per example, ``c = sum over tokens and the head's dims
+of x * g`` is the first-order change of the loss if the head were removed (Michel et al. 2019, without head masks).
+
+Block movement scores (``movement``; nn_pruning's hybrid pruning, Lagunas et al. 2021, with a block = one head's
+output-projection columns, or one neuron's down-projection column) are trained like Sanh et al.'s ``mask_scores``,
+one score per block: ``dL/dS = sum over the block of dL/dW' * W`` (``W'`` the masked weight: a removed block keeps
+its gradient and can come back), an AdamW step per optimizer step (`ScoreAdam`, rate `score_learning_rate` on the
+weights' schedule, after their clipping), the top blocks kept on the cubic schedule.
 """
 
 from __future__ import annotations
 
 import copy
 import logging
+import math
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +39,7 @@ from ..arch import get_adapter, get_submodule, unwrap_model
 from ..errors import UserInputError
 from .config import PruningConfig
 from .masks import expand_group_mask, mask_module, topk_mask, unmask_module
-from .pruner import ScheduledPruner, mean_over_processes
+from .pruner import SCORE_RULE, ScheduledPruner, ScoreAdam, clip_factor, mean_over_processes
 from .schedule import CubicSchedule
 from .structure import SPEC_VERSION, apply_structure, remove_layers
 
@@ -136,8 +142,15 @@ class StructuredPruner(ScheduledPruner):
             g.mask = torch.ones(g.size, dtype=torch.bool)
             g.score = torch.zeros(g.size, dtype=torch.float32)
             self.states[g.key] = mask_module(g.consumer)
-            if config.method != "magnitude":
+            if config.method == "taylor":
                 g.hook = g.consumer.register_forward_hook(self._capture(g))
+            elif config.method == "movement":
+                self.states[g.key].track = True  # dL/dW' * W of the consumer, summed over a step's micro-batches
+        self.adam = ScoreAdam()  # block movement's scores (the callback sets betas and eps from the Trainer)
+        if config.method == "movement":
+            for g in self.groups:
+                self.adam.add(g.key, g.score)
+        self.loss_scaled = False
         self.skip_hooks = []
         if config.allow_layer_removal:
             self.skip_hooks = [b.register_forward_hook(_skip_block, with_kwargs=True) for b in self.blocks.values()]
@@ -262,18 +275,38 @@ class StructuredPruner(ScheduledPruner):
 
         return hook
 
-    def before_optimizer_step(self) -> None:
-        """Fold this step's products (summed over micro-batches, averaged over processes) into the scores."""
+    def before_optimizer_step(self, lr_scale: float = 1.0, grad_scale: float | None = None) -> None:
+        """Fold this step's products (summed over micro-batches, averaged over processes) into the scores: Taylor
+        adds them; block movement takes an AdamW step (see the module docstring; `lr_scale` and `grad_scale` as in
+        `Pruner.before_optimizer_step`)."""
         if self.config.method == "magnitude" or self.folded:
+            return
+        if self.config.method == "movement":
+            self._movement_step(lr_scale, grad_scale)
             return
         pending = [g.pending if g.pending is not None else torch.zeros(2, g.size) for g in self.groups]
         for g in self.groups:
             g.pending = None
         for g, p in zip(self.groups, mean_over_processes(pending)):
-            if self.config.method == "taylor":
-                g.score += p[0]
-            else:  # movement: S = -sum(dL/dW * W) over the group's output-projection columns
-                g.score -= p[1]
+            g.score += p[0]
+
+    def _movement_step(self, lr_scale: float, grad_scale: float | None) -> None:
+        full = []
+        for g in self.groups:
+            st = self.states[g.key]
+            gw, st.grad_times_weight = st.grad_times_weight, None
+            full.append(gw if gw is not None else torch.zeros_like(g.consumer.weight, dtype=torch.float32))
+        full = mean_over_processes(full)
+        if grad_scale is None:
+            grad_scale = clip_factor([(g.consumer.weight, gw, self.states[g.key].mask)
+                                      for g, gw in zip(self.groups, full)])
+        if not math.isfinite(grad_scale):
+            logger.info("block movement scores: non-finite gradients, step skipped (as the optimizer skips it)")
+            return
+        grads = {g.key: gw.reshape(gw.shape[0], g.size, g.width).sum((0, 2)).cpu().mul_(grad_scale)
+                 for g, gw in zip(self.groups, full)}
+        self.adam.step({g.key: g.score for g in self.groups}, grads,
+                       self.config.score_learning_rate * float(lr_scale))
 
     def importance(self, g: _Group) -> torch.Tensor:
         if self.config.method != "magnitude":
@@ -305,8 +338,10 @@ class StructuredPruner(ScheduledPruner):
         for g in groups:
             s = self.importance(g).float().clone()
             norm = s.norm()
-            if self.config.method != "magnitude" and norm > 0:
-                s = s / norm  # each block's gradient scores on one scale (Michel et al.); weights compare as they are
+            if self.config.method == "taylor" and norm > 0:
+                # each block's gradient scores on one scale (Michel et al.); weights compare as they are, and block
+                # movement's Adam-trained scores are in one unit (score learning rate x steps) everywhere
+                s = s / norm
             if keep_one:
                 s[s.argmax()] = float("inf")  # every block keeps its best head / neuron
             scores.append(s)
@@ -503,14 +538,21 @@ class StructuredPruner(ScheduledPruner):
         for g in self.groups:
             out[f"mask.{g.key}"] = g.mask.to(torch.uint8).contiguous()
             out[f"score.{g.key}"] = g.score.contiguous()
+        out.update(self.adam.state_dict())
         return out
 
     def meta(self) -> dict:
         return {"last_step": self.last_step, "current_target": self.current_target,
                 "removed": sorted(list(x) for x in self.removed), "head_fraction": self.head_fraction,
-                "ffn_fraction": self.ffn_fraction, "budget": self.budget}
+                "ffn_fraction": self.ffn_fraction, "budget": self.budget, "adam_steps": self.adam.steps,
+                "score_rule": SCORE_RULE}
 
     def _restore(self, meta: dict, tensors: dict[str, torch.Tensor]) -> None:
+        if self.config.method == "movement" and meta.get("score_rule") != SCORE_RULE:
+            raise UserInputError("this checkpoint's block movement scores were made by an older hfcompress (raw sums "
+                                 "of -dL/dW * W), not by the Adam rule of this version: start a new run instead of "
+                                 "resuming it")
+        self.adam.load_state_dict(tensors, meta.get("adam_steps", 0), [g.key for g in self.groups])
         for g in self.groups:
             g.mask = tensors[f"mask.{g.key}"].to(torch.bool)
             g.score = tensors[f"score.{g.key}"]

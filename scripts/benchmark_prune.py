@@ -33,6 +33,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from hfcompress.cli import parse_args, setup_logging
 from hfcompress.data import load_rotten_tomatoes
 from hfcompress.prune import load_sparse
+from hfcompress.prune.pruner import SCORE_RULE
 from hfcompress.report import count_parameters, evaluate_classifier
 from hfcompress.report.bench import cache_key, mean_std, training_kwargs, write_json
 from hfcompress.report.measure import folder_size_mb
@@ -71,6 +72,8 @@ def prune_row(args, method: str, seed: int) -> dict:
     out = os.path.join(args.cache_dir, f"prune-{method}-{int(round((1 - args.target_sparsity) * 100))}pct-s{seed}")
     settings = {k: v for k, v in asdict(args).items() if k not in ("cache_dir", "output", "methods", "seeds")}
     settings.update(method=method, seed=seed, teacher=dense_dir(args, seed))
+    if method != "magnitude":
+        settings["score_rule"] = SCORE_RULE  # rows of the raw-sum rule (before issue 26) are retrained
     key, key_path = cache_key(settings), os.path.join(out, "bench_key.json")
     summary_path = os.path.join(out, "prune_summary.json")
     if os.path.exists(key_path) and os.path.exists(summary_path) and json.load(open(key_path)).get("key") == key:
@@ -121,6 +124,7 @@ def main(argv=None):
         result[f"{name}_size_mb"] = rows[0]["size_mb"]
         result[f"{name}_nonzero_parameters"] = rows[0]["nonzero_parameters"]
         result[f"{name}_seeds"] = [r["seed"] for r in rows]
+        result[f"{name}_epochs"] = args.epochs  # the training budget of the row (the dense row's too)
         write_json(args.output, result)
 
     dense_rows = []
@@ -156,7 +160,7 @@ def main(argv=None):
                                                        for m, v in short.items()}
     if cands:
         best = max(cands, key=lambda m: mean_std([r["validation_accuracy"] for r in rows[m]])[0])
-        for suffix in ("accuracy", "accuracy_std", "size_mb", "nonzero_parameters", "seeds"):
+        for suffix in ("accuracy", "accuracy_std", "size_mb", "nonzero_parameters", "seeds", "epochs"):
             result[f"movement_{pct}pct_{suffix}"] = result[f"{best}_{pct}pct_{suffix}"]
         result[f"movement_{pct}pct_recipe"] = {
             "variant": "hard" if best == "movement" else "soft", "chosen_on": "validation accuracy (mean over seeds)",

@@ -110,6 +110,51 @@ def test_start_end_kd_is_distilberts_squad_loss():
     assert float(kd) == pytest.approx(float(kl * 4 / 6), rel=1e-5)  # T^2 * KL over 6 items (3 starts, 3 ends)
 
 
+def test_cached_start_end_logits_give_the_online_loss_whatever_the_padding(tmp_path):
+    """The teacher's start/end logits of each window, cached unpadded ([T_i, 2] per window) and padded by the
+    collator to another batch's length, give the KD loss of the teacher run on that batch: padding positions are out
+    of both models' distributions (an answer never starts in the padding)."""
+    from hfcompress.distill import DistillationConfig, DistillationLoss, SpanDistillationCollator, TeacherOutputs
+    from hfcompress.distill.cache import load_or_compute_teacher_cache
+    from hfcompress.distill.loss import CACHED_LOGITS, logits_of
+
+    tok = make_wordpiece_tokenizer()
+    questions = make_questions(12, 1)
+    ex = {"id": [f"q{i}" for i in range(12)], "question": [q for _, q, _ in questions],
+          "context": [c + " and more" * (i % 4) for i, (c, _, _) in enumerate(questions)],
+          "answers": [{"text": [], "answer_start": []}] * 12}
+    rows = Dataset.from_dict(prepare_features(ex, tok, max_length=24, doc_stride=6)).remove_columns(
+        ["example_id", "offset_mapping"])
+    lengths = [sum(m) for m in rows["attention_mask"]]
+    assert len(set(lengths)) > 2, "windows of several lengths: batches are padded"
+    student, teacher = tiny_reader(num_layers=2, seed=0).eval(), tiny_reader(num_layers=4, seed=1).eval()
+    collator = SpanDistillationCollator(tok)
+    cached, meta = load_or_compute_teacher_cache(str(tmp_path / "cache"), "reader", rows, lambda: teacher,
+                                                 collator.pad_teacher, batch_size=3, per_token=True)
+    assert meta["per_token"] and [len(x) for x in cached[CACHED_LOGITS]] == lengths
+    assert all(len(pos) == 2 for x in cached[CACHED_LOGITS] for pos in x)  # a (start, end) pair per position
+    kd = DistillationLoss(DistillationConfig(alpha=0.6, temperature=2.0), student.config, teacher)
+    picks = [i for i in range(len(rows)) if lengths[i] < max(lengths)][:3] + [lengths.index(max(lengths))]
+    online_batch = collator([rows[i] for i in picks])
+    cached_batch = collator([cached[i] for i in picks])
+    assert cached_batch[CACHED_LOGITS].shape == (4, 2, online_batch["input_ids"].shape[1])
+    labels = online_batch.pop("labels")
+    real = online_batch["attention_mask"].bool()[:, None, :].expand(-1, 2, -1)
+    with torch.no_grad():
+        t_logits = logits_of(teacher(**online_batch))
+        s_out = student(**online_batch)
+        assert torch.allclose(cached_batch[CACHED_LOGITS][real], t_logits[real], atol=1e-5)
+        mask = online_batch["attention_mask"]
+        online = kd(s_out, labels, teacher_outputs=TeacherOutputs(logits=t_logits), attention_mask=mask)
+        from_cache = kd(s_out, labels, teacher_outputs=TeacherOutputs(logits=cached_batch[CACHED_LOGITS]),
+                        attention_mask=mask)
+        pure = DistillationLoss(DistillationConfig(alpha=1.0, temperature=2.0), student.config, teacher)
+        unmasked = pure(s_out, labels, teacher_outputs=TeacherOutputs(logits=cached_batch[CACHED_LOGITS]))
+        masked = pure(s_out, labels, teacher_outputs=TeacherOutputs(logits=t_logits), attention_mask=mask)
+    assert float(from_cache) == pytest.approx(float(online), rel=1e-5)
+    assert abs(float(unmasked) - float(masked)) > 1e-3 * float(masked), "the padding would count without the mask"
+
+
 def test_distill_command_on_squad_json_and_qa_pipeline(tmp_path):
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer, pipeline
 
@@ -132,6 +177,7 @@ def test_distill_command_on_squad_json_and_qa_pipeline(tmp_path):
     assert d["windows"]["train"] > d["splits"]["train"]  # long contexts made several windows
     assert {"test_exact_match", "test_f1", "test_no_answer_total"} <= set(s["metrics"]["student"]["test"])
     assert "f1" in s["metrics"]["teacher"]["test"]
+    assert (out / "teacher_cache" / "teacher_cache.json").exists(), "the teacher's window logits were cached"
     # transformers 5 has no question-answering pipeline any more: the saved reader answers through answer_questions
     with pytest.raises(KeyError, match="question-answering has been removed"):
         pipeline("question-answering")

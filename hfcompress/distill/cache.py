@@ -31,7 +31,16 @@ from tqdm.auto import tqdm
 from ..errors import UserInputError
 from ..files import write_json_atomic
 from ..fingerprint import content_fingerprint
-from .loss import CACHED_ENCODER, CACHED_HIDDEN, CACHED_KEYS, CACHED_LOGITS, CACHED_QKV, TEACHER_PREFIX
+from .loss import (
+    CACHED_ENCODER,
+    CACHED_HIDDEN,
+    CACHED_KEYS,
+    CACHED_LOGITS,
+    CACHED_QKV,
+    TEACHER_PREFIX,
+    is_span_output,
+    logits_of,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -190,7 +199,7 @@ def compute_teacher_outputs(
     per_token: bool = False,
 ) -> Dataset:
     """Add `teacher_logits` (float32; `per_token`: a token classifier's, one list of label scores per real token,
-    unpadded `[T_i, C]`) to `dataset`; for `hidden_layers`, `teacher_hidden_states` (float16, unpadded
+    unpadded `[T_i, C]`, or an extractive QA model's start and end logits, `[T_i, 2]`) to `dataset`; for `hidden_layers`, `teacher_hidden_states` (float16, unpadded
     `[L, T_i, D]` per row); for `relation_layers` (1-based blocks), `teacher_relation_qkv` (float16, unpadded
     `[3 * len(relation_layers), T_i, D]` per row: query, key, value of each block in turn). Both are stored as
     `encode_array` bytes; `DistillationDataCollator` decodes and pads them.
@@ -224,7 +233,10 @@ def compute_teacher_outputs(
         batch = {k: v.to(device) for k, v in pad_fn(feats).items()}
         res = teacher(**batch, output_hidden_states=bool(hidden_layers) or None)
         lengths = batch["attention_mask"].sum(-1).tolist()
-        logits = res.logits.float().cpu().numpy()
+        logits = logits_of(res)
+        if per_token and is_span_output(res):
+            logits = logits.transpose(1, 2)  # start/end logits `[B, 2, T]` -> `[B, T, 2]`: one pair per position
+        logits = logits.float().cpu().numpy()
         out = {CACHED_LOGITS: [logits[i, : lengths[i]].tolist() for i in range(n)] if per_token else logits.tolist()}
         if hidden_layers:
             stacked = torch.stack([res.hidden_states[j] for j in hidden_layers], 1).half().cpu().numpy()

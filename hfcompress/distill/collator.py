@@ -89,10 +89,7 @@ class TokenDistillationCollator:
             f = {k: v for k, v in f.items() if not isinstance(v, str)}
             if "labels" in f:
                 labels.append(f.pop("labels"))
-            for name, rows in cached.items():
-                if name in f:
-                    value = f.pop(name)
-                    rows.append(np.asarray(value, np.float32) if name == CACHED_LOGITS else decode_array(value))
+            _pop_cached(f, cached)
             student.append({k: v for k, v in f.items() if not k.startswith(TEACHER_PREFIX)})
             t = {k[len(TEACHER_PREFIX):]: v for k, v in f.items() if k.startswith(TEACHER_PREFIX)}
             if t:
@@ -104,16 +101,32 @@ class TokenDistillationCollator:
             batch["labels"] = self.pad_labels(labels, length)
         if teacher:
             batch.update({f"{TEACHER_PREFIX}{k}": v for k, v in self.pad_teacher(teacher).items()})
-        if cached[CACHED_LOGITS]:
-            rows = cached[CACHED_LOGITS]
-            out = np.zeros((len(rows), length, rows[0].shape[-1]), np.float32)
-            for i, r in enumerate(rows):
-                out[i, : min(len(r), length)] = r[:length]
-            batch[CACHED_LOGITS] = torch.from_numpy(out)
-        for name in (CACHED_HIDDEN, CACHED_QKV):
-            if cached[name]:
-                batch[name] = _pad_stack(cached[name], length)
+        batch.update(_pad_cached(cached, length))
         return batch
+
+
+def _pop_cached(f: dict, cached: dict[str, list]) -> None:
+    """Move a row's cached teacher columns into `cached` (logits as float32 arrays, the rest decoded)."""
+    for name, rows in cached.items():
+        if name in f:
+            value = f.pop(name)
+            rows.append(np.asarray(value, np.float32) if name == CACHED_LOGITS else decode_array(value))
+
+
+def _pad_cached(cached: dict[str, list], length: int) -> dict[str, torch.Tensor]:
+    """Per-token cached teacher outputs padded to the batch's `length`: logits (`[T_i, C]` rows) zero-padded to
+    `[B, T, C]`, hidden states and q/k/v as `DistillationDataCollator` pads them."""
+    out = {}
+    if cached.get(CACHED_LOGITS):
+        rows = cached[CACHED_LOGITS]
+        logits = np.zeros((len(rows), length, rows[0].shape[-1]), np.float32)
+        for i, r in enumerate(rows):
+            logits[i, : min(len(r), length)] = r[:length]
+        out[CACHED_LOGITS] = torch.from_numpy(logits)
+    for name in (CACHED_HIDDEN, CACHED_QKV):
+        if cached.get(name):
+            out[name] = _pad_stack(cached[name], length)
+    return out
 
 
 @dataclass
@@ -121,17 +134,31 @@ class SpanDistillationCollator:
     """Batches for extractive QA windows: model inputs padded by the tokenizer, each window's ``labels`` ``[start,
     end]`` token positions stacked into `[B, 2]` (what `DistillationLoss` reads as two items per window), or, with
     `positions=True`, as the ``start_positions`` / ``end_positions`` a transformers QA model takes for its own loss.
-    Columns for post-processing (``example_id``, ``offset_mapping``) are left out."""
+    Cached teacher outputs: the start and end logits of each window (`[T_i, 2]` rows) padded to `[B, 2, T]` (the
+    loss pushes padding positions out of both models' KD distributions, `mask_span_padding`), hidden states and q/k/v
+    as `DistillationDataCollator` pads them. Columns for post-processing (``example_id``, ``offset_mapping``) are
+    left out."""
 
     tokenizer: object
     positions: bool = False
     pad_to_multiple_of: int | None = None
 
+    def pad_teacher(self, features: list[dict]) -> dict:
+        return self.tokenizer.pad(features, padding=True, return_tensors="pt",
+                                  pad_to_multiple_of=self.pad_to_multiple_of)
+
     def __call__(self, features: list[dict]) -> dict:
-        inputs = [{k: v for k, v in f.items() if k not in ("labels", "example_id", "offset_mapping")}
-                  for f in features]
-        batch = dict(self.tokenizer.pad(inputs, padding=True, return_tensors="pt",
-                                        pad_to_multiple_of=self.pad_to_multiple_of))
+        cached: dict[str, list] = {CACHED_LOGITS: [], CACHED_HIDDEN: [], CACHED_QKV: []}
+        inputs = []
+        for f in features:
+            f = {k: v for k, v in f.items() if k not in ("labels", "example_id", "offset_mapping")}
+            _pop_cached(f, cached)
+            inputs.append(f)
+        batch = dict(self.pad_teacher(inputs))
+        padded = _pad_cached(cached, batch["input_ids"].shape[1])
+        if CACHED_LOGITS in padded:
+            padded[CACHED_LOGITS] = padded[CACHED_LOGITS].transpose(1, 2).contiguous()  # [B, T, 2] -> [B, 2, T]
+        batch.update(padded)
         if features and "labels" in features[0]:
             labels = torch.as_tensor([list(f["labels"]) for f in features], dtype=torch.long)
             if self.positions:

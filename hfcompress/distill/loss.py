@@ -74,6 +74,25 @@ def logits_of(outputs) -> torch.Tensor:
     return logits
 
 
+def is_span_output(outputs) -> bool:
+    """An extractive QA model's output (``start_logits`` / ``end_logits``, no ``logits``)."""
+    if isinstance(outputs, dict):
+        return "start_logits" in outputs and "logits" not in outputs
+    return getattr(outputs, "start_logits", None) is not None and getattr(outputs, "logits", None) is None
+
+
+# Finite, so that a padding position's teacher probability is exactly 0 without 0 * inf in the KL.
+SPAN_PAD_LOGIT = -1e4
+
+
+def mask_span_padding(student: torch.Tensor, teacher: torch.Tensor, attention_mask: torch.Tensor):
+    """Start/end logits `[B, 2, T]` of both models with the padding positions (attention mask 0) pushed to
+    `SPAN_PAD_LOGIT`: an answer never starts or ends in the padding, and the KD term is then the same whether the
+    teacher ran on this batch's padding or its logits were cached unpadded (`SpanDistillationCollator`)."""
+    pad = ~attention_mask.to(student.device).bool()[:, None, : student.shape[-1]]
+    return student.masked_fill(pad, SPAN_PAD_LOGIT), teacher.masked_fill(pad, SPAN_PAD_LOGIT)
+
+
 def _default_label_names(config) -> bool:
     names = list(getattr(config, "id2label", {}).values())
     return all(str(n).startswith("LABEL_") for n in names)
@@ -580,9 +599,10 @@ class DistillationLoss(nn.Module):
                 parts[task_part] = hard_label_loss_sum(logits, labels, mask)
             total = total + (1 - cfg.alpha) * parts[task_part]
         if pred and cfg.alpha > 0 and cfg.logit_weight > 0:
-            parts["loss_kd"] = logit_kd_loss_sum(
-                logits, teacher_outputs.logits.to(logits.device), kd_mask, cfg.temperature
-            )
+            student_kd, teacher_kd = logits, teacher_outputs.logits.to(logits.device)
+            if is_span_output(student_outputs) and attention_mask is not None:
+                student_kd, teacher_kd = mask_span_padding(student_kd, teacher_kd, attention_mask)
+            parts["loss_kd"] = logit_kd_loss_sum(student_kd, teacher_kd, kd_mask, cfg.temperature)
             total = total + cfg.logit_weight * cfg.alpha * parts["loss_kd"]
         if inter and cfg.uses_intermediate:
             if attention_mask is None:

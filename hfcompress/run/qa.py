@@ -17,8 +17,10 @@ text classification:
               question (--n_best_size, --max_answer_length, --null_score_threshold), through the local ``squad``
               evaluate module
 
-The teacher runs alongside the student (its outputs are not cached) and reads the student's windows: the two must
-share a tokenizer (a student cut from the teacher does), else the windows would not align.
+With ``--cache_teacher`` (the default) the teacher's start and end logits of every training window are computed
+once and cached (`attach_teacher_cache`, per position, as token classifiers cache theirs), with the hidden states
+its loss maps; the teacher reads the student's windows, so the two must share a tokenizer (a student cut from the
+teacher does), else the windows would not align.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from ..errors import UserInputError
 from ..metrics import qa_metrics
 from ..qa import has_unanswerable, load_qa, looks_like_qa, postprocess, prepare_features
 from . import steps
-from .data import tokenizers_align
+from .data import attach_teacher_cache, tokenizers_align
 from .finetune import FinetuneConfig, _cache_key, cached_finetune, finetune_and_save, has_task_head
 from .skeleton import Run, TaskAdapter, register_task
 from .token import _architectures, is_sequence_classifier
@@ -201,10 +203,6 @@ class QuestionAnswering(TaskAdapter):
         dataset = load_qa(run.data_args.dataset, seed=run.data_args.split_seed)
         return steps.limit_splits(dataset, run.data_args), run.data_args.dataset
 
-    def before_teacher(self, run: Run) -> None:
-        if run.data_args.cache_teacher:
-            logger.info("Extractive QA: the teacher runs alongside the student (its outputs are not cached)")
-
     def load_teacher(self, run: Run):
         model_args, d = run.model_args, run.data_args
         path = resolve_model_path(model_args.teacher_model)
@@ -243,9 +241,10 @@ class QuestionAnswering(TaskAdapter):
         features = windows(run.dataset, run.processor, run.data_args)
         run.extras["features"] = features
         run.extras["scorer"] = AnswerScorer(run.dataset, features, run.data_args)
-        run.data = features.remove_columns(list(POST))
         run.collator = SpanDistillationCollator(run.processor)
-        run.trainer_kwargs = {"teacher_model": run.teacher}
+        # the teacher's start/end logits of every training window, cached once (and the hidden states the loss maps)
+        run.data, run.trainer_kwargs = attach_teacher_cache(run, features.remove_columns(list(POST)), run.collator,
+                                                            False, self.teacher_cache_dir(run), per_token=True)
         if not run.args.label_names:  # a QA model's own label names are start/end_positions: the loss reads `labels`
             run.args.label_names = ["labels"]
 

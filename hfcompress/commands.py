@@ -68,21 +68,31 @@ def _speech_sets(parser: argparse.ArgumentParser) -> Runner:
     parser.add_argument("--sets", default="natural,natural_noisy,real", help="Comma list: natural, natural_noisy, real.")
     parser.add_argument("--per_voice", type=int, default=64, help="Sentences per voice of the natural sets.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the noise.")
+    parser.add_argument("--training_dir", default=None,
+                        help="Also build training audio for the natural set's models into this folder (a --dataset "
+                        "for distill/prune): train and validation sentences spoken by festival's diphone voices "
+                        "ked and kal (Debian festvox-kdlpc16k, festvox-kallpc16k), test = the natural set.")
+    parser.add_argument("--training_per_voice", type=int, default=480, help="Training clips per training voice.")
 
     def run(args):
         import logging
         import os
 
         from .assets import hfcompress_home
-        from .speech.synth import build_speech_test_sets
+        from .speech.synth import build_natural_training_set, build_speech_test_sets
 
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
         names = [n for n in args.sets.split(",") if n]
-        built = build_speech_test_sets(args.output_dir or hfcompress_home() / "speech", names,
-                                       per_voice=args.per_voice, seed=args.seed)
+        root = args.output_dir or hfcompress_home() / "speech"
+        built = build_speech_test_sets(root, names, per_voice=args.per_voice, seed=args.seed)
         for name, ds in built.items():
             folder = os.path.dirname(os.path.dirname(ds.cache_files[0]["filename"])) if ds.cache_files else "?"
             print(f"{name}\t{len(ds)} clips\t{len(set(ds['voice']))} voices\t{folder}")
+        if args.training_dir:
+            dsd = build_natural_training_set(args.training_dir, per_voice=args.training_per_voice,
+                                             test_per_voice=args.per_voice, seed=args.seed, cache_dir=root)
+            sizes = ", ".join(f"{k} {len(v)}" for k, v in dsd.items())
+            print(f"training\t{sizes} clips\t{sorted(set(dsd['train']['voice']))}\t{args.training_dir}")
         return 0
 
     return run

@@ -354,6 +354,40 @@ def test_natural_sets_clean_and_noisy(tmp_path):
     np.testing.assert_array_equal(again.with_format("numpy")["audio"][0], audio[0])
 
 
+def test_natural_training_set_refuses_test_voices_and_bad_splits(tmp_path):
+    with pytest.raises(UserInputError, match="speak the natural test set"):
+        synth.build_natural_training_set(tmp_path / "t", voices=[("flite", "awb"), ("festival", "ked_diphone")])
+    with pytest.raises(UserInputError, match="split must be one of"):
+        synth.build_natural_dataset(split="dev")
+    with pytest.raises(UserInputError, match="stretch_range"):
+        synth.build_natural_dataset(split="train", stretch_range=(1.2, 0.9))
+    assert not (tmp_path / "t").exists()
+
+
+needs_training_voices = pytest.mark.skipif(
+    not all(synth.festival_voice_installed(n) for e, n in synth.TRAINING_VOICES if e == "festival"),
+    reason="festival diphone voices not installed (apt-get install festival festvox-kdlpc16k festvox-kallpc16k)")
+
+
+@needs_natural_voices
+@needs_training_voices
+def test_natural_training_set_is_other_voices_and_sentences_with_the_test_set_as_test(tmp_path):
+    from datasets import load_from_disk
+
+    out = tmp_path / "train-set"
+    dsd = synth.build_natural_training_set(out, per_voice=3, validation_per_voice=1, test_per_voice=1)
+    assert {k: len(v) for k, v in dsd.items()} == {"train": 6, "validation": 2, "test": 5}
+    assert set(dsd["train"]["voice"]) == {"festival:ked_diphone", "festival:kal_diphone"}
+    assert dsd["test"]["voice"] == [f"{e}:{n}" for e, n in synth.NATURAL_VOICES]
+    assert {round(x, 3) for x in dsd["train"]["speed"]} <= {0.9, 1.0, 1.1} and set(dsd["train"]["sampling_rate"]) == {16000}
+    assert not set(dsd["train"]["text"]) & set(dsd["test"]["text"]), "no test sentence in the training audio"
+    audio = dsd["train"].with_format("numpy")["audio"]
+    assert all(0.5 < len(a) / 16000 < 8 and np.abs(a).max() > 0.05 for a in audio)
+    assert (out / "dataset_dict.json").exists() and len(load_from_disk(str(out))["train"]) == 6  # what --dataset reads
+    again = synth.build_natural_training_set(out, per_voice=3, validation_per_voice=1, test_per_voice=1)
+    np.testing.assert_array_equal(again["train"].with_format("numpy")["audio"][0], audio[0])
+
+
 @needs_alsa
 def test_alsa_words():
     words = synth.load_alsa_words()

@@ -80,12 +80,19 @@ DEFAULT_KEYWORDS = DIGIT_WORDS + ("yes", "no", "up", "down", "left", "right", "o
 _DEBIAN_PACKAGE = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "festival"}
 _ENGINE_PROGRAM = {"espeak-ng": "espeak-ng", "flite": "flite", "festival": "text2wave"}  # what must be on PATH
 # festival voices this module knows -> the Debian package that installs each, and where it goes
-FESTIVAL_VOICES = {"cmu_us_slt_arctic_hts": "festvox-us-slt-hts"}
+FESTIVAL_VOICES = {"cmu_us_slt_arctic_hts": "festvox-us-slt-hts", "ked_diphone": "festvox-kdlpc16k",
+                   "kal_diphone": "festvox-kallpc16k"}
 FESTIVAL_VOICE_DIRS = (Path("/usr/share/festival/voices"),)
 # The natural-voice test set (`build_natural_dataset`): festival's HTS voice and flite's four cmu voices.
 NATURAL_VOICES = (
     ("festival", "cmu_us_slt_arctic_hts"), ("flite", "awb"), ("flite", "rms"), ("flite", "slt"), ("flite", "kal16"),
 )
+
+# Training audio for the natural set's models (`build_natural_training_set`): festival's diphone voices of two US
+# English speakers, neither a voice of the natural test set (kal is the speaker of flite's kal16 test voice, through
+# another synthesizer and database: its per-voice WER is reported apart). Whisper base transcribes them at 8-12% WER
+# (5 sentences each, greedy), where espeak-ng's voices gave a median of 58%.
+TRAINING_VOICES = (("festival", "ked_diphone"), ("festival", "kal_diphone"))
 
 POCKETSPHINX_DATA = Path("/usr/share/pocketsphinx/test/data")
 POCKETSPHINX_SETS = ("librivox", "cards", "misc")
@@ -279,13 +286,17 @@ def require_engine(engine: str) -> str:
     return path
 
 
+def festival_voice_installed(name: str) -> bool:
+    return any(d.is_dir() and any(d.glob(f"*/{name}")) for d in FESTIVAL_VOICE_DIRS)
+
+
 def require_voice(voice: Voice) -> None:
     """A `UserInputError` naming the Debian package when `voice`'s engine or the voice itself is not installed."""
     require_engine(voice.engine)
     if voice.engine == "festival":
         if voice.name not in FESTIVAL_VOICES:
             raise UserInputError(f"festival voice {voice.name!r} is unknown; expected one of {sorted(FESTIVAL_VOICES)}")
-        if not any(d.is_dir() and any(d.glob(f"*/{voice.name}")) for d in FESTIVAL_VOICE_DIRS):
+        if not festival_voice_installed(voice.name):
             pkg = FESTIVAL_VOICES[voice.name]
             raise UserInputError(
                 f"festival voice {voice.name} is not installed (no {FESTIVAL_VOICE_DIRS[0]}/*/{voice.name}): install "
@@ -333,7 +344,7 @@ def list_voices(engines: str | Sequence[str] | None = "auto") -> list[Voice]:
         if engine == "espeak-ng":
             voices += [Voice("espeak-ng", b + v) for b in ESPEAK_BASES for v in ESPEAK_VARIANTS]
         elif engine == "festival":
-            voices += [Voice("festival", v) for v in FESTIVAL_VOICES]
+            voices += [Voice("festival", v) for v in FESTIVAL_VOICES if festival_voice_installed(v)]
         else:
             voices += [Voice("flite", v) for v in _flite_voices()]
     return voices
@@ -783,6 +794,9 @@ def build_natural_dataset(
     min_word_count: int = 8,
     min_words: int = 5,
     num_workers: int | None = None,
+    split: str = "test",
+    speed_factors: Sequence[float] = (1.0,),
+    stretch_range: tuple[float, float] | None = None,
 ):
     """The natural-voice test set: `DatasetDict` with one ``test`` split of `per_voice` sentences per voice, spoken
     clean (``speed`` 1, each voice at its own default rate and pitch) by `voices` (default `NATURAL_VOICES`:
@@ -803,8 +817,16 @@ def build_natural_dataset(
     noise at that SNR over the speech (`add_noise`), the mild-noise set at e.g. ``(15, 25)``. A missing engine or
     voice is a `UserInputError` naming its Debian package (``festival``, ``festvox-us-slt-hts``, ``flite``) before
     anything is synthesized. `cache_dir`: as in `build_transcription_dataset`.
+
+    ``split="train"`` or ``"validation"`` speaks that split's sentence pool instead (disjoint from the test pool) into
+    a split of that name: training audio (`build_natural_training_set`), where each clip also gets a speed factor
+    drawn from `speed_factors` and, with `stretch_range`, a duration stretch drawn from it (seeded per clip).
     """
-    speeds = _check_common(len(voices) or 1, per_voice, (1.0,), noise_snr_db)
+    if split not in _SPLITS:
+        raise UserInputError(f"split must be one of {list(_SPLITS)}, got {split!r}")
+    if stretch_range is not None and not 0 < stretch_range[0] <= stretch_range[1]:
+        raise UserInputError(f"stretch_range: expected (low, high) with 0 < low <= high, got {stretch_range!r}")
+    speeds = _check_common(len(voices) or 1, per_voice, speed_factors, noise_snr_db)
     voice_list = [Voice(str(e), str(n)) for e, n in voices]
     if not voice_list or len(set(voice_list)) != len(voice_list):
         raise UserInputError(f"voices: expected distinct (engine, name) pairs, got {list(voices)!r}")
@@ -812,7 +834,7 @@ def build_natural_dataset(
         require_voice(v)
     if isinstance(sentences, str):
         pool = sentence_pools(sentences, max_words=max_words, seed=seed, plain=True,
-                              min_word_count=min_word_count, min_words=min_words)["test"]
+                              min_word_count=min_word_count, min_words=min_words)[split]
         source = sentences
     else:
         pool, source = [" ".join(str(t).split()) for t in sentences if str(t).strip()], "list"
@@ -826,6 +848,8 @@ def build_natural_dataset(
         "min_word_count": min_word_count, "min_words": min_words,
         "engines": _engine_versions(engines),
     }
+    if split != "test" or speeds != (1.0,) or stretch_range is not None:  # (the test set's key stays as it was)
+        settings.update(split=split, speed_factors=speeds, stretch_range=stretch_range)
 
     def build():
         from datasets import DatasetDict
@@ -833,9 +857,12 @@ def build_natural_dataset(
         specs = []
         for j, voice in enumerate(voice_list):
             for i in range(per_voice):
+                prng = np.random.default_rng([seed, zlib.crc32(voice.id.encode()), 6, i])
                 specs.append({
-                    "id": f"{voice.id}/{i:04d}", "voice": voice, "rate": 175, "pitch": 50, "stretch": 1.0,
-                    "speed": speeds[0], "kind": "sentence", "text": pool[(i * len(voice_list) + j) % len(pool)],
+                    "id": f"{voice.id}/{i:04d}", "voice": voice, "rate": 175, "pitch": 50,
+                    "stretch": float(prng.uniform(*stretch_range)) if stretch_range else 1.0,
+                    "speed": float(prng.choice(speeds)) if len(speeds) > 1 else speeds[0], "kind": "sentence",
+                    "text": pool[(i * len(voice_list) + j) % len(pool)],
                     "snr_db": _snr_for(np.random.default_rng([seed, zlib.crc32(voice.id.encode()), 4, i]),
                                        noise_snr_db),
                     "rng": [seed, zlib.crc32(voice.id.encode()), 5, i],
@@ -843,10 +870,62 @@ def build_natural_dataset(
         if len(voice_list) * per_voice > len(pool):
             logger.info("%d clips from %d sentences: sentences repeat, each time by another voice",
                         len(specs), len(pool))
-        name = "natural speech" + ("" if noise_snr_db is None else " + noise")
-        return DatasetDict({"test": _to_dataset(_render_all(specs, num_workers, name), _features())})
+        name = "natural speech" + ("" if noise_snr_db is None else " + noise") + ("" if split == "test" else f" {split}")
+        return DatasetDict({split: _to_dataset(_render_all(specs, num_workers, name), _features())})
 
-    return _cached(cache_dir, "natural" if noise_snr_db is None else "natural-noisy", settings, build)
+    folder = "natural" + ("" if noise_snr_db is None else "-noisy") + ("" if split == "test" else f"-{split}")
+    return _cached(cache_dir, folder, settings, build)
+
+
+def build_natural_training_set(
+    output_dir: str | os.PathLike,
+    per_voice: int = 480,
+    validation_per_voice: int = 24,
+    voices: Sequence[tuple[str, str]] = TRAINING_VOICES,
+    seed: int = 0,
+    speed_factors: Sequence[float] = (0.9, 1.0, 1.1),
+    stretch_range: tuple[float, float] | None = (0.9, 1.15),
+    min_word_count: int = 3,
+    test_per_voice: int = 64,
+    cache_dir: str | os.PathLike | None = None,
+    num_workers: int | None = None,
+):
+    """Training data for the models the natural set measures, saved as one folder `output_dir` that
+    ``--dataset`` reads (`datasets.load_from_disk`): ``train`` and ``validation`` are the train and validation
+    sentence pools (Rotten Tomatoes, plain, every word at least `min_word_count` times in the corpus; none is a test
+    sentence) spoken by `voices` (default `TRAINING_VOICES`, none a voice of the test set), each clip at a speed from
+    `speed_factors` and a duration stretch from `stretch_range`; ``test`` is the natural test set itself
+    (`build_natural_dataset`, `test_per_voice` per voice), so a run's test WER is the benchmark's natural-set WER.
+    Voices that the test set also uses are refused. Built pieces are cached under `cache_dir` (default: next to
+    `output_dir`); an `output_dir` already holding a data set is loaded, not rebuilt."""
+    from datasets import DatasetDict, load_from_disk
+
+    out = Path(output_dir)
+    if (out / "dataset_dict.json").exists():
+        logger.info("loading the natural training set from %s", out)
+        return load_from_disk(str(out))
+    shared = sorted({f"{e}:{n}" for e, n in voices} & {f"{e}:{n}" for e, n in NATURAL_VOICES})
+    if shared:
+        raise UserInputError(f"voices {shared} speak the natural test set: training audio needs other voices")
+    cache = cache_dir if cache_dir is not None else out.parent / "speech-cache"
+    common = dict(seed=seed, cache_dir=cache, voices=voices, min_word_count=min_word_count,
+                  speed_factors=speed_factors, stretch_range=stretch_range, num_workers=num_workers)
+    dsd = DatasetDict({
+        "train": build_natural_dataset(per_voice=per_voice, split="train", **common)["train"],
+        "validation": build_natural_dataset(per_voice=validation_per_voice, split="validation", **common)["validation"],
+        "test": build_natural_dataset(per_voice=test_per_voice, seed=seed, cache_dir=cache,
+                                      num_workers=num_workers)["test"],
+    })
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        dsd.save_to_disk(str(tmp))
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    logger.info("saved the natural training set to %s (%s)", out, {k: len(v) for k, v in dsd.items()})
+    return load_from_disk(str(out))
 
 
 # ---------------------------------------------------------------------------------------------------- pocketsphinx

@@ -285,13 +285,13 @@ def test_block_movement_run_resumed_from_a_checkpoint_ends_with_the_same_scores_
     assert changed, "masks moved after the checkpoint: the resume mattered"
 
 
-def _distill_structured(bs, ga, tmp_path):
+def _distill_structured(bs, ga, tmp_path, method="taylor"):
     from transformers import TrainerCallback
 
     from hfcompress import DistillationArguments, DistillationDataCollator, DistillationTrainer, PruningCallback
 
     tok, train = _train_data()
-    cb = PruningCallback(_structured(target_sparsity=0.5, scope="global"))
+    cb = PruningCallback(_structured(target_sparsity=0.5, scope="global", method=method))
 
     class Capture(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -300,7 +300,7 @@ def _distill_structured(bs, ga, tmp_path):
 
     cap = Capture()
     args = DistillationArguments(
-        output_dir=str(tmp_path / f"r{bs}-{ga}"), per_device_train_batch_size=bs, gradient_accumulation_steps=ga,
+        output_dir=str(tmp_path / f"r{bs}-{ga}-{method}"), per_device_train_batch_size=bs, gradient_accumulation_steps=ga,
         max_steps=2, max_grad_norm=0.0, report_to="none", save_strategy="no", logging_steps=1, seed=7, use_cpu=True,
         alpha=0.7,
     )
@@ -310,8 +310,10 @@ def _distill_structured(bs, ga, tmp_path):
     return cap, cb, trainer
 
 
-def test_accumulated_microbatches_give_the_scores_and_masks_of_one_batch(tmp_path):
-    (one, cb, trainer), (acc, _, _) = _distill_structured(32, 1, tmp_path), _distill_structured(8, 4, tmp_path)
+@pytest.mark.parametrize("method", ["taylor", "movement"])
+def test_accumulated_microbatches_give_the_scores_and_masks_of_one_batch(tmp_path, method):
+    (one, cb, trainer), (acc, _, _) = (_distill_structured(32, 1, tmp_path, method),
+                                       _distill_structured(8, 4, tmp_path, method))
     assert all(s.abs().max() > 0 for s in one.scores.values())
     for k in one.scores:
         scale = one.scores[k].abs().max().item()

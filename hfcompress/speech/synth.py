@@ -610,12 +610,20 @@ def _cached(cache_dir, name: str, settings: dict, build):
     if (path / "dataset_dict.json").exists():
         logger.info("loading the cached %s data set from %s", name, path)
         return load_from_disk(str(path))
-    dsd = build()
+    _save_atomically(build(), path, settings)
+    logger.info("saved the %s data set to %s", name, path)
+    return load_from_disk(str(path))
+
+
+def _save_atomically(dsd, path: Path, settings: dict | None = None) -> None:
+    """`dsd.save_to_disk` into a temporary folder beside `path` (with `settings.json` when given), then renamed to
+    `path`: a folder at `path` is always complete. If another process saved it first, that copy is kept."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
     try:
         dsd.save_to_disk(str(tmp))
-        (tmp / "settings.json").write_text(json.dumps(settings, indent=1, sort_keys=True, default=str))
+        if settings is not None:
+            (tmp / "settings.json").write_text(json.dumps(settings, indent=1, sort_keys=True, default=str))
         try:
             tmp.rename(path)
         except OSError:  # another process saved it first
@@ -623,8 +631,6 @@ def _cached(cache_dir, name: str, settings: dict, build):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("saved the %s data set to %s", name, path)
-    return load_from_disk(str(path))
 
 
 def _check_common(num_voices: int, per_voice: int, speed_factors, noise_snr_db) -> tuple[float, ...]:
@@ -916,14 +922,7 @@ def build_natural_training_set(
         "test": build_natural_dataset(per_voice=test_per_voice, seed=seed, cache_dir=cache,
                                       num_workers=num_workers)["test"],
     })
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    try:
-        dsd.save_to_disk(str(tmp))
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _save_atomically(dsd, out)
     logger.info("saved the natural training set to %s (%s)", out, {k: len(v) for k, v in dsd.items()})
     return load_from_disk(str(out))
 

@@ -80,8 +80,9 @@ class TasksBenchmarkArguments:
             raise SystemExit(f"--task must be one of {', '.join(TASKS)}, got {self.task!r}")
 
 
-def fine_tuned_base(args, data: dict) -> str:
-    """The base fine-tuned on the task by its adapter (cached: `load_teacher` reuses a fine-tune of the same key)."""
+def fine_tuned_base(args, data: dict):
+    """``(folder, dataset)``: the base fine-tuned on the task by its adapter (cached: `load_teacher` reuses a
+    fine-tune of the same key), and the task's splits as the adapter loaded them."""
     from accelerate import PartialState
 
     from hfcompress.run import DataArguments, ModelArguments
@@ -96,7 +97,22 @@ def fine_tuned_base(args, data: dict) -> str:
     run = Run(model_args, data_args, SimpleNamespace(seed=args.seed, bf16=False), state=PartialState())
     run.dataset, _ = adapter.load_data(run)
     _, _, base_dir = adapter.load_teacher(run)
-    return base_dir
+    return base_dir, run.dataset
+
+
+def learned_nothing(test, data: dict) -> dict:
+    """What a model that learned nothing scores on the test split, beside which the rows are read: entity F1 0
+    (nothing tagged), the majority class's accuracy (pairs), or always answering "no answer" (QA: SQuAD v2 F1 is
+    then the unanswerable share)."""
+    from collections import Counter
+
+    if "answers" in test.column_names:
+        empty = sum(1 for a in test["answers"] if not any(t.strip() for t in a["text"]))
+        return {"name": "always 'no answer'", "metric": empty / len(test)}
+    label = data.get("label_column")
+    if label and label in test.column_names:
+        return {"name": "majority class", "metric": max(Counter(test[label]).values()) / len(test)}
+    return {"name": "nothing tagged", "metric": 0.0}
 
 
 def run_recipe_file(name: str, base_dir: str, data: dict, stages: list, args, folder: str) -> dict:
@@ -117,7 +133,7 @@ def main(argv=None) -> dict:
     (args,) = parse_args((TasksBenchmarkArguments,), argv, description=__doc__.split("\n\n")[0])
     setup_logging()
     data, seq_len, (floor_speed, floor_points), metric_label = TASKS[args.task]
-    base_dir = fine_tuned_base(args, data)
+    base_dir, dataset = fine_tuned_base(args, data)
     train = {"num_train_epochs": args.epochs, "learning_rate": args.lr, "per_device_train_batch_size": args.batch_size,
              "eval_strategy": "no", "save_strategy": "epoch", "save_total_limit": 1, "logging_steps": 20}
     int8 = {"method": "quantize", "args": {"quantization": "onnx_int8"}}
@@ -157,7 +173,7 @@ def main(argv=None) -> dict:
         "base": base, "variants": rows, "base_model": args.base, "data": data, "splits": distil["data"].get("splits"),
         "pipeline_tag": distil["data"].get("pipeline_tag"), "metric_label": metric_label,
         "floor": f"one variant >= {floor_speed}x faster on CPU within {floor_points} {metric_label} points",
-        "floor_met_by": met,
+        "floor_met_by": met, "learned_nothing": learned_nothing(dataset["test"], data),
         "latency": {"threads": args.threads, "rounds": args.rounds, "batch_size": 32, "seq_len": seq_len, "runs": 7},
         "settings": asdict(args), "recipes": [os.path.join(root, "distil", "recipe.yaml"),
                                               os.path.join(root, "structured", "recipe.yaml")],
@@ -193,7 +209,16 @@ def markdown(result: dict) -> str:
         for v, r in t["variants"].items():
             out.append(f"| {v} | {100 * r['metric']:.1f} | {r['metric_delta_points']:+.1f} | {r['size_mb']:.1f} | "
                        f"{r['size_ratio']:.2f}x | {r['latency_ms']:.0f} | {r['speedup']:.2f}x | {r['params'] / 1e6:.1f}M |")
-        out += ["", f"Floor: {t['floor']}; met by: {', '.join(t['floor_met_by']) or 'none'}.", ""]
+        out += ["", f"Floor: {t['floor']}; met by: {', '.join(t['floor_met_by']) or 'none'}."]
+        if t.get("learned_nothing"):
+            out.append(f"A model that learned nothing ({t['learned_nothing']['name']}) scores "
+                       f"{100 * t['learned_nothing']['metric']:.1f} on this test split.")
+        if "has_answer_f1" in t["base"].get("metrics", {}):
+            out.append("F1 on the answerable / unanswerable questions: " + "; ".join(
+                f"{n} {100 * r['metrics']['has_answer_f1']:.1f} / {100 * r['metrics']['no_answer_f1']:.1f}"
+                for n, r in [("base", t["base"]), *t["variants"].items()]
+                if r["metrics"].get("has_answer_f1") is not None and r["metrics"].get("no_answer_f1") is not None))
+        out.append("")
     return "\n".join(out)
 
 

@@ -218,3 +218,39 @@ def test_question_longer_than_max_length_is_one_clear_error(tmp_path):
     with pytest.raises(UserInputError, match="Raise max_length"):
         answer_questions(tiny_reader(), tok, ["where does mary jones live in the city"], ["in paris today"],
                          max_length=8, doc_stride=1)
+
+
+def test_headless_encoder_is_fine_tuned_as_a_reader_on_its_answer_positions(tmp_path):
+    """A teacher without a QA head gets one by fine-tuning with its own start/end loss. The windows' answers travel
+    in `labels`, which a QA model's forward does not name: the Trainer's column pruning must not drop them (on
+    Disfl-QA this failed with "The model did not return a loss"). The saved reader fits its training windows
+    better than the same head untrained."""
+    from transformers import AutoModelForQuestionAnswering, set_seed
+
+    from hfcompress.distill.collator import SpanDistillationCollator
+    from hfcompress.run import DataArguments
+    from hfcompress.run.finetune import FinetuneConfig
+    from hfcompress.run.qa import finetune_reader, windows
+
+    encoder = tmp_path / "encoder"
+    tiny_reader(num_layers=2).bert.save_pretrained(encoder)  # headless: a BertModel checkpoint
+    tok = make_wordpiece_tokenizer()
+    tok.save_pretrained(encoder)
+    dataset = load_qa(write_squad(tmp_path / "squad.json", make_questions(40, 2)))
+    data_args = DataArguments(dataset=str(tmp_path / "squad.json"), max_length=16, doc_stride=4)
+    cfg = FinetuneConfig(num_train_epochs=1, max_steps=40, learning_rate=3e-3, per_device_train_batch_size=8,
+                         max_length=16, seed=5)
+    summary = finetune_reader(str(encoder), dataset, str(tmp_path / "reader"), cfg, data_args)
+    assert summary["reused"] is False and np.isfinite(summary["train_loss"])
+
+    batch = SpanDistillationCollator(tok, positions=True)(list(windows(dataset, tok, data_args)["train"]))
+
+    def loss(model):
+        with torch.no_grad():
+            return float(model.eval()(**batch).loss)
+
+    set_seed(cfg.seed)  # the head as the fine-tune started it
+    untrained = AutoModelForQuestionAnswering.from_pretrained(encoder)
+    trained = AutoModelForQuestionAnswering.from_pretrained(tmp_path / "reader")
+    assert loss(trained) < 0.8 * loss(untrained)
+    assert finetune_reader(str(encoder), dataset, str(tmp_path / "reader"), cfg, data_args)["reused"] is True

@@ -174,7 +174,8 @@ def finetune_and_save(model, processing_class, data: DatasetDict, collator, cfg:
                    keep_columns: bool = False, compute_metrics=None) -> dict:
     """Train `model` on ``data["train"]`` with a plain `Trainer` (labels in ``labels``), evaluate on `report_split`,
     save it with `processing_class` into `output_dir` and write `finetune_summary.json` (`summary` plus what the run
-    measured). `keep_columns`: pass every column to `collator` (one that featurizes raw audio itself).
+    measured). `keep_columns`: pass every column to `collator` (one that featurizes raw audio itself, or makes the
+    model's label arguments from a column its forward does not name, as the QA reader's start/end positions).
     `compute_metrics`: the evaluation's metrics (default: the classifiers' accuracy and F1)."""
     args = TrainingArguments(
         output_dir=os.path.join(output_dir, "trainer"),

@@ -161,9 +161,11 @@ def finetune_reader(model_name_or_path: str, dataset: DatasetDict, output_dir: s
     set_seed(cfg.seed)
     model = AutoModelForQuestionAnswering.from_pretrained(path)
     data = windows(DatasetDict(train=dataset["train"], validation=dataset["validation"]), tokenizer, data_args)
+    # keep_columns: the windows' answers travel in `labels`, which a QA model's forward does not take (it takes
+    # start/end positions, made by the collator), so the Trainer's column pruning would drop them
     return finetune_and_save(model, tokenizer, data, SpanDistillationCollator(tokenizer, positions=True), cfg,
                              output_dir, {"model": model_name_or_path, "cache_key": key, "task": "question-answering"},
-                             compute_metrics=lambda _: {})
+                             keep_columns=True, compute_metrics=lambda _: {})
 
 
 class QuestionAnswering(TaskAdapter):

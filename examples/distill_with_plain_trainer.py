@@ -21,7 +21,13 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import (  # noqa: I001
+# hfcompress before transformers' Trainer: importing Trainer imports bitsandbytes (through peft), which on a CPU with
+# AVX512-BF16 asks the Hub for a kernel and prints "Failed to load CPU gemm_4bit_forward ..." offline; once
+# hfcompress is imported, bitsandbytes keeps to its own CPU code and says nothing.
+import hfcompress  # noqa: F401
+
+# isort: split
+from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     HfArgumentParser,
@@ -29,8 +35,6 @@ from transformers import (  # noqa: I001
     TrainingArguments,
 )
 
-# hfcompress first: it quiets a harmless bitsandbytes warning ("Failed to load CPU gemm_4bit_forward ...
-# No module named 'kernels'") that importing transformers' Trainer prints (Trainer -> peft -> bitsandbytes).
 from hfcompress import DistillationCallback, DistillationConfig, DistillationDataCollator, DistillationLoss
 from hfcompress.assets import hfcompress_home, resolve_model_path
 from hfcompress.data import label_names, load_text_classification, num_labels, tokenize

@@ -18,7 +18,11 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-from transformers import (  # noqa: I001
+# hfcompress before transformers' Trainer (which imports bitsandbytes): see distill_with_plain_trainer.py
+import hfcompress  # noqa: F401
+
+# isort: split
+from transformers import (
     AutoModelForSequenceClassification,
     AutoTokenizer,
     DataCollatorWithPadding,

@@ -23,7 +23,9 @@ fresh and timed here in one session (`saved_models_latency`: batch 32 x 128 for 
 for QA, `--threads` threads, `--rounds` interleaved rounds; speedup = base / variant within this session).
 
 Floors (the issue's; recorded, not tuned for): NER one variant >= 2.5x faster within 2.0 entity-F1 points; BoolQ
->= 2.5x within 1.5 accuracy points; QA >= 2x within 2.0 F1 points.
+>= 2.5x within 1.5 accuracy points; QA >= 2x within 2.0 F1 points. A floor is not judged (``floor_judged``
+false) when the base scores no better on the test split than a model that learned nothing (``learned_nothing``:
+the majority class, always "no answer", nothing tagged): every row would then be within the points for free.
 """
 
 from __future__ import annotations
@@ -168,12 +170,16 @@ def main(argv=None) -> dict:
     for row in rows.values():
         row["metric_delta_points"] = 100 * (row["metric"] - base["metric"])
         row["size_ratio"] = base["size_mb"] / row["size_mb"]
-    met = [n for n, r in rows.items() if r["speedup"] >= floor_speed and r["metric_delta_points"] >= -floor_points]
+    nothing = learned_nothing(dataset["test"], data)
+    # a base no better than a model that learned nothing makes every row "within the floor's points" for free
+    judged = base["metric"] > nothing["metric"]
+    met = [n for n, r in rows.items()
+           if judged and r["speedup"] >= floor_speed and r["metric_delta_points"] >= -floor_points]
     entry = {
         "base": base, "variants": rows, "base_model": args.base, "data": data, "splits": distil["data"].get("splits"),
         "pipeline_tag": distil["data"].get("pipeline_tag"), "metric_label": metric_label,
         "floor": f"one variant >= {floor_speed}x faster on CPU within {floor_points} {metric_label} points",
-        "floor_met_by": met, "learned_nothing": learned_nothing(dataset["test"], data),
+        "floor_met_by": met, "floor_judged": judged, "learned_nothing": nothing,
         "latency": {"threads": args.threads, "rounds": args.rounds, "batch_size": 32, "seq_len": seq_len, "runs": 7},
         "settings": asdict(args), "recipes": [os.path.join(root, "distil", "recipe.yaml"),
                                               os.path.join(root, "structured", "recipe.yaml")],
@@ -209,7 +215,10 @@ def markdown(result: dict) -> str:
         for v, r in t["variants"].items():
             out.append(f"| {v} | {100 * r['metric']:.1f} | {r['metric_delta_points']:+.1f} | {r['size_mb']:.1f} | "
                        f"{r['size_ratio']:.2f}x | {r['latency_ms']:.0f} | {r['speedup']:.2f}x | {r['params'] / 1e6:.1f}M |")
-        out += ["", f"Floor: {t['floor']}; met by: {', '.join(t['floor_met_by']) or 'none'}."]
+        met = ", ".join(t["floor_met_by"]) or "none"
+        if t.get("floor_judged") is False:
+            met = "not judged: the base scores no better than a model that learned nothing"
+        out += ["", f"Floor: {t['floor']}; met by: {met}."]
         if t.get("learned_nothing"):
             out.append(f"A model that learned nothing ({t['learned_nothing']['name']}) scores "
                        f"{100 * t['learned_nothing']['metric']:.1f} on this test split.")

@@ -5,6 +5,13 @@ from __future__ import annotations
 import csv
 import os
 
+# Before anything imports transformers' Trainer machinery (and through it bitsandbytes, which on a CPU with
+# AVX512-BF16 asks the Hub for a kernel at import): offline, and hfcompress first, which keeps bitsandbytes to its
+# own CPU code, as it does for users.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import hfcompress  # noqa: E402, F401
+
+# isort: split
 import pytest
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
@@ -17,7 +24,6 @@ from transformers import (
     TrainerCallback,
 )
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -65,6 +65,8 @@ class TasksBenchmarkArguments:
                                                              "or a folder; one with a trained task head is used as is)."})
     base_epochs: float = field(default=10.0, metadata={"help": "Epochs of fine-tuning the base."})
     base_lr: float = field(default=1e-4, metadata={"help": "Learning rate of fine-tuning the base."})
+    base_head_lr: float | None = field(default=None, metadata={"help": "Learning rate of the base's new task head "
+                                       "(default: --base_lr)."})
     epochs: float = field(default=10.0, metadata={"help": "Epochs of each compressed row (distillation, pruning)."})
     lr: float = field(default=1e-4, metadata={"help": "Learning rate of the compressed rows."})
     batch_size: int = field(default=32, metadata={"help": "Training batch size."})
@@ -90,9 +92,11 @@ def fine_tuned_base(args, data: dict):
     from hfcompress.run import DataArguments, ModelArguments
     from hfcompress.run.skeleton import Run, task_for
 
-    key = cache_key({"base": args.base, "epochs": args.base_epochs, "lr": args.base_lr, "seed": args.seed, **data})
+    head = {"head_lr": args.base_head_lr} if args.base_head_lr is not None else {}  # keeps earlier keys
+    key = cache_key({"base": args.base, "epochs": args.base_epochs, "lr": args.base_lr, **head, "seed": args.seed,
+                     **data})
     model_args = ModelArguments(teacher_model=args.base, teacher_finetune_epochs=args.base_epochs,
-                                teacher_learning_rate=args.base_lr,
+                                teacher_learning_rate=args.base_lr, teacher_head_learning_rate=args.base_head_lr,
                                 teacher_dir=os.path.join(args.cache_dir, f"base-{args.task}-{key}"))
     data_args = DataArguments(**data)
     adapter = task_for(model_args, data_args, None)

@@ -89,3 +89,55 @@ def test_headless_teacher_is_finetuned_once_and_cached(tmp_path):
     prepare_teacher(str(headless), make_dataset(), str(tmp_path / "ft"), cfg)  # same key: the cached fine-tune is reused
     assert os.path.getmtime(os.path.join(out, "model.safetensors")) == stamp
     assert summary["reused"] is False and "validation_metrics" in summary
+
+
+def test_head_learning_rate_trains_the_new_head_at_its_own_rate_and_keeps_earlier_cache_keys(tmp_path):
+    """`FinetuneConfig.head_learning_rate`: the new head (everything outside the encoder) trains at its own peak
+    rate, the encoder at `learning_rate`; weight decay is split as the plain Trainer splits it; a fine-tune without
+    it keeps the cache key it had before the setting existed."""
+    from conftest import make_dataset
+
+    from hfcompress.run.finetune import FinetuneConfig, _cache_key, config_for_key
+
+    headless = tmp_path / "headless"
+    tiny_bert().base_model.save_pretrained(headless)
+    make_tokenizer().save_pretrained(headless)
+    from transformers import AutoModelForSequenceClassification
+
+    trained = {}
+    for name, head_lr in (("slow", None), ("fast", 1e-2)):  # the same seed: both heads start from the same draw
+        cfg = FinetuneConfig(max_steps=3, per_device_train_batch_size=8, learning_rate=1e-9,
+                             head_learning_rate=head_lr, warmup_ratio=0.0)
+        out = prepare_teacher(str(headless), make_dataset(), str(tmp_path / name), cfg)
+        trained[name] = AutoModelForSequenceClassification.from_pretrained(out).state_dict()
+    moved = {k: (trained["fast"][k] - v).abs().max().item() for k, v in trained["slow"].items()
+             if v.is_floating_point()}
+    body = max(v for k, v in moved.items() if k.startswith("bert."))
+    head = max(v for k, v in moved.items() if k.startswith("classifier."))
+    assert body < 1e-6 < 1e-3 < head, (body, head)  # the encoder trained at 1e-9 in both, the head at 1e-2 in one
+
+    # the optimizer's groups, read off a Trainer built as the fine-tune builds it
+    from transformers import TrainingArguments
+
+    from hfcompress.run.finetune import HeadRateTrainer
+
+    model = tiny_bert()
+    trainer = HeadRateTrainer(model=model, args=TrainingArguments(str(tmp_path / "t"), learning_rate=1e-4,
+                                                                  weight_decay=0.01, report_to=[]),
+                              head_learning_rate=5e-3)
+    opt = trainer.create_optimizer()
+    names = {id(p): n for n, p in model.named_parameters()}
+    decay = set(trainer.get_decay_parameter_names(model))
+    for group in opt.param_groups:
+        for p in group["params"]:
+            n = names[id(p)]
+            assert group["lr"] == (5e-3 if not n.startswith("bert.") else 1e-4), n
+            assert group["weight_decay"] == (0.01 if n in decay else 0.0), n
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(names)
+
+    plain = FinetuneConfig()
+    assert "head_learning_rate" not in config_for_key(plain)
+    data = make_dataset()
+    assert _cache_key("m", data, plain, "text", "label") != _cache_key("m", data, cfg, "text", "label")
+    with pytest.raises(ValueError, match="head_learning_rate"):
+        FinetuneConfig(head_learning_rate=0)

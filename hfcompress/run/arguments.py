@@ -26,6 +26,11 @@ class ModelArguments:
                   "after 2)."},
     )
     teacher_learning_rate: float = field(default=5e-5, metadata={"help": "Learning rate of teacher fine-tuning."})
+    teacher_head_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Learning rate of the new task head in teacher fine-tuning (default: "
+                  "--teacher_learning_rate). Raise it for an encoder with small outputs, such as all-mpnet-base-v2."},
+    )
     teacher_dir: str | None = field(
         default=None,
         metadata={"help": "Where the fine-tuned teacher is cached (default: $HFCOMPRESS_HOME/teachers/<name>-<dataset>)."},

@@ -159,11 +159,9 @@ def load_audio_teacher(model_args: ModelArguments, data_args: DataArguments, spe
             raise UserInputError(f"teacher {model_args.teacher_model!r} has no trained audio-classification head and "
                                  "teacher fine-tuning is disabled; pass a fine-tuned classifier or --finetune_teacher")
         window = window_for(config, dataset, speech)
-        cfg = FinetuneConfig(num_train_epochs=model_args.teacher_finetune_epochs,
-                             learning_rate=model_args.teacher_learning_rate, seed=args.seed,
-                             per_device_train_batch_size=args.per_device_train_batch_size,
-                             per_device_eval_batch_size=args.per_device_eval_batch_size,
-                             bf16=bool(getattr(args, "bf16", False)))
+        cfg = steps.teacher_finetune_config(model_args, args,
+                                            per_device_train_batch_size=args.per_device_train_batch_size,
+                                            per_device_eval_batch_size=args.per_device_eval_batch_size)
         base = steps.default_teacher_dir(model_args, data_args)
         path = base if model_args.teacher_dir else f"{base}-{window:g}s" if window else base
         with args.main_process_first(desc="teacher fine-tune"):

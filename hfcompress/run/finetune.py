@@ -45,6 +45,13 @@ class FinetuneConfig:
 
     num_train_epochs: float = field(default=2.0, metadata={"help": "Epochs of fine-tuning."})
     learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate (linear decay, 6% warm-up)."})
+    head_learning_rate: float | None = field(
+        default=None,
+        metadata={"help": "Peak learning rate of the new task head (every weight outside the encoder), on the same "
+                  "schedule; default: --learning_rate. A sentence-embedding encoder's outputs can be small "
+                  "(all-mpnet-base-v2's last layer: per-dimension std 0.09, MiniLM-L6's 0.38), so a head at the "
+                  "encoder's rate moves its logits slowly and a short fine-tune ends near the prior."},
+    )
     per_device_train_batch_size: int = field(default=32, metadata={"help": "Training batch size per device."})
     per_device_eval_batch_size: int = field(default=64, metadata={"help": "Evaluation batch size per device."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
@@ -66,6 +73,10 @@ class FinetuneConfig:
         # Normalised so that 1 and 1.0 epochs give the same cache key.
         for name in ("num_train_epochs", "learning_rate", "weight_decay", "warmup_ratio"):
             setattr(self, name, float(getattr(self, name)))
+        if self.head_learning_rate is not None:
+            self.head_learning_rate = float(self.head_learning_rate)
+            if self.head_learning_rate <= 0:
+                raise ValueError(f"head_learning_rate must be > 0, got {self.head_learning_rate}")
         for name in ("per_device_train_batch_size", "per_device_eval_batch_size", "max_length", "seed", "max_steps"):
             setattr(self, name, int(getattr(self, name)))
         self.bf16 = bool(self.bf16)
@@ -91,6 +102,41 @@ def has_task_head(model_name_or_path: str, auto_class=None) -> bool:
     return not info["missing_keys"]
 
 
+def config_for_key(cfg: FinetuneConfig) -> dict:
+    """`cfg` as it enters a cache key: a setting left at None (no separate head rate) is left out, so keys made
+    before the setting existed still match."""
+    return {k: v for k, v in asdict(cfg).items() if not (k == "head_learning_rate" and v is None)}
+
+
+class HeadRateTrainer(Trainer):
+    """A `Trainer` whose optimizer gives the task head (every parameter outside ``model.base_model_prefix``) its
+    own peak learning rate; weight decay split as the Trainer splits it, the scheduler scales every group alike."""
+
+    def __init__(self, *args, head_learning_rate: float | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.head_learning_rate = head_learning_rate
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is not None or self.head_learning_rate is None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        prefix = f"{opt_model.base_model_prefix}."
+        decay = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[bool, bool], list] = {}
+        for name, p in opt_model.named_parameters():
+            if p.requires_grad:
+                groups.setdefault((not name.startswith(prefix), name in decay), []).append(p)
+        if not any(head for head, _ in groups):
+            raise ValueError(f"head_learning_rate: no parameter outside {prefix!r} to give it to")
+        cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = cls(
+            [{"params": ps, "weight_decay": self.args.weight_decay if dec else 0.0,
+              **({"lr": self.head_learning_rate} if head else {})} for (head, dec), ps in groups.items()],
+            **kwargs,
+        )
+        return self.optimizer
+
+
 def _cache_key(
     model_path: str, dataset: DatasetDict, cfg: FinetuneConfig, text_column: str, label_column: str,
     layers: list[int] | None = None, text_pair: tuple | None = None,
@@ -100,7 +146,7 @@ def _cache_key(
             "model": os.path.abspath(model_path) if os.path.exists(model_path) else model_path,
             "layers": layers,
             "data": content_fingerprint(dataset["train"]),
-            "cfg": asdict(cfg),
+            "cfg": config_for_key(cfg),
             "columns": [text_column, label_column] + (list(text_pair) if text_pair else []),
         },
         sort_keys=True,
@@ -200,9 +246,10 @@ def finetune_and_save(model, processing_class, data: DatasetDict, collator, cfg:
         use_cpu=cfg.bf16 and not torch.cuda.is_available(),
         remove_unused_columns=not keep_columns,
     )
-    trainer = Trainer(
+    trainer = HeadRateTrainer(
         model=model,
         args=args,
+        head_learning_rate=cfg.head_learning_rate,
         train_dataset=data["train"],
         eval_dataset=data[report_split] if report_split in data else None,
         data_collator=collator,

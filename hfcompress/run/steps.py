@@ -160,17 +160,20 @@ def default_teacher_dir(model_args: ModelArguments, data_args: DataArguments) ->
     return model_args.teacher_dir or os.path.join(hfcompress_home(), "teachers", f"{name}-{data}")
 
 
+def teacher_finetune_config(model_args: ModelArguments, args, **settings) -> FinetuneConfig:
+    """How a headless teacher is fine-tuned (every task adapter's teacher): the teacher arguments, the run's seed
+    and bf16, plus the task's own `settings` (max_length, batch sizes)."""
+    return FinetuneConfig(num_train_epochs=model_args.teacher_finetune_epochs,
+                          learning_rate=model_args.teacher_learning_rate,
+                          head_learning_rate=model_args.teacher_head_learning_rate,
+                          seed=args.seed, bf16=bool(getattr(args, "bf16", False)), **settings)
+
+
 def load_teacher(model_args: ModelArguments, data_args: DataArguments, dataset: DatasetDict, args, state=None):
     """A teacher with a trained head (fine-tuned once and cached if the checkpoint has none), its tokenizer and
     path. Checks its labels against the data."""
-    ft_cfg = FinetuneConfig(
-        num_train_epochs=model_args.teacher_finetune_epochs,
-        learning_rate=model_args.teacher_learning_rate,
-        max_length=data_args.max_length,
-        truncation_side=data_args.truncation_side,
-        seed=args.seed,
-        bf16=bool(getattr(args, "bf16", False)),
-    )
+    ft_cfg = teacher_finetune_config(model_args, args, max_length=data_args.max_length,
+                                     truncation_side=data_args.truncation_side)
     path = prepare_teacher(
         model_args.teacher_model, dataset, default_teacher_dir(model_args, data_args), ft_cfg,
         data_args.text_column, data_args.label_column, finetune=model_args.finetune_teacher,

@@ -194,9 +194,7 @@ class TokenClassification(TaskAdapter):
                 raise UserInputError(f"teacher {model_args.teacher_model!r} has no trained token-classification head "
                                      "and teacher fine-tuning is disabled; pass a fine-tuned teacher or enable "
                                      "--finetune_teacher")
-            cfg = FinetuneConfig(num_train_epochs=model_args.teacher_finetune_epochs,
-                                 learning_rate=model_args.teacher_learning_rate, max_length=data_args.max_length,
-                                 seed=run.args.seed, bf16=bool(getattr(run.args, "bf16", False)))
+            cfg = steps.teacher_finetune_config(model_args, run.args, max_length=data_args.max_length)
             path = model_args.teacher_dir or steps.default_teacher_dir(model_args, data_args) + "-tokens"
             if run.state is None or run.state.is_main_process:
                 finetune_tagger(model_args.teacher_model, run.dataset, path, cfg, data_args.label_all_subtokens)

@@ -337,3 +337,22 @@ def test_sequence_classification_student_with_token_teacher_is_refused(assets, t
     # and a sequence-classification teacher on token-tagged data
     with pytest.raises(UserInputError, match="is a sequence classifier .* but the data is token-tagged"):
         adapter.check_inputs(Run(ModelArguments(teacher_model=str(seq)), data_args, None))
+
+
+def test_headless_tagger_teacher_follows_length_grouping_and_its_head_rate(assets, tmp_path):
+    """A headless encoder as teacher: its fine-tune takes the run's ``--train_sampling_strategy group_by_length`` and
+    ``--teacher_head_learning_rate``, and the student trains with the same length-grouped sampler."""
+    teacher, conll, _ = assets
+    headless = tmp_path / "headless"
+    tiny_tagger().base_model.save_pretrained(headless)
+    make_wordpiece_tokenizer().save_pretrained(headless)
+    out = tmp_path / "run"
+    res = _cli(["distill", "--teacher_model", str(headless), "--dataset", conll, "--output_dir", str(out),
+                "--student_num_layers", "2", "--teacher_finetune_epochs", "1", "--teacher_head_learning_rate", "1e-2",
+                "--train_sampling_strategy", "group_by_length", *COMMON], tmp_path)
+    assert res.returncode == 0, res.stderr[-4000:]
+    (summary,) = [os.path.join(d, "finetune_summary.json") for d, _, files in os.walk(tmp_path / "home" / "teachers")
+                  if "finetune_summary.json" in files]
+    cfg = json.load(open(summary))["config"]
+    assert cfg["group_by_length"] is True and cfg["head_learning_rate"] == 1e-2
+    assert json.load(open(out / "distill_summary.json"))["data"]["pipeline_tag"] == "token-classification"

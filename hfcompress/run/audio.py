@@ -161,7 +161,8 @@ def load_audio_teacher(model_args: ModelArguments, data_args: DataArguments, spe
         window = window_for(config, dataset, speech)
         cfg = steps.teacher_finetune_config(model_args, args,
                                             per_device_train_batch_size=args.per_device_train_batch_size,
-                                            per_device_eval_batch_size=args.per_device_eval_batch_size)
+                                            per_device_eval_batch_size=args.per_device_eval_batch_size,
+                                            group_by_length=False)  # raw audio: featurized by the collator
         base = steps.default_teacher_dir(model_args, data_args)
         path = base if model_args.teacher_dir else f"{base}-{window:g}s" if window else base
         with args.main_process_first(desc="teacher fine-tune"):

@@ -161,12 +161,16 @@ def default_teacher_dir(model_args: ModelArguments, data_args: DataArguments) ->
 
 
 def teacher_finetune_config(model_args: ModelArguments, args, **settings) -> FinetuneConfig:
-    """How a headless teacher is fine-tuned (every task adapter's teacher): the teacher arguments, the run's seed
-    and bf16, plus the task's own `settings` (max_length, batch sizes)."""
-    return FinetuneConfig(num_train_epochs=model_args.teacher_finetune_epochs,
-                          learning_rate=model_args.teacher_learning_rate,
-                          head_learning_rate=model_args.teacher_head_learning_rate,
-                          seed=args.seed, bf16=bool(getattr(args, "bf16", False)), **settings)
+    """How a headless teacher is fine-tuned (every task adapter's teacher): the teacher arguments, the run's seed,
+    bf16 and length grouping (``--train_sampling_strategy group_by_length``), plus the task's own `settings`
+    (max_length, batch sizes)."""
+    return FinetuneConfig(**{
+        "num_train_epochs": model_args.teacher_finetune_epochs, "learning_rate": model_args.teacher_learning_rate,
+        "head_learning_rate": model_args.teacher_head_learning_rate, "seed": args.seed,
+        "bf16": bool(getattr(args, "bf16", False)),
+        "group_by_length": getattr(args, "train_sampling_strategy", "random") == "group_by_length",
+        **settings,
+    })
 
 
 def load_teacher(model_args: ModelArguments, data_args: DataArguments, dataset: DatasetDict, args, state=None):

@@ -214,3 +214,44 @@ def test_a_second_run_into_a_used_output_dir_is_refused_unless_told(assets, tmp_
     assert "already holds a run (model, distill_summary.json)" in line and "--overwrite_output_dir" in line, line
     assert (tmp_path / "out" / "model" / "model.safetensors").read_bytes() == first  # nothing touched
     _run([*cmd, "--overwrite_output_dir"], tmp_path)
+
+
+FINETUNE = """
+import sys
+from hfcompress.data import load_text_classification
+from hfcompress.run.finetune import FinetuneConfig, prepare_teacher
+cfg = FinetuneConfig(num_train_epochs=3, per_device_train_batch_size=8, learning_rate=1e-3, seed=5)
+print(prepare_teacher(sys.argv[1], load_text_classification(sys.argv[2]), sys.argv[3], cfg))
+"""
+
+
+@pytest.mark.parametrize("pause, resumed_from", [("step:15", "checkpoint-10"),   # inside the second epoch
+                                                 ("save:20", "checkpoint-10")])  # checkpoint-20 cut in half
+def test_killed_teacher_fine_tune_resumes_to_the_same_teacher(assets, tmp_path, pause, resumed_from):
+    """A headless teacher's fine-tune (an hour for MPNet-base on a CPU) killed from outside resumes from its last
+    epoch's checkpoint when started again, and caches the teacher the uninterrupted fine-tune caches."""
+    headless = tmp_path / "headless"
+    model = tiny_bert(num_layers=2, seed=3)
+    model.config.hidden_dropout_prob = 0.1  # randomness the resume must replay
+    model.base_model.save_pretrained(headless)
+    make_tokenizer().save_pretrained(headless)
+    cmd = [sys.executable, "-c", FINETUNE, str(headless), assets["data"]]
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    _run_and_kill([*cmd, str(killed)], tmp_path, killed, pause, beside=[*cmd, str(full)])
+    assert not (killed / "finetune_summary.json").exists() and (killed / "trainer" / "checkpoint-10").is_dir()
+    _run([*cmd, str(killed)], tmp_path)
+    wa, wb = _weights(full), _weights(killed)
+    assert wa.keys() == wb.keys() and wa
+    worst = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
+    assert worst <= 1e-6, f"the resumed teacher differs from the uninterrupted one by up to {worst}"
+    summary = json.load(open(killed / "finetune_summary.json"))
+    assert summary["resumed_from"] == resumed_from and json.load(open(full / "finetune_summary.json"))[
+        "resumed_from"] is None
+    assert not list((killed / "trainer").glob("checkpoint-*"))  # removed once the teacher is saved
+    # a fine-tune of another key in the same folder starts afresh (never resumes a stale checkpoint)
+    (killed / "trainer" / "checkpoint-10").mkdir()
+    (killed / "trainer" / "checkpoint-10" / "trainer_state.json").write_text("{}")
+    from hfcompress.run.finetune import _resumable_checkpoint
+
+    assert _resumable_checkpoint(str(killed / "trainer"), "another-key") is None
+    assert not (killed / "trainer" / "checkpoint-10").exists()

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -25,11 +26,13 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..assets import resolve_model_path
-from ..checkpoints import save_trainer_model
+from ..checkpoints import latest_complete_checkpoint, save_trainer_model, with_faithful_resume
 from ..data import label_names, num_labels, tokenize
 from ..errors import UserInputError
+from ..files import write_text_atomic
 from ..fingerprint import content_fingerprint
 from ..metrics import compute_classification_metrics
 from .arguments import _has_accelerator
@@ -226,6 +229,33 @@ def cached_finetune(output_dir: str, key: str | None, name: str) -> dict | None:
     return summary
 
 
+_KEY_FILE = "finetune_key.txt"
+
+
+def _remove_checkpoints(trainer_dir: str) -> None:
+    if os.path.isdir(trainer_dir):
+        for name in os.listdir(trainer_dir):
+            if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
+                shutil.rmtree(os.path.join(trainer_dir, name), ignore_errors=True)
+
+
+def _resumable_checkpoint(trainer_dir: str, key: str | None) -> str | None:
+    """The newest complete checkpoint in `trainer_dir` written by a fine-tune of the same `key` (None without a key:
+    nothing to tell a stale checkpoint from a resumable one). Checkpoints of another key are removed; the key is
+    written for the run about to start."""
+    found = None
+    if key and os.path.exists(os.path.join(trainer_dir, _KEY_FILE)):
+        with open(os.path.join(trainer_dir, _KEY_FILE)) as fh:
+            if fh.read().strip() == key:
+                found = latest_complete_checkpoint(trainer_dir)
+    if found is None and os.path.isdir(trainer_dir):
+        _remove_checkpoints(trainer_dir)  # another fine-tune's (or an unkeyed one's): not this run's to resume
+    if key:
+        os.makedirs(trainer_dir, exist_ok=True)
+        write_text_atomic(os.path.join(trainer_dir, _KEY_FILE), key + "\n")
+    return found
+
+
 def finetune_and_save(model, processing_class, data: DatasetDict, collator, cfg: FinetuneConfig, output_dir: str,
                    summary: dict, report_split: str = "validation", callbacks: list | None = None,
                    keep_columns: bool = False, compute_metrics=None) -> dict:
@@ -233,9 +263,16 @@ def finetune_and_save(model, processing_class, data: DatasetDict, collator, cfg:
     save it with `processing_class` into `output_dir` and write `finetune_summary.json` (`summary` plus what the run
     measured). `keep_columns`: pass every column to `collator` (one that featurizes raw audio itself, or makes the
     model's label arguments from a column its forward does not name, as the QA reader's start/end positions).
-    `compute_metrics`: the evaluation's metrics (default: the classifiers' accuracy and F1)."""
+    `compute_metrics`: the evaluation's metrics (default: the classifiers' accuracy and F1).
+
+    Resumable: a checkpoint is written at every epoch end into ``<output_dir>/trainer`` (the newest two kept), tagged
+    with ``summary["cache_key"]``; a fine-tune killed from outside and started again with the same key resumes from
+    the newest complete one and ends with the model the uninterrupted run would have saved. Checkpoints of another
+    key are removed first; all are removed once the model is saved."""
+    trainer_dir = os.path.join(output_dir, "trainer")
+    resume = _resumable_checkpoint(trainer_dir, summary.get("cache_key"))
     args = TrainingArguments(
-        output_dir=os.path.join(output_dir, "trainer"),
+        output_dir=trainer_dir,
         num_train_epochs=cfg.num_train_epochs,
         max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate,
@@ -245,7 +282,10 @@ def finetune_and_save(model, processing_class, data: DatasetDict, collator, cfg:
         warmup_steps=cfg.warmup_ratio,
         seed=cfg.seed,
         eval_strategy="no",
-        save_strategy="no",
+        save_strategy="epoch",
+        # two: the Trainer rotates before a new checkpoint is marked complete, so the one before must stay
+        save_total_limit=2,
+        save_only_model=False,
         logging_steps=50,
         report_to=[],
         dataloader_pin_memory=_has_accelerator(),
@@ -267,14 +307,19 @@ def finetune_and_save(model, processing_class, data: DatasetDict, collator, cfg:
         data_collator=collator,
         processing_class=processing_class,
         compute_metrics=compute_metrics or compute_classification_metrics,
-        callbacks=callbacks,
+        callbacks=with_faithful_resume(callbacks or []),
     )
-    train_out = trainer.train()
+    if resume:
+        logger.info("Resuming the fine-tune from %s", resume)
+    train_out = trainer.train(resume_from_checkpoint=resume)
     metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
     save_trainer_model(trainer, output_dir)
+    if trainer.is_world_process_zero():  # the model is saved: the checkpoints (weights + optimizer) are not needed
+        _remove_checkpoints(trainer_dir)
     summary = {
         **summary,
         "config": asdict(cfg),
+        "resumed_from": os.path.basename(resume) if resume else None,
         "train_runtime_s": train_out.metrics.get("train_runtime"),
         "train_loss": train_out.training_loss,
         f"{report_split}_metrics": metrics,

@@ -3,7 +3,8 @@
 ``tasks`` -> task -> ``base`` and ``variants``, each with metric, metric_name, size_mb, latency_ms, speedup, params).
 
     python scripts/benchmark_tasks.py --task ner                      # MiniLM-L6 tagger on WNUT-16
-    python scripts/benchmark_tasks.py --task ner --base mpnet-base
+    python scripts/benchmark_tasks.py --task ner --base mpnet-base --base_epochs 10 --base_lr 5e-5 --base_head_lr 1e-3 \
+        --epochs 5 --lr 5e-5                                          # the head at its own rate (see README)
     python scripts/benchmark_tasks.py --task boolq --base mpnet-base  # sentence pairs
     python scripts/benchmark_tasks.py --task disflqa --base mpnet-base
 

@@ -127,6 +127,16 @@ def latest_complete_checkpoint(output_dir: str) -> str | None:
     return None
 
 
+def remove_checkpoints(output_dir: str) -> None:
+    """Delete every `checkpoint-N` folder of `output_dir` (complete or not); other files are left."""
+    import shutil
+
+    if os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            if _step_of(name) is not None:
+                shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+
+
 def _test_pause(kind: str, step: int, output_dir: str) -> None:
     """Tests only: with HFCOMPRESS_TEST_PAUSE=kind:step, write `<output_dir>/.paused-<kind>-<step>` and wait (the
     test kills the process there, as a scheduler would)."""

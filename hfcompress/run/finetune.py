@@ -13,7 +13,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -26,10 +25,9 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from ..assets import resolve_model_path
-from ..checkpoints import latest_complete_checkpoint, save_trainer_model, with_faithful_resume
+from ..checkpoints import latest_complete_checkpoint, remove_checkpoints, save_trainer_model, with_faithful_resume
 from ..data import label_names, num_labels, tokenize
 from ..errors import UserInputError
 from ..files import write_text_atomic
@@ -232,13 +230,6 @@ def cached_finetune(output_dir: str, key: str | None, name: str) -> dict | None:
 _KEY_FILE = "finetune_key.txt"
 
 
-def _remove_checkpoints(trainer_dir: str) -> None:
-    if os.path.isdir(trainer_dir):
-        for name in os.listdir(trainer_dir):
-            if name.startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
-                shutil.rmtree(os.path.join(trainer_dir, name), ignore_errors=True)
-
-
 def _resumable_checkpoint(trainer_dir: str, key: str | None) -> str | None:
     """The newest complete checkpoint in `trainer_dir` written by a fine-tune of the same `key` (None without a key:
     nothing to tell a stale checkpoint from a resumable one). Checkpoints of another key are removed; the key is
@@ -249,7 +240,7 @@ def _resumable_checkpoint(trainer_dir: str, key: str | None) -> str | None:
             if fh.read().strip() == key:
                 found = latest_complete_checkpoint(trainer_dir)
     if found is None and os.path.isdir(trainer_dir):
-        _remove_checkpoints(trainer_dir)  # another fine-tune's (or an unkeyed one's): not this run's to resume
+        remove_checkpoints(trainer_dir)  # another fine-tune's (or an unkeyed one's): not this run's to resume
     if key:
         os.makedirs(trainer_dir, exist_ok=True)
         write_text_atomic(os.path.join(trainer_dir, _KEY_FILE), key + "\n")
@@ -268,9 +259,11 @@ def finetune_and_save(model, processing_class, data: DatasetDict, collator, cfg:
     Resumable: a checkpoint is written at every epoch end into ``<output_dir>/trainer`` (the newest two kept), tagged
     with ``summary["cache_key"]``; a fine-tune killed from outside and started again with the same key resumes from
     the newest complete one and ends with the model the uninterrupted run would have saved. Checkpoints of another
-    key are removed first; all are removed once the model is saved."""
+    key are removed first; all are removed once the model is saved. Without a key (a model passed in that says
+    nothing of how it was built) nothing is checkpointed."""
     trainer_dir = os.path.join(output_dir, "trainer")
-    resume = _resumable_checkpoint(trainer_dir, summary.get("cache_key"))
+    key = summary.get("cache_key")
+    resume = _resumable_checkpoint(trainer_dir, key)
     args = TrainingArguments(
         output_dir=trainer_dir,
         num_train_epochs=cfg.num_train_epochs,
@@ -282,7 +275,7 @@ def finetune_and_save(model, processing_class, data: DatasetDict, collator, cfg:
         warmup_steps=cfg.warmup_ratio,
         seed=cfg.seed,
         eval_strategy="no",
-        save_strategy="epoch",
+        save_strategy="epoch" if key else "no",  # unkeyed: no later run could tell them from another's
         # two: the Trainer rotates before a new checkpoint is marked complete, so the one before must stay
         save_total_limit=2,
         save_only_model=False,
@@ -315,7 +308,7 @@ def finetune_and_save(model, processing_class, data: DatasetDict, collator, cfg:
     metrics = trainer.evaluate() if trainer.eval_dataset is not None else {}
     save_trainer_model(trainer, output_dir)
     if trainer.is_world_process_zero():  # the model is saved: the checkpoints (weights + optimizer) are not needed
-        _remove_checkpoints(trainer_dir)
+        remove_checkpoints(trainer_dir)
     summary = {
         **summary,
         "config": asdict(cfg),

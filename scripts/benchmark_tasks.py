@@ -38,6 +38,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 
+import torch
 import yaml
 
 from hfcompress.cli import parse_args, setup_logging
@@ -70,6 +71,8 @@ class TasksBenchmarkArguments:
                                        "(default: --base_lr)."})
     group_by_length: bool = field(default=True, metadata={"help": "Batch the base's training examples by length "
                                   "(less padding: NER tweets 54 -> 32 padded tokens per example, BoolQ 251 -> 132)."})
+    bf16: bool = field(default=False, metadata={"help": "Train the base and the rows with bf16 autocast (about 2x "
+                       "faster on a CPU with AVX512-BF16: MPNet-base at 32 x 132 tokens 16 -> 8 s a step)."})
     epochs: float = field(default=10.0, metadata={"help": "Epochs of each compressed row (distillation, pruning)."})
     lr: float = field(default=1e-4, metadata={"help": "Learning rate of the compressed rows."})
     batch_size: int = field(default=32, metadata={"help": "Training batch size."})
@@ -98,6 +101,8 @@ def fine_tuned_base(args, data: dict):
     later = {"head_lr": args.base_head_lr} if args.base_head_lr is not None else {}  # keys of earlier bases kept
     if args.group_by_length:
         later["group_by_length"] = True
+    if args.bf16:
+        later["bf16"] = True
     key = cache_key({"base": args.base, "epochs": args.base_epochs, "lr": args.base_lr, **later, "seed": args.seed,
                      **data})
     model_args = ModelArguments(teacher_model=args.base, teacher_finetune_epochs=args.base_epochs,
@@ -106,7 +111,7 @@ def fine_tuned_base(args, data: dict):
     data_args = DataArguments(**data)
     adapter = task_for(model_args, data_args, None)
     sampling = "group_by_length" if args.group_by_length else "random"
-    run = Run(model_args, data_args, SimpleNamespace(seed=args.seed, bf16=False, train_sampling_strategy=sampling),
+    run = Run(model_args, data_args, SimpleNamespace(seed=args.seed, bf16=args.bf16, train_sampling_strategy=sampling),
               state=PartialState())
     run.dataset, _ = adapter.load_data(run)
     _, _, base_dir = adapter.load_teacher(run)
@@ -151,7 +156,9 @@ def main(argv=None) -> dict:
     base_dir, dataset = fine_tuned_base(args, data)
     train = {"num_train_epochs": args.epochs, "learning_rate": args.lr, "per_device_train_batch_size": args.batch_size,
              "eval_strategy": "no", "save_strategy": "epoch", "save_total_limit": 1, "logging_steps": 20,
-             **({"train_sampling_strategy": "group_by_length"} if args.group_by_length else {})}
+             **({"train_sampling_strategy": "group_by_length"} if args.group_by_length else {}),
+             # transformers accepts bf16 without a GPU only when told the run is on the CPU
+             **({"bf16": True, "use_cpu": not torch.cuda.is_available()} if args.bf16 else {})}
     int8 = {"method": "quantize", "args": {"quantization": "onnx_int8"}}
     key = cache_key({"base": base_dir, "train": train, "layers": args.student_layers,
                      "sparsity": args.structured_sparsity, "seed": args.seed, **data})
@@ -219,7 +226,8 @@ def markdown(result: dict) -> str:
         s, lat = t.get("settings", {}), t.get("latency", {})
         out += [f"## {name}", "",
                 f"Data {t['data']['dataset']} {t.get('splits')}; base {t.get('base_model')} fine-tuned "
-                f"{s.get('base_epochs')} epochs; rows {s.get('epochs')} epochs, lr {s.get('lr')}, seed {s.get('seed')}. "
+                f"{s.get('base_epochs')} epochs; rows {s.get('epochs')} epochs, lr {s.get('lr')}, seed {s.get('seed')}"
+                f"{', bf16 training' if s.get('bf16') else ''}. "
                 f"Latency: batch {lat.get('batch_size')} x {lat.get('seq_len')}, {lat.get('threads')} threads, "
                 f"{lat.get('rounds')} interleaved rounds. Command: `{t.get('command')}`", "",
                 f"| model | {t.get('metric_label', t['base']['metric_name'])} | Δ points | size MB | size ratio | latency ms | speedup | params |",

@@ -29,6 +29,7 @@ from hfcompress.distill import (
     SpeechSeq2SeqDistillationCollator,
     compute_encoder_outputs,
     init_seq2seq_student,
+    load_or_compute_encoder_cache,
 )
 from hfcompress.distill.loss import CACHED_ENCODER, TeacherOutputs
 from hfcompress.distill.student import spread_layers
@@ -248,6 +249,51 @@ def test_cached_encoder_outputs_give_the_online_loss(teacher_dir, tmp_path):
     want = gen[len(prompt):]
     want = want[: want.index(tok.eos_token_id)] if tok.eos_token_id in want else want
     assert pseudo[0]["labels"] == want + [tok.eos_token_id] and CACHED_ENCODER not in pseudo.column_names
+
+
+def test_a_killed_encoder_cache_pass_resumes_from_its_saved_shards(teacher_dir, tmp_path):
+    """The encoder-output + pseudo-label pass (~40 min for Whisper base on 960 clips) is saved shard by shard: killed
+    after two shards and started again with the same key it computes only the rest, and the cache equals an
+    uninterrupted pass's; another pass (other options) does not reuse the shards."""
+    teacher, processor = load(teacher_dir)
+    tok, collator = processor.tokenizer, collator_for(processor)
+    data = rows(processor, 7)
+    pseudo = {"prompt_ids": decoder_prompt_ids(tok), "max_new_tokens": 4, "eos_token_id": tok.eos_token_id,
+              "do_sample": False}
+    computed = []
+
+    def features(r, kill_after=None):
+        if kill_after is not None and len(computed) >= kill_after:
+            raise KeyboardInterrupt("killed from outside")
+        computed.append(len(r["audio"]))
+        return collator.input_features(r["audio"])
+
+    def cache(name, fn, **kw):
+        return load_or_compute_encoder_cache(str(tmp_path / name), "teacher", data, lambda: teacher, fn,
+                                             batch_size=2, shard_batches=1, pseudo_labels=pseudo, **kw)
+
+    whole, meta = cache("whole", features)
+    assert meta["reused"] is False and computed == [2, 2, 2, 1] and not (tmp_path / "whole.partial").exists()
+    computed.clear()
+    with pytest.raises(KeyboardInterrupt):
+        cache("killed", lambda r: features(r, kill_after=2))
+    partial = tmp_path / "killed.partial"
+    assert sorted(p.name for p in partial.iterdir()) == ["partial.json", "shard-00000", "shard-00001"]
+    assert not (tmp_path / "killed").exists()  # nothing half-written where the cache is read
+    computed.clear()
+    resumed, meta = cache("killed", features)
+    assert computed == [2, 1] and meta["reused"] is False and not partial.exists()  # shards 2 and 3 only
+    assert resumed["labels"] == whole["labels"] and len(resumed) == 7
+    assert resumed[CACHED_ENCODER] == whole[CACHED_ENCODER]
+    # shards of another pass (here: without pseudo-labels) are not taken
+    computed.clear()
+    with pytest.raises(KeyboardInterrupt):
+        cache("other", lambda r: features(r, kill_after=1))
+    computed.clear()
+    other, _ = load_or_compute_encoder_cache(str(tmp_path / "other"), "teacher", data, lambda: teacher, features,
+                                             batch_size=2, shard_batches=1)
+    assert computed == [2, 2, 2, 1] and other["labels"] == data["labels"]
+    assert cache("other", features)[1]["reused"] is False  # the key changed again: recomputed, not the old cache
 
 
 # -------------------------------------------------------------------------------------------------------- script

@@ -450,21 +450,81 @@ def load_or_compute_encoder_cache(
     batch_size: int = 16,
     store_encoder: bool = True,
     pseudo_labels: dict | None = None,
+    shard_batches: int = 8,
 ) -> tuple[Dataset, dict]:
     """`compute_encoder_outputs` of the teacher over `dataset`, saved in `cache_dir` and reused by a run with the same
-    teacher, rows and options (a second or resumed run), like `load_or_compute_teacher_cache`."""
+    teacher, rows and options (a second or resumed run), like `load_or_compute_teacher_cache`.
+
+    The pass is long (Whisper base's transcripts of 960 clips: ~40 min on a 2-core CPU), so it is saved as it goes,
+    `shard_batches` batches at a time, in ``<cache_dir>.partial``: a pass killed from outside and started again with
+    the same key computes only the shards it had not saved, and ends with the rows of an uninterrupted pass (shards
+    start on batch boundaries, so every batch is the one an uninterrupted pass makes)."""
+    if shard_batches < 1:
+        raise ValueError(f"shard_batches must be 1 or more, got {shard_batches}")
     blob = {"teacher": teacher_name, "data": content_fingerprint(dataset), "encoder": store_encoder,
             "pseudo_labels": pseudo_labels, "format": ENCODER_CACHE_FORMAT}
     key = hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    partial_dir = os.path.normpath(os.path.abspath(cache_dir)) + ".partial"
+    teacher = None
+
+    def rows(start: int, stop: int) -> Dataset:
+        nonlocal teacher
+        if teacher is None:
+            teacher = teacher_loader()
+        return compute_encoder_outputs(teacher, dataset.select(range(start, stop)), features_fn, batch_size,
+                                       store_encoder, pseudo_labels)
 
     def compute(workdir: str):
-        teacher = teacher_loader()
-        cached = compute_encoder_outputs(teacher, dataset, features_fn, batch_size, store_encoder, pseudo_labels)
+        cached = _compute_in_shards(partial_dir, key, len(dataset), batch_size * shard_batches, rows)
         return cached, {"teacher": teacher_name, "encoder_outputs": store_encoder,
                         "pseudo_labels": pseudo_labels is not None, "format": ENCODER_CACHE_FORMAT,
                         "num_rows": len(cached)}
 
-    return _load_or_save(cache_dir, key, compute)
+    result = _load_or_save(cache_dir, key, compute)
+    shutil.rmtree(partial_dir, ignore_errors=True)  # the whole cache is saved: its shards are not needed
+    return result
+
+
+_PARTIAL_META = "partial.json"
+
+
+def _compute_in_shards(partial_dir: str, key: str, num_rows: int, shard_rows: int, compute_rows) -> Dataset:
+    """`compute_rows(start, stop) -> Dataset` over rows ``[0, num_rows)`` in shards of `shard_rows`, each saved in
+    `partial_dir` (atomically: written beside, then renamed) as soon as it is computed; shards saved there before
+    under the same `key` and shard size are loaded instead of computed. Returns the shards concatenated, in order."""
+    from datasets import concatenate_datasets
+
+    meta_path = os.path.join(partial_dir, _PARTIAL_META)
+    want = {"key": key, "shard_rows": shard_rows, "num_rows": num_rows}
+    if os.path.isdir(partial_dir):
+        try:
+            with open(meta_path) as fh:
+                found = json.load(fh)
+        except (OSError, ValueError):
+            found = None
+        if found != want:
+            logger.info("Partial cache in %s is of another pass (%s): starting over", partial_dir, found)
+            shutil.rmtree(partial_dir)
+    os.makedirs(partial_dir, exist_ok=True)
+    write_json_atomic(meta_path, want)
+    starts = list(range(0, num_rows, shard_rows))
+    if not starts:
+        return compute_rows(0, 0)
+    paths = [os.path.join(partial_dir, f"shard-{i:05d}") for i in range(len(starts))]
+    saved = sum(os.path.isdir(p) for p in paths)
+    if saved:
+        logger.info("Resuming the pass from %s: %d of %d shards (%d rows each) already saved", partial_dir, saved,
+                    len(starts), shard_rows)
+    shards = []
+    for start, path in zip(starts, paths):
+        if not os.path.isdir(path):
+            part = compute_rows(start, min(start + shard_rows, num_rows))
+            tmp = path + ".tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            part.save_to_disk(tmp)
+            os.replace(tmp, path)
+        shards.append(load_from_disk(path))
+    return concatenate_datasets(shards) if len(shards) > 1 else shards[0]
 
 
 def drop_teacher_inputs(dataset: Dataset) -> Dataset:

@@ -89,3 +89,27 @@ def test_training_from_cache_without_teacher_needs_all_outputs(tmp_path):
     tokenized, *_ , collator, teacher, _ = _setup(make_tokenizer(), False, tmp_path)
     with pytest.raises(ValueError, match="found none of the cached teacher columns .* and no teacher model"):
         _train(tmp_path, "x", tokenized["train"], collator, teacher_config=teacher.config)
+
+
+def test_teacher_runs_longest_rows_first_and_rows_keep_their_order(tmp_path):
+    """The pass batches rows of like length (less padding), then puts every row back in its place."""
+    from hfcompress.distill.cache import compute_teacher_outputs
+
+    tok = make_tokenizer()
+    tokenized, *_ = tokenize_for_distillation(make_dataset(n_train=40), tok, tok, "text", "label", 32)
+    train = tokenized["train"]
+    teacher = tiny_mpnet(seed=1).eval()
+    widths = []
+    hook = teacher.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]),
+                                             with_kwargs=True)
+    collator = DistillationDataCollator(tok)
+    out = compute_teacher_outputs(teacher, train, lambda f: tok.pad(f, return_tensors="pt"), batch_size=8)
+    hook.remove()
+    lengths = [len(x) for x in train["input_ids"]]
+    assert len(set(lengths)) > 3 and len(widths) == 5
+    assert widths == sorted(widths, reverse=True) and widths[-1] < max(lengths)  # longest first: less padding
+    assert out["input_ids"] == train["input_ids"]  # the rows' own order
+    batch = collator([dict(out[i]) for i in range(len(out))])
+    with torch.no_grad():
+        ref = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert torch.allclose(batch["teacher_logits"], ref, atol=1e-5)

@@ -32,3 +32,11 @@ def cpu_has_vnni() -> bool:
     weights), or where this cannot be read: then nothing is assumed missing."""
     flags = cpu_info()["flags"]
     return flags is None or any("vnni" in f for f in flags)
+
+
+def bf16_training_args(bf16: bool) -> dict:
+    """`TrainingArguments` fields for bf16 autocast: transformers accepts bf16 without a GPU only when told the run
+    is on the CPU (``use_cpu``)."""
+    import torch
+
+    return {"bf16": bf16, "use_cpu": bf16 and not torch.cuda.is_available()}

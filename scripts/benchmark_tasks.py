@@ -39,12 +39,12 @@ import sys
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 
-import torch
 import yaml
 
 from hfcompress.cli import parse_args, setup_logging
 from hfcompress.costs import checkpoint_size_mb, parameter_counts
 from hfcompress.files import write_text_atomic
+from hfcompress.hardware import bf16_training_args
 from hfcompress.loading import load_model
 from hfcompress.report.bench import cache_key, write_json
 from hfcompress.report.measure import saved_models_latency
@@ -158,8 +158,7 @@ def main(argv=None) -> dict:
     train = {"num_train_epochs": args.epochs, "learning_rate": args.lr, "per_device_train_batch_size": args.batch_size,
              "eval_strategy": "no", "save_strategy": "epoch", "save_total_limit": 1, "logging_steps": 20,
              **({"train_sampling_strategy": "group_by_length"} if args.group_by_length else {}),
-             # transformers accepts bf16 without a GPU only when told the run is on the CPU
-             **({"bf16": True, "use_cpu": not torch.cuda.is_available()} if args.bf16 else {})}
+             **(bf16_training_args(True) if args.bf16 else {})}  # nothing when off: earlier recipe keys kept
     int8 = {"method": "quantize", "args": {"quantization": "onnx_int8"}}
     key = cache_key({"base": base_dir, "train": train, "layers": args.student_layers,
                      "sparsity": args.structured_sparsity, "seed": args.seed, **data})

@@ -29,12 +29,12 @@ def training_kwargs(output_dir: str, seed: int, epochs: float, learning_rate: fl
                     **overrides) -> dict:
     """The `TrainingArguments` every benchmark row trains with (linear decay, 6% warm-up, weight decay 0.01, no
     evaluation or checkpoints during the run, bf16 autocast on the CPU unless a GPU is there)."""
-    import torch
+    from ..hardware import bf16_training_args
 
     return {
         "output_dir": output_dir, "num_train_epochs": epochs, "learning_rate": learning_rate,
         "per_device_train_batch_size": batch_size, "per_device_eval_batch_size": 64, "weight_decay": 0.01,
         "warmup_steps": 0.06, "seed": seed, "eval_strategy": "no", "save_strategy": "no", "logging_steps": 50,
-        "report_to": "none", "bf16": bf16, "use_cpu": bf16 and not torch.cuda.is_available(), "disable_tqdm": True,
+        "report_to": "none", **bf16_training_args(bf16), "disable_tqdm": True,
         **overrides,
     }

@@ -32,6 +32,7 @@ from ..data import label_names, num_labels, tokenize
 from ..errors import UserInputError
 from ..files import write_text_atomic
 from ..fingerprint import content_fingerprint
+from ..hardware import bf16_training_args
 from ..metrics import compute_classification_metrics
 from .arguments import _has_accelerator
 
@@ -285,9 +286,7 @@ def finetune_and_save(model, processing_class, data: DatasetDict, collator, cfg:
         # BERT's own loss ignores num_items_in_batch; averaging across devices would double it on 2 ranks.
         average_tokens_across_devices=False,
         disable_tqdm=False,
-        bf16=cfg.bf16,
-        # transformers accepts bf16 without a GPU only when told the run is on the CPU.
-        use_cpu=cfg.bf16 and not torch.cuda.is_available(),
+        **bf16_training_args(cfg.bf16),
         remove_unused_columns=not keep_columns,
         train_sampling_strategy="group_by_length" if cfg.group_by_length else "random",
     )

@@ -79,22 +79,23 @@ PEER_TYPES = ("int8", "float32")
 INT8_SETTING = {"skip_modules": [], "per_channel": True}  # quantize_dynamic_int8 keywords of the int8 system
 
 
-def build_int8(model_name: str, source: str, cache_dir: str) -> str:
-    """The model in PyTorch dynamic int8 (`INT8_SETTING`), saved once under `cache_dir`/int8/<model> as a user saves
-    it (`save_dynamic_int8`, with the processor); returns the folder (rebuilt when the source's weights change)."""
+def build_int8(name: str, source: str, cache_dir: str) -> str:
+    """The model in `source` in PyTorch dynamic int8 (`INT8_SETTING`), saved once under `cache_dir`/int8/<name> as a
+    user saves it (`save_dynamic_int8`, with the processor); returns the folder (rebuilt when the source's weights
+    change)."""
     from transformers import AutoProcessor
 
     from hfcompress.loading import load_model
     from hfcompress.quantize.dynamic import quantize_dynamic_int8, save_dynamic_int8
 
-    out = os.path.join(cache_dir, "int8", canonical_name(model_name))
+    out = os.path.join(cache_dir, "int8", name)
     stamp = {"source": source, "setting": INT8_SETTING,
              "weights": sorted([f, os.path.getsize(os.path.join(source, f))] for f in os.listdir(source)
                                if f.endswith(".safetensors"))}
     key_path = os.path.join(out, "bench_key.json")
     if os.path.exists(key_path) and json.load(open(key_path)) == json.loads(json.dumps(stamp)):
         return os.path.join(out, "model")
-    logger.info("Building the dynamic int8 of %s in %s", model_name, out)
+    logger.info("Building the dynamic int8 of %s in %s", source, out)
     model = quantize_dynamic_int8(load_model(source), **INT8_SETTING, inplace=True)
     save_dynamic_int8(model, os.path.join(out, "model"), AutoProcessor.from_pretrained(source))
     with open(key_path, "w") as fh:
@@ -102,9 +103,12 @@ def build_int8(model_name: str, source: str, cache_dir: str) -> str:
     return os.path.join(out, "model")
 
 
-def parse_variants(text: str, models: list[str]) -> list[tuple[str, str, str]]:
+def parse_variants(text: str, models: list[str], int8: bool = False) -> list[tuple[str, str, str]]:
     """``model:name=folder,...`` as (model, name, folder); one clear error for a malformed entry, a model not
-    measured in this run or a folder without a saved model."""
+    measured in this run, a folder without a saved model or, with `int8` (``--int8_variants``), a folder that is
+    not a float model to quantize."""
+    from hfcompress.loading import checkpoint_format
+
     out = []
     for item in (x.strip() for x in text.split(",") if x.strip()):
         model, sep, rest = item.partition(":")
@@ -115,6 +119,9 @@ def parse_variants(text: str, models: list[str]) -> list[tuple[str, str, str]]:
             raise SystemExit(f"--variants: {item!r} names model {model!r}, which --models does not measure ({models})")
         if not os.path.exists(os.path.join(folder, "config.json")):
             raise SystemExit(f"--variants: {folder} holds no saved model (no config.json)")
+        if int8 and checkpoint_format(folder) in ("onnx", "torch_int8", "bnb"):
+            raise SystemExit(f"--int8_variants: {folder} is already quantized ({checkpoint_format(folder)}); "
+                             "it takes float Whispers (distilled, window-cut, pruned) to quantize")
         out.append((model, name, folder))
     return out
 
@@ -141,6 +148,9 @@ class SpeechSetsArguments(DecodingArguments):
     variants: str = field(default="", metadata={"help": "More compressed Whispers to measure, a comma list of "
                           "model:name=folder (a folder hfcompress saved: distilled, pruned, int8...), e.g. "
                           "whisper-base:dec2=out/dec2/model. Each is a variant of that model's row."})
+    int8_variants: bool = field(default=False, metadata={"help": "Also measure each --variants folder in the int8 "
+                                "setting of --int8 (as <name>_int8, built once under --cache_dir/int8): a distilled "
+                                "decoder composed with int8."})
 
 
 def seeded_subset(dataset, n: int, seed: int) -> list[int]:
@@ -277,7 +287,7 @@ def main(argv=None):
     if bad:
         raise SystemExit(f"--models: {bad} are not Whisper assets (known: whisper-tiny-en, whisper-base)")
     paths = {m: str(asset_path(m)) for m in models}  # not installed: the error says how
-    extra = parse_variants(args.variants, models)  # checked before anything is measured
+    extra = parse_variants(args.variants, models, args.int8_variants)  # checked before anything is measured
     notes = []
     peer = peer_version() if args.peer else None
     if args.peer and peer is None:
@@ -312,8 +322,12 @@ def main(argv=None):
                                           "size_mb": checkpoint_size_mb(paths[m]),
                                           "params": systems[f"{m}/transformers_fp32"].params,
                                           "language": systems[f"{m}/transformers_fp32"].language}
-        folders = [("transformers_int8", build_int8(m, paths[m], args.cache_dir))] if args.int8 else []
-        folders += [(name, folder) for model, name, folder in extra if model == m]
+        folders = [("transformers_int8", build_int8(canonical_name(m), paths[m], args.cache_dir))] if args.int8 else []
+        for model, name, folder in extra:
+            if model == m:
+                folders.append((name, folder))
+                if args.int8_variants:
+                    folders.append((f"{name}_int8", build_int8(f"{canonical_name(m)}-{name}", folder, args.cache_dir)))
         for name, folder in folders:
             key = f"{m}/{name}"
             systems[key] = TransformersWhisper(folder, args.max_new_tokens,

@@ -4,12 +4,14 @@ Synthesis tests need the Debian programs ``espeak-ng`` / ``flite`` and are skipp
 test needs the ``pocketsphinx-testdata`` package. Everything synthesized here is tiny (a few utterances).
 """
 
+import json
 import shutil
 
 import numpy as np
 import pytest
 
 from hfcompress.errors import UserInputError
+from hfcompress.quantize.dynamic import CONFIG_KEY
 from hfcompress.speech import synth
 from hfcompress.speech.normalize import (
     align_counts,
@@ -495,3 +497,9 @@ def test_speech_sets_floors_come_from_the_rows_and_variants_are_checked_first(tm
                        (f"whisper-base:dec2={tmp_path / 'none'}", "holds no saved model")):
         with pytest.raises(SystemExit, match=says):
             bench.parse_variants(text, ["whisper-base"])
+    # --int8_variants quantizes float folders only: a folder already in int8 is named before any measuring
+    assert bench.parse_variants(f"whisper-base:dec2={tmp_path / 'm'}", ["whisper-base"], int8=True)
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "config.json").write_text(json.dumps({CONFIG_KEY: {"per_channel": True}}))
+    with pytest.raises(SystemExit, match=r"--int8_variants: .*q is already quantized \(torch_int8\)"):
+        bench.parse_variants(f"whisper-base:dec2q={tmp_path / 'q'}", ["whisper-base"], int8=True)

@@ -285,6 +285,11 @@ def test_a_killed_encoder_cache_pass_resumes_from_its_saved_shards(teacher_dir, 
     assert computed == [2, 1] and meta["reused"] is False and not partial.exists()  # shards 2 and 3 only
     assert resumed["labels"] == whole["labels"] and len(resumed) == 7
     assert resumed[CACHED_ENCODER] == whole[CACHED_ENCODER]
+    # a pass for pseudo-labels alone (a student whose encoder differs) is read from the saved encoder pass
+    computed.clear()
+    labels_only, meta = cache("whole", features, store_encoder=False)
+    assert computed == [] and meta["read_from_encoder_pass"] and meta["encoder_outputs"] is False
+    assert labels_only["labels"] == whole["labels"] and CACHED_ENCODER not in labels_only.column_names
     # shards of another pass (here: without pseudo-labels) are not taken
     computed.clear()
     with pytest.raises(KeyboardInterrupt):

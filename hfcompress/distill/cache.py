@@ -464,12 +464,28 @@ def load_or_compute_encoder_cache(
     The pass is long (Whisper base's transcripts of 960 clips: ~40 min on a 2-core CPU), so it is saved as it goes,
     `shard_batches` batches at a time, in ``<cache_dir>.partial``: a pass killed from outside and started again with
     the same key computes only the shards it had not saved, and ends with the rows of an uninterrupted pass (shards
-    start on batch boundaries, so every batch is the one an uninterrupted pass makes)."""
+    start on batch boundaries, so every batch is the one an uninterrupted pass makes).
+
+    A pass for pseudo-labels alone (``store_encoder=False``: a student whose encoder differs, e.g. a shorter window) is
+    served by a saved pass of the same teacher, rows and options that kept the encoder's outputs too: the transcripts
+    are the same, so only its encoder column is dropped."""
     if shard_batches < 1:
         raise ValueError(f"shard_batches must be 1 or more, got {shard_batches}")
-    blob = {"teacher": teacher_name, "data": content_fingerprint(dataset), "encoder": store_encoder,
-            "pseudo_labels": pseudo_labels, "format": ENCODER_CACHE_FORMAT}
-    key = hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    fingerprint = content_fingerprint(dataset)
+
+    def key_of(encoder: bool) -> str:
+        blob = {"teacher": teacher_name, "data": fingerprint, "encoder": encoder,
+                "pseudo_labels": pseudo_labels, "format": ENCODER_CACHE_FORMAT}
+        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    key = key_of(store_encoder)
+    if pseudo_labels is not None and not store_encoder:
+        fuller = _load_if_key(cache_dir, key_of(True))
+        if fuller is not None:
+            data, meta = fuller
+            logger.info("Pseudo-labels read from the encoder-output pass cached in %s", cache_dir)
+            return data.remove_columns(CACHED_ENCODER), {**meta, "encoder_outputs": False,
+                                                         "read_from_encoder_pass": True}
     partial_dir = os.path.normpath(os.path.abspath(cache_dir)) + ".partial"
     teacher = None
 

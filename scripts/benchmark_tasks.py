@@ -48,7 +48,7 @@ from hfcompress.hardware import bf16_training_args
 from hfcompress.loading import load_model
 from hfcompress.report.bench import cache_key, write_json
 from hfcompress.report.measure import saved_models_latency
-from hfcompress.report.record import environment
+from hfcompress.report.record import environment, main_metric
 
 logger = logging.getLogger("hfcompress.benchmark")
 
@@ -171,7 +171,7 @@ def main(argv=None) -> dict:
                                                              "target_sparsity": args.structured_sparsity, **train}},
         {"name": "structured50_onnx_int8", **int8}], args, os.path.join(root, "structured"))
 
-    metric = distil["data"]["metric"]
+    metric = main_metric(distil["data"])  # a pair classifier's record names none: accuracy
     paths, metrics = {"base": base_dir}, {"base": distil["comparison"]["base"]["metrics"]}
     for summary in (distil, pruned):
         c = summary["comparison"]

@@ -113,3 +113,32 @@ def test_teacher_runs_longest_rows_first_and_rows_keep_their_order(tmp_path):
     with torch.no_grad():
         ref = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     assert torch.allclose(batch["teacher_logits"], ref, atol=1e-5)
+
+
+def test_content_fingerprint_reads_the_rows_not_how_they_were_made():
+    """Caches are keyed by `content_fingerprint`: equal rows give one key whatever made them (a `map` whose function
+    captures another object, a concatenation in several chunks), other rows another key. Before, the key carried the
+    datasets fingerprint of the transform history in the table's metadata: a Whisper student given a shorter window
+    (its own tokenizer object) missed the teacher's 40-minute pseudo-label cache of the same rows."""
+    from datasets import Dataset, concatenate_datasets
+
+    from hfcompress.fingerprint import content_fingerprint
+
+    base = Dataset.from_dict({"text": ["a b", "c", "d e f", "g"]})
+
+    class Tok:  # two objects that label alike but hash apart in datasets' transform fingerprint
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, text):
+            return [len(w) for w in text.split()]
+
+    one = base.map(lambda r, t=Tok("one"): {"labels": t(r["text"])})
+    two = base.map(lambda r, t=Tok("two"): {"labels": t(r["text"])})
+    assert one._fingerprint != two._fingerprint  # datasets sees two histories ...
+    chunked = concatenate_datasets([two.select(range(2)), two.select(range(2, 4))])
+    assert len(chunked.with_format("arrow")[:].column("text").chunks) == 2
+    assert content_fingerprint(one) == content_fingerprint(two) == content_fingerprint(chunked)  # ... one content
+    other = base.map(lambda r: {"labels": [len(r["text"])]})
+    assert content_fingerprint(other) != content_fingerprint(one)
+    assert content_fingerprint(one.select([1, 0, 2, 3])) != content_fingerprint(one)  # the order is content

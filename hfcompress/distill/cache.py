@@ -473,12 +473,15 @@ def load_or_compute_encoder_cache(
         raise ValueError(f"shard_batches must be 1 or more, got {shard_batches}")
     fingerprint = content_fingerprint(dataset)
 
+    def parts_of(encoder: bool) -> dict:
+        return json.loads(json.dumps({"teacher": teacher_name, "data": fingerprint, "encoder": encoder,
+                                      "pseudo_labels": pseudo_labels, "format": ENCODER_CACHE_FORMAT}, default=str))
+
     def key_of(encoder: bool) -> str:
-        blob = {"teacher": teacher_name, "data": fingerprint, "encoder": encoder,
-                "pseudo_labels": pseudo_labels, "format": ENCODER_CACHE_FORMAT}
-        return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(parts_of(encoder), sort_keys=True).encode()).hexdigest()[:16]
 
     key = key_of(store_encoder)
+    _log_key_difference(cache_dir, parts_of(store_encoder))
     if pseudo_labels is not None and not store_encoder:
         fuller = _load_if_key(cache_dir, key_of(True))
         if fuller is not None:
@@ -500,11 +503,26 @@ def load_or_compute_encoder_cache(
         cached = _compute_in_shards(partial_dir, key, len(dataset), batch_size * shard_batches, rows)
         return cached, {"teacher": teacher_name, "encoder_outputs": store_encoder,
                         "pseudo_labels": pseudo_labels is not None, "format": ENCODER_CACHE_FORMAT,
-                        "num_rows": len(cached)}
+                        "num_rows": len(cached), "key_parts": parts_of(store_encoder)}
 
     result = _load_or_save(cache_dir, key, compute)
     shutil.rmtree(partial_dir, ignore_errors=True)  # the whole cache is saved: its shards are not needed
     return result
+
+
+def _log_key_difference(cache_dir: str, parts: dict) -> None:
+    """Say which of the key's parts (teacher, data, options) differ from the cache saved in `cache_dir`, so a
+    recomputation of a long pass is explained, not only announced."""
+    try:
+        with open(os.path.join(cache_dir, CACHE_META)) as fh:
+            saved = json.load(fh).get("key_parts")
+    except (OSError, ValueError):
+        return
+    if not saved:
+        return
+    differ = {k: (saved.get(k), v) for k, v in parts.items() if saved.get(k) != v and k != "encoder"}
+    if differ:
+        logger.info("The cache in %s was made with another %s: %s", cache_dir, ", ".join(sorted(differ)), differ)
 
 
 _PARTIAL_META = "partial.json"

@@ -119,7 +119,7 @@ def test_content_fingerprint_reads_the_rows_not_how_they_were_made():
     """Caches are keyed by `content_fingerprint`: equal rows give one key whatever made them (a `map` whose function
     captures another object, a concatenation in several chunks), other rows another key. Before, the key carried the
     datasets fingerprint of the transform history in the table's metadata: a Whisper student given a shorter window
-    (its own tokenizer object) missed the teacher's 40-minute pseudo-label cache of the same rows."""
+    (its own tokenizer object) missed the teacher's 18-minute pseudo-label pass of the same rows."""
     from datasets import Dataset, concatenate_datasets
 
     from hfcompress.fingerprint import content_fingerprint

@@ -252,7 +252,7 @@ def test_cached_encoder_outputs_give_the_online_loss(teacher_dir, tmp_path):
 
 
 def test_a_killed_encoder_cache_pass_resumes_from_its_saved_shards(teacher_dir, tmp_path):
-    """The encoder-output + pseudo-label pass (~40 min for Whisper base on 960 clips) is saved shard by shard: killed
+    """The encoder-output + pseudo-label pass (18 min for Whisper base on 960 clips) is saved shard by shard: killed
     after two shards and started again with the same key it computes only the rest, and the cache equals an
     uninterrupted pass's; another pass (other options) does not reuse the shards."""
     teacher, processor = load(teacher_dir)

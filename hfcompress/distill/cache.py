@@ -461,7 +461,7 @@ def load_or_compute_encoder_cache(
     """`compute_encoder_outputs` of the teacher over `dataset`, saved in `cache_dir` and reused by a run with the same
     teacher, rows and options (a second or resumed run), like `load_or_compute_teacher_cache`.
 
-    The pass is long (Whisper base's transcripts of 960 clips: ~40 min on a 2-core CPU), so it is saved as it goes,
+    The pass is long (Whisper base's transcripts of 960 clips: 18 min on a 2-core CPU), so it is saved as it goes,
     `shard_batches` batches at a time, in ``<cache_dir>.partial``: a pass killed from outside and started again with
     the same key computes only the shards it had not saved, and ends with the rows of an uninterrupted pass (shards
     start on batch boundaries, so every batch is the one an uninterrupted pass makes).

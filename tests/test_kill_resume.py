@@ -85,6 +85,15 @@ def _run(cmd, tmp_path):
     return res
 
 
+def _markers(out, name: str) -> list:
+    """The pause markers under `out`; [] when the run renamed or removed a folder while it was being walked (a
+    temporary teacher-cache folder moved into place), so the next poll looks again."""
+    try:
+        return list(out.rglob(name))
+    except FileNotFoundError:
+        return []
+
+
 def _run_and_kill(cmd, tmp_path, out, pause: str, beside=None) -> None:
     """Start `cmd`, wait until it pauses at `pause` ("step:N" / "save:N"; the marker may be in any folder under
     `out`), then SIGKILL it. `beside`: another command run meanwhile (the uninterrupted run: 2 cores, half the wait)."""
@@ -95,7 +104,7 @@ def _run_and_kill(cmd, tmp_path, out, pause: str, beside=None) -> None:
                                                          stderr=subprocess.PIPE, text=True, cwd=ROOT)
     try:
         deadline = time.time() + 600
-        while not (markers := list(out.rglob(f".paused-{kind}-{step}"))):
+        while not (markers := _markers(out, f".paused-{kind}-{step}")):
             assert proc.poll() is None, (tmp_path / "killed.log").read_text()[-4000:]
             assert time.time() < deadline, "the run never reached " + pause
             time.sleep(0.2)

@@ -108,6 +108,7 @@ def parse_variants(text: str, models: list[str], int8: bool = False) -> list[tup
     measured in this run, a folder without a saved model or, with `int8` (``--int8_variants``), a folder that is
     not a float model to quantize."""
     from hfcompress.loading import checkpoint_format
+    from hfcompress.run.methods import QUANTIZED_FORMATS
 
     out = []
     for item in (x.strip() for x in text.split(",") if x.strip()):
@@ -119,9 +120,9 @@ def parse_variants(text: str, models: list[str], int8: bool = False) -> list[tup
             raise SystemExit(f"--variants: {item!r} names model {model!r}, which --models does not measure ({models})")
         if not os.path.exists(os.path.join(folder, "config.json")):
             raise SystemExit(f"--variants: {folder} holds no saved model (no config.json)")
-        if int8 and checkpoint_format(folder) in ("onnx", "torch_int8", "bnb"):
-            raise SystemExit(f"--int8_variants: {folder} is already quantized ({checkpoint_format(folder)}); "
-                             "it takes float Whispers (distilled, window-cut, pruned) to quantize")
+        if int8 and (fmt := checkpoint_format(folder)) in QUANTIZED_FORMATS:
+            raise SystemExit(f"--int8_variants: {folder} is already quantized ({fmt}); it takes float Whispers "
+                             "(distilled, window-cut, pruned) to quantize")
         out.append((model, name, folder))
     return out
 

@@ -189,6 +189,8 @@ class TransformersWhisper:
         # --decoding_guards: temperature fallback and thresholds (`speech.decoding`), else plain greedy
         self.guards = {k: v for k, v in (guards or {}).items() if k not in ("max_new_tokens", "num_beams", "do_sample")}
         self.params = sum(p.numel() for p in self.model.parameters())
+        fe = self.processor.feature_extractor
+        self.window_s = fe.n_samples / fe.sampling_rate  # a window-cut student (--student_window_seconds) hears less
 
     @torch.inference_mode()
     def __call__(self, audio) -> tuple[str, int]:
@@ -234,6 +236,20 @@ def peer_version() -> str | None:
 
 
 # -------------------------------------------------------------------------------------------------------- measuring
+
+
+def refuse_clips_beyond_window(systems: dict, clips: list[tuple[str, np.ndarray, str]], sampling_rate: int = 16000):
+    """A system whose encoder window (``window_s``: a window-cut student's feature extractor pads and *cuts* to it)
+    is shorter than a clip would transcribe that clip's beginning only: refused before anything is measured, naming
+    the system, the clip and both lengths (the training refuses such clips the same way; chunk long audio with
+    ``pipeline(..., chunk_length_s=window)`` instead)."""
+    longest = max(clips, key=lambda c: len(c[1]))
+    seconds = len(longest[1]) / sampling_rate
+    short = {name: s.window_s for name, s in systems.items() if getattr(s, "window_s", None) and s.window_s < seconds}
+    if short:
+        name, window = next(iter(short.items()))
+        raise SystemExit(f"--variants: {name} hears {window:g} s windows, but clip {longest[0]} lasts {seconds:.1f} s "
+                         f"(would be cut; {len(short)} system(s) affected); measure it on sets whose clips fit")
 
 
 def measure(systems: dict, clips: list[tuple[str, np.ndarray, str]]) -> dict:
@@ -345,6 +361,7 @@ def main(argv=None):
                 meta[key] = {"model": m, "system": f"faster_whisper_{ct}",
                              "size_mb": round(os.path.getsize(os.path.join(ct2, "model.bin")) / 2**20, 1),
                              "size_note": "the float16 model.bin on disk; CTranslate2 converts it at load time"}
+    refuse_clips_beyond_window(systems, clips)
     logger.info("measuring %d systems on %d clips (%s), %d threads", len(systems), len(clips),
                 ", ".join(f"{s} {set_of.count(s)}" for s in sets), args.threads)
     load_before = os.getloadavg()

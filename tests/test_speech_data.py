@@ -503,3 +503,18 @@ def test_speech_sets_floors_come_from_the_rows_and_variants_are_checked_first(tm
     (tmp_path / "q" / "config.json").write_text(json.dumps({CONFIG_KEY: {"per_channel": True}}))
     with pytest.raises(SystemExit, match=r"--int8_variants: .*q is already quantized \(torch_int8\)"):
         bench.parse_variants(f"whisper-base:dec2q={tmp_path / 'q'}", ["whisper-base"], int8=True)
+
+
+def test_speech_sets_refuse_a_clip_longer_than_a_variants_window():
+    """A window-cut student (10 s) would hear only the start of a 12 s clip: refused before measuring, named."""
+    from types import SimpleNamespace
+
+    from conftest import load_script
+
+    bench = load_script("benchmark_speech_sets")
+    clips = [("short", np.zeros(16000 * 4, np.float32), "a"), ("long-one", np.zeros(16000 * 12, np.float32), "b")]
+    systems = {"whisper-base/transformers_fp32": SimpleNamespace(window_s=30.0),
+               "whisper-base/w10": SimpleNamespace(window_s=10.0), "whisper-base/faster_whisper_int8": object()}
+    with pytest.raises(SystemExit, match=r"whisper-base/w10 hears 10 s windows, but clip long-one lasts 12.0 s"):
+        bench.refuse_clips_beyond_window(systems, clips)
+    bench.refuse_clips_beyond_window(systems, clips[:1])  # every clip fits: nothing said

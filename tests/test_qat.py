@@ -154,6 +154,15 @@ def test_an_already_quantized_model_is_refused():
         apply_qat(model, QATConfig(qat_weight_bits=8))
 
 
+def test_a_qat_checkpoint_is_not_quantized_again():
+    """`compress --quantization ...` on a QAT folder (packed codes, not float weights) is refused before loading."""
+    from hfcompress.quantize.config import QuantizationConfig
+    from hfcompress.run.quantize import CompressArguments, check_plan
+
+    with pytest.raises(UserInputError, match=r"already quantized \(qat checkpoint\)"):
+        check_plan("qat", QuantizationConfig(quantization="onnx_int8"), CompressArguments())
+
+
 def test_recipe_order():
     method = get_method("qat")
     assert method.next_shape("structured", StageArgs()) == "qat"

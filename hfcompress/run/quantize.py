@@ -36,6 +36,7 @@ from ..report.record import RunRecord
 from ..vocab import VocabTrimConfig, trim_vocabulary
 from . import steps
 from .arguments import DataArguments, ModelArguments
+from .methods import QUANTIZED_FORMATS
 from .report import ReportArguments, hub_settings_of, measure_and_card, publish
 
 logger = logging.getLogger(__name__)
@@ -116,7 +117,7 @@ class CompressArguments:
 
 def check_plan(source_format: str, quant: QuantizationConfig, run: CompressArguments) -> None:
     """Orders of steps that cannot work, refused before anything is loaded."""
-    if source_format in ("onnx", "torch_int8", "bnb"):
+    if source_format in QUANTIZED_FORMATS:
         raise UserInputError(f"the model is already quantized ({source_format} checkpoint): a checkpoint is not "
                              "quantized twice; start from its full-precision source")
     if quant.quantization == "torch_int8" and (run.lowrank or source_format in ("structured", "lowrank")):

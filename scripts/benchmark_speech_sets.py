@@ -20,8 +20,10 @@ drawn with ``subset_seed`` (the noisy set takes the very clips of the clean one)
 Systems, per model (``models``): ``transformers_fp32`` (the converted asset, `load_model`, greedy ``generate``, the
 model's own generation config; a multilingual model transcribes as English, `set_transcription_language`),
 ``transformers_int8`` (``--int8``, default on: the asset in PyTorch dynamic int8, every Linear with per-channel
-weight scales, `quantize_dynamic_int8` + `save_dynamic_int8`, reloaded from disk by `load_model`; no training), the
-compressed Whispers named by ``--variants model:name=folder`` (any folder hfcompress saved), measured the same way, and
+weight scales, `quantize_dynamic_int8` + `save_dynamic_int8`, reloaded from disk by `load_model`; no training),
+``transformers_bf16`` (``--bf16``, default on: every weight in bfloat16, saved and reloaded the same way, features cast
+to bfloat16), the compressed Whispers named by ``--variants model:name=folder`` (any folder hfcompress saved; with
+``--int8_variants`` / ``--bf16_variants`` each also as ``<name>_int8`` / ``<name>_bf16``), measured the same way, and
 ``faster_whisper_int8`` and ``faster_whisper_float32`` (faster-whisper 1.2.1 / CTranslate2 4.8.5 reading the asset's
 original CTranslate2 folder, `hfcompress.assets.stage_source`; ``cpu_threads`` = ``threads``, beam 1, temperature 0
 with no fallback, no timestamps, no VAD, no previous-text conditioning, language ``en``). faster-whisper is an optional
@@ -79,34 +81,39 @@ PEER_TYPES = ("int8", "float32")
 INT8_SETTING = {"skip_modules": [], "per_channel": True}  # quantize_dynamic_int8 keywords of the int8 system
 
 
-def build_int8(name: str, source: str, cache_dir: str) -> str:
-    """The model in `source` in PyTorch dynamic int8 (`INT8_SETTING`), saved once under `cache_dir`/int8/<name> as a
-    user saves it (`save_dynamic_int8`, with the processor); returns the folder (rebuilt when the source's weights
-    change)."""
+def build_copy(kind: str, name: str, source: str, cache_dir: str) -> str:
+    """The model in `source` as `kind` says, saved once under `cache_dir`/<kind>/<name> as a user saves it (with the
+    processor) and returned as that folder (rebuilt when the source's weights change): ``int8``, PyTorch dynamic
+    int8 in `INT8_SETTING` (`quantize_dynamic_int8` + `save_dynamic_int8`); ``bf16``, every weight cast to bfloat16
+    (`save_model`, half the size; the features are cast to match when it runs)."""
     from transformers import AutoProcessor
 
-    from hfcompress.loading import load_model
+    from hfcompress.loading import load_model, save_model
     from hfcompress.quantize.dynamic import quantize_dynamic_int8, save_dynamic_int8
 
-    out = os.path.join(cache_dir, "int8", name)
-    stamp = {"source": source, "setting": INT8_SETTING,
+    out = os.path.join(cache_dir, kind, name)
+    stamp = {"source": source, "setting": INT8_SETTING if kind == "int8" else {"dtype": "bfloat16"},
              "weights": sorted([f, os.path.getsize(os.path.join(source, f))] for f in os.listdir(source)
                                if f.endswith(".safetensors"))}
     key_path = os.path.join(out, "bench_key.json")
     if os.path.exists(key_path) and json.load(open(key_path)) == json.loads(json.dumps(stamp)):
         return os.path.join(out, "model")
-    logger.info("Building the dynamic int8 of %s in %s", source, out)
-    model = quantize_dynamic_int8(load_model(source), **INT8_SETTING, inplace=True)
-    save_dynamic_int8(model, os.path.join(out, "model"), AutoProcessor.from_pretrained(source))
+    logger.info("Building the %s copy of %s in %s", kind, source, out)
+    model, processor = load_model(source), AutoProcessor.from_pretrained(source)
+    if kind == "int8":
+        save_dynamic_int8(quantize_dynamic_int8(model, **INT8_SETTING, inplace=True), os.path.join(out, "model"),
+                          processor)
+    else:
+        save_model(model.to(torch.bfloat16), os.path.join(out, "model"), processor)
     with open(key_path, "w") as fh:
         json.dump(stamp, fh, indent=2)
     return os.path.join(out, "model")
 
 
-def parse_variants(text: str, models: list[str], int8: bool = False) -> list[tuple[str, str, str]]:
+def parse_variants(text: str, models: list[str], int8: bool = False, bf16: bool = False) -> list[tuple[str, str, str]]:
     """``model:name=folder,...`` as (model, name, folder); one clear error for a malformed entry, a model not
-    measured in this run, a folder without a saved model or, with `int8` (``--int8_variants``), a folder that is
-    not a float model to quantize."""
+    measured in this run, a folder without a saved model or, with `int8` or `bf16` (``--int8_variants``,
+    ``--bf16_variants``), a folder that is not a float model to convert."""
     from hfcompress.loading import checkpoint_format
     from hfcompress.run.methods import QUANTIZED_FORMATS
 
@@ -120,9 +127,10 @@ def parse_variants(text: str, models: list[str], int8: bool = False) -> list[tup
             raise SystemExit(f"--variants: {item!r} names model {model!r}, which --models does not measure ({models})")
         if not os.path.exists(os.path.join(folder, "config.json")):
             raise SystemExit(f"--variants: {folder} holds no saved model (no config.json)")
-        if int8 and (fmt := checkpoint_format(folder)) in QUANTIZED_FORMATS:
-            raise SystemExit(f"--int8_variants: {folder} is already quantized ({fmt}); it takes float Whispers "
-                             "(distilled, window-cut, pruned) to quantize")
+        if (int8 or bf16) and (fmt := checkpoint_format(folder)) in QUANTIZED_FORMATS:
+            flag = "--int8_variants" if int8 else "--bf16_variants"
+            raise SystemExit(f"{flag}: {folder} is already quantized ({fmt}); it takes float Whispers "
+                             "(distilled, window-cut, pruned) to convert")
         out.append((model, name, folder))
     return out
 
@@ -152,6 +160,11 @@ class SpeechSetsArguments(DecodingArguments):
     int8_variants: bool = field(default=False, metadata={"help": "Also measure each --variants folder in the int8 "
                                 "setting of --int8 (as <name>_int8, built once under --cache_dir/int8): a distilled "
                                 "decoder composed with int8."})
+    bf16: bool = field(default=True, metadata={"help": "Also measure each model with its weights in bfloat16 "
+                       "(features cast to match; fast where the CPU has bf16 instructions), saved once under "
+                       "--cache_dir/bf16 and reloaded from disk."})
+    bf16_variants: bool = field(default=False, metadata={"help": "Also measure each --variants folder in bfloat16 "
+                                "(as <name>_bf16, built once under --cache_dir/bf16)."})
 
 
 def seeded_subset(dataset, n: int, seed: int) -> list[int]:
@@ -189,6 +202,8 @@ class TransformersWhisper:
         # --decoding_guards: temperature fallback and thresholds (`speech.decoding`), else plain greedy
         self.guards = {k: v for k, v in (guards or {}).items() if k not in ("max_new_tokens", "num_beams", "do_sample")}
         self.params = sum(p.numel() for p in self.model.parameters())
+        # a bf16 copy takes bf16 features (int8 models keep float activations)
+        self.dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
         fe = self.processor.feature_extractor
         self.window_s = fe.n_samples / fe.sampling_rate  # a window-cut student (--student_window_seconds) hears less
 
@@ -196,7 +211,7 @@ class TransformersWhisper:
     def __call__(self, audio) -> tuple[str, int]:
         feats = self.processor.feature_extractor([np.asarray(audio, np.float32)], sampling_rate=16000,
                                                  return_tensors="pt").input_features
-        ids = self.model.generate(feats, generation_config=self.gen, **self.guards)
+        ids = self.model.generate(feats.to(self.dtype), generation_config=self.gen, **self.guards)
         tok = self.processor.tokenizer
         return tok.decode(ids[0], skip_special_tokens=True), text_token_counts(ids[:1], tok)[0]
 
@@ -304,7 +319,7 @@ def main(argv=None):
     if bad:
         raise SystemExit(f"--models: {bad} are not Whisper assets (known: whisper-tiny-en, whisper-base)")
     paths = {m: str(asset_path(m)) for m in models}  # not installed: the error says how
-    extra = parse_variants(args.variants, models, args.int8_variants)  # checked before anything is measured
+    extra = parse_variants(args.variants, models, args.int8_variants, args.bf16_variants)  # checked before anything is measured
     notes = []
     peer = peer_version() if args.peer else None
     if args.peer and peer is None:
@@ -339,12 +354,15 @@ def main(argv=None):
                                           "size_mb": checkpoint_size_mb(paths[m]),
                                           "params": systems[f"{m}/transformers_fp32"].params,
                                           "language": systems[f"{m}/transformers_fp32"].language}
-        folders = [("transformers_int8", build_int8(canonical_name(m), paths[m], args.cache_dir))] if args.int8 else []
+        kinds = [k for k, on in (("int8", args.int8), ("bf16", args.bf16)) if on]
+        folders = [(f"transformers_{k}", build_copy(k, canonical_name(m), paths[m], args.cache_dir)) for k in kinds]
         for model, name, folder in extra:
             if model == m:
                 folders.append((name, folder))
-                if args.int8_variants:
-                    folders.append((f"{name}_int8", build_int8(f"{canonical_name(m)}-{name}", folder, args.cache_dir)))
+                for k, on in (("int8", args.int8_variants), ("bf16", args.bf16_variants)):
+                    if on:
+                        folders.append((f"{name}_{k}", build_copy(k, f"{canonical_name(m)}-{name}", folder,
+                                                                  args.cache_dir)))
         for name, folder in folders:
             key = f"{m}/{name}"
             systems[key] = TransformersWhisper(folder, args.max_new_tokens,

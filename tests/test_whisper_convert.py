@@ -561,3 +561,32 @@ def test_real_base_wer(tmp_path_factory, caplog):
     wer, lines = librivox_wer(model, processor, transcription, same_tokens if ctranslate2 is not None else None)
     assert len(lines) == 5 and wer <= 0.10, lines
     assert len(compared) == (5 if ctranslate2 is not None else 0)
+
+
+def test_speech_sets_bf16_and_int8_copies_reload_from_disk_and_transcribe(tiny, tmp_path):
+    """benchmark_speech_sets' transformers_bf16 / _int8 systems: the copy is saved once as a user saves it, reloads
+    in its own dtype, takes features cast to match and transcribes; a second call reuses the saved folder."""
+    from conftest import load_script
+
+    from hfcompress.loading import checkpoint_format
+
+    bench = load_script("benchmark_speech_sets")
+    tok, model, rounded, ct2, out = tiny
+    audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    built = {}
+    for kind in ("bf16", "int8"):
+        folder = bench.build_copy(kind, "tiny", str(out), str(tmp_path))
+        assert folder == str(tmp_path / kind / "tiny" / "model")
+        stamp = os.path.getmtime(os.path.join(folder, "config.json"))
+        assert bench.build_copy(kind, "tiny", str(out), str(tmp_path)) == folder  # cached, not rebuilt
+        assert os.path.getmtime(os.path.join(folder, "config.json")) == stamp
+        system = bench.TransformersWhisper(folder, max_new_tokens=4)
+        text, tokens = system(audio)
+        assert isinstance(text, str) and 0 <= tokens <= 4
+        built[kind] = (system, folder)
+    assert built["bf16"][0].dtype == torch.bfloat16 and built["int8"][0].dtype == torch.float32
+    assert checkpoint_format(built["int8"][1]) == "torch_int8"
+    weights = [f for f in os.listdir(built["bf16"][1]) if f.endswith(".safetensors")]
+    size = sum(os.path.getsize(os.path.join(built["bf16"][1], f)) for f in weights)
+    full = sum(os.path.getsize(out / f) for f in os.listdir(out) if f.endswith(".safetensors"))
+    assert size < 0.6 * full  # half-size weights on disk

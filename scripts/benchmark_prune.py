@@ -24,12 +24,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from hfcompress.checkpoints import latest_complete_checkpoint
 from hfcompress.cli import parse_args, setup_logging
 from hfcompress.data import load_rotten_tomatoes
 from hfcompress.prune import load_sparse
@@ -40,6 +42,7 @@ from hfcompress.report.measure import folder_size_mb
 from hfcompress.report.record import environment
 from hfcompress.run import DataArguments, ModelArguments
 from hfcompress.run.prune import PruningArguments, run_pruning
+from hfcompress.run.steps import CHECKPOINT_DIR
 
 logger = logging.getLogger("hfcompress.benchmark")
 METHODS = ("movement", "soft_movement", "magnitude")
@@ -69,7 +72,10 @@ def dense_dir(args, seed: int) -> str:
 
 
 def prune_row(args, method: str, seed: int) -> dict:
-    out = os.path.join(args.cache_dir, f"prune-{method}-{int(round((1 - args.target_sparsity) * 100))}pct-s{seed}")
+    # rows of another budget than the default 2 epochs (Sanh et al.'s 10) keep their own folder
+    budget = "" if args.epochs == 2 else f"-{args.epochs:g}ep"
+    out = os.path.join(args.cache_dir,
+                       f"prune-{method}-{int(round((1 - args.target_sparsity) * 100))}pct-s{seed}{budget}")
     settings = {k: v for k, v in asdict(args).items() if k not in ("cache_dir", "output", "methods", "seeds")}
     settings.update(method=method, seed=seed, teacher=dense_dir(args, seed))
     if method != "magnitude":
@@ -85,8 +91,22 @@ def prune_row(args, method: str, seed: int) -> dict:
         model_args = ModelArguments(teacher_model=teacher, finetune_teacher=False, student_model=args.student)
         data_args = DataArguments(evaluate_teacher=False,
                                   teacher_cache_dir=os.path.join(args.cache_dir, "teacher-outputs", f"prune-dense-s{seed}"))
+        # a checkpoint every epoch: a killed row (an hour at 10 epochs) resumes from its last epoch when rerun
+        # with the same settings (the key of the run under way is kept beside it), else starts over
+        pending = os.path.join(out, "bench_key_pending.json")
+        resume = ("latest" if latest_complete_checkpoint(os.path.join(out, CHECKPOINT_DIR)) and os.path.exists(pending)
+                  and json.load(open(pending)).get("key") == key else None)
+        if resume:
+            logger.info("Resuming %s from its last checkpoint", out)
+        else:  # this benchmark's own folder of a stale row (other settings): trained again from the start
+            shutil.rmtree(out, ignore_errors=True)
+            os.makedirs(out)
+            with open(pending, "w") as fh:
+                json.dump({"key": key}, fh)
         targs = PruningArguments(
-            **training_kwargs(out, seed, args.epochs, args.lr, args.batch_size, args.bf16), temperature=args.temperature, alpha=args.alpha, method=method, target_sparsity=args.target_sparsity,
+            **training_kwargs(out, seed, args.epochs, args.lr, args.batch_size, args.bf16, save_strategy="epoch",
+                              save_total_limit=1, resume_from_checkpoint=resume),
+            temperature=args.temperature, alpha=args.alpha, method=method, target_sparsity=args.target_sparsity,
             pruning_start=args.pruning_start, pruning_end=args.pruning_end, mask_update_every=args.mask_update_every,
         )
         record, reused = run_pruning(model_args, data_args, targs).to_dict(), False
@@ -127,6 +147,10 @@ def main(argv=None):
         result[f"{name}_epochs"] = args.epochs  # the training budget of the row (the dense row's too)
         write_json(args.output, result)
 
+    missing = [dense_dir(args, s) for s in seeds if not os.path.exists(os.path.join(dense_dir(args, s), "config.json"))]
+    if missing:  # before anything is measured or trained
+        raise SystemExit(f"--seeds {args.seeds}: no dense model in {', '.join(missing)}: run `python "
+                         "scripts/benchmark_distill.py --stages finetune` for those seeds first")
     dense_rows = []
     for s in seeds:
         row = {"path": dense_dir(args, s), "seed": s, "method": "dense"}

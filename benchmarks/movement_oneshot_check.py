@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """One-shot check of movement scores saved in a pruning checkpoint (issue 26): prune 10% and 30% of every scored
-matrix (local) by the scores, by the scores inverted, by |W| and at random, without training, and print validation
+matrix (local) by the scores, by the scores inverted, by their absolute value, by |W| and at random, without training, and print validation
 accuracy (400 Rotten Tomatoes validation rows). A score that ranks weights well must beat random here.
 
     python benchmarks/movement_oneshot_check.py [CHECKPOINT]
@@ -36,6 +36,7 @@ def acc(m):
 print('dense', acc(base))
 for sp in (0.1, 0.3):
     for name, fn in [('movement', lambda n, w: scores[n]), ('inverted', lambda n, w: -scores[n]),
+                     ('abs_score', lambda n, w: scores[n].abs()),
                      ('magnitude', lambda n, w: w.abs()), ('random', lambda n, w: torch.rand_like(w))]:
         m = copy.deepcopy(base)
         mm = dict(m.named_modules())

@@ -82,27 +82,25 @@ def prune_row(args, method: str, seed: int) -> dict:
         settings["score_rule"] = SCORE_RULE  # rows of the raw-sum rule (before issue 26) are retrained
     key, key_path = cache_key(settings), os.path.join(out, "bench_key.json")
     summary_path = os.path.join(out, "prune_summary.json")
-    if os.path.exists(key_path) and os.path.exists(summary_path) and json.load(open(key_path)).get("key") == key:
+    # the key is written when a row starts: with its summary the row is done and reused; with only a checkpoint (a
+    # checkpoint every epoch) it was killed and resumes from its last epoch; any other folder (a stale row of other
+    # settings) is this benchmark's own and is trained again from the start
+    same = os.path.exists(key_path) and json.load(open(key_path)).get("key") == key
+    if same and os.path.exists(summary_path):
         record, reused = json.load(open(summary_path)), True
     else:
-        teacher = dense_dir(args, seed)
-        if not os.path.exists(os.path.join(teacher, "model.safetensors")):
-            raise SystemExit(f"{teacher} is missing: run `python scripts/benchmark_distill.py --stages finetune` first")
+        resume = "latest" if same and latest_complete_checkpoint(os.path.join(out, CHECKPOINT_DIR)) else None
+        if resume:
+            logger.info("Resuming %s from its last checkpoint", out)
+        else:
+            shutil.rmtree(out, ignore_errors=True)
+            os.makedirs(out)
+            with open(key_path, "w") as fh:
+                json.dump({"key": key, "settings": settings}, fh, indent=2)
+        teacher = dense_dir(args, seed)  # present: `main` checked every seed's dense model first
         model_args = ModelArguments(teacher_model=teacher, finetune_teacher=False, student_model=args.student)
         data_args = DataArguments(evaluate_teacher=False,
                                   teacher_cache_dir=os.path.join(args.cache_dir, "teacher-outputs", f"prune-dense-s{seed}"))
-        # a checkpoint every epoch: a killed row (an hour at 10 epochs) resumes from its last epoch when rerun
-        # with the same settings (the key of the run under way is kept beside it), else starts over
-        pending = os.path.join(out, "bench_key_pending.json")
-        resume = ("latest" if latest_complete_checkpoint(os.path.join(out, CHECKPOINT_DIR)) and os.path.exists(pending)
-                  and json.load(open(pending)).get("key") == key else None)
-        if resume:
-            logger.info("Resuming %s from its last checkpoint", out)
-        else:  # this benchmark's own folder of a stale row (other settings): trained again from the start
-            shutil.rmtree(out, ignore_errors=True)
-            os.makedirs(out)
-            with open(pending, "w") as fh:
-                json.dump({"key": key}, fh)
         targs = PruningArguments(
             **training_kwargs(out, seed, args.epochs, args.lr, args.batch_size, args.bf16, save_strategy="epoch",
                               save_total_limit=1, resume_from_checkpoint=resume),
@@ -110,8 +108,6 @@ def prune_row(args, method: str, seed: int) -> dict:
             pruning_start=args.pruning_start, pruning_end=args.pruning_end, mask_update_every=args.mask_update_every,
         )
         record, reused = run_pruning(model_args, data_args, targs).to_dict(), False
-        with open(key_path, "w") as fh:
-            json.dump({"key": key, "settings": settings}, fh, indent=2)
     p = record["methods"]["pruning"]
     return {"path": os.path.join(out, "model"), "dense_export": os.path.join(out, "model_dense"), "seed": seed,
             "method": method, "reused_trained_weights": reused,

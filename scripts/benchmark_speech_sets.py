@@ -256,8 +256,8 @@ def peer_version() -> str | None:
 def refuse_clips_beyond_window(systems: dict, clips: list[tuple[str, np.ndarray, str]], sampling_rate: int = 16000):
     """A system whose encoder window (``window_s``: a window-cut student's feature extractor pads and *cuts* to it)
     is shorter than a clip would transcribe that clip's beginning only: refused before anything is measured, naming
-    the system, the clip and both lengths (the training refuses such clips the same way; chunk long audio with
-    ``pipeline(..., chunk_length_s=window)`` instead)."""
+    the system, the clip and both lengths (the training refuses such clips the same way; chunking them with
+    ``pipeline(..., chunk_length_s=window)`` made the 10 s base student loop, README)."""
     longest = max(clips, key=lambda c: len(c[1]))
     seconds = len(longest[1]) / sampling_rate
     short = {name: s.window_s for name, s in systems.items() if getattr(s, "window_s", None) and s.window_s < seconds}

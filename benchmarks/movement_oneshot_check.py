@@ -3,6 +3,11 @@
 matrix (local) by the scores, by the scores inverted, by their absolute value, by |W| and at random, without training, and print validation
 accuracy (400 Rotten Tomatoes validation rows). A score that ranks weights well must beat random here.
 
+It first prints what the scores are: their rank correlation with each weight's own movement since the run's start
+(``sign(W0) * (W - W0)``, W0 = pretrained MiniLM-L6) and how far the lowest-scored 10% travelled toward zero, as a
+fraction of their size. With Adam on both, a score step is the weight's own Adam step times sign(W) (Adam is
+invariant to the per-element factor W), so the score counts Adam steps toward or away from zero whatever |W| is.
+
     python benchmarks/movement_oneshot_check.py [CHECKPOINT]
 
 Default checkpoint: the Sanh-budget hard-movement row's epoch-1 checkpoint (scores trained one epoch, nothing
@@ -15,6 +20,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from hfcompress.assets import resolve_model_path
 from hfcompress.data import load_rotten_tomatoes
 from hfcompress.prune.masks import topk_mask
 from hfcompress.report import evaluate_classifier
@@ -33,6 +39,21 @@ def acc(m):
     return evaluate_classifier(m, tok, val['text'], val['label'])['accuracy']
 
 
+start = AutoModelForSequenceClassification.from_pretrained(resolve_model_path("minilm-l6"))
+start_weights = {n: m.weight.detach().float() for n, m in start.named_modules() if n in scores}
+cur = dict(base.named_modules())
+rank = lambda x: x.flatten().argsort().argsort().float()  # noqa: E731
+rhos, travelled = [], []
+for n, s in scores.items():
+    w0, w = start_weights[n], cur[n].weight.detach().float()
+    moved = torch.sign(w0) * (w - w0)  # > 0: away from zero
+    rhos.append(torch.corrcoef(torch.stack([rank(s), rank(moved)]))[0, 1].item())
+    low = s.flatten().argsort()[: s.numel() // 10]
+    travelled.append(((w - w0).flatten()[low].abs() / w0.flatten()[low].abs()).median().item())
+print(f"rank correlation of the score with sign(W0) * (W - W0): median {sorted(rhos)[len(rhos) // 2]:.3f}, "
+      f"min {min(rhos):.3f} over {len(rhos)} matrices")
+print(f"lowest-scored 10%: median |W - W0| / |W0| per matrix {sorted(travelled)[len(travelled) // 2]:.3f} "
+      f"(min {min(travelled):.3f}, max {max(travelled):.3f}): pruning them moves each weight ~1 / that further")
 print('dense', acc(base))
 for sp in (0.1, 0.3):
     for name, fn in [('movement', lambda n, w: scores[n]), ('inverted', lambda n, w: -scores[n]),

@@ -521,3 +521,72 @@ def test_pseudo_labels_above_the_wer_threshold_are_dropped_and_counted(teacher_d
         SpeechArguments(pseudo_label_max_wer=0.1)
     with pytest.raises(UserInputError, match="must be a WER fraction of 0 or more"):
         SpeechArguments(pseudo_labels=True, pseudo_label_max_wer=-1)
+
+
+# ------------------------------------------------------------------------------------------- pruning + distillation
+
+PRUNE_ENCODER = ["--granularity", "structured", "--structured_stacks", "encoder", "--head_sparsity", "0.5",
+                 "--ffn_sparsity", "0.5", "--method", "taylor", "--pruning_start", "0", "--pruning_end", "0.5"]
+
+
+def test_encoder_heads_and_neurons_pruned_with_decoder_kd_reload_in_a_fresh_process(teacher_dir, tmp_path,
+                                                                                    monkeypatch):
+    """scripts/prune.py with a Whisper teacher: the encoder's heads and FFN neurons are cut (half of each) while the
+    student learns from the teacher's decoder logits; the saved model generates the same tokens in a fresh process
+    without hfcompress (transformers' auto class with the modeling code saved beside the weights)."""
+    monkeypatch.setenv("HFCOMPRESS_HOME", str(tmp_path / "home"))
+    data = _write_data(tmp_path / "data")
+    out = tmp_path / "out"
+    fast = [a if a != "2" else "4" for a in FAST]  # 4 steps: pruned by step 2, trained 2 more
+    record = load_script("prune").main(["--teacher_model", teacher_dir, "--dataset", data, "--no_freeze_encoder",
+                                        *PRUNE_ENCODER, "--output_dir", str(out), *fast])
+    summary = json.loads((out / "prune_summary.json").read_text())
+    kd, pruning = summary["methods"]["distillation"], summary["methods"]["pruning"]
+    assert kd["mode"] == "sequence-to-sequence" and kd["encoder"] == "trained"
+    assert "AutoModelForSpeechSeq2Seq.from_pretrained" in pruning["loading"]
+    assert summary["training"]["steps"] == 4
+    teacher_cfg = json.loads((Path(teacher_dir) / "config.json").read_text())
+    model = record.trainer.model.eval()
+    for layer in model.model.encoder.layers:  # half the heads (4 -> 2) and neurons (128 -> 64) of every block
+        assert layer.self_attn.q_proj.out_features == teacher_cfg["d_model"] // 2
+        assert layer.fc1.out_features == teacher_cfg["encoder_ffn_dim"] // 2
+    for layer in model.model.decoder.layers:  # the decoder is untouched
+        assert layer.self_attn.q_proj.out_features == teacher_cfg["d_model"]
+        assert layer.fc1.out_features == teacher_cfg["decoder_ffn_dim"]
+    model_dir = out / "model"
+    processor = WhisperProcessor.from_pretrained(model_dir)
+    features = processor.feature_extractor([clip(11)], sampling_rate=16000, return_tensors="pt").input_features
+    with torch.inference_mode():
+        here = model.generate(features, max_new_tokens=6, do_sample=False)[0].tolist()
+    torch.save(features, tmp_path / "features.pt")
+    code = (
+        "import sys, json, torch\n"
+        "from transformers import AutoModelForSpeechSeq2Seq\n"
+        "torch.set_num_threads(1)\n"
+        "m = AutoModelForSpeechSeq2Seq.from_pretrained(sys.argv[1], trust_remote_code=True).eval()\n"
+        "assert 'hfcompress' not in sys.modules\n"
+        "f = torch.load(sys.argv[2])\n"
+        "with torch.inference_mode():\n"
+        "    print(json.dumps(m.generate(f, max_new_tokens=6, do_sample=False)[0].tolist()))\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(model_dir), str(tmp_path / "features.pt")], capture_output=True,
+                         text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+                                                          PYTHONPATH=""))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == here
+
+
+@pytest.mark.parametrize("flags, message", [
+    ([], r"--freeze_encoder \(the default\): the student's encoder is frozen .* but pruning changes it "
+         r"\(model\.encoder\.layers\.0, 2 in all\): pass --no_freeze_encoder"),
+])
+def test_pruning_a_frozen_encoder_is_one_error_before_work(teacher_dir, tmp_path, monkeypatch, flags, message):
+    import re
+
+    monkeypatch.setenv("HFCOMPRESS_HOME", str(tmp_path / "home"))
+    data = _write_data(tmp_path / "data")
+    out = tmp_path / "out"
+    line = command_fails("prune", ["--teacher_model", teacher_dir, "--dataset", data, *PRUNE_ENCODER, *flags,
+                                   "--output_dir", str(out), *FAST], tmp_path)
+    assert re.search(message, line), line
+    assert not (out / "checkpoints").exists() and not (out / "teacher_cache").exists()

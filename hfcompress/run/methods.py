@@ -46,6 +46,11 @@ class RunMethod:
     def record(self) -> dict:
         return {}
 
+    def modules_changed(self, model_args) -> list[str] | None:
+        """Names (as `named_modules` of the run's model gives them) of the modules this method changes, for a task
+        that must know before any work (a Whisper run whose encoder is frozen and cached); None: not known, any."""
+        return None
+
     def probe_model(self, model_args):
         """An empty (meta-device) copy of the model the run will train (the student, else the teacher), built by the
         run's auto class: its module names and shapes, for `check` to refuse bad settings before the teacher is

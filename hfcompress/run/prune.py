@@ -77,6 +77,15 @@ class PruningMethod(RunMethod):
         else:
             find_targets(probe, self.config)
 
+    def modules_changed(self, model_args) -> list[str]:
+        """The layers (unstructured) or blocks (structured) this run prunes, named on the probe model."""
+        probe = self.probe_model(model_args)
+        if not self.config.structured:
+            return list(find_targets(probe, self.config))
+        pruner = StructuredPruner(probe, self.config)
+        return [name for name, module in probe.named_modules()
+                if any(module is block for block in pruner.blocks.values())]
+
     def check_model(self, model) -> None:
         self.dense_before = {"parameters": count_parameters(model), "nonzero_parameters": count_parameters(model, nonzero=True)}
 
@@ -102,12 +111,16 @@ class PruningMethod(RunMethod):
             self.sizes = {"model_mb": folder_size_mb(model_dir), "model_dense_mb": folder_size_mb(dense_dir)}
         return {"model": model_dir, "model_dense": dense_dir, "pruning": method_dir}
 
+    @property
+    def auto_class_name(self) -> str:
+        return getattr(self.auto_class, "__name__", "AutoModelForSequenceClassification")
+
     def record(self) -> dict:
         summary = dict(self._callback.summary or {})
         if self.config.structured:
             return {**self.config.to_dict(), **summary, "before": self.dense_before, "saved_mb": self.sizes,
                     "loading": "model/: hfcompress.load_structured(path), or without hfcompress "
-                               "AutoModelForSequenceClassification.from_pretrained(path, trust_remote_code=True)"}
+                               f"{self.auto_class_name}.from_pretrained(path, trust_remote_code=True)"}
         layers = summary.pop("layer_sparsity", {})
         return {
             **self.config.to_dict(),
@@ -117,7 +130,7 @@ class PruningMethod(RunMethod):
             "before": self.dense_before,
             "saved_mb": self.sizes,
             "loading": "model/: hfcompress.load_sparse(path) (compact); model_dense/: "
-                       "AutoModelForSequenceClassification.from_pretrained(path) (plain transformers)",
+                       f"{self.auto_class_name}.from_pretrained(path) (plain transformers)",
         }
 
 

@@ -297,9 +297,11 @@ def filter_pseudo_labels(dataset, tokenizer, max_wer: float):
 # ---- models -------------------------------------------------------------------------------------------------------
 
 def _load(path: str, what: str, language: str | None = None):
-    from transformers import AutoModelForSpeechSeq2Seq, AutoProcessor
+    from transformers import AutoProcessor
 
-    model = AutoModelForSpeechSeq2Seq.from_pretrained(path)
+    from ..loading import load_model
+
+    model = load_model(path)  # any format hfcompress saves a Whisper in (structurally pruned: its own classes)
     try:
         processor = AutoProcessor.from_pretrained(path)
     except Exception as e:
@@ -462,25 +464,44 @@ def measure_per_clip(model_dirs: dict[str, str], split, clips: int, threads: int
 class SpeechSeq2SeqTask(TaskAdapter):
     """Whisper transcription (distil-whisper): the student keeps the teacher's encoder (frozen by default, its outputs
     cached) and chosen decoder layers; the loss is on the decoder's logits per target token; evaluation by greedy
-    generation (WER). Does not compose with other methods yet."""
+    generation (WER). Composes with pruning (`scripts/prune.py`: heads and FFN neurons of the encoder, the decoder
+    or both, recovered by this distillation); an encoder that is pruned must be trained (``--no_freeze_encoder``)."""
 
     name = "speech-seq2seq"
     priority = 20
     pipeline_tag = "automatic-speech-recognition"
     metric = "wer"
+    composes_with = ("pruning",)
+
+    @property
+    def auto_class(self):
+        from transformers import AutoModelForSpeechSeq2Seq
+
+        return AutoModelForSpeechSeq2Seq
 
     def select(self, model_args, data_args, speech):
         return self if speech_teacher(model_args) else None
 
     def check_settings(self, run: Run) -> None:
         run.speech = run.speech or SpeechArguments()
-        if run.methods:
-            raise UserInputError(f"{', '.join(m.name for m in run.methods)} with a Whisper teacher: sequence-to-sequence "
-                                 "distillation does not compose with other methods yet")
+        others = [m.name for m in run.methods if m.name not in self.composes_with]
+        if others:
+            raise UserInputError(f"{', '.join(others)} with a Whisper teacher: sequence-to-sequence distillation "
+                                 f"composes with {', '.join(self.composes_with)} only; quantize the saved model "
+                                 "afterwards (scripts/quantize.py)")
         resolve_terms(run.args)
 
     def check_inputs(self, run: Run) -> None:
         check_speech_settings(run.model_args, run.speech)
+        if run.speech.freeze_encoder:
+            for method in run.methods:
+                encoder = [n for n in method.modules_changed(run.model_args) or [] if ".encoder." in f".{n}."]
+                if encoder:
+                    raise UserInputError(
+                        f"--freeze_encoder (the default): the student's encoder is frozen (its outputs come from the "
+                        f"teacher's), but {method.name} changes it ({encoder[0]}, {len(encoder)} in all): pass "
+                        "--no_freeze_encoder to train the encoder while it is pruned, or prune the decoder only "
+                        "(--structured_stacks decoder)")
 
     def load_data(self, run: Run):
         return load_speech_data(run.data_args, run.speech, model_args=run.model_args)

@@ -54,6 +54,40 @@ print(f"rank correlation of the score with sign(W0) * (W - W0): median {sorted(r
       f"min {min(rhos):.3f} over {len(rhos)} matrices")
 print(f"lowest-scored 10%: median |W - W0| / |W0| per matrix {sorted(travelled)[len(travelled) // 2]:.3f} "
       f"(min {min(travelled):.3f}, max {max(travelled):.3f}): pruning them moves each weight ~1 / that further")
+
+
+def cross_entropy(m, grad: bool = False) -> float:
+    """Mean cross-entropy over the validation rows (with `grad`, dCE/dW is left in the weights' .grad)."""
+    total = 0.0
+    for i in range(0, len(val), 50):
+        enc = tok(val['text'][i:i + 50], truncation=True, max_length=128, padding=True, return_tensors='pt')
+        with torch.set_grad_enabled(grad):
+            loss = torch.nn.functional.cross_entropy(m(**enc).logits, torch.tensor(val['label'][i:i + 50]),
+                                                     reduction='sum') / len(val)
+        if grad:
+            loss.backward()
+        total += loss.item()
+    return total
+
+
+base.zero_grad()
+dense_ce = cross_entropy(base, grad=True)
+grads = {n: cur[n].weight.grad.detach().float().clone() for n in scores}
+base.zero_grad()
+print(f"first-order check (10% pruned, validation cross-entropy, dense {dense_ce:.4f}): predicted = sum over the "
+      "pruned weights of dCE/dW * (0 - W); actual = measured")
+for name, fn in [('movement', lambda n, w: scores[n]), ('random', lambda n, w: torch.rand_like(w))]:
+    m = copy.deepcopy(base)
+    mm = dict(m.named_modules())
+    predicted = 0.0
+    with torch.no_grad():
+        for n in scores:
+            w = mm[n].weight
+            keep = topk_mask(fn(n, w.float()), 0.1)
+            predicted += float((grads[n] * -w.float())[~keep].sum())
+            w.mul_(keep.to(w.dtype))
+        actual = cross_entropy(m) - dense_ce
+    print(f"  {name}: predicted {predicted:+.4f}, actual {actual:+.4f}", flush=True)
 print('dense', acc(base))
 for sp in (0.1, 0.3):
     for name, fn in [('movement', lambda n, w: scores[n]), ('inverted', lambda n, w: -scores[n]),

@@ -577,8 +577,10 @@ def test_encoder_heads_and_neurons_pruned_with_decoder_kd_reload_in_a_fresh_proc
 
 
 @pytest.mark.parametrize("flags, message", [
-    ([], r"--freeze_encoder \(the default\): the student's encoder is frozen .* but pruning changes it "
-         r"\(model\.encoder\.layers\.0, 2 in all\): pass --no_freeze_encoder"),
+    (PRUNE_ENCODER, r"--freeze_encoder \(the default\): the student's encoder is frozen .* but pruning changes it "
+                    r"\(model\.encoder\.layers\.0, 2 in all\): pass --no_freeze_encoder"),
+    (["--method", "magnitude", "--target_sparsity", "0.5"],  # weights: every Linear by default, the encoder's too
+     r"but pruning changes it \(model\.encoder\.layers\.0\.self_attn\.k_proj, \d+ in all\)"),
 ])
 def test_pruning_a_frozen_encoder_is_one_error_before_work(teacher_dir, tmp_path, monkeypatch, flags, message):
     import re
@@ -586,7 +588,7 @@ def test_pruning_a_frozen_encoder_is_one_error_before_work(teacher_dir, tmp_path
     monkeypatch.setenv("HFCOMPRESS_HOME", str(tmp_path / "home"))
     data = _write_data(tmp_path / "data")
     out = tmp_path / "out"
-    line = command_fails("prune", ["--teacher_model", teacher_dir, "--dataset", data, *PRUNE_ENCODER, *flags,
+    line = command_fails("prune", ["--teacher_model", teacher_dir, "--dataset", data, *flags,
                                    "--output_dir", str(out), *FAST], tmp_path)
     assert re.search(message, line), line
     assert not (out / "checkpoints").exists() and not (out / "teacher_cache").exists()

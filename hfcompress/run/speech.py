@@ -501,7 +501,7 @@ class SpeechSeq2SeqTask(TaskAdapter):
                         f"--freeze_encoder (the default): the student's encoder is frozen (its outputs come from the "
                         f"teacher's), but {method.name} changes it ({encoder[0]}, {len(encoder)} in all): pass "
                         "--no_freeze_encoder to train the encoder while it is pruned, or prune the decoder only "
-                        "(--structured_stacks decoder)")
+                        "(--structured_stacks decoder; weights: --target_modules naming decoder layers)")
 
     def load_data(self, run: Run):
         return load_speech_data(run.data_args, run.speech, model_args=run.model_args)

@@ -50,7 +50,9 @@ natural-set WER at most the peer's or inside the peer's 95% interval.
 The JSON keeps ``results`` (model -> system -> per-set entries) and adds ``by_model`` (`by_model`): per model the
 speech issue's keys, ``model``, ``base`` (transformers fp32), ``variants`` and ``peer`` (faster-whisper), each row with
 ``wer_<set>``, ``looping_clips``, ``latency_s_per_clip``, ``speedup``, ``size_mb``, ``params``. ``--rewrite_only``
-adds it to an older result file without measuring.
+adds it to an older result file without measuring. ``--into benchmarks/results/speech.json`` also puts each model's
+rows of the run, with where they came from, under that file's ``natural_sets`` (`merge_into`; a later run of a model
+replaces its entry, so every model's rows come from one run) and recomputes the floors over all of them.
 """
 
 from __future__ import annotations
@@ -151,6 +153,9 @@ class SpeechSetsArguments(DecodingArguments):
     output: str = field(default="benchmarks/results/speech_sets.json", metadata={"help": "Result JSON (.md beside)."})
     rewrite_only: bool = field(default=False, metadata={"help": "Measure nothing: recompute the diagnosis and the "
                                "markdown from the existing result JSON (--output)."})
+    into: str = field(default="", metadata={"help": "Also merge each model's rows into this JSON (e.g. "
+                      "benchmarks/results/speech.json) under 'natural_sets', replacing that model's entry; the file's "
+                      "other keys are kept."})
     int8: bool = field(default=True, metadata={"help": "Also measure each model in PyTorch dynamic int8 (every Linear, "
                        "per-channel weight scales: the best int8 setting of benchmarks/results/speech.json), built "
                        "once under --cache_dir/int8 and reloaded from disk."})
@@ -303,10 +308,14 @@ def summarize(name: str, rows, clips, args) -> dict:
 def main(argv=None):
     (args,) = parse_args((SpeechSetsArguments,), argv, description=__doc__.split("\n\n")[0])
     setup_logging()
+    if args.into:  # before anything is measured
+        check_into(args.into)
     if args.rewrite_only:
         with open(args.output) as fh:
             result = json.load(fh)
         write_result(args.output, result)
+        if args.into:
+            merge_into(args.into, result, args.output)
         return
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one INFO line per clip otherwise
     import transformers
@@ -439,6 +448,8 @@ def main(argv=None):
         "environment": {**environment(), "gpu_used": False},
     }
     write_result(args.output, result)
+    if args.into:
+        merge_into(args.into, result, args.output)
 
 
 PEER_PREFIX = "faster_whisper_"
@@ -512,6 +523,39 @@ def write_result(path: str, result: dict) -> None:
     with open(md, "w") as fh:
         fh.write(markdown(result))
     logger.info("Wrote %s and %s", path, md)
+
+
+def check_into(path: str) -> None:
+    """--into: a JSON object file, or a new file in an existing folder; one error otherwise."""
+    if os.path.isdir(path) or not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise SystemExit(f"--into {path}: expected a JSON file in an existing folder")
+    if os.path.exists(path):
+        try:
+            with open(path) as fh:
+                ok = isinstance(json.load(fh), dict)
+        except (OSError, ValueError):
+            ok = False
+        if not ok:
+            raise SystemExit(f"--into {path}: not a JSON object file; its rows would be lost (give another file)")
+
+
+def merge_into(path: str, result: dict, source: str) -> dict:
+    """Each model's `by_model` rows of `result` into the JSON at `path` under ``natural_sets`` (model -> rows,
+    ``source``: the result file, ``command``: the run's), replacing an older entry of the same model, and
+    ``natural_sets_floors`` recomputed over every model there; the file's other keys stay as they are. Returns the
+    merged document."""
+    doc = {}
+    if os.path.exists(path):
+        with open(path) as fh:
+            doc = json.load(fh)
+    block = doc.setdefault("natural_sets", {})
+    for model, rows in result["by_model"].items():
+        block[model] = {**rows, "source": source, "command": result.get("command"),
+                        "sets": result.get("sets"), "protocol": result.get("protocol")}
+    doc["natural_sets_floors"] = floors(block)
+    write_json(path, doc)
+    logger.info("Merged %s into %s (natural_sets)", ", ".join(result["by_model"]), path)
+    return doc
 
 
 def diagnose(result: dict) -> dict:

@@ -518,3 +518,40 @@ def test_speech_sets_refuse_a_clip_longer_than_a_variants_window():
     with pytest.raises(SystemExit, match=r"whisper-base/w10 hears 10 s windows, but clip long-one lasts 12.0 s"):
         bench.refuse_clips_beyond_window(systems, clips)
     bench.refuse_clips_beyond_window(systems, clips[:1])  # every clip fits: nothing said
+
+
+def test_speech_sets_merge_into_speech_json_keeps_other_keys_and_one_run_per_model(tmp_path):
+    """--into: each model's rows of a run go under ``natural_sets`` of the target JSON (its other keys kept, a later
+    run of the same model replacing the earlier one) and the floors are recomputed over all models there. Rows from
+    the committed base result file, as the benchmark wrote them."""
+    import os
+
+    from conftest import ROOT, load_script
+
+    bench = load_script("benchmark_speech_sets")
+    with open(os.path.join(ROOT, "benchmarks", "results", "speech_sets_base_enc.json")) as fh:
+        base_run = json.load(fh)
+    target = tmp_path / "speech.json"
+    target.write_text(json.dumps({"base": {"wer": 0.6}, "variants": {}}))
+    bench.merge_into(str(target), base_run, "results/base.json")
+    tiny_run = {"by_model": {"whisper-tiny-en": {**base_run["by_model"]["whisper-base"], "model": "whisper-tiny-en"}},
+                "command": "tiny run"}
+    doc = bench.merge_into(str(target), tiny_run, "results/tiny.json")
+    assert json.loads(target.read_text()) == doc
+    assert doc["base"] == {"wer": 0.6} and doc["variants"] == {}  # the synthetic benchmark's keys, untouched
+    assert sorted(doc["natural_sets"]) == ["whisper-base", "whisper-tiny-en"]
+    assert doc["natural_sets"]["whisper-base"]["source"] == "results/base.json"
+    assert doc["natural_sets"]["whisper-tiny-en"]["command"] == "tiny run"
+    assert doc["natural_sets_floors"] == bench.floors(doc["natural_sets"])
+    assert doc["natural_sets_floors"]["base_2x_within_1pt"]["met"] is True
+    assert set(doc["natural_sets_floors"]) == {"base_2x_within_1pt", "whisper-base_beats_faster_whisper_int8",
+                                               "whisper-tiny-en_beats_faster_whisper_int8"}
+    again = {**base_run, "by_model": {"whisper-base": {**base_run["by_model"]["whisper-base"], "variants": {}}}}
+    doc = bench.merge_into(str(target), again, "results/base2.json")  # a later base run replaces the earlier entry
+    assert doc["natural_sets"]["whisper-base"]["source"] == "results/base2.json"
+    assert doc["natural_sets"]["whisper-base"]["variants"] == {}
+    assert doc["natural_sets_floors"]["base_2x_within_1pt"]["met"] is False
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    for bad in (tmp_path / "bad.json", tmp_path / "missing" / "x.json", tmp_path):
+        with pytest.raises(SystemExit, match="--into"):
+            bench.check_into(str(bad))

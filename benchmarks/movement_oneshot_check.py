@@ -76,27 +76,30 @@ grads = {n: cur[n].weight.grad.detach().float().clone() for n in scores}
 base.zero_grad()
 print(f"first-order check (10% pruned, validation cross-entropy, dense {dense_ce:.4f}): predicted = sum over the "
       "pruned weights of dCE/dW * (0 - W); actual = measured")
-for name, fn in [('movement', lambda n, w: scores[n]), ('random', lambda n, w: torch.rand_like(w))]:
+RANKINGS = {'movement': lambda n, w: scores[n], 'inverted': lambda n, w: -scores[n],
+            'abs_score': lambda n, w: scores[n].abs(), 'magnitude': lambda n, w: w.abs(),
+            'random': lambda n, w: torch.rand_like(w)}
+
+
+def pruned_copy(rank_by, sparsity: float):
+    """A copy of the model with the lowest `sparsity` of every scored matrix (ranked by `rank_by`) set to zero, and
+    the first-order change of the validation cross-entropy that predicts (sum of dCE/dW * (0 - W) over them)."""
     m = copy.deepcopy(base)
     mm = dict(m.named_modules())
     predicted = 0.0
     with torch.no_grad():
         for n in scores:
             w = mm[n].weight
-            keep = topk_mask(fn(n, w.float()), 0.1)
+            keep = topk_mask(rank_by(n, w.float()), sparsity)
             predicted += float((grads[n] * -w.float())[~keep].sum())
             w.mul_(keep.to(w.dtype))
-        actual = cross_entropy(m) - dense_ce
-    print(f"  {name}: predicted {predicted:+.4f}, actual {actual:+.4f}", flush=True)
+    return m, predicted
+
+
+for name in ('movement', 'random'):
+    m, predicted = pruned_copy(RANKINGS[name], 0.1)
+    print(f"  {name}: predicted {predicted:+.4f}, actual {cross_entropy(m) - dense_ce:+.4f}", flush=True)
 print('dense', acc(base))
 for sp in (0.1, 0.3):
-    for name, fn in [('movement', lambda n, w: scores[n]), ('inverted', lambda n, w: -scores[n]),
-                     ('abs_score', lambda n, w: scores[n].abs()),
-                     ('magnitude', lambda n, w: w.abs()), ('random', lambda n, w: torch.rand_like(w))]:
-        m = copy.deepcopy(base)
-        mm = dict(m.named_modules())
-        with torch.no_grad():
-            for n in scores:
-                w = mm[n].weight
-                w.mul_(topk_mask(fn(n, w.float()), sp).to(w.dtype))
-        print(sp, name, acc(m), flush=True)
+    for name, rank_by in RANKINGS.items():
+        print(sp, name, acc(pruned_copy(rank_by, sp)[0]), flush=True)

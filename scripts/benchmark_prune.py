@@ -72,9 +72,11 @@ def dense_dir(args, seed: int) -> str:
 
 
 def prune_row(args, method: str, seed: int) -> dict:
-    # rows of another budget than the default 2 epochs (Sanh et al.'s 10) or of another weight learning rate than
-    # the default 5e-5 keep their own folder
-    budget = ("" if args.epochs == 2 else f"-{args.epochs:g}ep") + ("" if args.lr == 5e-5 else f"-lr{args.lr:g}")
+    # rows of another budget than the default epochs (Sanh et al.'s 10) or of another weight learning rate than the
+    # default keep their own folder
+    defaults = BenchmarkArguments()
+    budget = (("" if args.epochs == defaults.epochs else f"-{args.epochs:g}ep")
+              + ("" if args.lr == defaults.lr else f"-lr{args.lr:g}"))
     out = os.path.join(args.cache_dir,
                        f"prune-{method}-{int(round((1 - args.target_sparsity) * 100))}pct-s{seed}{budget}")
     settings = {k: v for k, v in asdict(args).items() if k not in ("cache_dir", "output", "methods", "seeds")}

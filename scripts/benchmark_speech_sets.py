@@ -313,9 +313,7 @@ def main(argv=None):
     if args.rewrite_only:
         with open(args.output) as fh:
             result = json.load(fh)
-        write_result(args.output, result)
-        if args.into:
-            merge_into(args.into, result, args.output)
+        write_result(args.output, result, into=args.into)
         return
     logging.getLogger("faster_whisper").setLevel(logging.WARNING)  # one INFO line per clip otherwise
     import transformers
@@ -447,9 +445,7 @@ def main(argv=None):
         "command": "python scripts/benchmark_speech_sets.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "environment": {**environment(), "gpu_used": False},
     }
-    write_result(args.output, result)
-    if args.into:
-        merge_into(args.into, result, args.output)
+    write_result(args.output, result, into=args.into)
 
 
 PEER_PREFIX = "faster_whisper_"
@@ -513,8 +509,9 @@ def floors(views: dict) -> dict:
     return out
 
 
-def write_result(path: str, result: dict) -> None:
-    """`result` with its diagnosis and its per-model view (`by_model`) to `path` (JSON) and the markdown beside it."""
+def write_result(path: str, result: dict, into: str = "") -> None:
+    """`result` with its diagnosis and its per-model view (`by_model`) to `path` (JSON) and the markdown beside it;
+    with `into` (--into), its rows merged into that file too (`merge_into`)."""
     result["diagnosis"] = diagnose(result)
     result["by_model"] = by_model(result)
     result["floors"] = floors(result["by_model"])
@@ -523,6 +520,8 @@ def write_result(path: str, result: dict) -> None:
     with open(md, "w") as fh:
         fh.write(markdown(result))
     logger.info("Wrote %s and %s", path, md)
+    if into:
+        merge_into(into, result, path)
 
 
 def check_into(path: str) -> None:

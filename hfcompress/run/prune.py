@@ -82,9 +82,8 @@ class PruningMethod(RunMethod):
         probe = self.probe_model(model_args)
         if not self.config.structured:
             return list(find_targets(probe, self.config))
-        pruner = StructuredPruner(probe, self.config)
-        return [name for name, module in probe.named_modules()
-                if any(module is block for block in pruner.blocks.values())]
+        blocks = {id(block) for block in StructuredPruner(probe, self.config).blocks.values()}
+        return [name for name, module in probe.named_modules() if id(module) in blocks]
 
     def check_model(self, model) -> None:
         self.dense_before = {"parameters": count_parameters(model), "nonzero_parameters": count_parameters(model, nonzero=True)}
